@@ -1,0 +1,516 @@
+//! Data sets: reading benchmark files into [`Sample`]s, format detection,
+//! validation and statistics.
+
+pub mod mapped;
+pub mod public;
+pub mod record;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Location, Result};
+use crate::sample::{MediaKind, MediaSource, Sample};
+pub use mapped::{FieldMap, Schema};
+
+/// The formats anjeon reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Assurai,
+    KsafeMm,
+    Xstest,
+    Multijail,
+    Kosbi,
+    Square,
+    Figstep,
+    Jsonl,
+    Csv,
+    /// A folder with a `dataset.toml` listing its parts.
+    Manifest,
+}
+
+impl Format {
+    pub const NAMES: &'static [&'static str] = &[
+        "assurai",
+        "ksafe-mm",
+        "xstest",
+        "multijail",
+        "kosbi",
+        "square",
+        "figstep",
+        "jsonl",
+        "csv",
+        "dataset",
+    ];
+
+    pub fn parse(s: &str) -> Option<Format> {
+        Some(match s.to_ascii_lowercase().as_str() {
+            "assurai" => Format::Assurai,
+            "ksafe-mm" | "ksafe_mm" | "ksafemm" | "ksafe" => Format::KsafeMm,
+            "xstest" => Format::Xstest,
+            "multijail" => Format::Multijail,
+            "kosbi" => Format::Kosbi,
+            "square" => Format::Square,
+            "figstep" => Format::Figstep,
+            "jsonl" => Format::Jsonl,
+            "csv" => Format::Csv,
+            "dataset" | "manifest" => Format::Manifest,
+            _ => return None,
+        })
+    }
+}
+
+/// Options that change how files are read.
+#[derive(Debug, Clone)]
+pub struct ReadOptions {
+    /// Language column for multi-language sets (MultiJail).
+    pub lang: String,
+    pub fields: FieldMap,
+}
+
+impl Default for ReadOptions {
+    fn default() -> Self {
+        ReadOptions {
+            lang: "ko".into(),
+            fields: FieldMap::default(),
+        }
+    }
+}
+
+/// A problem found while reading or validating.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    pub location: String,
+    pub message: String,
+}
+
+impl Problem {
+    fn from_error(e: &Error) -> Problem {
+        match e {
+            Error::Input { loc, msg, fix } => Problem {
+                location: loc.to_string(),
+                message: format!("{msg} (fix: {fix})"),
+            },
+            other => Problem {
+                location: String::new(),
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
+/// A loaded data set.
+#[derive(Debug)]
+pub struct Dataset {
+    /// What the user passed (`FORMAT:PATH` or `PATH`).
+    pub spec: String,
+    /// Media paths must stay inside this folder.
+    pub root: PathBuf,
+    pub files: Vec<PathBuf>,
+    pub samples: Vec<Sample>,
+    /// Items that could not be read (each names file and line). The others load.
+    pub problems: Vec<Problem>,
+    /// sha256 over the data files' names and bytes.
+    pub hash: String,
+}
+
+#[derive(serde::Deserialize)]
+struct ManifestFile {
+    #[serde(default)]
+    name: String,
+    part: Vec<ManifestPart>,
+}
+#[derive(serde::Deserialize)]
+struct ManifestPart {
+    format: String,
+    path: String,
+}
+
+/// Split `FORMAT:PATH`. A prefix that is not a known format is part of the path.
+pub fn parse_spec(spec: &str) -> Result<(Option<Format>, PathBuf)> {
+    if let Some((f, p)) = spec.split_once(':') {
+        if let Some(fmt) = Format::parse(f) {
+            return Ok((Some(fmt), PathBuf::from(p)));
+        }
+        if !Path::new(spec).exists()
+            && f.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            && f.len() > 1
+        {
+            return Err(Error::Usage(format!(
+                "unknown data set format {f:?} in {spec:?}; known: {}",
+                Format::NAMES.join(", ")
+            )));
+        }
+    }
+    Ok((None, PathBuf::from(spec)))
+}
+
+/// Guess a file's format from its name and contents.
+pub fn detect(path: &Path) -> Result<Format> {
+    if path.is_dir() {
+        if path.join("dataset.toml").exists() {
+            return Ok(Format::Manifest);
+        }
+        return Err(Error::input(
+            Location::file(path),
+            "folder has no dataset.toml",
+            "point at a data file, or add a dataset.toml listing the parts",
+        ));
+    }
+    if !path.exists() {
+        return Err(Error::input(
+            Location::file(path),
+            "no such file or folder",
+            "check the path",
+        ));
+    }
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let unknown = || {
+        Error::input(
+            Location::file(path),
+            "cannot tell the data set format",
+            format!(
+                "prefix the path with a format, e.g. jsonl:{}; formats: {}",
+                path.display(),
+                Format::NAMES.join(", ")
+            ),
+        )
+    };
+    match ext.as_str() {
+        "parquet" => {
+            let cols = record::parquet_columns(path)?;
+            let has = |c: &str| cols.iter().any(|x| x == c);
+            if has("risk") || has("ref_output_risk_score") {
+                Ok(Format::Assurai)
+            } else if has("category") && (has("image") || has("query")) {
+                Ok(Format::KsafeMm)
+            } else {
+                Err(unknown())
+            }
+        }
+        "jsonl" | "ndjson" => {
+            let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+            let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+            let v: serde_json::Value =
+                serde_json::from_str(first.trim_start_matches('\u{feff}')).unwrap_or_default();
+            let has = |k: &str| v.get(k).is_some();
+            Ok(if has("risk") || has("ref_output_risk_score") {
+                Format::Assurai
+            } else {
+                Format::Jsonl
+            })
+        }
+        "json" => {
+            let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+            let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+                Error::input(
+                    Location::file(path),
+                    format!("malformed JSON: {e}"),
+                    "fix the file",
+                )
+            })?;
+            let first = v.get(0).cloned().unwrap_or_default();
+            let has = |k: &str| first.get(k).is_some();
+            if has("sentence_label") && has("context") {
+                Ok(Format::Kosbi)
+            } else if has("question") && (has("sensitive?") || has("acceptable?")) {
+                Ok(Format::Square)
+            } else {
+                Err(unknown())
+            }
+        }
+        "csv" => {
+            let mut r = csv::Reader::from_path(path)
+                .map_err(|e| Error::input(Location::file(path), e.to_string(), "check the file"))?;
+            let h: Vec<String> = r
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|s| s.trim_start_matches('\u{feff}').to_string())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let has = |k: &str| h.iter().any(|x| x == k);
+            Ok(if has("focus") && has("label") && has("prompt") {
+                Format::Xstest
+            } else if has("ko") && has("en") && has("tags") {
+                Format::Multijail
+            } else if (has("category_id") && has("task_id")) || (h.len() == 1 && has("sentence")) {
+                Format::Figstep
+            } else {
+                Format::Csv
+            })
+        }
+        _ => Err(unknown()),
+    }
+}
+
+fn hash_files(files: &[PathBuf], root: &Path) -> Result<String> {
+    let mut h = Sha256::new();
+    for f in files {
+        let rel = f.strip_prefix(root).unwrap_or(f);
+        h.update(rel.to_string_lossy().as_bytes());
+        h.update([0]);
+        h.update(crate::error::read_file(f)?);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+fn read_part(
+    fmt: Format,
+    path: &Path,
+    opts: &ReadOptions,
+    samples: &mut Vec<Sample>,
+    bad: &mut Vec<Error>,
+) -> Result<()> {
+    let root = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let records = match fmt {
+        Format::Assurai | Format::KsafeMm | Format::Jsonl => {
+            let is_parquet = path
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("parquet"));
+            if is_parquet {
+                let schema = match fmt {
+                    Format::Assurai => Schema::Assurai,
+                    Format::KsafeMm => Schema::KsafeMm,
+                    _ => Schema::Generic,
+                };
+                mapped::check_columns(schema, &opts.fields, &record::parquet_columns(path)?, path)?;
+                record::read_parquet(path, bad)?
+            } else {
+                record::read_jsonl(path, bad)?
+            }
+        }
+        Format::Kosbi | Format::Square => record::read_json_array(path)?,
+        Format::Xstest | Format::Multijail | Format::Figstep | Format::Csv => {
+            record::read_csv(path, bad)?
+        }
+        Format::Manifest => unreachable!("manifests are expanded by load()"),
+    };
+    for rec in &records {
+        let r = match fmt {
+            Format::Assurai => mapped::map_record(rec, Schema::Assurai, &opts.fields, &root, "ko"),
+            Format::KsafeMm => mapped::map_record(rec, Schema::KsafeMm, &opts.fields, &root, "ko"),
+            Format::Jsonl | Format::Csv => {
+                mapped::map_record(rec, Schema::Generic, &opts.fields, &root, "und")
+            }
+            Format::Xstest => public::xstest(rec),
+            Format::Multijail => public::multijail(rec, &opts.lang),
+            Format::Kosbi => public::kosbi(rec),
+            Format::Square => public::square(rec),
+            Format::Figstep => public::figstep(rec, &root),
+            Format::Manifest => unreachable!(),
+        };
+        match r {
+            Ok(s) => samples.push(s),
+            Err(e @ Error::Usage(_)) => return Err(e),
+            Err(e) => bad.push(e),
+        }
+    }
+    Ok(())
+}
+
+/// Load a data set. Items that cannot be read are listed in `problems` and
+/// the others are kept; a file that cannot be read at all is an error.
+pub fn load(spec: &str, opts: &ReadOptions) -> Result<Dataset> {
+    let (fmt, path) = parse_spec(spec)?;
+    let fmt = match fmt {
+        Some(f) => f,
+        None => detect(&path)?,
+    };
+    let mut parts: Vec<(Format, PathBuf)> = Vec::new();
+    let root;
+    if fmt == Format::Manifest || path.is_dir() {
+        let mf = if path.is_dir() {
+            path.join("dataset.toml")
+        } else {
+            path.clone()
+        };
+        root = mf.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let text = std::fs::read_to_string(&mf).map_err(|e| Error::io(&mf, e))?;
+        let m: ManifestFile = toml::from_str(&text).map_err(|e| {
+            Error::input(
+                Location::file(&mf),
+                format!("bad dataset.toml: {e}"),
+                "see data/sample/dataset.toml for the layout",
+            )
+        })?;
+        let _ = m.name;
+        for p in m.part {
+            let f = Format::parse(&p.format)
+                .filter(|f| *f != Format::Manifest)
+                .ok_or_else(|| {
+                    Error::input(
+                        Location::file(&mf),
+                        format!("unknown part format {:?}", p.format),
+                        format!("formats: {}", Format::NAMES.join(", ")),
+                    )
+                })?;
+            parts.push((f, root.join(&p.path)));
+        }
+    } else {
+        root = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        parts.push((fmt, path.clone()));
+    }
+    let mut samples = Vec::new();
+    let mut bad = Vec::new();
+    for (f, p) in &parts {
+        read_part(*f, p, opts, &mut samples, &mut bad)?;
+    }
+    // Duplicate ids: the first one is kept.
+    let mut seen = HashSet::new();
+    let mut kept = Vec::with_capacity(samples.len());
+    for s in samples {
+        if seen.insert(s.id.clone()) {
+            kept.push(s);
+        } else {
+            bad.push(Error::input(
+                s.origin.clone(),
+                format!("duplicate id {:?} (the first one is kept)", s.id),
+                "give every item a unique id",
+            ));
+        }
+    }
+    if kept.is_empty() && bad.is_empty() {
+        return Err(Error::input(
+            Location::file(&path),
+            "data set has no items",
+            "point at a file that holds items",
+        ));
+    }
+    let files: Vec<PathBuf> = parts.into_iter().map(|(_, p)| p).collect();
+    let hash = hash_files(&files, &root)?;
+    Ok(Dataset {
+        spec: spec.to_string(),
+        root,
+        files,
+        samples: kept,
+        problems: bad.iter().map(Problem::from_error).collect(),
+        hash,
+    })
+}
+
+/// Check every sample's media: exists, stays inside the data set's folder,
+/// and (images) decodes. Returns one problem per bad item; read problems
+/// from loading come first.
+pub fn validate(ds: &Dataset) -> Vec<Problem> {
+    let mut out = ds.problems.clone();
+    let root = ds.root.canonicalize().unwrap_or_else(|_| ds.root.clone());
+    for s in &ds.samples {
+        if let Some(msg) = media_problem(s, &root) {
+            out.push(Problem {
+                location: s.origin.to_string(),
+                message: msg,
+            });
+        }
+    }
+    out
+}
+
+/// The first problem with a sample's media, if any. Used by validation and
+/// by runs (the item fails with this reason; the others go on).
+pub fn media_problem(s: &Sample, root: &Path) -> Option<String> {
+    for m in s.media() {
+        let bytes = match &m.source {
+            MediaSource::Path(p) => {
+                let canon = match p.canonicalize() {
+                    Ok(c) => c,
+                    Err(_) => return Some(format!("media file {} does not exist (fix: correct the path; paths are relative to the data file's folder)", p.display())),
+                };
+                if !canon.starts_with(root) {
+                    return Some(format!("media path {} is outside the data set's folder {} (fix: keep media inside the data set's folder)", p.display(), root.display()));
+                }
+                if m.kind != MediaKind::Image {
+                    continue;
+                }
+                match std::fs::read(&canon) {
+                    Ok(b) => b.into(),
+                    Err(e) => return Some(format!("media file {}: {e}", p.display())),
+                }
+            }
+            MediaSource::Bytes { data, .. } => data.clone(),
+        };
+        if m.kind == MediaKind::Image {
+            if let Err(e) = check_image(&bytes) {
+                return Some(format!("image {} is corrupt or unsupported: {e} (fix: re-encode the image as PNG or JPEG)", m.describe()));
+            }
+        }
+    }
+    None
+}
+
+/// Decode an image fully, with limits against decompression bombs.
+pub fn check_image(bytes: &[u8]) -> std::result::Result<(u32, u32), String> {
+    let mut r = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| e.to_string())?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(20_000);
+    limits.max_image_height = Some(20_000);
+    limits.max_alloc = Some(1 << 30);
+    r.limits(limits);
+    let img = r.decode().map_err(|e| e.to_string())?;
+    Ok((img.width(), img.height()))
+}
+
+/// Counts by grouping, as printed by `anjeon data stats --json`.
+#[derive(Debug, Serialize)]
+pub struct Stats {
+    pub total: usize,
+    pub by_benchmark: BTreeMap<String, usize>,
+    pub by_modality: BTreeMap<String, usize>,
+    pub by_risk_factor: BTreeMap<String, usize>,
+    pub by_group: BTreeMap<String, usize>,
+    pub by_language: BTreeMap<String, usize>,
+    pub by_expected: BTreeMap<String, usize>,
+    pub by_prompt_type: BTreeMap<String, usize>,
+    pub by_attack: BTreeMap<String, usize>,
+    pub with_reference_answers: usize,
+    pub reference_answers: usize,
+    pub problems: usize,
+}
+
+pub fn stats(ds: &Dataset) -> Stats {
+    let mut st = Stats {
+        total: ds.samples.len(),
+        by_benchmark: BTreeMap::new(),
+        by_modality: BTreeMap::new(),
+        by_risk_factor: BTreeMap::new(),
+        by_group: BTreeMap::new(),
+        by_language: BTreeMap::new(),
+        by_expected: BTreeMap::new(),
+        by_prompt_type: BTreeMap::new(),
+        by_attack: BTreeMap::new(),
+        with_reference_answers: 0,
+        reference_answers: 0,
+        problems: ds.problems.len(),
+    };
+    for s in &ds.samples {
+        *st.by_benchmark.entry(s.benchmark.clone()).or_default() += 1;
+        *st.by_modality.entry(s.modality().to_string()).or_default() += 1;
+        *st.by_risk_factor.entry(s.category_label()).or_default() += 1;
+        *st.by_group.entry(s.group_label()).or_default() += 1;
+        *st.by_language.entry(s.language.clone()).or_default() += 1;
+        *st.by_expected
+            .entry(s.expected.as_str().to_string())
+            .or_default() += 1;
+        *st.by_prompt_type
+            .entry(s.prompt_type.clone().unwrap_or_else(|| "unknown".into()))
+            .or_default() += 1;
+        *st.by_attack
+            .entry(s.variant.strategy().to_string())
+            .or_default() += 1;
+        if !s.references.is_empty() {
+            st.with_reference_answers += 1;
+        }
+        st.reference_answers += s.references.len();
+    }
+    st
+}

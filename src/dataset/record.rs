@@ -1,0 +1,294 @@
+//! A raw record read from a data file (a JSONL line, a CSV row, a parquet row),
+//! before it is mapped onto a [`Sample`](crate::sample::Sample). Binary values
+//! (parquet `{bytes, path}` image structs) are kept aside as blobs.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use parquet::file::reader::{FileReader, SerializedFileReader};
+use parquet::record::Field;
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Location, Result};
+
+/// A value of a raw record: JSON, with binary data referenced by blob key.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub loc: Location,
+    pub fields: Map<String, Value>,
+    /// Binary values: the JSON holds `{"$blob": KEY}` where the bytes were.
+    pub blobs: HashMap<String, Arc<[u8]>>,
+}
+
+impl Record {
+    pub fn json(loc: Location, fields: Map<String, Value>) -> Self {
+        Record {
+            loc,
+            fields,
+            blobs: HashMap::new(),
+        }
+    }
+    pub fn blob_of(&self, v: &Value) -> Option<Arc<[u8]>> {
+        let key = v.as_object()?.get("$blob")?.as_str()?;
+        self.blobs.get(key).cloned()
+    }
+}
+
+/// Read JSON lines. A malformed line becomes an error in `bad`, and the
+/// other lines are still read. An empty file is an error.
+pub fn read_jsonl(path: &Path, bad: &mut Vec<Error>) -> Result<Vec<Record>> {
+    let bytes = crate::error::read_file(path)?;
+    let text = std::str::from_utf8(&bytes).map_err(|e| {
+        Error::input(
+            Location::file(path),
+            format!("not UTF-8 ({e})"),
+            "re-encode the file as UTF-8",
+        )
+    })?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let lineno = i + 1;
+        let line = line.trim_start_matches('\u{feff}').trim();
+        if line.is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<Value>(line) {
+            Ok(Value::Object(m)) => out.push(Record::json(Location::line(path, lineno), m)),
+            Ok(_) => bad.push(Error::input(
+                Location::line(path, lineno),
+                "line is valid JSON but not an object",
+                "each line must be one JSON object like {\"id\": ..., \"prompt\": ...}",
+            )),
+            Err(e) => bad.push(Error::input(
+                Location::line(path, lineno),
+                format!("malformed JSON: {e}"),
+                "fix or delete this line; the other lines were read",
+            )),
+        }
+    }
+    if out.is_empty() && bad.is_empty() {
+        return Err(Error::input(
+            Location::file(path),
+            "file is empty",
+            "point at a file that holds items",
+        ));
+    }
+    Ok(out)
+}
+
+/// Read a JSON file holding an array of objects.
+pub fn read_json_array(path: &Path) -> Result<Vec<Record>> {
+    let bytes = crate::error::read_file(path)?;
+    let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        Error::input(
+            Location::file(path),
+            format!("malformed JSON: {e}"),
+            "the file must be a JSON array of objects",
+        )
+    })?;
+    let arr = match v {
+        Value::Array(a) => a,
+        _ => {
+            return Err(Error::input(
+                Location::file(path),
+                "expected a JSON array",
+                "the file must be a JSON array of objects",
+            ))
+        }
+    };
+    if arr.is_empty() {
+        return Err(Error::input(
+            Location::file(path),
+            "file is empty",
+            "point at a file that holds items",
+        ));
+    }
+    let mut out = Vec::with_capacity(arr.len());
+    for (i, v) in arr.into_iter().enumerate() {
+        match v {
+            Value::Object(m) => out.push(Record::json(Location::line(path, i + 1), m)),
+            _ => {
+                return Err(Error::input(
+                    Location::line(path, i + 1),
+                    "array element is not an object",
+                    "each element must be an object",
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Read a CSV file with a header row. Row numbers in locations are the
+/// record's starting line in the file.
+pub fn read_csv(path: &Path, bad: &mut Vec<Error>) -> Result<Vec<Record>> {
+    let bytes = crate::error::read_file(path)?;
+    let bytes = bytes.strip_prefix("\u{feff}".as_bytes()).unwrap_or(&bytes);
+    let mut rdr = csv::ReaderBuilder::new().flexible(false).from_reader(bytes);
+    let headers = rdr
+        .headers()
+        .map_err(|e| {
+            Error::input(
+                Location::file(path),
+                format!("bad CSV header: {e}"),
+                "the first row must name the columns",
+            )
+        })?
+        .clone();
+    if headers.is_empty() {
+        return Err(Error::input(
+            Location::file(path),
+            "file is empty",
+            "point at a CSV file with a header row and items",
+        ));
+    }
+    let mut out = Vec::new();
+    for rec in rdr.records() {
+        match rec {
+            Ok(r) => {
+                let line = r.position().map(|p| p.line() as usize).unwrap_or(0);
+                let mut m = Map::new();
+                for (h, v) in headers.iter().zip(r.iter()) {
+                    m.insert(h.to_string(), Value::String(v.to_string()));
+                }
+                out.push(Record::json(Location::line(path, line), m));
+            }
+            Err(e) => {
+                let line = e.position().map(|p| p.line() as usize).unwrap_or(0);
+                bad.push(Error::input(
+                    Location::line(path, line),
+                    format!("malformed CSV record: {e}"),
+                    "fix the quoting or the number of fields on this row",
+                ));
+            }
+        }
+    }
+    if out.is_empty() && bad.is_empty() {
+        return Err(Error::input(
+            Location::file(path),
+            "file has a header but no rows",
+            "point at a file that holds items",
+        ));
+    }
+    Ok(out)
+}
+
+/// Column names of a parquet file (top level).
+pub fn parquet_columns(path: &Path) -> Result<Vec<String>> {
+    let reader = open_parquet(path)?;
+    let schema = reader.metadata().file_metadata().schema_descr();
+    Ok(schema
+        .root_schema()
+        .get_fields()
+        .iter()
+        .map(|f| f.name().to_string())
+        .collect())
+}
+
+fn open_parquet(path: &Path) -> Result<SerializedFileReader<std::fs::File>> {
+    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    SerializedFileReader::new(f).map_err(|e| Error::Parquet {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+        fix: "the file is not a readable parquet file (truncated or another format?)".into(),
+    })
+}
+
+/// Read every row of a parquet file. Row numbers are 1-based.
+pub fn read_parquet(path: &Path, bad: &mut Vec<Error>) -> Result<Vec<Record>> {
+    let reader = open_parquet(path)?;
+    let iter = reader.get_row_iter(None).map_err(|e| Error::Parquet {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+        fix: "the file's schema could not be read".into(),
+    })?;
+    let mut out = Vec::new();
+    for (i, row) in iter.enumerate() {
+        let loc = Location::line(path, i + 1);
+        match row {
+            Ok(row) => {
+                let mut rec = Record {
+                    loc,
+                    fields: Map::new(),
+                    blobs: HashMap::new(),
+                };
+                for (name, field) in row.get_column_iter() {
+                    let v = field_to_json(field, name, &mut rec.blobs);
+                    rec.fields.insert(name.clone(), v);
+                }
+                out.push(rec);
+            }
+            Err(e) => {
+                bad.push(Error::input(
+                    loc,
+                    format!("unreadable parquet row: {e}"),
+                    "the file may be truncated; re-export it",
+                ));
+                break; // a broken page loses the rest of the column chunk
+            }
+        }
+    }
+    if out.is_empty() && bad.is_empty() {
+        return Err(Error::input(
+            Location::file(path),
+            "parquet file has no rows",
+            "point at a file that holds items",
+        ));
+    }
+    Ok(out)
+}
+
+fn field_to_json(f: &Field, key: &str, blobs: &mut HashMap<String, Arc<[u8]>>) -> Value {
+    match f {
+        Field::Bytes(b) => {
+            let k = format!("{key}#{}", blobs.len());
+            blobs.insert(k.clone(), Arc::from(b.data()));
+            serde_json::json!({ "$blob": k })
+        }
+        Field::Group(row) => {
+            let mut m = Map::new();
+            for (n, v) in row.get_column_iter() {
+                m.insert(n.clone(), field_to_json(v, &format!("{key}.{n}"), blobs));
+            }
+            Value::Object(m)
+        }
+        Field::ListInternal(list) => Value::Array(
+            list.elements()
+                .iter()
+                .enumerate()
+                .map(|(i, e)| field_to_json(e, &format!("{key}[{i}]"), blobs))
+                .collect(),
+        ),
+        Field::Null => Value::Null,
+        Field::Bool(b) => Value::Bool(*b),
+        Field::Byte(n) => (*n).into(),
+        Field::Short(n) => (*n).into(),
+        Field::Int(n) => (*n).into(),
+        Field::Long(n) => (*n).into(),
+        Field::UByte(n) => (*n).into(),
+        Field::UShort(n) => (*n).into(),
+        Field::UInt(n) => (*n).into(),
+        Field::ULong(n) => (*n).into(),
+        Field::Float(x) => serde_json::Number::from_f64(*x as f64)
+            .map(Value::Number)
+            .unwrap_or(Value::Null),
+        Field::Double(x) => serde_json::Number::from_f64(*x)
+            .map(Value::Number)
+            .unwrap_or(Value::Null),
+        Field::Str(s) => Value::String(s.clone()),
+        Field::MapInternal(m) => {
+            let mut o = Map::new();
+            for (k, v) in m.entries() {
+                let key = match k {
+                    Field::Str(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                let val = field_to_json(v, &format!("{key}.{}", o.len()), blobs);
+                o.insert(key, val);
+            }
+            Value::Object(o)
+        }
+        other => Value::String(other.to_string()),
+    }
+}

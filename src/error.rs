@@ -1,0 +1,114 @@
+//! Typed errors for the library. Every input error names where it happened
+//! (file, line or row, item id) and what the user can do about it.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// Where in the input a problem is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub file: PathBuf,
+    /// 1-based line (text formats) or row (parquet, CSV records).
+    pub line: Option<usize>,
+    pub item: Option<String>,
+}
+
+impl Location {
+    pub fn file(file: impl Into<PathBuf>) -> Self {
+        Location {
+            file: file.into(),
+            line: None,
+            item: None,
+        }
+    }
+    pub fn line(file: impl Into<PathBuf>, line: usize) -> Self {
+        Location {
+            file: file.into(),
+            line: Some(line),
+            item: None,
+        }
+    }
+    pub fn with_item(mut self, id: impl Into<String>) -> Self {
+        self.item = Some(id.into());
+        self
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(l) = self.line {
+            write!(f, ":{l}")?;
+        }
+        if let Some(id) = &self.item {
+            write!(f, " (item {id})")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}", path = .path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    /// Bad input data: a malformed line, a missing column, a bad value.
+    #[error("{loc}: {msg}\n  fix: {fix}")]
+    Input {
+        loc: Location,
+        msg: String,
+        fix: String,
+    },
+
+    /// The command line or configuration is wrong.
+    #[error("{0}")]
+    Usage(String),
+
+    /// Another process holds the run directory.
+    #[error("{path}: run directory is in use by another anjeon process (lock held)\n  fix: wait for it to finish, or use another --out directory", path = .path.display())]
+    Locked { path: PathBuf },
+
+    #[error("{path}: parquet: {msg}\n  fix: {fix}", path = .path.display())]
+    Parquet {
+        path: PathBuf,
+        msg: String,
+        fix: String,
+    },
+
+    #[error("{path}:{line}: corrupt store record: {msg}\n  fix: the run directory was edited or damaged; move the file aside and re-run to recompute", path = .path.display())]
+    Store {
+        path: PathBuf,
+        line: usize,
+        msg: String,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
+    }
+    pub fn input(loc: Location, msg: impl Into<String>, fix: impl Into<String>) -> Self {
+        Error::Input {
+            loc,
+            msg: msg.into(),
+            fix: fix.into(),
+        }
+    }
+    /// True for errors caused by what the user passed in (exit code 2).
+    pub fn is_user_error(&self) -> bool {
+        !matches!(self, Error::Store { .. })
+    }
+}
+
+/// Read a whole file, naming it in the error.
+pub fn read_file(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| Error::io(path, e))
+}

@@ -1,0 +1,244 @@
+//! The `anjeon` command line. Logs go to stderr, data to stdout.
+//! Exit codes: 0 success, 1 finished with item failures, 2 usage or input error.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use anjeon::dataset::{self, FieldMap, ReadOptions};
+use anjeon::judge::{eval, Judge};
+
+#[derive(Parser)]
+#[command(
+    name = "anjeon",
+    version,
+    about = "Offline AI-safety benchmarks for Korean, multimodal generative AI"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Clone)]
+struct ReadArgs {
+    /// Language column for multi-language sets (MultiJail: ko, en, zh, ...).
+    #[arg(long, default_value = "ko")]
+    lang: String,
+    /// Map a logical field to a column: --field prompt=question (repeatable).
+    #[arg(long = "field", value_name = "LOGICAL=COLUMN")]
+    fields: Vec<String>,
+}
+
+impl ReadArgs {
+    fn options(&self) -> anjeon::Result<ReadOptions> {
+        Ok(ReadOptions {
+            lang: self.lang.clone(),
+            fields: FieldMap::parse(&self.fields)?,
+        })
+    }
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Inspect data sets.
+    Data {
+        #[command(subcommand)]
+        cmd: DataCmd,
+    },
+    /// Score given responses with a judge; writes a run directory and reports.
+    Score(anjeon::run::ScoreArgs),
+    /// Measure a judge against human labels.
+    JudgeEval {
+        /// KIND:PATH with KIND xstest-completions, square-responses, assurai or jsonl.
+        #[arg(long)]
+        labels: String,
+        #[arg(long, default_value = "refusal")]
+        judge: String,
+        #[arg(long, value_enum, default_value = "all")]
+        split: eval::Split,
+        /// Grid-search the refusal detector's thresholds on the dev split first.
+        #[arg(long)]
+        calibrate: bool,
+        /// Print up to N disagreements with the human labels to stderr.
+        #[arg(long, value_name = "N")]
+        show_errors: Option<usize>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-render the reports of a run directory from its store.
+    Report { dir: std::path::PathBuf },
+}
+
+#[derive(Subcommand)]
+enum DataCmd {
+    /// Counts by benchmark, modality, risk factor, language, expected behaviour.
+    Stats {
+        /// FORMAT:PATH or PATH (format detected).
+        dataset: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        read: ReadArgs,
+    },
+    /// List every problem of a data set, with file and line.
+    Validate {
+        dataset: String,
+        #[command(flatten)]
+        read: ReadArgs,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    anjeon::progress::init_color();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            let user = e
+                .downcast_ref::<anjeon::Error>()
+                .map(|e| e.is_user_error())
+                .unwrap_or(false);
+            eprintln!("{} {e:#}", anjeon::progress::paint("error:", "31"));
+            ExitCode::from(if user { 2 } else { 1 })
+        }
+    }
+}
+
+fn print_map(title: &str, m: &std::collections::BTreeMap<String, usize>) {
+    println!("{title}:");
+    for (k, v) in m {
+        println!("  {k:<50} {v:>7}");
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Data {
+            cmd:
+                DataCmd::Stats {
+                    dataset: spec,
+                    json,
+                    read,
+                },
+        } => {
+            let ds = dataset::load(&spec, &read.options()?)?;
+            let st = dataset::stats(&ds);
+            for p in &ds.problems {
+                eprintln!("warning: {}: {}", p.location, p.message);
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+            } else {
+                println!(
+                    "data set {spec}: {} items (sha256 {})",
+                    st.total,
+                    &ds.hash[..16]
+                );
+                print_map("by benchmark", &st.by_benchmark);
+                print_map("by modality", &st.by_modality);
+                print_map("by expected behaviour", &st.by_expected);
+                print_map("by language", &st.by_language);
+                print_map("by group", &st.by_group);
+                print_map("by risk factor", &st.by_risk_factor);
+                print_map("by prompt type", &st.by_prompt_type);
+                print_map("by attack", &st.by_attack);
+                println!(
+                    "reference answers: {} on {} items",
+                    st.reference_answers, st.with_reference_answers
+                );
+                if st.problems > 0 {
+                    println!(
+                        "items that could not be read: {} (see `anjeon data validate`)",
+                        st.problems
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Data {
+            cmd:
+                DataCmd::Validate {
+                    dataset: spec,
+                    read,
+                },
+        } => {
+            let ds = dataset::load(&spec, &read.options()?)?;
+            let problems = dataset::validate(&ds);
+            for p in &problems {
+                println!("{}: {}", p.location, p.message);
+            }
+            if problems.is_empty() {
+                eprintln!("{spec}: {} items, no problems", ds.samples.len());
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!(
+                    "{spec}: {} items read, {} problems",
+                    ds.samples.len(),
+                    problems.len()
+                );
+                Ok(ExitCode::from(2))
+            }
+        }
+        Cmd::Score(args) => {
+            let outcome = anjeon::run::score(&args)?;
+            Ok(ExitCode::from(if outcome.failures > 0 { 1 } else { 0 }))
+        }
+        Cmd::JudgeEval {
+            labels,
+            judge,
+            split,
+            calibrate,
+            show_errors,
+            json,
+        } => {
+            let items = eval::read_labels(&labels)?;
+            let mut judge = Judge::from_arg(&judge)?;
+            if calibrate {
+                let Judge::Refusal(_) = &judge;
+                let (th, f1) = eval::calibrate_refusal(&items);
+                eprintln!("calibrated on the dev split: partial_min_words={} compliance_min_words={} (dev macro-F1 {f1:.3})", th.partial_min_words, th.compliance_min_words);
+                judge =
+                    Judge::Refusal(anjeon::judge::refusal::RefusalDetector::with_thresholds(th));
+            }
+            if let Some(n) = show_errors {
+                for (l, v) in eval::disagreements(&judge, &items, split, n) {
+                    let resp: String = l.response.chars().take(400).collect();
+                    eprintln!(
+                        "--- {} human={:?} judge={}\n{}\n",
+                        l.id,
+                        l.label,
+                        serde_json::to_string(&v)?,
+                        resp.replace('\n', " / ")
+                    );
+                }
+            }
+            let rep = eval::evaluate(&labels, &judge, &items, split)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rep)?);
+            } else {
+                println!(
+                    "judge {} ({}) on {labels}, split {:?}",
+                    rep.judge, rep.judge_fingerprint, rep.split
+                );
+                for k in &rep.by_kind {
+                    println!(
+                        "  {:<14} n={:<5} accuracy={:.3} macro-F1={:.3} kappa={:.3} unscored={}  [{}]",
+                        k.label_kind, k.n, k.agreement.accuracy, k.agreement.macro_f1, k.agreement.cohen_kappa, k.unscored, k.compared_as
+                    );
+                    println!(
+                        "    confusion (rows human, cols judge) {:?}: {:?}",
+                        k.agreement.labels, k.agreement.confusion
+                    );
+                }
+                println!("  {:.0} items/s", rep.items_per_s);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Report { dir } => {
+            anjeon::report::render_dir(&dir)
+                .with_context(|| format!("re-rendering reports in {}", dir.display()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
