@@ -4,9 +4,9 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 
-use anjeon::dataset::{self, FieldMap, ReadOptions};
+use anjeon::dataset::{self, ReadArgs};
 use anjeon::judge::{eval, Judge};
 
 #[derive(Parser)]
@@ -18,25 +18,6 @@ use anjeon::judge::{eval, Judge};
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
-}
-
-#[derive(Args, Clone)]
-struct ReadArgs {
-    /// Language column for multi-language sets (MultiJail: ko, en, zh, ...).
-    #[arg(long, default_value = "ko")]
-    lang: String,
-    /// Map a logical field to a column: --field prompt=question (repeatable).
-    #[arg(long = "field", value_name = "LOGICAL=COLUMN")]
-    fields: Vec<String>,
-}
-
-impl ReadArgs {
-    fn options(&self) -> anjeon::Result<ReadOptions> {
-        Ok(ReadOptions {
-            lang: self.lang.clone(),
-            fields: FieldMap::parse(&self.fields)?,
-        })
-    }
 }
 
 #[derive(Subcommand)]
@@ -196,8 +177,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut judge = Judge::from_arg(&judge)?;
             if calibrate {
                 let Judge::Refusal(_) = &judge;
-                let (th, f1) = eval::calibrate_refusal(&items);
-                eprintln!("calibrated on the dev split: partial_min_words={} compliance_min_words={} (dev macro-F1 {f1:.3})", th.partial_min_words, th.compliance_min_words);
+                let (th, per_lang) = eval::calibrate_refusal(&items);
+                for (lang, n, f1) in per_lang {
+                    let p = if lang == "ko" { th.ko } else { th.en };
+                    eprintln!("calibrated on the dev split ({lang}, n={n}): partial_min_words={} compliance_min_words={} (dev macro-F1 {f1:.3})", p.partial_min_words, p.compliance_min_words);
+                }
                 judge =
                     Judge::Refusal(anjeon::judge::refusal::RefusalDetector::with_thresholds(th));
             }

@@ -105,10 +105,10 @@ pub fn agreement(labels: &[String], pairs: &[(usize, usize)]) -> Agreement {
     };
     // macro-F1 over labels that occur in either side
     let mut f1s = Vec::new();
-    for i in 0..k {
-        let tp = cm[i][i] as f64;
-        let row: f64 = cm[i].iter().sum::<usize>() as f64;
-        let col: f64 = (0..k).map(|r| cm[r][i]).sum::<usize>() as f64;
+    for (i, row_i) in cm.iter().enumerate() {
+        let tp = row_i[i] as f64;
+        let row: f64 = row_i.iter().sum::<usize>() as f64;
+        let col: f64 = cm.iter().map(|r| r[i]).sum::<usize>() as f64;
         if row == 0.0 && col == 0.0 {
             continue;
         }

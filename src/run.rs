@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::dataset::{self, FieldMap, ReadOptions};
+use crate::dataset;
 use crate::error::{Error, Location, Result};
 use crate::judge::{Judge, Verdict};
 use crate::report;
@@ -34,12 +34,8 @@ pub struct ScoreArgs {
     /// Seed for bootstrap intervals.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Language column for multi-language sets.
-    #[arg(long, default_value = "ko")]
-    pub lang: String,
-    /// Map a logical field to a column (repeatable): --field prompt=question.
-    #[arg(long = "field", value_name = "LOGICAL=COLUMN")]
-    pub fields: Vec<String>,
+    #[command(flatten)]
+    pub read: dataset::ReadArgs,
     /// Stop after N responses (for a quick look).
     #[arg(long)]
     pub limit: Option<usize>,
@@ -279,10 +275,7 @@ fn file_info(p: &Path) -> Result<FileInfo> {
 }
 
 pub fn score(args: &ScoreArgs) -> Result<Outcome> {
-    let opts = ReadOptions {
-        lang: args.lang.clone(),
-        fields: FieldMap::parse(&args.fields)?,
-    };
+    let opts = args.read.options()?;
     let judge = Judge::from_arg(&args.judge)?;
     let ds = dataset::load(&args.dataset, &opts)?;
     let mut failures: Vec<Failure> = ds
@@ -339,7 +332,7 @@ pub fn score(args: &ScoreArgs) -> Result<Outcome> {
     responses.retain(|r| !media_bad.contains_key(&r.sample_id));
 
     let run = RunDir::open(&args.out)?;
-    write_manifest(&run, args, &ds, &judge, &responses)?;
+    write_manifest(&run, args, &opts, &ds, &judge, &responses)?;
 
     // Snapshot of the items (deterministic: data set order).
     let mut snap = Vec::new();
@@ -422,6 +415,7 @@ pub fn score(args: &ScoreArgs) -> Result<Outcome> {
 fn write_manifest(
     run: &RunDir,
     args: &ScoreArgs,
+    opts: &dataset::ReadOptions,
     ds: &dataset::Dataset,
     judge: &Judge,
     responses: &[Response],
@@ -493,7 +487,7 @@ fn write_manifest(
             dataset,
             responses: responses_info,
             judges: vec![judge_info],
-            config: serde_json::to_value(args).expect("serialise args"),
+            config: serde_json::json!({ "command": "score", "args": args, "read_options": opts }),
             seed: args.seed,
         },
     };

@@ -100,7 +100,7 @@ const DEFAULT_FIELDS: &[(&str, &[&str])] = &[
 ];
 
 /// User overrides of field names.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 pub struct FieldMap(pub BTreeMap<String, String>);
 
 impl FieldMap {
@@ -186,7 +186,7 @@ pub fn check_columns(
                     columns.join(", ")
                 ),
                 fix: format!(
-                    "name the column with --field {logical}=COLUMN (or [fields] in --config)"
+                    "name the column with --field {logical}=COLUMN (or a [fields] table in --config FILE)"
                 ),
             });
         }
@@ -494,9 +494,6 @@ pub fn map_record(
         .unwrap_or_else(|| default_lang.to_string());
     let scores = get("scores").map(int_list).unwrap_or_default();
     let refusal_labels = get("refusal_labels").map(str_list).unwrap_or_default();
-    if schema == Schema::KsafeMm {
-        get("subset");
-    }
 
     // Candidate answers with their human labels.
     let mut answers: Vec<(u32, String, String)> = rec

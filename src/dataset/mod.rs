@@ -63,7 +63,7 @@ impl Format {
 }
 
 /// Options that change how files are read.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ReadOptions {
     /// Language column for multi-language sets (MultiJail).
     pub lang: String,
@@ -76,6 +76,52 @@ impl Default for ReadOptions {
             lang: "ko".into(),
             fields: FieldMap::default(),
         }
+    }
+}
+
+/// Command-line options for reading a data set (shared by every command).
+#[derive(clap::Args, Debug, Clone, Default, Serialize)]
+pub struct ReadArgs {
+    /// Language column for multi-language sets (MultiJail: ko, en, zh, ...).
+    #[arg(long)]
+    pub lang: Option<String>,
+    /// Map a logical field to a column: --field prompt=question (repeatable;
+    /// overrides the config file).
+    #[arg(long = "field", value_name = "LOGICAL=COLUMN")]
+    pub fields: Vec<String>,
+    /// TOML config with `lang = "ko"` and a `[fields]` table (logical = "column").
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ReadConfig {
+    lang: Option<String>,
+    #[serde(default)]
+    fields: BTreeMap<String, String>,
+}
+
+impl ReadArgs {
+    pub fn options(&self) -> Result<ReadOptions> {
+        let cfg: ReadConfig = match &self.config {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
+                toml::from_str(&text).map_err(|e| Error::input(Location::file(p), format!("bad config: {e}"), "the config holds `lang = \"ko\"` and a [fields] table like `prompt = \"question\"`"))?
+            }
+            None => ReadConfig::default(),
+        };
+        let mut pairs: Vec<String> = cfg.fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        pairs.extend(self.fields.iter().cloned());
+        let lang = self
+            .lang
+            .clone()
+            .or(cfg.lang)
+            .unwrap_or_else(|| "ko".into());
+        Ok(ReadOptions {
+            lang,
+            fields: FieldMap::parse(&pairs)?,
+        })
     }
 }
 
@@ -189,10 +235,15 @@ pub fn detect(path: &Path) -> Result<Format> {
             let has = |c: &str| cols.iter().any(|x| x == c);
             if has("risk") || has("ref_output_risk_score") {
                 Ok(Format::Assurai)
-            } else if has("category") && (has("image") || has("query")) {
+            } else if has("category") || has("image") {
+                // KSAFE-MM: image + text; missing columns are reported by the reader.
                 Ok(Format::KsafeMm)
             } else {
-                Err(unknown())
+                Err(Error::input(
+                    Location::file(path),
+                    format!("cannot tell the data set format from the columns ({})", cols.join(", ")),
+                    format!("prefix the path with a format, e.g. assurai:{} or ksafe-mm:{}, and map columns with --field", path.display(), path.display()),
+                ))
             }
         }
         "jsonl" | "ndjson" => {
@@ -309,7 +360,12 @@ fn read_part(
             Format::Manifest => unreachable!(),
         };
         match r {
-            Ok(s) => samples.push(s),
+            Ok(mut s) => {
+                if s.origin.item.is_none() {
+                    s.origin.item = Some(s.id.clone());
+                }
+                samples.push(s)
+            }
             Err(e @ Error::Usage(_)) => return Err(e),
             Err(e) => bad.push(e),
         }
