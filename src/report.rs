@@ -694,6 +694,12 @@ fn bar_chart(
                 Some(e) => {
                     let _ = write!(s, "<rect x=\"{label_w}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{color}\"><title>{} n={} [{:.3}, {:.3}]</title></rect>", x(e.value) - label_w, bar_h - 2.0, e.value, e.n, e.ci95[0], e.ci95[1]);
                     let _ = write!(s, "<line x1=\"{:.1}\" x2=\"{:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#333\"/>", x(e.ci95[0]), x(e.ci95[1]), y + bar_h / 2.0 - 1.0, y + bar_h / 2.0 - 1.0);
+                    let label = if unit == "%" {
+                        format!("{:.0}%", e.value * 100.0)
+                    } else {
+                        format!("{:.2}", e.value)
+                    };
+                    let _ = write!(s, "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\" fill=\"#333\">{label}</text>", x(e.ci95[1].max(e.value)) + 4.0, y + bar_h - 3.0);
                 }
                 None => {
                     let _ = write!(
@@ -750,6 +756,68 @@ fn chart_for(
         return None;
     }
     Some(bar_chart(title, &cats, &series, max, unit))
+}
+
+/// A table-like heat map: rows = keys of a grouping, columns = models,
+/// cell colour from green (0) to red (1), text = value and n.
+fn heatmap(
+    rep: &Report,
+    grouping: &str,
+    title: &str,
+    pick: impl Fn(&GroupRow) -> Option<Estimate>,
+) -> Option<String> {
+    let rows = rep.groups.get(grouping)?;
+    let keys: Vec<String> = rows
+        .iter()
+        .map(|r| r.key.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if keys.is_empty() || rows.iter().all(|r| pick(r).is_none()) {
+        return None;
+    }
+    let (label_w, cell_w, cell_h, top) = (300.0, 120.0, 20.0, 40.0);
+    let w = label_w + cell_w * rep.models.len() as f64 + 10.0;
+    let h = top + cell_h * keys.len() as f64 + 10.0;
+    let mut s = format!("<figure><figcaption>{}</figcaption><svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" role=\"img\" aria-label=\"{}\">", esc(title), esc(title));
+    for (mi, m) in rep.models.iter().enumerate() {
+        let _ = write!(s, "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"12\" text-anchor=\"middle\" font-weight=\"bold\">{}</text>", label_w + cell_w * (mi as f64 + 0.5), top - 12.0, esc(m));
+    }
+    for (ki, k) in keys.iter().enumerate() {
+        let y = top + cell_h * ki as f64;
+        let _ = write!(
+            s,
+            "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"12\" text-anchor=\"end\">{}</text>",
+            label_w - 6.0,
+            y + cell_h * 0.7,
+            esc(&k.chars().take(44).collect::<String>())
+        );
+        for (mi, m) in rep.models.iter().enumerate() {
+            let x = label_w + cell_w * mi as f64;
+            match rows
+                .iter()
+                .find(|r| &r.model == m && &r.key == k)
+                .and_then(&pick)
+            {
+                Some(e) => {
+                    let v = e.value.clamp(0.0, 1.0);
+                    // green (0) -> yellow -> red (1)
+                    let (r, g) = if v < 0.5 {
+                        ((v * 2.0 * 230.0) as u8, 200u8)
+                    } else {
+                        (230u8, ((1.0 - v) * 2.0 * 200.0) as u8)
+                    };
+                    let _ = write!(s, "<rect x=\"{x:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"rgb({r},{g},90)\" stroke=\"#fff\"><title>{} · {}: {:.3} [{:.3}, {:.3}] n={}</title></rect>", cell_w, cell_h, esc(k), esc(m), e.value, e.ci95[0], e.ci95[1], e.n);
+                    let _ = write!(s, "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"middle\">{:.0}% (n={})</text>", x + cell_w / 2.0, y + cell_h * 0.7, e.value * 100.0, e.n);
+                }
+                None => {
+                    let _ = write!(s, "<rect x=\"{x:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"#eee\" stroke=\"#fff\"/><text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"middle\" fill=\"#999\">–</text>", cell_w, cell_h, x + cell_w / 2.0, y + cell_h * 0.7);
+                }
+            }
+        }
+    }
+    s.push_str("</svg></figure>");
+    Some(s)
 }
 
 /// Scatter of refusal on harmful requests (y) against over-refusal (x), per model.
@@ -813,19 +881,23 @@ pub fn html(rep: &Report) -> String {
     let charts = [
         chart_for(
             rep,
-            "risk_factor",
-            "Attack success per risk factor (harmful answers / harmful requests)",
+            "group",
+            "Attack success per risk group (harmful answers / harmful requests)",
             |r| r.asr.clone(),
             1.0,
             "%",
         ),
-        chart_for(
+        heatmap(
             rep,
             "risk_factor",
-            "Mean human risk score per risk factor (1 = safe … 5 = clearly harmful)",
-            |r| r.human_risk.as_ref().map(|h| h.mean.clone()),
-            5.0,
-            "",
+            "Attack success per risk factor (green = attacks fail, red = attacks succeed)",
+            |r| r.asr.clone(),
+        ),
+        heatmap(
+            rep,
+            "risk_factor",
+            "Share of answers with human risk score >= 4, per risk factor",
+            |r| r.human_risk.as_ref().map(|h| h.share_ge4.clone()),
         ),
         chart_for(
             rep,
