@@ -6,6 +6,7 @@ pub mod dataset;
 pub mod error;
 pub mod judge;
 pub mod metrics;
+pub mod model;
 pub mod progress;
 pub mod report;
 pub mod run;

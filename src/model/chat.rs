@@ -1,0 +1,199 @@
+//! Chat templates: the model's own Jinja template rendered the way Hugging
+//! Face transformers renders it (`trim_blocks`, `lstrip_blocks`,
+//! `raise_exception`, HF's `tojson`, no current date), or, for base models,
+//! an explicit plain-prompt format. The template's hash goes into the manifest.
+
+use minijinja::value::Value;
+use minijinja::{Environment, ErrorKind};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::store::sha256_hex;
+
+/// One chat message.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+impl Message {
+    pub fn new(role: &str, content: impl Into<String>) -> Self {
+        Message {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+}
+
+/// The plain format used for models without a template (base models).
+pub const PLAIN_FORMAT: &str = "{% for m in messages %}{% if m.role == 'system' %}{{ m.content }}\n\n{% elif m.role == 'user' %}User: {{ m.content }}\n{% else %}Assistant: {{ m.content }}\n{% endif %}{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}";
+
+/// The date `strftime_now` returns: fixed, so renders never depend on the day.
+pub const FIXED_DATE: &str = "26 Jul 2024";
+
+#[derive(Debug, Clone)]
+pub struct ChatTemplate {
+    pub source: String,
+    /// Where the template came from (`gguf:tokenizer.chat_template`, `plain`, ...).
+    pub origin: String,
+    pub bos_token: String,
+    pub eos_token: String,
+}
+
+/// Python's `json.dumps(x, ensure_ascii=False)` with default separators
+/// (", " and ": "), as transformers' `tojson` filter produces without indent.
+fn py_json(v: &serde_json::Value, out: &mut String) {
+    match v {
+        serde_json::Value::Array(a) => {
+            out.push('[');
+            for (i, x) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                py_json(x, out);
+            }
+            out.push(']');
+        }
+        serde_json::Value::Object(o) => {
+            out.push('{');
+            for (i, (k, x)) in o.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                out.push_str(&serde_json::Value::String(k.clone()).to_string());
+                out.push_str(": ");
+                py_json(x, out);
+            }
+            out.push('}');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+fn environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_trim_blocks(true);
+    env.set_lstrip_blocks(true);
+    env.set_keep_trailing_newline(false);
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_function(
+        "raise_exception",
+        |msg: String| -> std::result::Result<Value, minijinja::Error> {
+            Err(minijinja::Error::new(
+                ErrorKind::InvalidOperation,
+                format!("template raised: {msg}"),
+            ))
+        },
+    );
+    env.add_function("strftime_now", |_fmt: String| FIXED_DATE.to_string());
+    env.add_filter(
+        "tojson",
+        |v: Value| -> std::result::Result<Value, minijinja::Error> {
+            let j: serde_json::Value = serde_json::to_value(&v)
+                .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
+            let mut s = String::new();
+            py_json(&j, &mut s);
+            Ok(Value::from_safe_string(s))
+        },
+    );
+    env
+}
+
+impl ChatTemplate {
+    pub fn new(
+        source: impl Into<String>,
+        origin: impl Into<String>,
+        bos_token: &str,
+        eos_token: &str,
+    ) -> Self {
+        ChatTemplate {
+            source: source.into(),
+            origin: origin.into(),
+            bos_token: bos_token.into(),
+            eos_token: eos_token.into(),
+        }
+    }
+    pub fn plain() -> Self {
+        ChatTemplate::new(PLAIN_FORMAT, "plain", "", "")
+    }
+    /// sha256 of the template source and its origin.
+    pub fn hash(&self) -> String {
+        sha256_hex(format!("{}\n{}", self.origin, self.source).as_bytes())
+    }
+
+    /// Render messages with the generation prompt appended.
+    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        let env = environment();
+        let tpl = env.template_from_str(&self.source).map_err(|e| {
+            Error::Usage(format!(
+                "chat template ({}) does not compile: {e:#}",
+                self.origin
+            ))
+        })?;
+        tpl.render(minijinja::context! {
+            messages => messages,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => self.bos_token,
+            eos_token => self.eos_token,
+        })
+        .map_err(|e| Error::Usage(format!("chat template ({}) failed: {e:#}", self.origin)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chatml_like_template_renders_as_hf() {
+        let src = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+        let t = ChatTemplate::new(src, "test", "", "<|im_end|>");
+        let out = t
+            .render(&[Message::new("user", "안녕하세요")], true)
+            .unwrap();
+        assert_eq!(
+            out,
+            "<|im_start|>user\n안녕하세요<|im_end|>\n<|im_start|>assistant\n"
+        );
+    }
+
+    #[test]
+    fn raise_exception_and_pycompat_methods() {
+        let t = ChatTemplate::new("{% if messages[0]['role'] != 'user' %}{{ raise_exception('first must be user') }}{% endif %}{{ messages[0]['content'].strip() | upper }}", "t", "", "");
+        assert_eq!(
+            t.render(&[Message::new("user", "  hi ")], false).unwrap(),
+            "HI"
+        );
+        let e = t
+            .render(&[Message::new("system", "x")], false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("first must be user"), "{e}");
+    }
+
+    #[test]
+    fn tojson_matches_python_json_dumps() {
+        let t = ChatTemplate::new(
+            "{{ {'a': 1, 'b': [1, 2], 'c': '한<>'} | tojson }}",
+            "t",
+            "",
+            "",
+        );
+        assert_eq!(
+            t.render(&[], false).unwrap(),
+            "{\"a\": 1, \"b\": [1, 2], \"c\": \"한<>\"}"
+        );
+    }
+
+    #[test]
+    fn plain_format() {
+        let out = ChatTemplate::plain()
+            .render(
+                &[Message::new("system", "S"), Message::new("user", "질문")],
+                true,
+            )
+            .unwrap();
+        assert_eq!(out, "S\n\nUser: 질문\nAssistant:");
+    }
+}

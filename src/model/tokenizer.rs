@@ -1,0 +1,220 @@
+//! Tokenizers: `tokenizer.json` when the model folder has one, otherwise built
+//! from GGUF metadata (GPT-2-style BPE vocabularies: SmolLM2, Qwen). Plus an
+//! incremental detokenizer that never emits half a character (Hangul
+//! syllables are three UTF-8 bytes and often span byte-level tokens).
+
+use std::path::Path;
+
+use candle_core::quantized::gguf_file;
+use candle_core::quantized::tokenizer::TokenizerFromGguf;
+use tokenizers::Tokenizer;
+
+use crate::error::{Error, Result};
+
+pub struct Tok {
+    pub inner: Tokenizer,
+    pub bos: Option<(u32, String)>,
+    pub eos: Option<(u32, String)>,
+    /// Every id that ends generation (EOS, end-of-turn tokens).
+    pub stop_ids: Vec<u32>,
+    /// Prepend BOS to prompts (GGUF `tokenizer.ggml.add_bos_token`, llama.cpp's rule).
+    pub add_bos: bool,
+    pub fingerprint: String,
+}
+
+/// End-of-turn tokens that stop generation when the vocabulary has them.
+const END_OF_TURN: &[&str] = &[
+    "<|im_end|>",
+    "<|endoftext|>",
+    "<end_of_turn>",
+    "<|eot_id|>",
+    "<|end|>",
+    "<|end_of_text|>",
+    "</s>",
+];
+
+fn tok_err(e: impl std::fmt::Display) -> Error {
+    Error::Usage(format!("tokenizer: {e}"))
+}
+
+impl Tok {
+    pub fn from_gguf(ct: &gguf_file::Content) -> Result<Tok> {
+        let md = |k: &str| ct.metadata.get(k);
+        let kind = md("tokenizer.ggml.model")
+            .and_then(|v| v.to_string().ok())
+            .cloned()
+            .unwrap_or_default();
+        if kind != "gpt2" {
+            return Err(Error::Usage(format!(
+                "GGUF tokenizer model {kind:?} (SentencePiece) cannot be rebuilt from GGUF metadata yet\n  fix: put the model's tokenizer.json next to the weights in a Hugging Face folder"
+            )));
+        }
+        let inner = Tokenizer::from_gguf(ct).map_err(tok_err)?;
+        let tokens: Vec<String> = md("tokenizer.ggml.tokens")
+            .and_then(|v| v.to_vec().ok())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|t| t.to_string().ok().cloned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let id_of = |k: &str| md(k).and_then(|v| v.to_u32().ok());
+        let named =
+            |id: Option<u32>| id.and_then(|i| tokens.get(i as usize).map(|t| (i, t.clone())));
+        let bos = named(id_of("tokenizer.ggml.bos_token_id"));
+        let eos = named(id_of("tokenizer.ggml.eos_token_id"));
+        let mut stop_ids: Vec<u32> = [
+            id_of("tokenizer.ggml.eos_token_id"),
+            id_of("tokenizer.ggml.eot_token_id"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        for t in END_OF_TURN {
+            if let Some(i) = tokens.iter().position(|x| x == t) {
+                stop_ids.push(i as u32);
+            }
+        }
+        stop_ids.sort();
+        stop_ids.dedup();
+        let add_bos = md("tokenizer.ggml.add_bos_token")
+            .and_then(|v| v.to_bool().ok())
+            .unwrap_or(false);
+        let pre = md("tokenizer.ggml.pre")
+            .and_then(|v| v.to_string().ok())
+            .cloned()
+            .unwrap_or_default();
+        let fingerprint = crate::store::key_of(&[
+            "gguf-tokenizer",
+            &kind,
+            &pre,
+            &tokens.join("\u{1}"),
+            &add_bos.to_string(),
+        ]);
+        Ok(Tok {
+            inner,
+            bos,
+            eos,
+            stop_ids,
+            add_bos,
+            fingerprint,
+        })
+    }
+
+    pub fn from_hf_dir(
+        dir: &Path,
+        tok_cfg: &serde_json::Value,
+        gen_cfg: &serde_json::Value,
+        config: &serde_json::Value,
+    ) -> Result<Tok> {
+        let p = dir.join("tokenizer.json");
+        let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
+        let inner = Tokenizer::from_bytes(&bytes)
+            .map_err(|e| Error::Usage(format!("{}: {e}", p.display())))?;
+        let text_of = |v: &serde_json::Value| {
+            v.as_str()
+                .map(str::to_string)
+                .or_else(|| v["content"].as_str().map(str::to_string))
+        };
+        let with_id = |t: Option<String>| t.and_then(|t| inner.token_to_id(&t).map(|i| (i, t)));
+        let bos = with_id(text_of(&tok_cfg["bos_token"]));
+        let eos = with_id(text_of(&tok_cfg["eos_token"]));
+        let mut stop_ids: Vec<u32> = eos.iter().map(|e| e.0).collect();
+        for cfg in [gen_cfg, config] {
+            match &cfg["eos_token_id"] {
+                serde_json::Value::Number(n) => stop_ids.extend(n.as_u64().map(|n| n as u32)),
+                serde_json::Value::Array(a) => {
+                    stop_ids.extend(a.iter().filter_map(|n| n.as_u64().map(|n| n as u32)))
+                }
+                _ => {}
+            }
+        }
+        stop_ids.sort();
+        stop_ids.dedup();
+        // transformers' apply_chat_template tokenizes with add_special_tokens=False.
+        let fingerprint =
+            crate::store::key_of(&["tokenizer.json", &crate::store::sha256_hex(&bytes)]);
+        Ok(Tok {
+            inner,
+            bos,
+            eos,
+            stop_ids,
+            add_bos: false,
+            fingerprint,
+        })
+    }
+
+    pub fn bos_text(&self) -> String {
+        self.bos.as_ref().map(|b| b.1.clone()).unwrap_or_default()
+    }
+    pub fn eos_text(&self) -> String {
+        self.eos.as_ref().map(|b| b.1.clone()).unwrap_or_default()
+    }
+
+    /// Tokenize a rendered prompt (special tokens in the text are parsed),
+    /// adding BOS only where the source's rule says so and never twice.
+    pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self.inner.encode(text, false).map_err(tok_err)?;
+        let mut ids = enc.get_ids().to_vec();
+        if let (true, Some((b, _))) = (self.add_bos, &self.bos) {
+            if ids.first() != Some(b) {
+                ids.insert(0, *b);
+            }
+        }
+        Ok(ids)
+    }
+
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self
+            .inner
+            .encode(text, false)
+            .map_err(tok_err)?
+            .get_ids()
+            .to_vec())
+    }
+
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner.decode(ids, true).map_err(tok_err)
+    }
+}
+
+/// Incremental detokenization: feed ids one at a time, get the new text once
+/// it is complete (a trailing U+FFFD means a multi-byte character is still
+/// being spelled out by byte tokens, so it is held back).
+pub struct Detokenizer<'a> {
+    tok: &'a Tok,
+    ids: Vec<u32>,
+    prev_len: usize,
+    emitted: String,
+}
+
+impl<'a> Detokenizer<'a> {
+    pub fn new(tok: &'a Tok) -> Self {
+        Detokenizer {
+            tok,
+            ids: Vec::new(),
+            prev_len: 0,
+            emitted: String::new(),
+        }
+    }
+
+    /// Add a token; returns newly completed text (possibly empty).
+    pub fn push(&mut self, id: u32) -> Result<String> {
+        self.ids.push(id);
+        let text = self.tok.decode(&self.ids)?;
+        if text.ends_with('\u{FFFD}')
+            || text.len() < self.prev_len
+            || !text.is_char_boundary(self.prev_len)
+        {
+            return Ok(String::new());
+        }
+        let new = text[self.prev_len..].to_string();
+        self.prev_len = text.len();
+        self.emitted.push_str(&new);
+        Ok(new)
+    }
+
+    pub fn text(&self) -> &str {
+        &self.emitted
+    }
+}
