@@ -82,7 +82,14 @@ fn agent() -> ureq::Agent {
     let bundle = std::env::var_os("SSL_CERT_FILE")
         .map(PathBuf::from)
         .into_iter()
-        .chain(["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem"].map(PathBuf::from))
+        .chain(
+            [
+                "/etc/ssl/certs/ca-certificates.crt",
+                "/etc/pki/tls/certs/ca-bundle.crt",
+                "/etc/ssl/cert.pem",
+            ]
+            .map(PathBuf::from),
+        )
         .find_map(|p| std::fs::read(p).ok());
     let mut tls = TlsConfig::builder();
     if let Some(pem) = bundle {
@@ -96,7 +103,11 @@ fn agent() -> ureq::Agent {
             tls = tls.root_certs(RootCerts::Specific(std::sync::Arc::new(certs)));
         }
     }
-    ureq::Agent::config_builder().timeout_global(None).tls_config(tls.build()).build().into()
+    ureq::Agent::config_builder()
+        .timeout_global(None)
+        .tls_config(tls.build())
+        .build()
+        .into()
 }
 
 fn http_err(what: &str, e: impl std::fmt::Display) -> Error {

@@ -5,7 +5,9 @@
 pub mod card;
 pub mod chat;
 pub mod fetch;
+pub mod gemma3;
 pub mod generate;
+pub mod spm;
 pub mod tokenizer;
 
 use std::path::{Path, PathBuf};
@@ -19,7 +21,7 @@ pub use chat::{ChatTemplate, Message};
 pub use generate::{GenParams, Generation, StopReason};
 
 /// The architectures anjeon runs, by GGUF `general.architecture` or HF `architectures[0]`.
-pub const SUPPORTED: &str = "GGUF: llama (Llama, SmolLM2), qwen2 (Qwen2/2.5), qwen3 (Qwen3); safetensors: LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM";
+pub const SUPPORTED: &str = "GGUF: llama (Llama, SmolLM2), qwen2 (Qwen2/2.5), qwen3 (Qwen3), gemma3 (Gemma 3); safetensors: LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM";
 
 /// Where a model's files are.
 #[derive(Debug, Clone, PartialEq)]
@@ -163,6 +165,7 @@ enum Arch {
     QLlama(tm::quantized_llama::ModelWeights),
     QQwen2(tm::quantized_qwen2::ModelWeights),
     QQwen3(tm::quantized_qwen3::ModelWeights),
+    QGemma3(gemma3::ModelWeights),
     Llama(tm::llama::Llama, tm::llama::Cache, tm::llama::Config, DType),
     Qwen2(tm::qwen2::ModelForCausalLM),
     Qwen3(tm::qwen3::ModelForCausalLM),
@@ -175,6 +178,7 @@ impl Arch {
             Arch::QLlama(m) => m.forward(ids, pos)?,
             Arch::QQwen2(m) => m.forward(ids, pos)?,
             Arch::QQwen3(m) => m.forward(ids, pos)?,
+            Arch::QGemma3(m) => m.forward(ids, pos)?,
             Arch::Llama(m, cache, _, _) => m.forward(ids, pos, cache)?,
             Arch::Qwen2(m) => m.forward(ids, pos)?,
             Arch::Qwen3(m) => m.forward(ids, pos)?,
@@ -186,6 +190,7 @@ impl Arch {
             Arch::QLlama(m) => m.clear_kv_cache(),
             Arch::QQwen2(m) => m.clear_kv_cache(),
             Arch::QQwen3(m) => m.clear_kv_cache(),
+            Arch::QGemma3(m) => m.clear_kv_cache(),
             Arch::Llama(_, cache, cfg, dtype) => {
                 *cache = tm::llama::Cache::new(true, *dtype, cfg, device)?
             }
@@ -295,6 +300,10 @@ impl TextModel {
             "qwen3" => Arch::QQwen3(
                 tm::quantized_qwen3::ModelWeights::from_gguf(ct, &mut f, device)
                     .map_err(cerr(path, "loading qwen3 weights"))?,
+            ),
+            "gemma3" => Arch::QGemma3(
+                gemma3::ModelWeights::from_gguf(ct, &mut f, device)
+                    .map_err(cerr(path, "loading gemma3 weights"))?,
             ),
             other => {
                 return Err(Error::Usage(format!(

@@ -11,8 +11,16 @@ use tokenizers::Tokenizer;
 
 use crate::error::{Error, Result};
 
+/// The tokenization algorithm behind a [`Tok`].
+pub enum Inner {
+    /// Hugging Face `tokenizers` (tokenizer.json, or GPT-2 BPE rebuilt from GGUF).
+    Hf(Tokenizer),
+    /// SentencePiece BPE from GGUF metadata (llama.cpp's algorithm).
+    Spm(Box<super::spm::Spm>),
+}
+
 pub struct Tok {
-    pub inner: Tokenizer,
+    pub inner: Inner,
     pub bos: Option<(u32, String)>,
     pub eos: Option<(u32, String)>,
     /// Every id that ends generation (EOS, end-of-turn tokens).
@@ -44,12 +52,6 @@ impl Tok {
             .and_then(|v| v.to_string().ok())
             .cloned()
             .unwrap_or_default();
-        if kind != "gpt2" {
-            return Err(Error::Usage(format!(
-                "GGUF tokenizer model {kind:?} (SentencePiece) cannot be rebuilt from GGUF metadata yet\n  fix: put the model's tokenizer.json next to the weights in a Hugging Face folder"
-            )));
-        }
-        let inner = Tokenizer::from_gguf(ct).map_err(tok_err)?;
         let tokens: Vec<String> = md("tokenizer.ggml.tokens")
             .and_then(|v| v.to_vec().ok())
             .map(|a| {
@@ -58,6 +60,51 @@ impl Tok {
                     .collect()
             })
             .unwrap_or_default();
+        let inner = match kind.as_str() {
+            "gpt2" => Inner::Hf(Tokenizer::from_gguf(ct).map_err(tok_err)?),
+            "llama" => {
+                let num = |v: &gguf_file::Value| -> f64 {
+                    v.to_f32()
+                        .map(|x| x as f64)
+                        .or_else(|_| v.to_i32().map(|x| x as f64))
+                        .or_else(|_| v.to_u32().map(|x| x as f64))
+                        .unwrap_or(0.0)
+                };
+                let list = |k: &str| -> Vec<f64> {
+                    md(k)
+                        .and_then(|v| v.to_vec().ok())
+                        .map(|a| a.iter().map(num).collect())
+                        .unwrap_or_default()
+                };
+                let scores: Vec<f32> = list("tokenizer.ggml.scores")
+                    .into_iter()
+                    .map(|x| x as f32)
+                    .collect();
+                let types: Vec<i32> = list("tokenizer.ggml.token_type")
+                    .into_iter()
+                    .map(|x| x as i32)
+                    .collect();
+                if scores.len() != tokens.len() {
+                    return Err(Error::Usage(
+                        "GGUF SentencePiece vocabulary has no scores".into(),
+                    ));
+                }
+                let prefix = md("tokenizer.ggml.add_space_prefix")
+                    .and_then(|v| v.to_bool().ok())
+                    .unwrap_or(true);
+                Inner::Spm(Box::new(super::spm::Spm::new(
+                    tokens.clone(),
+                    scores,
+                    types,
+                    prefix,
+                )))
+            }
+            other => {
+                return Err(Error::Usage(format!(
+                    "GGUF tokenizer model {other:?} is not supported (gpt2 and llama are)"
+                )))
+            }
+        };
         let id_of = |k: &str| md(k).and_then(|v| v.to_u32().ok());
         let named =
             |id: Option<u32>| id.and_then(|i| tokens.get(i as usize).map(|t| (i, t.clone())));
@@ -109,14 +156,14 @@ impl Tok {
     ) -> Result<Tok> {
         let p = dir.join("tokenizer.json");
         let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
-        let inner = Tokenizer::from_bytes(&bytes)
+        let hf = Tokenizer::from_bytes(&bytes)
             .map_err(|e| Error::Usage(format!("{}: {e}", p.display())))?;
         let text_of = |v: &serde_json::Value| {
             v.as_str()
                 .map(str::to_string)
                 .or_else(|| v["content"].as_str().map(str::to_string))
         };
-        let with_id = |t: Option<String>| t.and_then(|t| inner.token_to_id(&t).map(|i| (i, t)));
+        let with_id = |t: Option<String>| t.and_then(|t| hf.token_to_id(&t).map(|i| (i, t)));
         let bos = with_id(text_of(&tok_cfg["bos_token"]));
         let eos = with_id(text_of(&tok_cfg["eos_token"]));
         let mut stop_ids: Vec<u32> = eos.iter().map(|e| e.0).collect();
@@ -135,7 +182,7 @@ impl Tok {
         let fingerprint =
             crate::store::key_of(&["tokenizer.json", &crate::store::sha256_hex(&bytes)]);
         Ok(Tok {
-            inner,
+            inner: Inner::Hf(hf),
             bos,
             eos,
             stop_ids,
@@ -154,8 +201,7 @@ impl Tok {
     /// Tokenize a rendered prompt (special tokens in the text are parsed),
     /// adding BOS only where the source's rule says so and never twice.
     pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, false).map_err(tok_err)?;
-        let mut ids = enc.get_ids().to_vec();
+        let mut ids = self.encode_plain(text)?;
         if let (true, Some((b, _))) = (self.add_bos, &self.bos) {
             if ids.first() != Some(b) {
                 ids.insert(0, *b);
@@ -164,17 +210,27 @@ impl Tok {
         Ok(ids)
     }
 
+    /// Tokenize without adding BOS/EOS; special tokens in the text are parsed.
     pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
-        Ok(self
-            .inner
-            .encode(text, false)
-            .map_err(tok_err)?
-            .get_ids()
-            .to_vec())
+        match &self.inner {
+            Inner::Hf(t) => Ok(t.encode(text, false).map_err(tok_err)?.get_ids().to_vec()),
+            Inner::Spm(t) => Ok(t.encode(text)),
+        }
     }
 
+    /// Decode, skipping special tokens.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner.decode(ids, true).map_err(tok_err)
+        match &self.inner {
+            Inner::Hf(t) => t.decode(ids, true).map_err(tok_err),
+            Inner::Spm(t) => Ok(t.decode(ids)),
+        }
+    }
+
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        match &self.inner {
+            Inner::Hf(t) => t.token_to_id(token),
+            Inner::Spm(t) => t.token_to_id(token),
+        }
     }
 }
 

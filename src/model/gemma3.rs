@@ -1,0 +1,285 @@
+//! Gemma 3 text model from a quantized GGUF file.
+//!
+//! Written for anjeon after candle-transformers 0.11.1's `quantized_gemma3`
+//! (MIT OR Apache-2.0, Copyright the Candle authors), fixing what a parity
+//! check against llama.cpp showed or the code review found there:
+//! - the MLP activation is tanh-approximated GELU (`gelu_pytorch_tanh`), not
+//!   SiLU (with SiLU the 270M model's greedy output differs from the first token);
+//! - rotary tables cover the model's context (capped), shared by layers with
+//!   the same base, instead of 131,072 positions per layer (~2.4 GB);
+//! - sliding-window layers also limit attention during decode (the KV cache
+//!   of a sliding layer keeps only the last `window` positions);
+//! - the KV cache can be cleared between items; inputs are made contiguous
+//!   (batch > 1).
+
+use std::sync::Arc;
+
+use candle_core::quantized::{gguf_file, QMatMul, QTensor};
+use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
+use candle_nn::Embedding;
+
+/// Longest context anjeon prepares rotary tables for.
+pub const MAX_POSITIONS: usize = 32_768;
+
+struct Norm {
+    weight: Tensor,
+    eps: f32,
+}
+
+impl Norm {
+    fn load<R: std::io::Read + std::io::Seek>(
+        ct: &gguf_file::Content,
+        r: &mut R,
+        name: &str,
+        eps: f32,
+        dev: &Device,
+    ) -> Result<Norm> {
+        let q: QTensor = ct.tensor(r, name, dev)?;
+        Ok(Norm {
+            weight: q.dequantize(dev)?,
+            eps,
+        })
+    }
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps)
+    }
+}
+
+struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rope {
+    fn new(head_dim: usize, base: f32, positions: usize, dev: &Device) -> Result<Rope> {
+        let inv: Vec<f32> = (0..head_dim)
+            .step_by(2)
+            .map(|i| 1f32 / base.powf(i as f32 / head_dim as f32))
+            .collect();
+        let n = inv.len();
+        let inv = Tensor::from_vec(inv, (1, n), dev)?;
+        let t = Tensor::arange(0u32, positions as u32, dev)?
+            .to_dtype(DType::F32)?
+            .reshape((positions, 1))?;
+        let freqs = t.matmul(&inv)?;
+        Ok(Rope {
+            cos: freqs.cos()?,
+            sin: freqs.sin()?,
+        })
+    }
+    fn apply(&self, x: &Tensor, pos: usize) -> Result<Tensor> {
+        let (_, _, seq, _) = x.dims4()?;
+        let cos = self.cos.narrow(0, pos, seq)?;
+        let sin = self.sin.narrow(0, pos, seq)?;
+        candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin)
+    }
+}
+
+struct Layer {
+    wq: QMatMul,
+    wk: QMatMul,
+    wv: QMatMul,
+    wo: QMatMul,
+    q_norm: Norm,
+    k_norm: Norm,
+    attn_norm: Norm,
+    post_attn_norm: Norm,
+    ffn_norm: Norm,
+    post_ffn_norm: Norm,
+    gate: QMatMul,
+    up: QMatMul,
+    down: QMatMul,
+    n_head: usize,
+    n_kv: usize,
+    head_dim: usize,
+    /// Some(window) for sliding-window (local) layers.
+    window: Option<usize>,
+    rope: Arc<Rope>,
+    cache: Option<(Tensor, Tensor)>,
+}
+
+impl Layer {
+    fn attention(&mut self, x: &Tensor, pos: usize) -> Result<Tensor> {
+        let (b, seq, _) = x.dims3()?;
+        let heads = |t: Tensor, n: usize| {
+            t.reshape((b, seq, n, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let q = heads(self.wq.forward(x)?, self.n_head)?;
+        let k = heads(self.wk.forward(x)?, self.n_kv)?;
+        let v = heads(self.wv.forward(x)?, self.n_kv)?;
+        let q = self.rope.apply(&self.q_norm.forward(&q)?, pos)?;
+        let k = self.rope.apply(&self.k_norm.forward(&k)?, pos)?;
+        let (mut k, mut v) = match (&self.cache, pos) {
+            (Some((kc, vc)), p) if p > 0 => {
+                (Tensor::cat(&[kc, &k], 2)?, Tensor::cat(&[vc, &v], 2)?)
+            }
+            _ => (k, v),
+        };
+        // Absolute position of the first cached key.
+        let mut first = pos + seq - k.dim(2)?;
+        if let Some(w) = self.window {
+            // Keys older than the window are never attended again.
+            let keep = w + seq;
+            let len = k.dim(2)?;
+            if len > keep {
+                k = k.narrow(2, len - keep, keep)?;
+                v = v.narrow(2, len - keep, keep)?;
+                first += len - keep;
+            }
+        }
+        self.cache = Some((k.clone(), v.clone()));
+        let rep = self.n_head / self.n_kv;
+        let k = candle_transformers::utils::repeat_kv(k, rep)?.contiguous()?;
+        let v = candle_transformers::utils::repeat_kv(v, rep)?.contiguous()?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let mut att = (q.matmul(&k.t()?)? * scale)?;
+        let kv_len = k.dim(2)?;
+        // Mask: query i (absolute pos + i) sees key j (absolute first + j) if
+        // j <= i and, for sliding layers, i - j < window.
+        let needs_mask = seq > 1 || self.window.is_some_and(|w| kv_len > w);
+        if needs_mask {
+            let mut m = vec![0f32; seq * kv_len];
+            for i in 0..seq {
+                let qi = pos + i;
+                for j in 0..kv_len {
+                    let kj = first + j;
+                    let visible = kj <= qi && self.window.is_none_or(|w| qi - kj < w);
+                    if !visible {
+                        m[i * kv_len + j] = f32::NEG_INFINITY;
+                    }
+                }
+            }
+            let m = Tensor::from_vec(m, (1, 1, seq, kv_len), x.device())?;
+            att = att.broadcast_add(&m)?;
+        }
+        let att = candle_nn::ops::softmax_last_dim(&att)?;
+        let out =
+            att.matmul(&v)?
+                .transpose(1, 2)?
+                .reshape((b, seq, self.n_head * self.head_dim))?;
+        self.wo.forward(&out)
+    }
+
+    fn mlp(&self, x: &Tensor) -> Result<Tensor> {
+        // gelu_pytorch_tanh: candle's `gelu` is the tanh approximation.
+        let g = self.gate.forward(x)?.gelu()?;
+        self.down.forward(&(g * self.up.forward(x)?)?)
+    }
+}
+
+pub struct ModelWeights {
+    embed: Embedding,
+    hidden: usize,
+    layers: Vec<Layer>,
+    norm: Norm,
+    output: QMatMul,
+}
+
+impl ModelWeights {
+    pub fn from_gguf<R: std::io::Read + std::io::Seek>(
+        ct: gguf_file::Content,
+        r: &mut R,
+        dev: &Device,
+    ) -> Result<Self> {
+        let get = |k: &str| {
+            ct.metadata
+                .get(&format!("gemma3.{k}"))
+                .ok_or_else(|| candle_core::Error::Msg(format!("GGUF metadata gemma3.{k} missing")))
+        };
+        let n_head = get("attention.head_count")?.to_u32()? as usize;
+        let n_kv = get("attention.head_count_kv")?.to_u32()? as usize;
+        let n_layer = get("block_count")?.to_u32()? as usize;
+        let hidden = get("embedding_length")?.to_u32()? as usize;
+        let head_dim = get("attention.key_length")?.to_u32()? as usize;
+        let eps = get("attention.layer_norm_rms_epsilon")?.to_f32()?;
+        let window = get("attention.sliding_window")?.to_u32()? as usize;
+        let pattern = get("attention.sliding_window_type")
+            .and_then(|v| v.to_u32())
+            .unwrap_or(6) as usize;
+        let base_global = get("rope.freq_base")
+            .and_then(|v| v.to_f32())
+            .unwrap_or(1_000_000.0);
+        let base_local = get("rope.local_freq_base")
+            .and_then(|v| v.to_f32())
+            .unwrap_or(10_000.0);
+        let ctx = get("context_length")
+            .and_then(|v| v.to_u32())
+            .unwrap_or(8192) as usize;
+        let positions = ctx.min(MAX_POSITIONS);
+        let rope_global = Arc::new(Rope::new(head_dim, base_global, positions, dev)?);
+        let rope_local = Arc::new(Rope::new(head_dim, base_local, positions, dev)?);
+
+        let embed_q = ct.tensor(r, "token_embd.weight", dev)?;
+        let embed = Embedding::new(embed_q.dequantize(dev)?, hidden);
+        let output = match ct.tensor(r, "output.weight", dev) {
+            Ok(t) => QMatMul::from_qtensor(t)?,
+            Err(_) => QMatMul::from_qtensor(embed_q)?, // tied embeddings
+        };
+        let norm = Norm::load(&ct, r, "output_norm.weight", eps, dev)?;
+        let mut layers = Vec::with_capacity(n_layer);
+        for i in 0..n_layer {
+            let p = format!("blk.{i}");
+            let qm = |r: &mut R, n: &str| -> Result<QMatMul> {
+                QMatMul::from_qtensor(ct.tensor(r, &format!("{p}.{n}.weight"), dev)?)
+            };
+            let nm = |r: &mut R, n: &str| Norm::load(&ct, r, &format!("{p}.{n}.weight"), eps, dev);
+            let local = (i + 1) % pattern != 0;
+            layers.push(Layer {
+                wq: qm(r, "attn_q")?,
+                wk: qm(r, "attn_k")?,
+                wv: qm(r, "attn_v")?,
+                wo: qm(r, "attn_output")?,
+                q_norm: nm(r, "attn_q_norm")?,
+                k_norm: nm(r, "attn_k_norm")?,
+                attn_norm: nm(r, "attn_norm")?,
+                post_attn_norm: nm(r, "post_attention_norm")?,
+                ffn_norm: nm(r, "ffn_norm")?,
+                post_ffn_norm: nm(r, "post_ffw_norm")?,
+                gate: qm(r, "ffn_gate")?,
+                up: qm(r, "ffn_up")?,
+                down: qm(r, "ffn_down")?,
+                n_head,
+                n_kv,
+                head_dim,
+                window: local.then_some(window),
+                rope: if local {
+                    rope_local.clone()
+                } else {
+                    rope_global.clone()
+                },
+                cache: None,
+            });
+        }
+        Ok(ModelWeights {
+            embed,
+            hidden,
+            layers,
+            norm,
+            output,
+        })
+    }
+
+    pub fn clear_kv_cache(&mut self) {
+        for l in &mut self.layers {
+            l.cache = None;
+        }
+    }
+
+    /// Logits of the last position: `[batch, vocab]`.
+    pub fn forward(&mut self, ids: &Tensor, pos: usize) -> Result<Tensor> {
+        let (_, seq) = ids.dims2()?;
+        let mut x = (self.embed.forward(&ids.contiguous()?)? * (self.hidden as f64).sqrt())?;
+        for l in &mut self.layers {
+            let h = l.attn_norm.forward(&x)?;
+            let a = l.attention(&h, pos)?;
+            let h = l.post_attn_norm.forward(&a)?;
+            x = (x + h)?;
+            let h = l.post_ffn_norm.forward(&l.mlp(&l.ffn_norm.forward(&x)?)?)?;
+            x = (x + h)?;
+        }
+        let x = self.norm.forward(&x.i((.., seq - 1..seq, ..))?)?;
+        self.output.forward(&x)?.squeeze(1)
+    }
+}
