@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 /// The tokenization algorithm behind a [`Tok`].
 pub enum Inner {
     /// Hugging Face `tokenizers` (tokenizer.json, or GPT-2 BPE rebuilt from GGUF).
-    Hf(Tokenizer),
+    Hf(Box<Tokenizer>),
     /// SentencePiece BPE from GGUF metadata (llama.cpp's algorithm).
     Spm(Box<super::spm::Spm>),
 }
@@ -61,7 +61,7 @@ impl Tok {
             })
             .unwrap_or_default();
         let inner = match kind.as_str() {
-            "gpt2" => Inner::Hf(Tokenizer::from_gguf(ct).map_err(tok_err)?),
+            "gpt2" => Inner::Hf(Box::new(Tokenizer::from_gguf(ct).map_err(tok_err)?)),
             "llama" => {
                 let num = |v: &gguf_file::Value| -> f64 {
                     v.to_f32()
@@ -182,7 +182,7 @@ impl Tok {
         let fingerprint =
             crate::store::key_of(&["tokenizer.json", &crate::store::sha256_hex(&bytes)]);
         Ok(Tok {
-            inner: Inner::Hf(hf),
+            inner: Inner::Hf(Box::new(hf)),
             bos,
             eos,
             stop_ids,
