@@ -82,6 +82,8 @@ pub struct Report {
     pub groups: BTreeMap<String, Vec<GroupRow>>,
     pub agreement: Vec<AgreementRow>,
     pub failures: Vec<Failure>,
+    /// Items not run, with the reason (e.g. media items for a text-only target).
+    pub skipped: Vec<Failure>,
     pub notes: Vec<String>,
 }
 
@@ -308,6 +310,7 @@ pub fn build(
         groups,
         agreement,
         failures: plan.failures.clone(),
+        skipped: plan.skipped.clone(),
         notes,
     }
 }
@@ -639,6 +642,13 @@ pub fn markdown(rep: &Report) -> String {
         }
         s.push('\n');
     }
+    if !rep.skipped.is_empty() {
+        let _ = writeln!(s, "## Skipped items ({})\n", rep.skipped.len());
+        for f in &rep.skipped {
+            let _ = writeln!(s, "- {}: {}", f.id, f.reason);
+        }
+        s.push('\n');
+    }
     let _ = writeln!(s, "## Notes\n");
     for n in &rep.notes {
         let _ = writeln!(s, "- {n}");
@@ -862,8 +872,9 @@ fn tradeoff_chart(rep: &Report) -> Option<String> {
 
 pub fn html(rep: &Report) -> String {
     let mut s = String::from("<!DOCTYPE html><html lang=\"ko\"><head><meta charset=\"utf-8\"><title>anjeon report</title><style>body{font-family:system-ui,'Noto Sans KR',sans-serif;margin:2em;max-width:1100px;color:#222}table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}th{background:#f3f3f3}figure{margin:1.5em 0}figcaption{font-weight:bold;margin-bottom:.5em}code{background:#f5f5f5;padding:0 3px}</style></head><body>");
-    let _ = write!(s, "<h1>anjeon report</h1><p>Data set <code>{}</code> (sha256 <code>{}</code>), {} samples. Judge: {}. Models: {}. Responses judged: {}. Item failures: {}.</p>",
-        esc(&rep.dataset.spec), esc(&rep.dataset.sha256[..rep.dataset.sha256.len().min(16)]), rep.dataset.samples, esc(&rep.judges.join(", ")), esc(&rep.models.join(", ")), rep.responses, rep.failures.len());
+    let _ = write!(s, "<h1>anjeon report</h1><p>Data set <code>{}</code> (sha256 <code>{}</code>), {} samples. Judge: {}. Models: {}. Responses judged: {}. Item failures: {}. Skipped items: {}.</p>",
+        esc(&rep.dataset.spec), esc(&rep.dataset.sha256[..rep.dataset.sha256.len().min(16)]), rep.dataset.samples, esc(&rep.judges.join(", ")), esc(&rep.models.join(", ")), rep.responses, rep.failures.len(),
+        rep.skipped.len());
     s.push_str("<h2>Headline</h2><table><tr><th>model</th><th>responses</th><th>attack success</th><th>refusal</th><th>over-refusal</th><th>human risk score</th></tr>");
     for r in rep.groups.get("overall").into_iter().flatten() {
         let _ = write!(

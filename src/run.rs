@@ -580,6 +580,9 @@ pub struct RunArgs {
     /// cpu, cuda, cuda:N or metal.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Re-quantize GGUF formats without fast CPU kernels (Q4_1, Q5_0, Q5_1) to Q8_0 at load.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub requantize: crate::model::Requantize,
     /// A system prompt put before every item.
     #[arg(long)]
     pub system: Option<String>,
@@ -643,7 +646,13 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
     };
     let device = crate::model::device(&args.device)?;
     let t_load = std::time::Instant::now();
-    let mut model = crate::model::TextModel::load(&resolved, &device)?;
+    let mut model = crate::model::TextModel::load(
+        &resolved,
+        &device,
+        &crate::model::LoadOptions {
+            requantize: args.requantize,
+        },
+    )?;
     eprintln!(
         "loaded {} ({}) in {:.1} s on {}",
         model.name,

@@ -7,6 +7,7 @@ pub mod chat;
 pub mod fetch;
 pub mod gemma3;
 pub mod generate;
+pub mod requant;
 pub mod spm;
 pub mod tokenizer;
 
@@ -222,6 +223,61 @@ fn cerr(path: &Path, what: &str) -> impl Fn(candle_core::Error) -> Error {
     }
 }
 
+/// How to load a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Requantize {
+    /// Re-quantize Q4_1/Q5_0/Q5_1 GGUF tensors to Q8_0 on CPU (candle has no SIMD kernels for them).
+    #[default]
+    Auto,
+    /// Keep the file's formats exactly.
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadOptions {
+    pub requantize: Requantize,
+}
+
+impl LoadOptions {
+    fn requantize(&self, device: &Device) -> bool {
+        self.requantize == Requantize::Auto && device.is_cpu()
+    }
+}
+
+fn gguf_arch<R: std::io::Read + std::io::Seek>(
+    arch_name: &str,
+    ct: gguf_file::Content,
+    r: &mut R,
+    device: &Device,
+    path: &Path,
+) -> Result<Arch> {
+    Ok(match arch_name {
+        "llama" => Arch::QLlama(
+            tm::quantized_llama::ModelWeights::from_gguf(ct, r, device)
+                .map_err(cerr(path, "loading llama weights"))?,
+        ),
+        "qwen2" => Arch::QQwen2(
+            tm::quantized_qwen2::ModelWeights::from_gguf(ct, r, device)
+                .map_err(cerr(path, "loading qwen2 weights"))?,
+        ),
+        "qwen3" => Arch::QQwen3(
+            tm::quantized_qwen3::ModelWeights::from_gguf(ct, r, device)
+                .map_err(cerr(path, "loading qwen3 weights"))?,
+        ),
+        "gemma3" => Arch::QGemma3(
+            gemma3::ModelWeights::from_gguf(ct, r, device)
+                .map_err(cerr(path, "loading gemma3 weights"))?,
+        ),
+        other => {
+            return Err(Error::Usage(format!(
+                "{}: unsupported architecture {other:?}\n  supported: {SUPPORTED}",
+                path.display()
+            )))
+        }
+    })
+}
+
 /// Pick the device: `cpu`, `cuda[:N]` or `metal`.
 pub fn device(spec: &str) -> Result<Device> {
     match spec {
@@ -249,14 +305,19 @@ pub fn device(spec: &str) -> Result<Device> {
 }
 
 impl TextModel {
-    pub fn load(r: &Resolved, device: &Device) -> Result<TextModel> {
+    pub fn load(r: &Resolved, device: &Device, opts: &LoadOptions) -> Result<TextModel> {
         match &r.source {
-            Source::Gguf(p) => Self::load_gguf(r, p, device),
+            Source::Gguf(p) => Self::load_gguf(r, p, device, opts),
             Source::HfDir(d) => Self::load_hf(r, d, device),
         }
     }
 
-    fn load_gguf(r: &Resolved, path: &Path, device: &Device) -> Result<TextModel> {
+    fn load_gguf(
+        r: &Resolved,
+        path: &Path,
+        device: &Device,
+        opts: &LoadOptions,
+    ) -> Result<TextModel> {
         let sha = fetch::file_sha256(path)?;
         if let Some(c) = &r.card {
             if c.sha256 != sha {
@@ -288,29 +349,18 @@ impl TextModel {
                 None => ChatTemplate::plain(),
             },
         };
-        let arch = match arch_name.as_str() {
-            "llama" => Arch::QLlama(
-                tm::quantized_llama::ModelWeights::from_gguf(ct, &mut f, device)
-                    .map_err(cerr(path, "loading llama weights"))?,
-            ),
-            "qwen2" => Arch::QQwen2(
-                tm::quantized_qwen2::ModelWeights::from_gguf(ct, &mut f, device)
-                    .map_err(cerr(path, "loading qwen2 weights"))?,
-            ),
-            "qwen3" => Arch::QQwen3(
-                tm::quantized_qwen3::ModelWeights::from_gguf(ct, &mut f, device)
-                    .map_err(cerr(path, "loading qwen3 weights"))?,
-            ),
-            "gemma3" => Arch::QGemma3(
-                gemma3::ModelWeights::from_gguf(ct, &mut f, device)
-                    .map_err(cerr(path, "loading gemma3 weights"))?,
-            ),
-            other => {
-                return Err(Error::Usage(format!(
-                    "{}: unsupported architecture {other:?}\n  supported: {SUPPORTED}",
-                    path.display()
-                )))
-            }
+        let requantized = opts.requantize(device) && requant::needed(&ct);
+        let arch = if requantized {
+            let (ct, mut mem) =
+                requant::to_q8(ct, &mut f).map_err(cerr(path, "re-quantizing to Q8_0"))?;
+            gguf_arch(&arch_name, ct, &mut mem, device, path)?
+        } else {
+            gguf_arch(&arch_name, ct, &mut f, device, path)?
+        };
+        let sha = if requantized {
+            format!("{sha}+q8_0")
+        } else {
+            sha
         };
         Ok(TextModel {
             name: r.name.clone(),
@@ -449,6 +499,34 @@ impl TextModel {
         let text = self.template.render(messages, true)?;
         let ids = self.tokenizer.encode_prompt(&text)?;
         Ok((text, ids))
+    }
+
+    /// Teacher forcing through the decode path: prefill `prompt`, then feed
+    /// `forced` one token at a time; returns the logits before each forced
+    /// token and after the last (`forced.len() + 1` rows). For parity checks.
+    pub fn forced_logits(&mut self, prompt: &[u32], forced: &[u32]) -> Result<Vec<Vec<f32>>> {
+        let ce = |e: candle_core::Error| Error::Usage(format!("forward: {e}"));
+        self.arch.clear(&self.device).map_err(ce)?;
+        let input = Tensor::new(prompt, &self.device)
+            .and_then(|t| t.unsqueeze(0))
+            .map_err(ce)?;
+        let mut out = vec![self
+            .arch
+            .forward(&input, 0)
+            .and_then(|l| l.to_vec1::<f32>())
+            .map_err(ce)?];
+        for (i, &t) in forced.iter().enumerate() {
+            let input = Tensor::new(&[t], &self.device)
+                .and_then(|t| t.unsqueeze(0))
+                .map_err(ce)?;
+            out.push(
+                self.arch
+                    .forward(&input, prompt.len() + i)
+                    .and_then(|l| l.to_vec1::<f32>())
+                    .map_err(ce)?,
+            );
+        }
+        Ok(out)
     }
 
     /// Logits after the prompt (fresh cache), for parity checks and judges.

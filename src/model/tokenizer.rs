@@ -41,6 +41,33 @@ const END_OF_TURN: &[&str] = &[
     "</s>",
 ];
 
+/// candle 0.11's GGUF tokenizer builder uses a byte-level pre-tokenizer that
+/// adds a prefix space for every `tokenizer.ggml.pre` it does not know, so
+/// "Hello" became "ĠHello" for SmolLM2 (pre = "smollm"); llama.cpp and the
+/// model's tokenizer.json add none. Set the pre-tokenizer the way the
+/// reference tokenizers define it (checked id by id against llama.cpp).
+fn fix_pre_tokenizer(t: &mut Tokenizer, pre: &str) {
+    use tokenizers::pre_tokenizers::{
+        byte_level::ByteLevel, digits::Digits, sequence::Sequence, PreTokenizerWrapper,
+    };
+    match pre {
+        // candle's own settings for these match their tokenizer.json files.
+        "qwen2" | "smaug-bpe" | "llama3" | "lfm2" => {}
+        // SmolLM: digits split one by one, then GPT-2 byte-level without prefix space.
+        "smollm" => {
+            t.with_pre_tokenizer(Some(PreTokenizerWrapper::Sequence(Sequence::new(vec![
+                Digits::new(true).into(),
+                ByteLevel::new(false, true, true).into(),
+            ]))));
+        }
+        _ => {
+            t.with_pre_tokenizer(Some(PreTokenizerWrapper::ByteLevel(ByteLevel::new(
+                false, true, true,
+            ))));
+        }
+    }
+}
+
 fn tok_err(e: impl std::fmt::Display) -> Error {
     Error::Usage(format!("tokenizer: {e}"))
 }
@@ -61,7 +88,17 @@ impl Tok {
             })
             .unwrap_or_default();
         let inner = match kind.as_str() {
-            "gpt2" => Inner::Hf(Box::new(Tokenizer::from_gguf(ct).map_err(tok_err)?)),
+            "gpt2" => {
+                let mut t = Tokenizer::from_gguf(ct).map_err(tok_err)?;
+                fix_pre_tokenizer(
+                    &mut t,
+                    md("tokenizer.ggml.pre")
+                        .and_then(|v| v.to_string().ok())
+                        .map(String::as_str)
+                        .unwrap_or("default"),
+                );
+                Inner::Hf(Box::new(t))
+            }
             "llama" => {
                 let num = |v: &gguf_file::Value| -> f64 {
                     v.to_f32()
