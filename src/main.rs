@@ -31,6 +31,50 @@ enum Cmd {
     Run(anjeon::run::RunArgs),
     /// Score given responses with a judge; writes a run directory and reports.
     Score(anjeon::run::ScoreArgs),
+    /// Generate for one prompt; prints only the generated text on stdout.
+    Generate {
+        /// Model: bundled name, .gguf, Hugging Face folder, card, or hub id in the local cache.
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        prompt: String,
+        /// No chat template: the prompt as is (BOS as the tokenizer's settings say).
+        #[arg(long)]
+        raw: bool,
+        #[arg(long, default_value_t = 256)]
+        max_tokens: usize,
+        /// 0 = greedy.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f64,
+        #[arg(long)]
+        top_p: Option<f64>,
+        #[arg(long)]
+        top_k: Option<usize>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        #[arg(long, value_enum, default_value = "auto")]
+        requantize: anjeon::model::Requantize,
+    },
+    /// Measure prefill and decode tokens/s and peak memory of a model.
+    Bench {
+        #[arg(long)]
+        model: String,
+        #[arg(long, default_value_t = 256)]
+        prompt_tokens: usize,
+        #[arg(long, default_value_t = 128)]
+        decode_tokens: usize,
+        /// CPU threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        #[arg(long, value_enum, default_value = "auto")]
+        requantize: anjeon::model::Requantize,
+        #[arg(long)]
+        json: bool,
+    },
     /// List or fetch the bundled models.
     Models {
         #[command(subcommand)]
@@ -183,6 +227,88 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Run(args) => {
             let outcome = anjeon::run::run(&args)?;
             Ok(ExitCode::from(if outcome.failures > 0 { 1 } else { 0 }))
+        }
+        Cmd::Generate {
+            model,
+            prompt,
+            raw,
+            max_tokens,
+            temperature,
+            top_p,
+            top_k,
+            seed,
+            device,
+            requantize,
+        } => {
+            let r = anjeon::model::resolve(&model)?;
+            let dev = anjeon::model::device(&device)?;
+            let mut m = anjeon::model::TextModel::load(
+                &r,
+                &dev,
+                &anjeon::model::LoadOptions { requantize },
+            )?;
+            let ids = if raw {
+                m.tokenizer.encode_prompt(&prompt)?
+            } else {
+                m.encode_chat(&[anjeon::model::Message::new("user", prompt)])?
+                    .1
+            };
+            let p = anjeon::model::GenParams {
+                max_new_tokens: max_tokens,
+                temperature,
+                top_p,
+                top_k,
+                ..Default::default()
+            };
+            let g = m.generate(&ids, &p, seed)?;
+            println!("{}", g.text);
+            eprintln!(
+                "{} prompt tokens, {} new ({:?}); prefill {:.1} tok/s, decode {:.1} tok/s",
+                g.prompt_tokens,
+                g.tokens.len(),
+                g.stop,
+                g.prompt_tokens as f64 / g.prefill_s.max(1e-9),
+                g.tokens.len() as f64 / g.decode_s.max(1e-9)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Bench {
+            model,
+            prompt_tokens,
+            decode_tokens,
+            threads,
+            device,
+            requantize,
+            json,
+        } => {
+            if let Some(n) = threads {
+                // candle's CPU kernels size their thread pools from this variable.
+                std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+            }
+            let r = anjeon::model::resolve(&model)?;
+            let dev = anjeon::model::device(&device)?;
+            let t = std::time::Instant::now();
+            let mut m = anjeon::model::TextModel::load(
+                &r,
+                &dev,
+                &anjeon::model::LoadOptions { requantize },
+            )?;
+            let load_s = t.elapsed().as_secs_f64();
+            let requantized = m.files.iter().any(|(_, h)| h.ends_with("+q8_0"));
+            let b = anjeon::model::bench::run(
+                &mut m,
+                load_s,
+                requantized,
+                prompt_tokens,
+                decode_tokens,
+            )?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&b)?);
+            } else {
+                println!("{} ({}), {} threads{}: prefill {:.1} tok/s ({} tokens), decode {:.1} tok/s ({} tokens), peak RSS {:.0} MiB, load {:.1} s",
+                    b.model, b.architecture, b.threads, if b.requantized { ", Q8_0 re-quantized" } else { "" }, b.prefill_tok_s, b.prompt_tokens, b.decode_tok_s, b.decode_tokens, b.peak_rss_mb, b.load_s);
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Models {
             cmd: ModelsCmd::List,

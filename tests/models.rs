@@ -458,3 +458,132 @@ const TOLERANCE: f32 = 1.0;
 /// such steps are near-ties that the two implementations' rounding decides
 /// (llama.cpp keeps the KV cache in f16; anjeon in f32).
 const TIE_MARGIN: f32 = 0.5;
+
+fn anjeon(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_anjeon"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn bad_model_files_give_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    // A truncated GGUF file.
+    let full = std::fs::read(ensure("smollm2-135m-instruct")).unwrap();
+    let cut = dir.path().join("cut.gguf");
+    std::fs::write(&cut, &full[..full.len() / 3]).unwrap();
+    let o = anjeon(&[
+        "generate",
+        "--model",
+        cut.to_str().unwrap(),
+        "--prompt",
+        "hi",
+        "--max-tokens",
+        "2",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("cut.gguf") && err.contains("truncated or corrupt"),
+        "{err}"
+    );
+    // Not a GGUF at all.
+    let junk = dir.path().join("junk.gguf");
+    std::fs::write(&junk, b"definitely not a model").unwrap();
+    let o = anjeon(&[
+        "generate",
+        "--model",
+        junk.to_str().unwrap(),
+        "--prompt",
+        "hi",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("junk.gguf") && err.contains("not a readable GGUF"),
+        "{err}"
+    );
+    // A GGUF of an architecture anjeon does not run.
+    let other = dir.path().join("mamba.gguf");
+    {
+        use candle_core::quantized::gguf_file::Value;
+        let mut f = std::fs::File::create(&other).unwrap();
+        let arch = Value::String("mamba".into());
+        let tm = Value::String("gpt2".into());
+        let toks = Value::Array(vec![Value::String("a".into()), Value::String("b".into())]);
+        let merges = Value::Array(vec![]);
+        gguf_file::write(
+            &mut f,
+            &[
+                ("general.architecture", &arch),
+                ("tokenizer.ggml.model", &tm),
+                ("tokenizer.ggml.tokens", &toks),
+                ("tokenizer.ggml.merges", &merges),
+            ],
+            &[],
+        )
+        .unwrap();
+    }
+    let o = anjeon(&[
+        "generate",
+        "--model",
+        other.to_str().unwrap(),
+        "--prompt",
+        "hi",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("unsupported architecture \"mamba\"")
+            && err.contains("supported: GGUF: llama"),
+        "{err}"
+    );
+    // A missing model names the fix.
+    let o = anjeon(&["generate", "--model", "no-such-model", "--prompt", "hi"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("anjeon models fetch"));
+}
+
+#[test]
+fn a_prompt_longer_than_the_context_is_an_error_not_a_crash() {
+    let mut m = load("smollm2-135m-instruct");
+    let long = vec![28u32; m.context_length + 10];
+    let e = m
+        .generate(
+            &long,
+            &model::GenParams {
+                max_new_tokens: 2,
+                ..Default::default()
+            },
+            0,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("does not fit the context"), "{e}");
+}
+
+#[test]
+fn generate_command_prints_only_the_text() {
+    ensure("gemma-3-270m");
+    let o = anjeon(&[
+        "generate",
+        "--model",
+        "gemma-3-270m",
+        "--prompt",
+        "The capital of France is",
+        "--raw",
+        "--max-tokens",
+        "8",
+        "--requantize",
+        "off",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.starts_with(" the capital of the country of France")
+            && out.ends_with('\n')
+            && out.lines().count() == 1,
+        "{out:?}"
+    );
+}

@@ -22,6 +22,9 @@ pub struct GenParams {
     pub repeat_penalty: f32,
     pub repeat_last_n: usize,
     pub stop: Vec<String>,
+    /// Keep generating through end-of-turn tokens (benchmarks only).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ignore_eos: bool,
 }
 
 impl Default for GenParams {
@@ -34,6 +37,7 @@ impl Default for GenParams {
             repeat_penalty: 1.0,
             repeat_last_n: 64,
             stop: vec![],
+            ignore_eos: false,
         }
     }
 }
@@ -115,7 +119,7 @@ impl TextModel {
                 .map_err(ce)?;
             }
             let next = lp.sample(&logits).map_err(ce)?;
-            if self.tokenizer.stop_ids.contains(&next) {
+            if !p.ignore_eos && self.tokenizer.stop_ids.contains(&next) {
                 stop = StopReason::EndOfTurn;
                 break;
             }

@@ -2,6 +2,7 @@
 //! Hugging Face folder, hub id from the local cache, bundled model card),
 //! tokenizers, chat templates and generation.
 
+pub mod bench;
 pub mod card;
 pub mod chat;
 pub mod fetch;

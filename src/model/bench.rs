@@ -1,0 +1,92 @@
+//! `anjeon bench`: prefill and decode throughput and peak memory of a model,
+//! measured the way the README's speed table is: a fixed-length prompt
+//! (default 256 tokens) prefilled once after a warm-up, then a greedy decode
+//! of a fixed number of tokens (default 128) that ignores end-of-turn.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::{GenParams, TextModel};
+use crate::error::Result;
+
+#[derive(Debug, Serialize)]
+pub struct BenchResult {
+    pub model: String,
+    pub architecture: String,
+    pub threads: usize,
+    pub requantized: bool,
+    pub load_s: f64,
+    pub prompt_tokens: usize,
+    pub prefill_tok_s: f64,
+    pub decode_tokens: usize,
+    pub decode_tok_s: f64,
+    /// Peak resident memory of the process (VmHWM), MiB.
+    pub peak_rss_mb: f64,
+}
+
+/// Peak resident set size from /proc (Linux); 0 elsewhere.
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// A prompt of exactly `n` tokens: Korean and English text, repeated.
+pub fn bench_prompt(model: &TextModel, n: usize) -> Result<Vec<u32>> {
+    let text = "대한민국의 수도는 서울이며, 인구는 약 950만 명입니다. The quick brown fox jumps over the lazy dog. 안전한 인공지능은 사용자를 존중하고 위험한 요청을 거절합니다. ";
+    let piece = model.tokenizer.encode_plain(text)?;
+    let mut ids: Vec<u32> = model
+        .tokenizer
+        .bos
+        .iter()
+        .map(|b| b.0)
+        .filter(|_| model.tokenizer.add_bos)
+        .collect();
+    while ids.len() < n {
+        ids.extend_from_slice(&piece);
+    }
+    ids.truncate(n);
+    Ok(ids)
+}
+
+pub fn run(
+    model: &mut TextModel,
+    load_s: f64,
+    requantized: bool,
+    prompt_tokens: usize,
+    decode_tokens: usize,
+) -> Result<BenchResult> {
+    let threads = candle_core::utils::get_num_threads();
+    let prompt = bench_prompt(model, prompt_tokens)?;
+    // Warm-up (allocations, page faults of the weights).
+    model.prompt_logits(&prompt[..prompt.len().min(16)])?;
+    let t = Instant::now();
+    model.prompt_logits(&prompt)?;
+    let prefill_s = t.elapsed().as_secs_f64();
+    let p = GenParams {
+        max_new_tokens: decode_tokens,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let g = model.generate(&prompt[..prompt.len().min(16)], &p, 0)?;
+    Ok(BenchResult {
+        model: model.name.clone(),
+        architecture: model.architecture.clone(),
+        threads,
+        requantized,
+        load_s,
+        prompt_tokens: prompt.len(),
+        prefill_tok_s: prompt.len() as f64 / prefill_s,
+        decode_tokens: g.tokens.len(),
+        decode_tok_s: g.tokens.len() as f64 / g.decode_s.max(1e-9),
+        peak_rss_mb: peak_rss_mb(),
+    })
+}
