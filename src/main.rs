@@ -134,6 +134,12 @@ enum DataCmd {
 }
 
 fn main() -> ExitCode {
+    // Exit quietly when stdout is closed early (`anjeon … | head`), like other CLI tools.
+    #[cfg(unix)]
+    // SAFETY: restoring the default SIGPIPE disposition before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     anjeon::progress::init_color();
     match run(cli) {

@@ -211,11 +211,16 @@ fn read_responses(
     let source = format!("imported:{}", path.display());
     let mut out = Vec::new();
     for r in recs {
-        let id = r.fields.get("id").and_then(|v| {
-            v.as_str()
-                .map(str::to_string)
-                .or_else(|| v.as_i64().map(|n| n.to_string()))
-        });
+        // `sample_id` lets a run's own generations.jsonl be re-scored.
+        let id = r
+            .fields
+            .get("id")
+            .or_else(|| r.fields.get("sample_id"))
+            .and_then(|v| {
+                v.as_str()
+                    .map(str::to_string)
+                    .or_else(|| v.as_i64().map(|n| n.to_string()))
+            });
         let text = r.fields.get("response").and_then(|v| v.as_str());
         let (Some(id), Some(text)) = (id, text) else {
             failures.push(Failure { location: r.loc.to_string(), id: String::new(), stage: "responses".into(), reason: "line needs \"id\" and \"response\" (fix: write {\"id\": ..., \"response\": ...})".into() });
