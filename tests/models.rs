@@ -587,3 +587,67 @@ fn generate_command_prints_only_the_text() {
         "{out:?}"
     );
 }
+
+/// The safetensors path against Hugging Face transformers: tiny randomly
+/// initialised checkpoints (tests/fixtures/tiny, made by make_tiny.py) and
+/// their logits. f32 on CPU: the logits must agree to 1e-4.
+#[test]
+fn safetensors_models_match_transformers() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("reference.json").exists())
+        .collect();
+    dirs.sort();
+    assert!(dirs.len() >= 3, "tiny checkpoints: {dirs:?}");
+    let mut report = Vec::new();
+    for dir in dirs {
+        let reference: Value =
+            serde_json::from_slice(&std::fs::read(dir.join("reference.json")).unwrap()).unwrap();
+        let r = model::resolve(dir.to_str().unwrap()).unwrap();
+        let mut m = model::TextModel::load(
+            &r,
+            &candle_core::Device::Cpu,
+            &model::LoadOptions::default(),
+        )
+        .unwrap();
+        for (k, input) in reference["inputs"].as_array().unwrap().iter().enumerate() {
+            let input = ids(input);
+            let got = m.prompt_logits(&input).unwrap();
+            let want: Vec<f32> = reference["last_logits"][k]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect();
+            assert_eq!(got.len(), want.len());
+            let diff = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            let greedy_want = ids(&reference["greedy"][k]);
+            let g = m
+                .generate(
+                    &input,
+                    &model::GenParams {
+                        max_new_tokens: greedy_want.len(),
+                        ignore_eos: true,
+                        ..Default::default()
+                    },
+                    0,
+                )
+                .unwrap();
+            report.push(format!(
+                "{} input {k}: max |dlogit| {diff:.2e}, greedy {:?} vs {:?}",
+                dir.file_name().unwrap().to_string_lossy(),
+                g.tokens,
+                greedy_want
+            ));
+            assert!(diff <= 1e-4, "{}", report.last().unwrap());
+            assert_eq!(g.tokens, greedy_want, "{}", report.last().unwrap());
+        }
+    }
+    eprintln!("{}", report.join("\n"));
+}

@@ -279,6 +279,38 @@ fn gguf_arch<R: std::io::Read + std::io::Seek>(
     })
 }
 
+/// Bring a `config.json` into the form candle-transformers 0.11 reads:
+/// transformers 5 writes RoPE settings only under `rope_parameters` and
+/// `sliding_window: null` when no window is used, while candle's qwen2/qwen3
+/// configs need a top-level `rope_theta`, and candle's qwen2 always applies
+/// `sliding_window` (so "no window" becomes the full context).
+pub fn normalize_hf_config(config: &mut serde_json::Value) {
+    let Some(obj) = config.as_object_mut() else {
+        return;
+    };
+    if !obj.contains_key("rope_theta") {
+        if let Some(t) = obj
+            .get("rope_parameters")
+            .and_then(|r| r.get("rope_theta"))
+            .cloned()
+        {
+            obj.insert("rope_theta".into(), t);
+        }
+    }
+    let is_qwen2 = obj
+        .get("architectures")
+        .and_then(|a| a.get(0))
+        .and_then(|a| a.as_str())
+        == Some("Qwen2ForCausalLM");
+    let no_window = obj.get("use_sliding_window").and_then(|v| v.as_bool()) == Some(false)
+        || obj.get("sliding_window").is_none_or(|v| v.is_null());
+    if is_qwen2 && no_window {
+        if let Some(m) = obj.get("max_position_embeddings").cloned() {
+            obj.insert("sliding_window".into(), m);
+        }
+    }
+}
+
 /// Pick the device: `cpu`, `cuda[:N]` or `metal`.
 pub fn device(spec: &str) -> Result<Device> {
     match spec {
@@ -387,7 +419,8 @@ impl TextModel {
                 )
             })
         };
-        let config = read_json("config.json")?;
+        let mut config = read_json("config.json")?;
+        normalize_hf_config(&mut config);
         let arch_name = config["architectures"][0]
             .as_str()
             .unwrap_or("")
