@@ -470,6 +470,35 @@ fn write_manifest(
     judge: &Judge,
     responses: &[Response],
 ) -> Result<()> {
+    let mut models: Vec<String> = responses.iter().map(|r| r.model.clone()).collect();
+    models.sort();
+    models.dedup();
+    let sha256 = if args.responses == "reference" {
+        None
+    } else {
+        Some(file_info(Path::new(&args.responses))?.sha256)
+    };
+    let responses_info = ResponsesInfo {
+        source: args.responses.clone(),
+        sha256,
+        models,
+    };
+    let config = serde_json::json!({ "command": "score", "args": args, "read_options": opts });
+    update_manifest(run, ds, judge, responses_info, None, config, args.seed)
+}
+
+/// Write or extend `manifest.json`: a new directory gets a full manifest; a
+/// resumed one gets the invocation, judge and model appended. A directory
+/// made from another data set is refused.
+fn update_manifest(
+    run: &RunDir,
+    ds: &dataset::Dataset,
+    judge: &Judge,
+    responses: ResponsesInfo,
+    model: Option<serde_json::Value>,
+    config: serde_json::Value,
+    seed: u64,
+) -> Result<()> {
     let path = run.file("manifest.json");
     let files = ds
         .files
@@ -481,18 +510,6 @@ fn write_manifest(
         sha256: ds.hash.clone(),
         files,
         samples: ds.samples.len(),
-    };
-    let mut models: Vec<String> = responses.iter().map(|r| r.model.clone()).collect();
-    models.sort();
-    models.dedup();
-    let responses_info = ResponsesInfo {
-        source: args.responses.clone(),
-        sha256: if args.responses == "reference" {
-            None
-        } else {
-            Some(file_info(Path::new(&args.responses))?.sha256)
-        },
-        models,
     };
     let prompt_sha256 = match judge {
         Judge::Refusal(d) => d.patterns_sha256().to_string(),
@@ -525,7 +542,10 @@ fn write_manifest(
             if !m.judges.contains(&judge_info) {
                 m.judges.push(judge_info);
             }
-            m.responses = responses_info;
+            if let Some(t) = model.filter(|t| !m.models.contains(t)) {
+                m.models.push(t);
+            }
+            m.responses = responses;
             m
         }
         Err(_) => Manifest {
@@ -535,11 +555,11 @@ fn write_manifest(
             created_at: invocation.at.clone(),
             invocations: vec![invocation],
             dataset,
-            responses: responses_info,
-            models: vec![],
+            responses,
+            models: model.into_iter().collect(),
             judges: vec![judge_info],
-            config: serde_json::json!({ "command": "score", "args": args, "read_options": opts }),
-            seed: args.seed,
+            config,
+            seed,
         },
     };
     store::write_atomic(
@@ -810,18 +830,6 @@ fn write_run_manifest(
     model: &crate::model::TextModel,
     params: &crate::model::GenParams,
 ) -> Result<()> {
-    let path = run.file("manifest.json");
-    let files = ds
-        .files
-        .iter()
-        .map(|f| file_info(f))
-        .collect::<Result<Vec<_>>>()?;
-    let dataset = DatasetInfo {
-        spec: ds.spec.clone(),
-        sha256: ds.hash.clone(),
-        files,
-        samples: ds.samples.len(),
-    };
     let target = serde_json::json!({
         "role": "target",
         "name": model.name,
@@ -832,57 +840,11 @@ fn write_run_manifest(
         "tokenizer_fingerprint": model.tokenizer.fingerprint,
         "generation": params,
     });
-    let prompt_sha256 = match judge {
-        Judge::Refusal(d) => d.patterns_sha256().to_string(),
+    let responses = ResponsesInfo {
+        source: "generated".into(),
+        sha256: None,
+        models: vec![model.name.clone()],
     };
-    let judge_info = JudgeInfo {
-        name: judge.name().into(),
-        fingerprint: judge.fingerprint(),
-        prompt_sha256,
-    };
-    let invocation = Invocation {
-        at: store::now_rfc3339(),
-        argv: std::env::args().collect(),
-    };
-    let manifest = match std::fs::read(&path) {
-        Ok(bytes) => {
-            let mut m: Manifest = serde_json::from_slice(&bytes).map_err(|e| Error::Store {
-                path: path.clone(),
-                line: 1,
-                msg: e.to_string(),
-            })?;
-            if m.dataset.sha256 != dataset.sha256 {
-                return Err(Error::Usage(format!("{}: this run directory was made from another data set\n  fix: use a new --out directory for a different data set", run.path.display())));
-            }
-            m.invocations.push(invocation);
-            if !m.judges.contains(&judge_info) {
-                m.judges.push(judge_info);
-            }
-            if !m.models.contains(&target) {
-                m.models.push(target);
-            }
-            m
-        }
-        Err(_) => Manifest {
-            schema: "anjeon.manifest/1".into(),
-            anjeon_version: env!("CARGO_PKG_VERSION").into(),
-            git_revision: option_env!("ANJEON_GIT_REV").unwrap_or("unknown").into(),
-            created_at: invocation.at.clone(),
-            invocations: vec![invocation],
-            dataset,
-            responses: ResponsesInfo {
-                source: "generated".into(),
-                sha256: None,
-                models: vec![model.name.clone()],
-            },
-            models: vec![target],
-            judges: vec![judge_info],
-            config: serde_json::json!({ "command": "run", "args": args, "read_options": opts }),
-            seed: args.seed,
-        },
-    };
-    store::write_atomic(
-        &path,
-        &serde_json::to_vec_pretty(&manifest).expect("serialise manifest"),
-    )
+    let config = serde_json::json!({ "command": "run", "args": args, "read_options": opts });
+    update_manifest(run, ds, judge, responses, Some(target), config, args.seed)
 }
