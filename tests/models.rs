@@ -651,3 +651,57 @@ fn safetensors_models_match_transformers() {
     }
     eprintln!("{}", report.join("\n"));
 }
+
+#[test]
+fn hub_ids_resolve_from_the_local_cache_and_vocab_mismatch_is_caught() {
+    // A Hugging Face cache layout: models--ORG--NAME/{refs/main, snapshots/REV/...}.
+    let tmp = tempfile::tempdir().unwrap();
+    let tiny = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny/llama");
+    let repo = tmp.path().join("hub/models--anjeon-test--tiny-llama");
+    let snap = repo.join("snapshots/0123abcd");
+    std::fs::create_dir_all(&snap).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), "0123abcd").unwrap();
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ] {
+        std::fs::copy(tiny.join(f), snap.join(f)).unwrap();
+    }
+    let run = |model: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_anjeon"))
+            .env("HF_HOME", tmp.path())
+            .args([
+                "generate",
+                "--model",
+                model,
+                "--prompt",
+                "t5 t6 t7",
+                "--raw",
+                "--max-tokens",
+                "3",
+            ])
+            .output()
+            .unwrap()
+    };
+    let o = run("anjeon-test/tiny-llama");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run("anjeon-test/not-cached");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not in the local Hugging Face cache"));
+    // Weights whose embedding is smaller than the tokenizer's vocabulary.
+    let mut cfg: Value =
+        serde_json::from_slice(&std::fs::read(snap.join("config.json")).unwrap()).unwrap();
+    cfg["vocab_size"] = 100.into();
+    std::fs::write(snap.join("config.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
+    let o = run("anjeon-test/tiny-llama");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("tokenizer has 512 tokens but the model's embedding has 100 rows"),
+        "{err}"
+    );
+}

@@ -311,6 +311,18 @@ pub fn normalize_hf_config(config: &mut serde_json::Value) {
     }
 }
 
+/// A tokenizer that can produce ids the embedding has no row for does not
+/// belong to these weights.
+fn check_vocab(path: &Path, tokenizer: usize, rows: usize) -> Result<()> {
+    if tokenizer > rows {
+        return Err(Error::Usage(format!(
+            "{}: the tokenizer has {tokenizer} tokens but the model's embedding has {rows} rows\n  fix: use the tokenizer that was trained with these weights",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Pick the device: `cpu`, `cuda[:N]` or `metal`.
 pub fn device(spec: &str) -> Result<Device> {
     match spec {
@@ -370,6 +382,13 @@ impl TextModel {
             .unwrap_or(2048) as usize;
         let tok = tokenizer::Tok::from_gguf(&ct)
             .map_err(|e| Error::Usage(format!("{}: tokenizer: {e}", path.display())))?;
+        if let Some(rows) = ct
+            .tensor_infos
+            .get("token_embd.weight")
+            .and_then(|t| t.shape.dims().first().copied())
+        {
+            check_vocab(path, tok.vocab_size(), rows)?;
+        }
         let template = match r.card.as_ref().map(|c| c.chat_template.as_str()) {
             Some("plain") => ChatTemplate::plain(),
             _ => match md("tokenizer.chat_template").and_then(|v| v.to_string().ok()) {
@@ -428,6 +447,9 @@ impl TextModel {
         let tok_cfg = read_json("tokenizer_config.json").unwrap_or_default();
         let gen_cfg = read_json("generation_config.json").unwrap_or_default();
         let tok = tokenizer::Tok::from_hf_dir(dir, &tok_cfg, &gen_cfg, &config)?;
+        if let Some(rows) = config["vocab_size"].as_u64() {
+            check_vocab(&dir.join("tokenizer.json"), tok.vocab_size(), rows as usize)?;
+        }
         let template = match tok_cfg["chat_template"].as_str() {
             Some(t) => ChatTemplate::new(
                 t,

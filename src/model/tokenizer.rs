@@ -263,6 +263,14 @@ impl Tok {
         }
     }
 
+    /// Number of ids the tokenizer can produce (added tokens included).
+    pub fn vocab_size(&self) -> usize {
+        match &self.inner {
+            Inner::Hf(t) => t.get_vocab_size(true),
+            Inner::Spm(t) => t.vocab_size(),
+        }
+    }
+
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         match &self.inner {
             Inner::Hf(t) => t.token_to_id(token),
