@@ -259,11 +259,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 m.encode_chat(&[anjeon::model::Message::new("user", prompt)])?
                     .1
             };
+            let stop = if raw {
+                vec![]
+            } else {
+                m.template.stop_strings()
+            };
             let p = anjeon::model::GenParams {
                 max_new_tokens: max_tokens,
                 temperature,
                 top_p,
                 top_k,
+                stop,
                 ..Default::default()
             };
             let g = m.generate(&ids, &p, seed)?;

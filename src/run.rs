@@ -696,6 +696,7 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
         top_p: args.top_p,
         top_k: args.top_k,
         repeat_penalty: args.repeat_penalty.unwrap_or(defaults.repeat_penalty),
+        stop: model.template.stop_strings(),
         ..Default::default()
     };
 

@@ -705,3 +705,21 @@ fn hub_ids_resolve_from_the_local_cache_and_vocab_mismatch_is_caught() {
         "{err}"
     );
 }
+
+#[test]
+fn base_models_stop_before_writing_the_next_user_turn() {
+    ensure("gemma-3-270m");
+    let o = anjeon(&[
+        "generate",
+        "--model",
+        "gemma-3-270m",
+        "--prompt",
+        "대한민국의 수도는 어디인가요?",
+        "--max-tokens",
+        "60",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(!out.contains("User:"), "{out:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("StopString") || out.len() > 0);
+}

@@ -117,6 +117,16 @@ impl ChatTemplate {
     pub fn plain() -> Self {
         ChatTemplate::new(PLAIN_FORMAT, "plain", "", "")
     }
+    /// Stop strings the format needs: a base model in the plain format goes
+    /// on to write the next "User:" turn itself.
+    pub fn stop_strings(&self) -> Vec<String> {
+        if self.origin == "plain" {
+            vec!["\nUser:".to_string()]
+        } else {
+            vec![]
+        }
+    }
+
     /// sha256 of the template source and its origin.
     pub fn hash(&self) -> String {
         sha256_hex(format!("{}\n{}", self.origin, self.source).as_bytes())
