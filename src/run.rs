@@ -300,11 +300,14 @@ fn file_info(p: &Path) -> Result<FileInfo> {
     })
 }
 
-pub fn score(args: &ScoreArgs) -> Result<Outcome> {
-    let opts = args.read.options()?;
-    let judge = Judge::from_arg(&args.judge)?;
-    let ds = dataset::load(&args.dataset, &opts)?;
-    let mut failures: Vec<Failure> = ds
+/// Load the data set of a run: its read problems become item failures, and
+/// media paths are checked against the canonical data set folder.
+fn load_dataset(
+    spec: &str,
+    opts: &dataset::ReadOptions,
+) -> Result<(dataset::Dataset, Vec<Failure>, PathBuf)> {
+    let ds = dataset::load(spec, opts)?;
+    let failures = ds
         .problems
         .iter()
         .map(|p| Failure {
@@ -315,6 +318,13 @@ pub fn score(args: &ScoreArgs) -> Result<Outcome> {
         })
         .collect();
     let root = ds.root.canonicalize().unwrap_or_else(|_| ds.root.clone());
+    Ok((ds, failures, root))
+}
+
+pub fn score(args: &ScoreArgs) -> Result<Outcome> {
+    let opts = args.read.options()?;
+    let judge = Judge::from_arg(&args.judge)?;
+    let (ds, mut failures, root) = load_dataset(&args.dataset, &opts)?;
     let by_id: HashMap<&str, &Sample> = ds.samples.iter().map(|s| (s.id.as_str(), s)).collect();
 
     let mut responses = if args.responses == "reference" {
@@ -645,18 +655,7 @@ fn messages_of(s: &Sample, system: Option<&str>) -> Vec<crate::model::Message> {
 pub fn run(args: &RunArgs) -> Result<Outcome> {
     let opts = args.read.options()?;
     let judge = Judge::from_arg(&args.judge)?;
-    let ds = dataset::load(&args.dataset, &opts)?;
-    let mut failures: Vec<Failure> = ds
-        .problems
-        .iter()
-        .map(|p| Failure {
-            location: p.location.clone(),
-            id: String::new(),
-            stage: "dataset".into(),
-            reason: p.message.clone(),
-        })
-        .collect();
-    let root = ds.root.canonicalize().unwrap_or_else(|_| ds.root.clone());
+    let (ds, mut failures, root) = load_dataset(&args.dataset, &opts)?;
     let by_id: HashMap<&str, &Sample> = ds.samples.iter().map(|s| (s.id.as_str(), s)).collect();
 
     let resolved = match crate::model::resolve(&args.target) {
