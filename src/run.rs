@@ -649,6 +649,15 @@ fn messages_of(s: &Sample, system: Option<&str>) -> Vec<crate::model::Message> {
     out
 }
 
+fn generation_failure(s: &Sample, e: Error) -> Failure {
+    Failure {
+        location: s.origin.to_string(),
+        id: s.id.clone(),
+        stage: "generation".into(),
+        reason: e.to_string(),
+    }
+}
+
 /// `anjeon run`: generate a response with the target model for every text
 /// item, judge, and report. Media items are skipped with a recorded reason
 /// until the target takes media.
@@ -744,12 +753,7 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
         let (text, ids) = match model.encode_chat(&msgs) {
             Ok(x) => x,
             Err(e) => {
-                failures.push(Failure {
-                    location: s.origin.to_string(),
-                    id: s.id.clone(),
-                    stage: "generation".into(),
-                    reason: e.to_string(),
-                });
+                failures.push(generation_failure(s, e));
                 pb.inc(1);
                 continue;
             }
@@ -789,12 +793,7 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
                     })?;
                 }
                 Err(e) => {
-                    failures.push(Failure {
-                        location: s.origin.to_string(),
-                        id: s.id.clone(),
-                        stage: "generation".into(),
-                        reason: e.to_string(),
-                    });
+                    failures.push(generation_failure(s, e));
                     pb.inc(1);
                     continue;
                 }
