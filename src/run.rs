@@ -159,6 +159,18 @@ pub struct Failure {
     pub reason: String,
 }
 
+impl Failure {
+    /// A failure of one sample at a stage.
+    pub fn item(s: &Sample, stage: &str, reason: String) -> Failure {
+        Failure {
+            location: s.origin.to_string(),
+            id: s.id.clone(),
+            stage: stage.into(),
+            reason,
+        }
+    }
+}
+
 /// What this invocation evaluates: read by `anjeon report DIR`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Plan {
@@ -356,12 +368,7 @@ pub fn score(args: &ScoreArgs) -> Result<Outcome> {
     let mut media_bad: HashMap<String, String> = HashMap::new();
     for s in &ds.samples {
         if let Some(m) = dataset::media_problem(s, &root) {
-            failures.push(Failure {
-                location: s.origin.to_string(),
-                id: s.id.clone(),
-                stage: "media".into(),
-                reason: m.clone(),
-            });
+            failures.push(Failure::item(s, "media", m.clone()));
             media_bad.insert(s.id.clone(), m);
         }
     }
@@ -649,15 +656,6 @@ fn messages_of(s: &Sample, system: Option<&str>) -> Vec<crate::model::Message> {
     out
 }
 
-fn generation_failure(s: &Sample, e: Error) -> Failure {
-    Failure {
-        location: s.origin.to_string(),
-        id: s.id.clone(),
-        stage: "generation".into(),
-        reason: e.to_string(),
-    }
-}
-
 /// `anjeon run`: generate a response with the target model for every text
 /// item, judge, and report. Media items are skipped with a recorded reason
 /// until the target takes media.
@@ -712,23 +710,14 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
     let mut skipped = Vec::new();
     for s in &ds.samples {
         if let Some(m) = dataset::media_problem(s, &root) {
-            failures.push(Failure {
-                location: s.origin.to_string(),
-                id: s.id.clone(),
-                stage: "media".into(),
-                reason: m,
-            });
+            failures.push(Failure::item(s, "media", m));
         } else if s.modality() != "text" {
-            skipped.push(Failure {
-                location: s.origin.to_string(),
-                id: s.id.clone(),
-                stage: "generation".into(),
-                reason: format!(
-                    "{} item: target {} takes text only (a multimodal target or --asr is needed)",
-                    s.modality(),
-                    model.name
-                ),
-            });
+            let why = format!(
+                "{} item: target {} takes text only (a multimodal target or --asr is needed)",
+                s.modality(),
+                model.name
+            );
+            skipped.push(Failure::item(s, "generation", why));
         } else {
             runnable.push(s);
         }
@@ -753,7 +742,7 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
         let (text, ids) = match model.encode_chat(&msgs) {
             Ok(x) => x,
             Err(e) => {
-                failures.push(generation_failure(s, e));
+                failures.push(Failure::item(s, "generation", e.to_string()));
                 pb.inc(1);
                 continue;
             }
@@ -793,7 +782,7 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
                     })?;
                 }
                 Err(e) => {
-                    failures.push(generation_failure(s, e));
+                    failures.push(Failure::item(s, "generation", e.to_string()));
                     pb.inc(1);
                     continue;
                 }

@@ -241,6 +241,19 @@ fn parquet_errors_name_the_file_and_the_fix() {
     );
 }
 
+/// `anjeon score --responses reference` on a data set into `out`.
+fn score_reference(dataset: &str, out: &Path) -> Output {
+    run(&[
+        "score",
+        "--dataset",
+        dataset,
+        "--responses",
+        "reference",
+        "--out",
+        out.to_str().unwrap(),
+    ])
+}
+
 fn read_json(p: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
 }
@@ -441,15 +454,7 @@ fn a_locked_run_directory_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
     let _held = anjeon::store::RunDir::open(&out).unwrap();
-    let o = run(&[
-        "score",
-        "--dataset",
-        "tests/fixtures/ok/assurai.parquet",
-        "--responses",
-        "reference",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let o = score_reference("tests/fixtures/ok/assurai.parquet", &out);
     assert_eq!(o.status.code(), Some(2));
     assert!(
         stderr(&o).contains("in use by another anjeon process"),
@@ -462,15 +467,7 @@ fn a_locked_run_directory_is_refused() {
 fn a_run_directory_of_another_dataset_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
-    let o = run(&[
-        "score",
-        "--dataset",
-        "tests/fixtures/ok/assurai.parquet",
-        "--responses",
-        "reference",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let o = score_reference("tests/fixtures/ok/assurai.parquet", &out);
     assert!(o.status.success(), "{}", stderr(&o));
     let resp = dir.path().join("r.jsonl");
     std::fs::write(&resp, "{\"id\": \"KS-T-1\", \"response\": \"아니요.\"}\n").unwrap();
@@ -491,15 +488,7 @@ fn a_run_directory_of_another_dataset_is_refused() {
 fn report_command_rerenders_identically() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
-    let o = run(&[
-        "score",
-        "--dataset",
-        "tests/fixtures/ok/assurai.parquet",
-        "--responses",
-        "reference",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let o = score_reference("tests/fixtures/ok/assurai.parquet", &out);
     assert!(o.status.success(), "{}", stderr(&o));
     let before: Vec<Vec<u8>> = ["report.json", "report.md", "items.csv", "report.html"]
         .iter()
