@@ -85,10 +85,19 @@ enum Cmd {
         /// KIND:PATH with KIND xstest-completions, square-responses, assurai or jsonl.
         #[arg(long)]
         labels: String,
-        #[arg(long, default_value = "refusal")]
-        judge: String,
+        #[command(flatten)]
+        judge: anjeon::run::JudgeArgs,
+        /// cpu, cuda, cuda:N or metal (for a model judge).
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Download the judge model if it is not cached.
+        #[arg(long)]
+        fetch: bool,
         #[arg(long, value_enum, default_value = "all")]
         split: eval::Split,
+        /// At most N items of the split (a deterministic pseudo-random subset).
+        #[arg(long)]
+        limit: Option<usize>,
         /// Grid-search the refusal detector's thresholds on the dev split first.
         #[arg(long)]
         calibrate: bool,
@@ -364,15 +373,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::JudgeEval {
             labels,
             judge,
+            device,
+            fetch,
             split,
+            limit,
             calibrate,
             show_errors,
             json,
         } => {
             let items = eval::read_labels(&labels)?;
-            let mut judge = Judge::from_arg(&judge)?;
+            let mut judge = judge.load(&device, fetch, anjeon::model::Requantize::Auto)?;
             if calibrate {
-                let Judge::Refusal(_) = &judge;
+                if !matches!(judge, Judge::Refusal(_)) {
+                    anyhow::bail!("--calibrate tunes the refusal detector's thresholds; use it with --judge refusal");
+                }
                 let (th, per_lang) = eval::calibrate_refusal(&items);
                 for (lang, n, f1) in per_lang {
                     let p = if lang == "ko" { th.ko } else { th.en };
@@ -382,7 +396,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Judge::Refusal(anjeon::judge::refusal::RefusalDetector::with_thresholds(th));
             }
             if let Some(n) = show_errors {
-                for (l, v) in eval::disagreements(&judge, &items, split, n) {
+                for (l, v) in eval::disagreements(&mut judge, &items, split, limit, n) {
                     let resp: String = l.response.chars().take(400).collect();
                     eprintln!(
                         "--- {} human={:?} judge={}\n{}\n",
@@ -393,7 +407,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     );
                 }
             }
-            let rep = eval::evaluate(&labels, &judge, &items, split)?;
+            let rep = eval::evaluate(&labels, &mut judge, &items, split, limit)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rep)?);
             } else {
@@ -411,7 +425,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         k.agreement.labels, k.agreement.confusion
                     );
                 }
-                println!("  {:.0} items/s", rep.items_per_s);
+                println!("  {:.2} items/s", rep.items_per_s);
+                if let Some(st) = &rep.judge_stats {
+                    println!(
+                        "  rubric prefix: {} tokens in {:.1} s; items: {} tokens computed, {} from the rubric cache, {:.1} s ({:.0}% of judge time on the rubric)",
+                        st.rubric_tokens, st.rubric_s, st.item_tokens, st.cached_tokens, st.item_s,
+                        100.0 * st.rubric_s / (st.rubric_s + st.item_s).max(1e-9)
+                    );
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

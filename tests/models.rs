@@ -312,6 +312,8 @@ fn run_command_generates_judges_and_resumes() {
                 "12",
                 "--seed",
                 "7",
+                "--judge",
+                "refusal",
                 "--out",
                 out.to_str().unwrap(),
             ])

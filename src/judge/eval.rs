@@ -28,6 +28,32 @@ pub struct Labeled {
     pub prompt: String,
     pub response: String,
     pub label: Label,
+    /// Risk factor / category shown to a model judge ("" when unknown).
+    pub risk: String,
+}
+
+impl Labeled {
+    /// The item as a model judge sees it: the task follows the label kind.
+    pub fn item(&self) -> super::model::Item<'_> {
+        use super::model::Task;
+        let task = match self.label {
+            Label::Refusal(_) => Task::Refusal,
+            Label::Harmful(_) => Task::Harm,
+            Label::Score(_) => Task::Risk,
+        };
+        let text = format!("{}{}", self.prompt, self.response);
+        super::model::Item {
+            id: &self.id,
+            language: super::model::language_of(&text),
+            request: &self.prompt,
+            risk: if self.risk.is_empty() {
+                "unspecified".into()
+            } else {
+                self.risk.clone()
+            },
+            task,
+        }
+    }
 }
 
 /// Which part of the labelled data to report on: labels calibrate thresholds
@@ -79,6 +105,7 @@ fn xstest_file(path: &Path, out: &mut Vec<Labeled>) -> Result<()> {
             prompt,
             response: completion,
             label: Label::Refusal(class),
+            risk: String::new(),
         });
     }
     Ok(())
@@ -118,7 +145,7 @@ pub fn read_labels(spec: &str) -> Result<Vec<Labeled>> {
                 let (Some(q), Some(resp), Some(acc)) = (q, resp, acc) else {
                     return Err(Error::input(r.loc.clone(), "missing question, response or acceptable?", "SQuARe response files have question, response and acceptable? (0/1)"));
                 };
-                out.push(Labeled { expected: None, id: format!("square-r-{}", r.loc.line.unwrap_or(0)), prompt: q.into(), response: resp.into(), label: Label::Harmful(acc == 0) });
+                out.push(Labeled { expected: None, id: format!("square-r-{}", r.loc.line.unwrap_or(0)), prompt: q.into(), response: resp.into(), label: Label::Harmful(acc == 0), risk: String::new() });
             }
         }
         "assurai" | "dataset" => {
@@ -128,10 +155,10 @@ pub fn read_labels(spec: &str) -> Result<Vec<Labeled>> {
                 for r in &s.references {
                     let id = format!("{}/{}", s.id, r.model);
                     if let Some(c) = r.labels.refusal {
-                        out.push(Labeled { expected: Some(s.expected), id: id.clone(), prompt: prompt.clone(), response: r.text.clone(), label: Label::Refusal(c) });
+                        out.push(Labeled { expected: Some(s.expected), id: id.clone(), prompt: prompt.clone(), response: r.text.clone(), label: Label::Refusal(c), risk: s.category_label() });
                     }
                     if let Some(sc) = r.labels.risk_score {
-                        out.push(Labeled { expected: Some(s.expected), id: id.clone(), prompt: prompt.clone(), response: r.text.clone(), label: Label::Score(sc) });
+                        out.push(Labeled { expected: Some(s.expected), id: id.clone(), prompt: prompt.clone(), response: r.text.clone(), label: Label::Score(sc), risk: s.category_label() });
                     }
                 }
             }
@@ -155,7 +182,7 @@ pub fn read_labels(spec: &str) -> Result<Vec<Labeled>> {
                 };
                 let id = get("id").unwrap_or_else(|| format!("line-{}", r.loc.line.unwrap_or(0)));
                 let expected = get("expected").and_then(|e| Expected::parse(&e));
-                out.push(Labeled { expected, id, prompt: get("prompt").unwrap_or_default(), response, label });
+                out.push(Labeled { expected, id, prompt: get("prompt").unwrap_or_default(), response, label, risk: get("risk").unwrap_or_default() });
             }
             if let Some(e) = bad.into_iter().next() {
                 return Err(e);
@@ -195,6 +222,9 @@ pub struct EvalReport {
     pub judge_fingerprint: String,
     pub split: Split,
     pub items_per_s: f64,
+    /// A model judge's time on the shared rubric prefix vs the items.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub judge_stats: Option<super::model::Stats>,
     /// The first kind's numbers, repeated at the top level.
     #[serde(flatten)]
     pub primary: KindReport,
@@ -293,8 +323,10 @@ fn evaluate_kind(kind: &str, items: &[(&Labeled, Verdict)]) -> Option<KindReport
 }
 
 /// Judge every labelled item and compute agreement per label kind.
-pub fn evaluate(spec: &str, judge: &Judge, items: &[Labeled], split: Split) -> Result<EvalReport> {
-    let chosen: Vec<&Labeled> = items
+/// The items of a split, at most `limit` of them: a deterministic pseudo-random
+/// subset (ordered by a hash of the id), for judges too slow for all items.
+pub fn select(items: &[Labeled], split: Split, limit: Option<usize>) -> Vec<&Labeled> {
+    let mut chosen: Vec<&Labeled> = items
         .iter()
         .filter(|l| match split {
             Split::All => true,
@@ -302,11 +334,34 @@ pub fn evaluate(spec: &str, judge: &Judge, items: &[Labeled], split: Split) -> R
             Split::Test => !in_dev(&l.id),
         })
         .collect();
+    if let Some(n) = limit {
+        chosen.sort_by_key(|l| (metrics::seed_of(&l.id, 0x1a7e), l.id.clone()));
+        chosen.truncate(n);
+        chosen.sort_by(|a, b| a.id.cmp(&b.id));
+    }
+    chosen
+}
+
+/// Judge every labelled item and compute agreement per label kind.
+pub fn evaluate(
+    spec: &str,
+    judge: &mut Judge,
+    items: &[Labeled],
+    split: Split,
+    limit: Option<usize>,
+) -> Result<EvalReport> {
+    let chosen = select(items, split, limit);
     let t0 = Instant::now();
+    let pb = crate::progress::bar(chosen.len() as u64, "judging");
     let judged: Vec<(&Labeled, Verdict)> = chosen
         .iter()
-        .map(|l| (*l, judge.judge(&l.prompt, &l.response)))
+        .map(|l| {
+            let v = judge.judge(&l.item(), &l.response).verdict;
+            pb.inc(1);
+            (*l, v)
+        })
         .collect();
+    pb.finish_and_clear();
     let secs = t0.elapsed().as_secs_f64().max(1e-9);
     let mut by_kind: Vec<KindReport> = ["refusal", "harmful", "score"]
         .iter()
@@ -328,10 +383,14 @@ pub fn evaluate(spec: &str, judge: &Judge, items: &[Labeled], split: Split) -> R
     all.extend(by_kind);
     Ok(EvalReport {
         labels: spec.to_string(),
-        judge: judge.name().to_string(),
+        judge: judge.name(),
         judge_fingerprint: judge.fingerprint(),
         split,
-        items_per_s: metrics::round6(judged.len() as f64 / secs).round(),
+        items_per_s: metrics::round6(judged.len() as f64 / secs),
+        judge_stats: match judge {
+            Judge::Model(m) => Some(m.stats.clone()),
+            Judge::Refusal(_) => None,
+        },
         primary,
         by_kind: all,
     })
@@ -404,20 +463,16 @@ pub fn calibrate_refusal(items: &[Labeled]) -> (Thresholds, Vec<(String, usize, 
 /// Up to `n` items whose refusal verdict disagrees with the human label, for
 /// error analysis (`judge-eval --show-errors N`).
 pub fn disagreements<'a>(
-    judge: &Judge,
+    judge: &mut Judge,
     items: &'a [Labeled],
     split: Split,
+    limit: Option<usize>,
     n: usize,
 ) -> Vec<(&'a Labeled, Verdict)> {
-    items
-        .iter()
-        .filter(|l| match split {
-            Split::All => true,
-            Split::Dev => in_dev(&l.id),
-            Split::Test => !in_dev(&l.id),
-        })
+    select(items, split, limit)
+        .into_iter()
         .filter_map(|l| {
-            let v = judge.judge(&l.prompt, &l.response);
+            let v = judge.judge(&l.item(), &l.response).verdict;
             let agree = match (l.label, &v) {
                 (Label::Refusal(h), Verdict::Refusal { class, .. }) => h == *class,
                 (Label::Harmful(h), v) => {

@@ -3,6 +3,8 @@
 //! behind the same [`Verdict`] type.
 
 pub mod eval;
+pub mod guard;
+pub mod model;
 pub mod refusal;
 
 use serde::{Deserialize, Serialize};
@@ -36,41 +38,144 @@ impl Verdict {
     }
 }
 
-/// A judge selected on the command line.
+/// The judge `anjeon run` and `anjeon score` use unless told otherwise: the
+/// strongest instruct model that can be had here (a bundled card).
+pub const DEFAULT_JUDGE_MODEL: &str = "qwen2.5-coder-1.5b-instruct";
+
+/// How to load a model judge.
+#[derive(Debug, Clone)]
+pub struct LoadArgs {
+    pub device: String,
+    /// Download a bundled judge model if it is not cached.
+    pub fetch: bool,
+    pub requantize: crate::model::Requantize,
+    pub max_response_tokens: usize,
+}
+
+impl Default for LoadArgs {
+    fn default() -> Self {
+        LoadArgs {
+            device: "cpu".into(),
+            fetch: false,
+            requantize: crate::model::Requantize::Auto,
+            max_response_tokens: model::DEFAULT_MAX_RESPONSE_TOKENS,
+        }
+    }
+}
+
+/// A judge selected on the command line. A model judge always has the
+/// refusal detector beside it (its verdicts are stored too, and reports show
+/// where the two disagree).
 pub enum Judge {
     Refusal(refusal::RefusalDetector),
+    Model(Box<model::ModelJudge>),
+}
+
+/// One judge's output on one response.
+#[derive(Debug, Clone)]
+pub struct Judged {
+    pub verdict: Verdict,
+    pub detail: Option<model::Detail>,
 }
 
 impl Judge {
-    /// Parse `--judge`. Model judges come with the model engine.
-    pub fn from_arg(s: &str) -> Result<Judge> {
+    /// Parse `--judge`: `refusal`, `default` (the default judge model), or
+    /// any model the engine loads (bundled name, .gguf, folder, card, hub id).
+    pub fn from_arg(s: &str, load: &LoadArgs) -> Result<Judge> {
         match s {
             "refusal" | "refusal-detector" => Ok(Judge::Refusal(refusal::RefusalDetector::new())),
-            other => Err(Error::Usage(format!(
-                "--judge {other:?}: unknown judge; available: refusal (the model-free refusal detector)"
-            ))),
+            spec => {
+                let spec = if spec == "default" {
+                    DEFAULT_JUDGE_MODEL
+                } else {
+                    spec
+                };
+                let resolved = match crate::model::resolve(spec) {
+                    Ok(r) => r,
+                    Err(e) => match crate::model::card::find(spec) {
+                        Some(c) if load.fetch => {
+                            crate::model::fetch::fetch(&c)?;
+                            crate::model::resolve(spec)?
+                        }
+                        found => {
+                            let what = if found.is_none() {
+                                "unknown judge; "
+                            } else {
+                                ""
+                            };
+                            return Err(Error::Usage(format!(
+                                "--judge {spec}: {what}{e}\n  (or use --judge refusal for the model-free refusal detector)"
+                            )));
+                        }
+                    },
+                };
+                let device = crate::model::device(&load.device)?;
+                let t0 = std::time::Instant::now();
+                let m = crate::model::TextModel::load(
+                    &resolved,
+                    &device,
+                    &crate::model::LoadOptions {
+                        requantize: load.requantize,
+                    },
+                )?;
+                eprintln!(
+                    "loaded judge {} ({}) in {:.1} s",
+                    m.name,
+                    m.architecture,
+                    t0.elapsed().as_secs_f64()
+                );
+                let mut j = model::ModelJudge::with_builtin_rubrics(m)?;
+                j.max_response_tokens = load.max_response_tokens;
+                Ok(Judge::Model(Box::new(j)))
+            }
         }
     }
-    pub fn name(&self) -> &'static str {
+    pub fn name(&self) -> String {
         match self {
-            Judge::Refusal(_) => "refusal",
+            Judge::Refusal(_) => "refusal".into(),
+            Judge::Model(m) => format!("model:{}", m.model.name),
         }
     }
     /// Identifies the judge and its prompt/rubric: part of every judgment's key.
     pub fn fingerprint(&self) -> String {
         match self {
             Judge::Refusal(d) => d.fingerprint(),
+            Judge::Model(m) => m.fingerprint(),
         }
     }
-    pub fn judge(&self, _prompt: &str, response: &str) -> Verdict {
+    /// Hash of the judge's rules or rubric files.
+    pub fn prompt_sha256(&self) -> String {
+        match self {
+            Judge::Refusal(d) => d.patterns_sha256().to_string(),
+            Judge::Model(m) => m.rubrics_sha256(),
+        }
+    }
+    /// Judge one response. A model judge's per-item failure (a prompt that
+    /// does not fit, a backend error) is an `unscored` verdict, never "safe".
+    pub fn judge(&mut self, item: &model::Item, response: &str) -> Judged {
         match self {
             Judge::Refusal(d) => {
                 let r = d.classify(response);
-                Verdict::Refusal {
-                    class: r.class,
-                    evidence: r.evidence,
+                Judged {
+                    verdict: Verdict::Refusal {
+                        class: r.class,
+                        evidence: r.evidence,
+                    },
+                    detail: None,
                 }
             }
+            Judge::Model(m) => match m.judge(item, response) {
+                Ok((verdict, detail)) => Judged {
+                    verdict,
+                    detail: Some(detail),
+                },
+                Err(e) => Judged {
+                    verdict: Verdict::Unscored {
+                        reason: e.to_string(),
+                    },
+                    detail: None,
+                },
+            },
         }
     }
 }

@@ -21,6 +21,7 @@ use candle_nn::Embedding;
 /// Longest context anjeon prepares rotary tables for.
 pub const MAX_POSITIONS: usize = 32_768;
 
+#[derive(Clone)]
 struct Norm {
     weight: Tensor,
     eps: f32,
@@ -45,6 +46,7 @@ impl Norm {
     }
 }
 
+#[derive(Clone)]
 struct Rope {
     cos: Tensor,
     sin: Tensor,
@@ -75,6 +77,7 @@ impl Rope {
     }
 }
 
+#[derive(Clone)]
 struct Layer {
     wq: QMatMul,
     wk: QMatMul,
@@ -169,6 +172,7 @@ impl Layer {
     }
 }
 
+#[derive(Clone)]
 pub struct ModelWeights {
     embed: Embedding,
     hidden: usize,

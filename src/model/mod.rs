@@ -8,6 +8,7 @@ pub mod chat;
 pub mod fetch;
 pub mod gemma3;
 pub mod generate;
+pub mod qwen2;
 pub mod requant;
 pub mod spm;
 pub mod tokenizer;
@@ -165,7 +166,7 @@ fn resolve_card(c: card::Card) -> Result<Resolved> {
 /// The weights of one supported architecture.
 enum Arch {
     QLlama(tm::quantized_llama::ModelWeights),
-    QQwen2(tm::quantized_qwen2::ModelWeights),
+    QQwen2(qwen2::ModelWeights),
     QQwen3(tm::quantized_qwen3::ModelWeights),
     QGemma3(gemma3::ModelWeights),
     Llama(tm::llama::Llama, tm::llama::Cache, tm::llama::Config, DType),
@@ -186,6 +187,17 @@ impl Arch {
             Arch::Qwen3(m) => m.forward(ids, pos)?,
         };
         logits.flatten_all()?.to_dtype(DType::F32)
+    }
+    /// A copy of the model with its KV cache, for architectures whose cache
+    /// is never written in place (appending makes new tensors), so the copy
+    /// stays valid while the original goes on. Weights are shared.
+    fn snapshot(&self) -> Option<Arch> {
+        match self {
+            Arch::QLlama(m) => Some(Arch::QLlama(m.clone())),
+            Arch::QQwen2(m) => Some(Arch::QQwen2(m.clone())),
+            Arch::QGemma3(m) => Some(Arch::QGemma3(m.clone())),
+            _ => None,
+        }
     }
     fn clear(&mut self, device: &Device) -> candle_core::Result<()> {
         match self {
@@ -259,7 +271,7 @@ fn gguf_arch<R: std::io::Read + std::io::Seek>(
                 .map_err(cerr(path, "loading llama weights"))?,
         ),
         "qwen2" => Arch::QQwen2(
-            tm::quantized_qwen2::ModelWeights::from_gguf(ct, r, device)
+            qwen2::ModelWeights::from_gguf(ct, r, device)
                 .map_err(cerr(path, "loading qwen2 weights"))?,
         ),
         "qwen3" => Arch::QQwen3(
@@ -585,6 +597,60 @@ impl TextModel {
         Ok(out)
     }
 
+    /// Fill the KV cache with a prompt prefix shared by many prompts (a judge's
+    /// rubric) and keep a copy of it. Architectures without a copyable cache
+    /// give a prefix that [`TextModel::logits_after`] ignores.
+    pub fn prefill_prefix(&mut self, ids: &[u32]) -> Result<Prefix> {
+        if ids.is_empty() || self.arch.snapshot().is_none() {
+            return Ok(Prefix {
+                ids: ids.to_vec(),
+                state: None,
+            });
+        }
+        self.prompt_logits(ids)?;
+        Ok(Prefix {
+            ids: ids.to_vec(),
+            state: self.arch.snapshot(),
+        })
+    }
+
+    /// Logits after `ids`, starting from `prefix`'s cache when `ids` begins
+    /// with the prefix's tokens (otherwise from an empty cache). Returns the
+    /// logits and how many positions were computed now.
+    pub fn logits_after(
+        &mut self,
+        prefix: Option<&Prefix>,
+        ids: &[u32],
+    ) -> Result<(Vec<f32>, usize)> {
+        if ids.len() >= self.context_length {
+            return Err(Error::Usage(format!(
+                "prompt of {} tokens does not fit the context of {} tokens",
+                ids.len(),
+                self.context_length
+            )));
+        }
+        if let Some(Prefix {
+            ids: pids,
+            state: Some(state),
+        }) = prefix
+        {
+            if ids.len() > pids.len() && ids.starts_with(pids) {
+                self.arch = state.snapshot().expect("snapshot of a snapshot");
+                let rest = &ids[pids.len()..];
+                let input = Tensor::new(rest, &self.device)
+                    .and_then(|t| t.unsqueeze(0))
+                    .map_err(|e| Error::Usage(e.to_string()))?;
+                let logits = self
+                    .arch
+                    .forward(&input, pids.len())
+                    .and_then(|l| l.to_vec1::<f32>())
+                    .map_err(|e| Error::Usage(format!("forward: {e}")))?;
+                return Ok((logits, rest.len()));
+            }
+        }
+        Ok((self.prompt_logits(ids)?, ids.len()))
+    }
+
     /// Logits after the prompt (fresh cache), for parity checks and judges.
     pub fn prompt_logits(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
         self.arch
@@ -600,5 +666,24 @@ impl TextModel {
         logits
             .to_vec1::<f32>()
             .map_err(|e| Error::Usage(e.to_string()))
+    }
+}
+
+/// A model state after a shared prompt prefix (see [`TextModel::prefill_prefix`]).
+pub struct Prefix {
+    ids: Vec<u32>,
+    state: Option<Arch>,
+}
+
+impl Prefix {
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+    /// Whether the model keeps the prefix's cache (else every prompt is computed whole).
+    pub fn cached(&self) -> bool {
+        self.state.is_some()
     }
 }

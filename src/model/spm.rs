@@ -78,6 +78,10 @@ impl Spm {
         }
     }
 
+    /// Texts matched literally as control / user-defined tokens.
+    pub fn special_texts(&self) -> Vec<String> {
+        self.specials.iter().map(|(t, _)| t.clone()).collect()
+    }
     pub fn vocab_size(&self) -> usize {
         self.pieces.len()
     }

@@ -271,6 +271,24 @@ impl Tok {
         }
     }
 
+    /// Texts that the tokenizer turns into added or control tokens when they
+    /// appear in a prompt (role markers and the like), longest first. A judge
+    /// neutralises them in the text under test.
+    pub fn special_texts(&self) -> Vec<String> {
+        let mut v: Vec<String> = match &self.inner {
+            Inner::Hf(t) => t
+                .get_added_tokens_decoder()
+                .values()
+                .map(|a| a.content.clone())
+                .filter(|c| !c.is_empty())
+                .collect(),
+            Inner::Spm(t) => t.special_texts(),
+        };
+        v.sort_by(|a, b| b.len().cmp(&a.len()).then(a.cmp(b)));
+        v.dedup();
+        v
+    }
+
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         match &self.inner {
             Inner::Hf(t) => t.token_to_id(token),

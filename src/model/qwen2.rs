@@ -1,0 +1,223 @@
+//! Qwen2 / Qwen2.5 text model from a quantized GGUF file.
+//!
+//! Written for anjeon after candle-transformers 0.11.1's `quantized_qwen2`
+//! (MIT OR Apache-2.0, Copyright the Candle authors). The computation is the
+//! same; what differs is that the model is `Clone` and its KV cache is plain
+//! data, so a judge can fill the cache with the rubric once and start every
+//! item from a copy of it (prefix caching: the clone shares the weights and
+//! the prefix tensors, and appending creates new tensors), and that the
+//! causal mask also covers a chunk that starts after cached positions.
+
+use candle_core::quantized::{gguf_file, QMatMul};
+use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
+use candle_nn::Embedding;
+
+/// Longest context anjeon prepares rotary tables for.
+pub const MAX_POSITIONS: usize = 32_768;
+
+#[derive(Clone)]
+struct Norm {
+    weight: Tensor,
+    eps: f32,
+}
+
+impl Norm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps)
+    }
+}
+
+#[derive(Clone)]
+struct Layer {
+    wq: QMatMul,
+    wk: QMatMul,
+    wv: QMatMul,
+    bq: Tensor,
+    bk: Tensor,
+    bv: Tensor,
+    wo: QMatMul,
+    attn_norm: Norm,
+    ffn_norm: Norm,
+    gate: QMatMul,
+    up: QMatMul,
+    down: QMatMul,
+    n_head: usize,
+    n_kv: usize,
+    head_dim: usize,
+    cos: Tensor,
+    sin: Tensor,
+    cache: Option<(Tensor, Tensor)>,
+}
+
+impl Layer {
+    fn attention(&mut self, x: &Tensor, pos: usize) -> Result<Tensor> {
+        let (b, seq, _) = x.dims3()?;
+        let heads = |t: Tensor, n: usize| {
+            t.reshape((b, seq, n, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let q = heads(self.wq.forward(x)?.broadcast_add(&self.bq)?, self.n_head)?;
+        let k = heads(self.wk.forward(x)?.broadcast_add(&self.bk)?, self.n_kv)?;
+        let v = heads(self.wv.forward(x)?.broadcast_add(&self.bv)?, self.n_kv)?;
+        let cos = self.cos.narrow(0, pos, seq)?;
+        let sin = self.sin.narrow(0, pos, seq)?;
+        let q = candle_nn::rotary_emb::rope(&q, &cos, &sin)?;
+        let k = candle_nn::rotary_emb::rope(&k, &cos, &sin)?;
+        let (k, v) = match (&self.cache, pos) {
+            (Some((kc, vc)), p) if p > 0 => {
+                (Tensor::cat(&[kc, &k], 2)?, Tensor::cat(&[vc, &v], 2)?)
+            }
+            _ => (k, v),
+        };
+        self.cache = Some((k.clone(), v.clone()));
+        let rep = self.n_head / self.n_kv;
+        let k = candle_transformers::utils::repeat_kv(k, rep)?.contiguous()?;
+        let v = candle_transformers::utils::repeat_kv(v, rep)?.contiguous()?;
+        let mut att = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?;
+        if seq > 1 {
+            let kv_len = k.dim(2)?;
+            let first = kv_len - seq; // cached positions before this chunk
+            let m: Vec<f32> = (0..seq)
+                .flat_map(|i| {
+                    (0..kv_len).map(move |j| {
+                        if j <= first + i {
+                            0.0
+                        } else {
+                            f32::NEG_INFINITY
+                        }
+                    })
+                })
+                .collect();
+            let m = Tensor::from_vec(m, (1, 1, seq, kv_len), x.device())?;
+            att = att.broadcast_add(&m)?;
+        }
+        let att = candle_nn::ops::softmax_last_dim(&att)?;
+        let out =
+            att.matmul(&v)?
+                .transpose(1, 2)?
+                .reshape((b, seq, self.n_head * self.head_dim))?;
+        self.wo.forward(&out)
+    }
+
+    fn mlp(&self, x: &Tensor) -> Result<Tensor> {
+        let g = candle_nn::ops::silu(&self.gate.forward(x)?)?;
+        self.down.forward(&(g * self.up.forward(x)?)?)
+    }
+}
+
+#[derive(Clone)]
+pub struct ModelWeights {
+    embed: Embedding,
+    layers: Vec<Layer>,
+    norm: Norm,
+    output: QMatMul,
+}
+
+impl ModelWeights {
+    pub fn from_gguf<R: std::io::Read + std::io::Seek>(
+        ct: gguf_file::Content,
+        r: &mut R,
+        dev: &Device,
+    ) -> Result<Self> {
+        let get = |k: &str| {
+            ct.metadata
+                .get(&format!("qwen2.{k}"))
+                .ok_or_else(|| candle_core::Error::Msg(format!("GGUF metadata qwen2.{k} missing")))
+        };
+        let n_head = get("attention.head_count")?.to_u32()? as usize;
+        let n_kv = get("attention.head_count_kv")?.to_u32()? as usize;
+        let n_layer = get("block_count")?.to_u32()? as usize;
+        let hidden = get("embedding_length")?.to_u32()? as usize;
+        let eps = get("attention.layer_norm_rms_epsilon")?.to_f32()?;
+        let base = get("rope.freq_base")
+            .and_then(|v| v.to_f32())
+            .unwrap_or(10_000.0);
+        let ctx = get("context_length")
+            .and_then(|v| v.to_u32())
+            .unwrap_or(32_768) as usize;
+        let head_dim = hidden / n_head;
+        let positions = ctx.min(MAX_POSITIONS);
+        let inv: Vec<f32> = (0..head_dim)
+            .step_by(2)
+            .map(|i| 1f32 / base.powf(i as f32 / head_dim as f32))
+            .collect();
+        let n = inv.len();
+        let inv = Tensor::from_vec(inv, (1, n), dev)?;
+        let freqs = Tensor::arange(0u32, positions as u32, dev)?
+            .to_dtype(DType::F32)?
+            .reshape((positions, 1))?
+            .matmul(&inv)?;
+        let (cos, sin) = (freqs.cos()?, freqs.sin()?);
+
+        let embed_q = ct.tensor(r, "token_embd.weight", dev)?;
+        let embed = Embedding::new(embed_q.dequantize(dev)?, hidden);
+        let output = match ct.tensor(r, "output.weight", dev) {
+            Ok(t) => QMatMul::from_qtensor(t)?,
+            Err(_) => QMatMul::from_qtensor(embed_q)?, // tied embeddings
+        };
+        let norm = |r: &mut R, name: &str| -> Result<Norm> {
+            Ok(Norm {
+                weight: ct.tensor(r, name, dev)?.dequantize(dev)?,
+                eps,
+            })
+        };
+        let final_norm = norm(r, "output_norm.weight")?;
+        let mut layers = Vec::with_capacity(n_layer);
+        for i in 0..n_layer {
+            let p = format!("blk.{i}");
+            let qm = |r: &mut R, n: &str| -> Result<QMatMul> {
+                QMatMul::from_qtensor(ct.tensor(r, &format!("{p}.{n}.weight"), dev)?)
+            };
+            let bias = |r: &mut R, n: &str| -> Result<Tensor> {
+                ct.tensor(r, &format!("{p}.{n}.bias"), dev)?.dequantize(dev)
+            };
+            layers.push(Layer {
+                wq: qm(r, "attn_q")?,
+                wk: qm(r, "attn_k")?,
+                wv: qm(r, "attn_v")?,
+                bq: bias(r, "attn_q")?,
+                bk: bias(r, "attn_k")?,
+                bv: bias(r, "attn_v")?,
+                wo: qm(r, "attn_output")?,
+                attn_norm: norm(r, &format!("{p}.attn_norm.weight"))?,
+                ffn_norm: norm(r, &format!("{p}.ffn_norm.weight"))?,
+                gate: qm(r, "ffn_gate")?,
+                up: qm(r, "ffn_up")?,
+                down: qm(r, "ffn_down")?,
+                n_head,
+                n_kv,
+                head_dim,
+                cos: cos.clone(),
+                sin: sin.clone(),
+                cache: None,
+            });
+        }
+        Ok(ModelWeights {
+            embed,
+            layers,
+            norm: final_norm,
+            output,
+        })
+    }
+
+    pub fn clear_kv_cache(&mut self) {
+        for l in &mut self.layers {
+            l.cache = None;
+        }
+    }
+
+    /// Logits of the last position: `[batch, vocab]`.
+    pub fn forward(&mut self, ids: &Tensor, pos: usize) -> Result<Tensor> {
+        let (_, seq) = ids.dims2()?;
+        let mut x = self.embed.forward(&ids.contiguous()?)?;
+        for l in &mut self.layers {
+            let a = l.attention(&l.attn_norm.forward(&x)?, pos)?;
+            x = (x + a)?;
+            let m = l.mlp(&l.ffn_norm.forward(&x)?)?;
+            x = (x + m)?;
+        }
+        let x = self.norm.forward(&x.i((.., seq - 1..seq, ..))?)?;
+        self.output.forward(&x)?.squeeze(1)
+    }
+}
