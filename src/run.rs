@@ -64,6 +64,12 @@ pub struct JudgeArgs {
     /// Download the bundled judge model if it is not cached.
     #[arg(long)]
     pub judge_fetch: bool,
+    /// How the judge model is prompted: `rubric` (data/judge/*.toml) or a
+    /// guard-model format (llama-guard-3, llama-guard-3-1b, llama-guard-4,
+    /// kanana-safeguard, qwen3guard, shieldgemma). Default: a guard format when
+    /// the model's name says it is one, else rubric.
+    #[arg(long)]
+    pub judge_format: Option<String>,
 }
 
 impl JudgeArgs {
@@ -83,6 +89,7 @@ impl JudgeArgs {
                 fetch: fetch || self.judge_fetch,
                 requantize,
                 max_response_tokens: self.judge_max_tokens,
+                format: self.judge_format.clone(),
             },
         )
     }

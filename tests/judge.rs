@@ -316,3 +316,25 @@ fn runs_reuse_judgments_and_rescore_without_generating() {
     let gens = std::fs::read_to_string(out.join("generations.jsonl")).unwrap();
     assert_eq!(gens.lines().count(), 4);
 }
+
+#[test]
+fn guard_output_outside_the_format_is_unscored_never_safe() {
+    use anjeon::judge::guard::GuardFormat;
+    // Qwen2.5-Coder is not a guard model: prompted as Qwen3Guard it does not
+    // answer in that format, and the verdict must say so.
+    let mut j = judge().with_guard(GuardFormat::Qwen3Guard).unwrap();
+    let (v, d) = j.judge(&item(Task::Harm), COMPLIANT).unwrap();
+    let g = d.guard.expect("guard output recorded");
+    assert_eq!(g.format, "qwen3guard");
+    match v {
+        Verdict::Unscored { reason } => assert!(reason.contains("qwen3guard"), "{reason}"),
+        Verdict::Harm { .. } => assert!(
+            GuardFormat::Qwen3Guard.parse(&g.output).is_ok(),
+            "{}",
+            g.output
+        ),
+        other => panic!("{other:?}"),
+    }
+    // ShieldGemma's label words must be single tokens of the judge's vocabulary.
+    assert!(judge().with_guard(GuardFormat::ShieldGemma).is_ok());
+}

@@ -50,6 +50,8 @@ pub struct LoadArgs {
     pub fetch: bool,
     pub requantize: crate::model::Requantize,
     pub max_response_tokens: usize,
+    /// `rubric`, a guard format name, or None to detect a guard model by name.
+    pub format: Option<String>,
 }
 
 impl Default for LoadArgs {
@@ -59,6 +61,7 @@ impl Default for LoadArgs {
             fetch: false,
             requantize: crate::model::Requantize::Auto,
             max_response_tokens: model::DEFAULT_MAX_RESPONSE_TOKENS,
+            format: None,
         }
     }
 }
@@ -124,8 +127,28 @@ impl Judge {
                     m.architecture,
                     t0.elapsed().as_secs_f64()
                 );
+                let guard = match load.format.as_deref() {
+                    None => guard::GuardFormat::detect(&resolved.name),
+                    Some("rubric") => None,
+                    Some(f) => Some(guard::GuardFormat::from_name(f).ok_or_else(|| {
+                        Error::Usage(format!(
+                            "--judge-format {f}: unknown; use rubric or one of {}",
+                            guard::GuardFormat::all()
+                                .iter()
+                                .map(|g| g.name())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ))
+                    })?),
+                };
                 let mut j = model::ModelJudge::with_builtin_rubrics(m)?;
                 j.max_response_tokens = load.max_response_tokens;
+                if let Some(g) = guard {
+                    if !g.prompt_verified() {
+                        eprintln!("warning: the {} prompt format is not verified against the model's own template (see src/judge/guard.rs)", g.name());
+                    }
+                    j = j.with_guard(g)?;
+                }
                 Ok(Judge::Model(Box::new(j)))
             }
         }
