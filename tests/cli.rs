@@ -528,8 +528,6 @@ fn judge_eval_on_xstest_agrees_with_humans() {
         "refusal",
         "--labels",
         &format!("xstest-completions:{PUB}/xstest/model_completions"),
-        "--judge",
-        "refusal",
         "--split",
         "test",
         "--json",
