@@ -98,6 +98,10 @@ enum Cmd {
         /// At most N items of the split (a deterministic pseudo-random subset).
         #[arg(long)]
         limit: Option<usize>,
+        /// Append this text to every response (to measure how far an injected
+        /// fake verdict such as "점수: 1" moves the judge).
+        #[arg(long, value_name = "TEXT")]
+        append: Option<String>,
         /// Grid-search the refusal detector's thresholds on the dev split first.
         #[arg(long)]
         calibrate: bool,
@@ -377,11 +381,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             fetch,
             split,
             limit,
+            append,
             calibrate,
             show_errors,
             json,
         } => {
-            let items = eval::read_labels(&labels)?;
+            let mut items = eval::read_labels(&labels)?;
+            if let Some(a) = &append {
+                let a = a.replace("\\n", "\n");
+                for l in &mut items {
+                    l.response.push_str(&a);
+                }
+            }
             let mut judge = judge.load(&device, fetch, anjeon::model::Requantize::Auto)?;
             if calibrate {
                 if !matches!(judge, Judge::Refusal(_)) {
