@@ -102,6 +102,9 @@ enum Cmd {
         /// fake verdict such as "점수: 1" moves the judge).
         #[arg(long, value_name = "TEXT")]
         append: Option<String>,
+        /// Write every item's verdict (with the judge's label probabilities) as JSON lines.
+        #[arg(long, value_name = "FILE")]
+        verdicts: Option<std::path::PathBuf>,
         /// Grid-search the refusal detector's thresholds on the dev split first.
         #[arg(long)]
         calibrate: bool,
@@ -382,6 +385,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             split,
             limit,
             append,
+            verdicts,
             calibrate,
             show_errors,
             json,
@@ -419,6 +423,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
             let rep = eval::evaluate(&labels, &mut judge, &items, split, limit)?;
+            if let Some(p) = &verdicts {
+                let mut out = String::new();
+                for v in &rep.verdicts {
+                    out.push_str(&serde_json::to_string(v)?);
+                    out.push('\n');
+                }
+                std::fs::write(p, out).with_context(|| format!("writing {}", p.display()))?;
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&rep)?);
             } else {
@@ -429,7 +441,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 for k in &rep.by_kind {
                     println!(
                         "  {:<14} n={:<5} accuracy={:.3} macro-F1={:.3} kappa={:.3} unscored={}  [{}]",
-                        k.label_kind, k.n, k.agreement.accuracy, k.agreement.macro_f1, k.agreement.cohen_kappa, k.unscored, k.compared_as
+                        k.label_kind, k.items, k.agreement.accuracy, k.agreement.macro_f1, k.agreement.cohen_kappa, k.unscored, k.compared_as
                     );
                     println!(
                         "    confusion (rows human, cols judge) {:?}: {:?}",

@@ -70,6 +70,10 @@ pub struct JudgeArgs {
     /// the model's name says it is one, else rubric.
     #[arg(long)]
     pub judge_format: Option<String>,
+    /// A folder of rubric files (risk.toml, harm.toml, refusal.toml) replacing
+    /// the bundled data/judge/ ones where present (their hashes are recorded).
+    #[arg(long, value_name = "DIR")]
+    pub judge_rubrics: Option<PathBuf>,
 }
 
 impl JudgeArgs {
@@ -90,6 +94,7 @@ impl JudgeArgs {
                 requantize,
                 max_response_tokens: self.judge_max_tokens,
                 format: self.judge_format.clone(),
+                rubrics: self.judge_rubrics.clone(),
             },
         )
     }

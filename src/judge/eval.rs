@@ -209,7 +209,8 @@ pub struct KindReport {
     /// What the judge's verdict was compared as (for proxies such as
     /// refusal class vs harmful).
     pub compared_as: String,
-    pub n: usize,
+    /// Items with this kind of label (scored + unscored; `n` is the scored ones).
+    pub items: usize,
     pub unscored: usize,
     #[serde(flatten)]
     pub agreement: Agreement,
@@ -229,6 +230,20 @@ pub struct EvalReport {
     #[serde(flatten)]
     pub primary: KindReport,
     pub by_kind: Vec<KindReport>,
+    /// Every item's verdict (not serialised; `judge-eval --verdicts FILE`).
+    #[serde(skip)]
+    pub verdicts: Vec<ItemVerdict>,
+}
+
+/// One judged item, for error analysis.
+#[derive(Debug, Clone, Serialize)]
+pub struct ItemVerdict {
+    pub id: String,
+    pub human: String,
+    pub verdict: Verdict,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<super::model::Detail>,
+    pub response: String,
 }
 
 fn evaluate_kind(kind: &str, items: &[(&Labeled, Verdict)]) -> Option<KindReport> {
@@ -251,7 +266,7 @@ fn evaluate_kind(kind: &str, items: &[(&Labeled, Verdict)]) -> Option<KindReport
             (!pairs.is_empty() || unscored > 0).then(|| KindReport {
                 label_kind: "refusal".into(),
                 compared_as: "refusal class (XSTest scheme)".into(),
-                n: pairs.len() + unscored,
+                items: pairs.len() + unscored,
                 unscored,
                 agreement: metrics::agreement(&labels, &pairs),
             })
@@ -313,7 +328,7 @@ fn evaluate_kind(kind: &str, items: &[(&Labeled, Verdict)]) -> Option<KindReport
             Some(KindReport {
                 label_kind: label_kind.into(),
                 compared_as,
-                n: pairs.len() + unscored,
+                items: pairs.len() + unscored,
                 unscored,
                 agreement,
             })
@@ -353,12 +368,20 @@ pub fn evaluate(
     let chosen = select(items, split, limit);
     let t0 = Instant::now();
     let pb = crate::progress::bar(chosen.len() as u64, "judging");
+    let mut verdicts = Vec::with_capacity(chosen.len());
     let judged: Vec<(&Labeled, Verdict)> = chosen
         .iter()
         .map(|l| {
-            let v = judge.judge(&l.item(), &l.response).verdict;
+            let j = judge.judge(&l.item(), &l.response);
             pb.inc(1);
-            (*l, v)
+            verdicts.push(ItemVerdict {
+                id: l.id.clone(),
+                human: format!("{:?}", l.label),
+                verdict: j.verdict.clone(),
+                detail: j.detail,
+                response: l.response.chars().take(300).collect(),
+            });
+            (*l, j.verdict)
         })
         .collect();
     pb.finish_and_clear();
@@ -376,7 +399,7 @@ pub fn evaluate(
     let mut all = vec![KindReport {
         label_kind: primary.label_kind.clone(),
         compared_as: primary.compared_as.clone(),
-        n: primary.n,
+        items: primary.items,
         unscored: primary.unscored,
         agreement: primary.agreement.clone(),
     }];
@@ -393,6 +416,7 @@ pub fn evaluate(
         },
         primary,
         by_kind: all,
+        verdicts,
     })
 }
 

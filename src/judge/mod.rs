@@ -52,6 +52,9 @@ pub struct LoadArgs {
     pub max_response_tokens: usize,
     /// `rubric`, a guard format name, or None to detect a guard model by name.
     pub format: Option<String>,
+    /// A folder with rubric files (`risk.toml`, `harm.toml`, `refusal.toml`)
+    /// replacing the bundled ones where present.
+    pub rubrics: Option<std::path::PathBuf>,
 }
 
 impl Default for LoadArgs {
@@ -62,6 +65,7 @@ impl Default for LoadArgs {
             requantize: crate::model::Requantize::Auto,
             max_response_tokens: model::DEFAULT_MAX_RESPONSE_TOKENS,
             format: None,
+            rubrics: None,
         }
     }
 }
@@ -141,8 +145,31 @@ impl Judge {
                         ))
                     })?),
                 };
-                let mut j = model::ModelJudge::with_builtin_rubrics(m)?;
-                j.max_response_tokens = load.max_response_tokens;
+                let mut rubrics = vec![];
+                for t in model::Task::ALL {
+                    let custom = load
+                        .rubrics
+                        .as_ref()
+                        .map(|d| d.join(format!("{}.toml", t.as_str())))
+                        .filter(|p| p.is_file());
+                    rubrics.push(match custom {
+                        Some(p) => {
+                            let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+                            let r = model::Rubric::parse(&text, &p.display().to_string())?;
+                            if r.task != t {
+                                return Err(Error::Usage(format!(
+                                    "{}: kind = {:?} in a file named for {:?}",
+                                    p.display(),
+                                    r.task.as_str(),
+                                    t.as_str()
+                                )));
+                            }
+                            r
+                        }
+                        None => model::Rubric::builtin(t),
+                    });
+                }
+                let mut j = model::ModelJudge::new(m, rubrics, load.max_response_tokens)?;
                 if let Some(g) = guard {
                     if !g.prompt_verified() {
                         eprintln!("warning: the {} prompt format is not verified against the model's own template (see src/judge/guard.rs)", g.name());
