@@ -398,10 +398,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
             let mut judge = judge.load(&device, fetch, anjeon::model::Requantize::Auto)?;
-            if calibrate {
-                if !matches!(judge, Judge::Refusal(_)) {
-                    anyhow::bail!("--calibrate tunes the refusal detector's thresholds; use it with --judge refusal");
+            if let (true, Judge::Model(_)) = (calibrate, &judge) {
+                // The harm threshold from the development split, then report on --split.
+                let dev = eval::evaluate(&labels, &mut judge, &items, eval::Split::Dev, limit)?;
+                match eval::calibrate_harm_threshold(&items, &dev.verdicts) {
+                    Some((t, f1, n)) => {
+                        eprintln!("calibrated on the dev split (n={n}): harm threshold P(harmful) >= {t:.2} (dev macro-F1 {f1:.3}); put `threshold = {t:.2}` in harm.toml to keep it");
+                        if let Judge::Model(m) = &mut judge {
+                            m.set_harm_threshold(t);
+                        }
+                    }
+                    None => eprintln!("--calibrate: no harmful/unharmful labels in the dev split; nothing to calibrate for a model judge"),
                 }
+            } else if calibrate {
                 let (th, per_lang) = eval::calibrate_refusal(&items);
                 for (lang, n, f1) in per_lang {
                     let p = if lang == "ko" { th.ko } else { th.en };
