@@ -566,7 +566,9 @@ impl ModelJudge {
         let lang = if item.language == "ko" { "ko" } else { "en" };
         let (request, n1) = neutralize(item.request, &self.specials);
         let (response, n2) = neutralize(response, &self.specials);
-        let (response, truncated) = self.truncate(&response)?;
+        let (response, cut_response) = self.truncate(&response)?;
+        let (request, cut_request) = self.truncate(&request)?;
+        let truncated = cut_response || cut_request;
         let rsha = sha256_hex(response.as_bytes());
         let seed = [item.id, rsha.as_str()];
         let texts = [request.as_str(), response.as_str(), item.risk.as_str()];
