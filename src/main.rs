@@ -114,8 +114,15 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Re-render the reports of a run directory from its store.
-    Report { dir: std::path::PathBuf },
+    /// Re-render the reports of a run directory from its store; with several
+    /// run directories and --out, one comparison report across them.
+    Report {
+        #[arg(required = true)]
+        dirs: Vec<std::path::PathBuf>,
+        /// Where the comparison of several runs is written.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -468,9 +475,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Report { dir } => {
-            anjeon::report::render_dir(&dir)
-                .with_context(|| format!("re-rendering reports in {}", dir.display()))?;
+        Cmd::Report { dirs, out } => {
+            match (dirs.as_slice(), out) {
+                ([dir], None) => {
+                    anjeon::report::render_dir(dir)
+                        .with_context(|| format!("re-rendering reports in {}", dir.display()))?;
+                }
+                (_, Some(out)) => {
+                    anjeon::report::compare(&dirs, &out)?;
+                }
+                (_, None) => anyhow::bail!(anjeon::error::Error::Usage(
+                    "several run directories need --out DIR for the comparison report".into()
+                )),
+            }
             Ok(ExitCode::SUCCESS)
         }
     }
