@@ -2,6 +2,7 @@
 //! generative AI. Pipeline: dataset → (attack variants) → media → target
 //! model → judge → metrics → report; every stage writes to a run directory.
 
+pub mod attack;
 pub mod dataset;
 pub mod error;
 pub mod judge;
