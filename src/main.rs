@@ -31,6 +31,11 @@ enum Cmd {
     Run(anjeon::run::RunArgs),
     /// Score given responses with a judge; writes a run directory and reports.
     Score(anjeon::run::ScoreArgs),
+    /// Attack variants: list the strategies, or show one item's variant.
+    Attacks {
+        #[command(subcommand)]
+        cmd: AttacksCmd,
+    },
     /// Generate for one prompt; prints only the generated text on stdout.
     Generate {
         /// Model: bundled name, .gguf, Hugging Face folder, card, or hub id in the local cache.
@@ -123,6 +128,17 @@ enum Cmd {
         #[arg(long)]
         out: Option<std::path::PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum AttacksCmd {
+    /// Each strategy's name, template version, modality and source.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print one item's variant text; --image-out FILE writes an image variant's PNG.
+    Show(anjeon::attack::ShowArgs),
 }
 
 #[derive(Subcommand)]
@@ -378,6 +394,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 })?;
                 anjeon::model::fetch::fetch(&c)?;
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Attacks {
+            cmd: AttacksCmd::List { json },
+        } => {
+            print!("{}", anjeon::attack::list(json)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Attacks {
+            cmd: AttacksCmd::Show(args),
+        } => {
+            anjeon::attack::show(&args)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Score(args) => {

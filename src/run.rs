@@ -453,7 +453,7 @@ pub fn score(args: &ScoreArgs) -> Result<Outcome> {
     let run = RunDir::open(&out)?;
     write_manifest(&run, args, &opts, &ds, &judge, &responses)?;
 
-    write_snapshot(&run, &ds, &root)?;
+    write_snapshot(&run, &ds, &[], &root)?;
     let mut gens = run.stage::<GenerationRecord>("generations.jsonl")?;
     let mut plan_keys = Vec::with_capacity(responses.len());
     for r in &responses {
@@ -530,7 +530,20 @@ fn rescore(args: &ScoreArgs, dir: &Path) -> Result<Outcome> {
     let mut judge = args
         .judge
         .load("cpu", false, crate::model::Requantize::Auto)?;
-    let by_id: HashMap<&str, &Sample> = ds.samples.iter().map(|s| (s.id.as_str(), s)).collect();
+    let mut by_id: HashMap<&str, &Sample> = ds.samples.iter().map(|s| (s.id.as_str(), s)).collect();
+    // The attack variants of a `run --attacks` are made again (deterministic).
+    let variants = match (
+        manifest["config"]["command"].as_str(),
+        manifest["config"]["args"]["attacks"].as_str(),
+    ) {
+        (Some("run"), Some(list)) => {
+            let seed = manifest["config"]["args"]["seed"].as_u64().unwrap_or(0);
+            let all: Vec<&Sample> = ds.samples.iter().collect();
+            crate::attack::variants(&all, &crate::attack::select(list)?, seed).0
+        }
+        _ => Vec::new(),
+    };
+    by_id.extend(variants.iter().map(|v| (v.id.as_str(), v)));
     add_judge_to_manifest(&run, &judge)?;
     judge_and_report(
         &run,
@@ -587,10 +600,16 @@ fn judge_info(judge: &Judge) -> JudgeInfo {
     }
 }
 
-/// Snapshot of the items (deterministic: data set order) for re-reporting.
-fn write_snapshot(run: &RunDir, ds: &dataset::Dataset, root: &Path) -> Result<()> {
+/// Snapshot of the items (deterministic: data set order, then attack
+/// variants) for re-reporting.
+fn write_snapshot(
+    run: &RunDir,
+    ds: &dataset::Dataset,
+    variants: &[Sample],
+    root: &Path,
+) -> Result<()> {
     let mut snap = Vec::new();
-    for s in &ds.samples {
+    for s in ds.samples.iter().chain(variants) {
         serde_json::to_writer(&mut snap, &ItemInfo::of(s, root)).expect("serialise item");
         snap.push(b'\n');
     }
@@ -629,7 +648,9 @@ fn judge_and_report(
             pb.inc(1);
             continue;
         };
-        let prompt = sample.prompt_text();
+        // A generated attack variant is judged against its base item's plain
+        // request, not the wrapper, encoding or image pointer the target saw.
+        let prompt = crate::attack::judged_request(sample, by_id);
         let item = crate::judge::model::Item::of(sample, &prompt);
         // The detector beside a model judge: cheap, always stored.
         let dkey = judgment_key(&dfp, &g.sample_id, &g.response_sha256);
@@ -855,6 +876,12 @@ pub struct RunArgs {
     /// A system prompt put before every item.
     #[arg(long)]
     pub system: Option<String>,
+    /// Attack variants to add after the plain items: `all` or strategies
+    /// separated by commas (see `anjeon attacks list`). Every runnable plain
+    /// item, harmful and benign, gets each variant (`ID~STRATEGY`); with
+    /// --limit N, the variants of the first N items.
+    #[arg(long, value_name = "LIST")]
+    pub attacks: Option<String>,
     #[command(flatten)]
     pub read: dataset::ReadArgs,
 }
@@ -891,7 +918,11 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
     let (ds, mut failures, root) = load_dataset(&args.dataset, &opts)?;
     // The judge loads first: a judge that cannot work fails before any generation.
     let mut judge = args.judge.load(&args.device, args.fetch, args.requantize)?;
-    let by_id: HashMap<&str, &Sample> = ds.samples.iter().map(|s| (s.id.as_str(), s)).collect();
+    let mut by_id: HashMap<&str, &Sample> = ds.samples.iter().map(|s| (s.id.as_str(), s)).collect();
+    let attacks = match &args.attacks {
+        Some(list) => crate::attack::select(list)?,
+        None => Vec::new(),
+    };
 
     let resolved = match crate::model::resolve(&args.target) {
         Ok(r) => r,
@@ -936,9 +967,11 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
 
     let mut runnable = Vec::new();
     let mut skipped = Vec::new();
-    for s in &ds.samples {
+    // Runnable, or a recorded failure or skip.
+    let mut triage = |s: &Sample| -> bool {
         if let Some(m) = dataset::media_problem(s, &root) {
             failures.push(Failure::item(s, "media", m));
+            false
         } else if s.modality() != "text" {
             let why = format!(
                 "{} item: target {} takes text only (a multimodal target or --asr is needed)",
@@ -946,17 +979,32 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
                 model.name
             );
             skipped.push(Failure::item(s, "generation", why));
+            false
         } else {
+            true
+        }
+    };
+    for s in &ds.samples {
+        if triage(s) {
             runnable.push(s);
         }
     }
     if let Some(n) = args.limit {
         runnable.truncate(n);
     }
+    // Attack variants of the items to run, after them; failed ones are item failures.
+    let (variants, attack_failures) = crate::attack::variants(&runnable, &attacks, args.seed);
+    for v in &variants {
+        if triage(v) {
+            runnable.push(v);
+        }
+        by_id.insert(v.id.as_str(), v);
+    }
+    failures.extend(attack_failures);
 
     let run = RunDir::open(&args.out)?;
     write_run_manifest(&run, args, &opts, &ds, &judge, &model, &params)?;
-    write_snapshot(&run, &ds, &root)?;
+    write_snapshot(&run, &ds, &variants, &root)?;
     let mut gens = run.stage::<GenerationRecord>("generations.jsonl")?;
     let model_fp = model.fingerprint();
     let params_json = serde_json::to_string(&params).expect("serialise params");
