@@ -350,7 +350,12 @@ pub fn select(items: &[Labeled], split: Split, limit: Option<usize>) -> Vec<&Lab
         })
         .collect();
     if let Some(n) = limit {
-        chosen.sort_by_key(|l| (metrics::seed_of(&l.id, 0x1a7e), l.id.clone()));
+        // FNV alone keeps ids that differ in the last characters close
+        // together; the SplitMix64 step spreads them over the whole range.
+        chosen.sort_by_key(|l| {
+            let h = metrics::SplitMix64::new(metrics::seed_of(&l.id, 0x1a7e)).next_u64();
+            (h, l.id.clone())
+        });
         chosen.truncate(n);
         chosen.sort_by(|a, b| a.id.cmp(&b.id));
     }
