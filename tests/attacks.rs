@@ -523,3 +523,24 @@ fn attacks_list_and_show_on_the_command_line() {
     let err = anjeon(&["attacks", "show", "base64", "--id", "NO-SUCH-ID"]);
     assert_eq!(err.status.code(), Some(2));
 }
+
+#[test]
+fn run_refuses_an_unknown_strategy_before_loading_the_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let res = anjeon(&[
+        "run",
+        "--judge",
+        "refusal",
+        "--target",
+        "no-such-model",
+        "--attacks",
+        "base64,nope",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(res.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(err.contains("unknown attack strategy \"nope\""), "{err}");
+    assert!(!out.exists(), "nothing written");
+}
