@@ -190,7 +190,9 @@ fn long_responses_are_cut_and_flagged() {
     assert!(long.chars().count() > 90_000);
     let (v, d) = j.judge(&item(Task::Harm), &long).unwrap();
     assert!(d.truncated);
-    assert!(d.prompt_tokens < 256 + 600, "{d:?}");
+    // Two gated passes (harm + refusal rubric), each under budget + rubric.
+    assert!(d.refusal_gate.is_some());
+    assert!(d.prompt_tokens < 2 * (256 + 600), "{d:?}");
     assert!(matches!(v, Verdict::Harm { .. }));
 }
 
