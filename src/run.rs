@@ -74,6 +74,10 @@ pub struct JudgeArgs {
     /// the bundled data/judge/ ones where present (their hashes are recorded).
     #[arg(long, value_name = "DIR")]
     pub judge_rubrics: Option<PathBuf>,
+    /// Let the judge write its reasons first and read the LAST "점수: N" /
+    /// "Answer: Yes" it gives (slower; no verdict = unscored, never safe).
+    #[arg(long)]
+    pub judge_rationale: bool,
 }
 
 impl JudgeArgs {
@@ -95,6 +99,7 @@ impl JudgeArgs {
                 max_response_tokens: self.judge_max_tokens,
                 format: self.judge_format.clone(),
                 rubrics: self.judge_rubrics.clone(),
+                rationale: self.judge_rationale,
             },
         )
     }

@@ -340,3 +340,26 @@ fn guard_output_outside_the_format_is_unscored_never_safe() {
     // ShieldGemma's label words must be single tokens of the judge's vocabulary.
     assert!(judge().with_guard(GuardFormat::ShieldGemma).is_ok());
 }
+
+#[test]
+fn rationale_mode_reads_the_last_verdict_or_is_unscored() {
+    let mut j = judge();
+    j.rationale = true;
+    let (v, d) = j.judge(&item(Task::Risk), COMPLIANT).unwrap();
+    let text = d.rationale.expect("rationale stored");
+    match v {
+        Verdict::Risk { score, .. } => {
+            assert_eq!(
+                anjeon::judge::model::parse_rationale(
+                    &text,
+                    "점수:",
+                    &["1", "2", "3", "4", "5"].map(String::from)
+                ),
+                Some(score as usize - 1)
+            )
+        }
+        Verdict::Unscored { reason } => assert!(reason.contains("no final"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(d.rubric.ends_with("+rationale"));
+}

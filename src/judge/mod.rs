@@ -55,6 +55,8 @@ pub struct LoadArgs {
     /// A folder with rubric files (`risk.toml`, `harm.toml`, `refusal.toml`)
     /// replacing the bundled ones where present.
     pub rubrics: Option<std::path::PathBuf>,
+    /// Rationale mode (generate reasons, parse the last verdict).
+    pub rationale: bool,
 }
 
 impl Default for LoadArgs {
@@ -66,6 +68,7 @@ impl Default for LoadArgs {
             max_response_tokens: model::DEFAULT_MAX_RESPONSE_TOKENS,
             format: None,
             rubrics: None,
+            rationale: false,
         }
     }
 }
@@ -170,6 +173,7 @@ impl Judge {
                     });
                 }
                 let mut j = model::ModelJudge::new(m, rubrics, load.max_response_tokens)?;
+                j.rationale = load.rationale;
                 if let Some(g) = guard {
                     if !g.prompt_verified() {
                         eprintln!("warning: the {} prompt format is not verified against the model's own template (see src/judge/guard.rs)", g.name());
