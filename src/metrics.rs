@@ -4,7 +4,8 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// A deterministic PRNG (SplitMix64) for bootstrap resampling.
+/// A deterministic PRNG (SplitMix64) for bootstrap resampling and per-item choices.
+#[derive(Debug, Clone)]
 pub struct SplitMix64(u64);
 
 impl SplitMix64 {

@@ -505,7 +505,8 @@ pub fn build(
     }
 }
 
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+/// Read a JSON file of the store (a parse error names the file).
+pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
     let bytes = crate::error::read_file(path)?;
     serde_json::from_slice(&bytes).map_err(|e| Error::Store {
         path: path.to_path_buf(),
@@ -516,42 +517,24 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
 
 /// Re-render the reports of a locked run directory from its store.
 pub fn render(run: &RunDir) -> Result<Report> {
-    let plan: Plan = read_json(&run.file("plan.json"))?;
-    let manifest: serde_json::Value = read_json(&run.file("manifest.json"))?;
-    let items_path = run.file("samples.jsonl");
-    let text = std::fs::read_to_string(&items_path).map_err(|e| Error::io(&items_path, e))?;
-    let items: Vec<ItemInfo> = text
-        .lines()
-        .enumerate()
-        .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| Error::Store {
-                path: items_path.clone(),
-                line: i + 1,
-                msg: e.to_string(),
-            })
-        })
-        .collect::<Result<_>>()?;
-    let gens: Stage<GenerationRecord> = run.stage("generations.jsonl")?;
-    let judgments: Stage<JudgmentRecord> = run.stage("judgments.jsonl")?;
-    let jmap: HashMap<String, &JudgmentRecord> = judgments
-        .records()
-        .iter()
-        .map(|j| (j.key.clone(), j))
-        .collect();
-    let plan_gens: Vec<&GenerationRecord> = plan
-        .generations
-        .iter()
-        .filter_map(|k| gens.get(k))
-        .collect();
-    let ds = &manifest["dataset"];
-    let dataset = DatasetRef {
-        spec: ds["spec"].as_str().unwrap_or_default().into(),
-        sha256: ds["sha256"].as_str().unwrap_or_default().into(),
-        samples: ds["samples"].as_u64().unwrap_or(0) as usize,
-    };
-    let rep = build(dataset, &items, &plan_gens, &jmap, &plan);
-    let by_id: HashMap<&str, &ItemInfo> = items.iter().map(|i| (i.id.as_str(), i)).collect();
-    let fp = plan.judge_fingerprints.first().cloned().unwrap_or_default();
+    let l = load_records(run)?;
+    let jmap: HashMap<String, &JudgmentRecord> =
+        l.judgments.iter().map(|j| (j.key.clone(), j)).collect();
+    let plan_gens: Vec<&GenerationRecord> = l.gens.iter().collect();
+    let rep = build(
+        dataset_ref(&l.manifest),
+        &l.items,
+        &plan_gens,
+        &jmap,
+        &l.plan,
+    );
+    let by_id: HashMap<&str, &ItemInfo> = l.items.iter().map(|i| (i.id.as_str(), i)).collect();
+    let fp = l
+        .plan
+        .judge_fingerprints
+        .first()
+        .cloned()
+        .unwrap_or_default();
     store::write_atomic(
         &run.file("report.json"),
         &serde_json::to_vec_pretty(&rep).expect("serialise report"),
@@ -565,7 +548,16 @@ pub fn render(run: &RunDir) -> Result<Report> {
     Ok(rep)
 }
 
-/// The records of one run directory, read for a comparison.
+fn dataset_ref(manifest: &serde_json::Value) -> DatasetRef {
+    let ds = &manifest["dataset"];
+    DatasetRef {
+        spec: ds["spec"].as_str().unwrap_or_default().into(),
+        sha256: ds["sha256"].as_str().unwrap_or_default().into(),
+        samples: ds["samples"].as_u64().unwrap_or(0) as usize,
+    }
+}
+
+/// The planned records of one run directory.
 struct Loaded {
     dir: std::path::PathBuf,
     plan: Plan,
@@ -579,7 +571,11 @@ fn load_run(dir: &Path) -> Result<Loaded> {
     if !dir.join("plan.json").exists() {
         return Err(Error::Usage(format!("{}: not a run directory (no plan.json)\n  fix: point at the --out folder of `anjeon score` or `anjeon run`", dir.display())));
     }
-    let run = RunDir::open(dir)?;
+    load_records(&RunDir::open(dir)?)
+}
+
+/// The planned records of a locked run directory.
+fn load_records(run: &RunDir) -> Result<Loaded> {
     let plan: Plan = read_json(&run.file("plan.json"))?;
     let manifest: serde_json::Value = read_json(&run.file("manifest.json"))?;
     let items_path = run.file("samples.jsonl");
@@ -603,7 +599,7 @@ fn load_run(dir: &Path) -> Result<Loaded> {
         .filter_map(|k| gens.get(k).cloned())
         .collect();
     Ok(Loaded {
-        dir: dir.to_path_buf(),
+        dir: run.path.clone(),
         plan,
         manifest,
         items,
@@ -685,13 +681,7 @@ pub fn compare(dirs: &[std::path::PathBuf], out: &Path) -> Result<Report> {
     let jmap: HashMap<String, &JudgmentRecord> =
         judgments.iter().map(|j| (j.key.clone(), j)).collect();
     let grefs: Vec<&GenerationRecord> = gens.iter().collect();
-    let ds = &first.manifest["dataset"];
-    let dataset = DatasetRef {
-        spec: ds["spec"].as_str().unwrap_or_default().into(),
-        sha256: ds_hash.into(),
-        samples: ds["samples"].as_u64().unwrap_or(0) as usize,
-    };
-    let mut rep = build(dataset, &items, &grefs, &jmap, &plan);
+    let mut rep = build(dataset_ref(&first.manifest), &items, &grefs, &jmap, &plan);
     rep.notes.push(format!(
         "Comparison of {} runs: {}.",
         runs.len(),
@@ -821,6 +811,26 @@ fn items_csv(
     }
     w.into_inner()
         .map_err(|e| Error::Usage(format!("writing items.csv: {e}")))
+}
+
+/// A share as a percentage, "–" when absent.
+fn share(x: Option<f64>) -> String {
+    x.map(|v| format!("{:.1}%", 100.0 * v))
+        .unwrap_or_else(|| "–".into())
+}
+
+/// A paired difference in percentage points with its interval, "–" when absent.
+fn change_pp(x: &Option<Estimate>) -> String {
+    x.as_ref()
+        .map(|e| {
+            format!(
+                "{:+.1} pp [{:+.1}, {:+.1}]",
+                100.0 * e.value,
+                100.0 * e.ci95[0],
+                100.0 * e.ci95[1]
+            )
+        })
+        .unwrap_or_else(|| "–".into())
 }
 
 fn pct(e: &Option<Estimate>) -> String {
@@ -986,22 +996,7 @@ pub fn markdown(rep: &Report) -> String {
     if !rep.uplift.is_empty() {
         let _ = writeln!(s, "## Attack strategies against the plain query\n\nPaired on the same base items: attack success on harmful items, refusal on benign ones (over-refusal under the same wrapper). Uplift = strategy - plain, 95% bootstrap interval.\n");
         let _ = writeln!(s, "| model | strategy | harmful pairs | ASR plain | ASR strategy | uplift | benign pairs | over-refusal plain | over-refusal strategy | change |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-        let f = |x: Option<f64>| {
-            x.map(|v| format!("{:.1}%", 100.0 * v))
-                .unwrap_or_else(|| "–".into())
-        };
-        let e = |x: &Option<Estimate>| {
-            x.as_ref()
-                .map(|e| {
-                    format!(
-                        "{:+.1} pp [{:+.1}, {:+.1}]",
-                        100.0 * e.value,
-                        100.0 * e.ci95[0],
-                        100.0 * e.ci95[1]
-                    )
-                })
-                .unwrap_or_else(|| "–".into())
-        };
+        let (f, e) = (share, change_pp);
         for u in &rep.uplift {
             let _ = writeln!(
                 s,
@@ -1376,22 +1371,7 @@ pub fn html(rep: &Report) -> String {
     }
     if !rep.uplift.is_empty() {
         s.push_str("<h2>Attack strategies against the plain query</h2><p>Paired on the same base items. Uplift = strategy − plain (95% bootstrap interval).</p><table><tr><th>model</th><th>strategy</th><th>harmful pairs</th><th>ASR plain</th><th>ASR strategy</th><th>uplift</th><th>benign pairs</th><th>over-refusal plain</th><th>over-refusal strategy</th><th>change</th></tr>");
-        let f = |x: Option<f64>| {
-            x.map(|v| format!("{:.1}%", 100.0 * v))
-                .unwrap_or_else(|| "–".into())
-        };
-        let e = |x: &Option<Estimate>| {
-            x.as_ref()
-                .map(|e| {
-                    format!(
-                        "{:+.1} pp [{:+.1}, {:+.1}]",
-                        100.0 * e.value,
-                        100.0 * e.ci95[0],
-                        100.0 * e.ci95[1]
-                    )
-                })
-                .unwrap_or_else(|| "–".into())
-        };
+        let (f, e) = (share, change_pp);
         for u in &rep.uplift {
             let _ = write!(
                 s,

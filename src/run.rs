@@ -211,6 +211,28 @@ pub struct JudgmentRecord {
     pub detail: Option<crate::judge::model::Detail>,
 }
 
+impl JudgmentRecord {
+    /// The record of `judge`'s verdict on a stored response.
+    fn of(
+        g: &GenerationRecord,
+        judge: &Judge,
+        fp: &str,
+        key: String,
+        j: crate::judge::Judged,
+    ) -> JudgmentRecord {
+        JudgmentRecord {
+            key,
+            sample_id: g.sample_id.clone(),
+            model: g.model.clone(),
+            response_sha256: g.response_sha256.clone(),
+            judge: judge.name(),
+            judge_fingerprint: fp.to_string(),
+            verdict: j.verdict,
+            detail: j.detail,
+        }
+    }
+}
+
 impl Keyed for JudgmentRecord {
     fn key(&self) -> &str {
         &self.key
@@ -500,21 +522,8 @@ fn rescore(args: &ScoreArgs, dir: &Path) -> Result<Outcome> {
         )));
     }
     let run = RunDir::open(dir)?;
-    let read = |name: &str| -> Result<serde_json::Value> {
-        let p = run.file(name);
-        let bytes = crate::error::read_file(&p)?;
-        serde_json::from_slice(&bytes).map_err(|e| Error::Store {
-            path: p.clone(),
-            line: 1,
-            msg: e.to_string(),
-        })
-    };
-    let manifest = read("manifest.json")?;
-    let plan: Plan = serde_json::from_value(read("plan.json")?).map_err(|e| Error::Store {
-        path: run.file("plan.json"),
-        line: 1,
-        msg: e.to_string(),
-    })?;
+    let manifest: serde_json::Value = report::read_json(&run.file("manifest.json"))?;
+    let plan: Plan = report::read_json(&run.file("plan.json"))?;
     // The data set the run was made from, unless another is named.
     let spec = if args.dataset == "data/sample" {
         manifest["dataset"]["spec"]
@@ -638,7 +647,7 @@ fn judge_and_report(
         eprintln!("note: a torn record from an interrupted run was dropped and will be recomputed");
     }
     let fp = judge.fingerprint();
-    let detector = crate::judge::refusal::RefusalDetector::new();
+    let mut detector = Judge::Refusal(crate::judge::refusal::RefusalDetector::new());
     let dfp = detector.fingerprint();
     let mut fps = vec![fp.clone()];
     if dfp != fp {
@@ -660,36 +669,15 @@ fn judge_and_report(
         // The detector beside a model judge: cheap, always stored.
         let dkey = judgment_key(&dfp, &g.sample_id, &g.response_sha256);
         if dfp != fp && !judgments.contains(&dkey) {
-            let r = detector.classify(&g.response);
-            judgments.append(JudgmentRecord {
-                key: dkey,
-                sample_id: g.sample_id.clone(),
-                model: g.model.clone(),
-                response_sha256: g.response_sha256.clone(),
-                judge: "refusal".into(),
-                judge_fingerprint: dfp.clone(),
-                verdict: Verdict::Refusal {
-                    class: r.class,
-                    evidence: r.evidence,
-                },
-                detail: None,
-            })?;
+            let j = detector.judge(&item, &g.response);
+            judgments.append(JudgmentRecord::of(g, &detector, &dfp, dkey, j))?;
         }
         let jkey = judgment_key(&fp, &g.sample_id, &g.response_sha256);
         if judgments.contains(&jkey) {
             reused += 1;
         } else {
             let j = judge.judge(&item, &g.response);
-            judgments.append(JudgmentRecord {
-                key: jkey,
-                sample_id: g.sample_id.clone(),
-                model: g.model.clone(),
-                response_sha256: g.response_sha256.clone(),
-                judge: judge.name(),
-                judge_fingerprint: fp.clone(),
-                verdict: j.verdict,
-                detail: j.detail,
-            })?;
+            judgments.append(JudgmentRecord::of(g, judge, &fp, jkey, j))?;
             judged += 1;
         }
         pb.inc(1);

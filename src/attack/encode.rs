@@ -131,26 +131,8 @@ pub fn escape_literal(text: &str) -> String {
     out
 }
 
-/// SplitMix64: a small deterministic generator for per-item choices.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in `0..n` (`n > 0`).
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-}
+/// The deterministic generator for per-item choices.
+pub use crate::metrics::SplitMix64 as Rng;
 
 /// Cut the text into up to `parts` non-empty pieces at character boundaries;
 /// cut points are drawn from `rng` around the even split points. Joining the
