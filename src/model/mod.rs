@@ -9,6 +9,7 @@ pub mod fetch;
 pub mod gemma3;
 pub mod generate;
 pub mod qwen2;
+pub mod qwen3_vl;
 pub mod requant;
 pub mod spm;
 pub mod tokenizer;
