@@ -879,7 +879,17 @@ pub struct RunArgs {
     pub read: dataset::ReadArgs,
 }
 
-fn messages_of(s: &Sample, system: Option<&str>) -> Vec<crate::model::Message> {
+/// The chat messages of an item and its media in message order. Media parts
+/// become `{"type": "image"|"video"|"audio"}` items of the message.
+fn messages_of<'a>(
+    s: &'a Sample,
+    system: Option<&str>,
+) -> (
+    Vec<crate::model::Message>,
+    Vec<crate::model::qwen3_vl::MediaInput<'a>>,
+) {
+    use crate::model::chat::ChatPart;
+    let mut media = Vec::new();
     let mut out = Vec::new();
     if let Some(sys) = system {
         out.push(crate::model::Message::new("system", sys));
@@ -890,17 +900,42 @@ fn messages_of(s: &Sample, system: Option<&str>) -> Vec<crate::model::Message> {
             crate::sample::Role::User => "user",
             crate::sample::Role::Assistant => "assistant",
         };
-        let text: Vec<&str> = t
+        let has_media = t
             .parts
             .iter()
-            .filter_map(|p| match p {
-                crate::sample::Part::Text(t) => Some(t.as_str()),
-                crate::sample::Part::Media(_) => None,
-            })
-            .collect();
-        out.push(crate::model::Message::new(role, text.join("\n")));
+            .any(|p| matches!(p, crate::sample::Part::Media(_)));
+        if !has_media {
+            let text: Vec<&str> = t
+                .parts
+                .iter()
+                .filter_map(|p| match p {
+                    crate::sample::Part::Text(t) => Some(t.as_str()),
+                    crate::sample::Part::Media(_) => None,
+                })
+                .collect();
+            out.push(crate::model::Message::new(role, text.join("\n")));
+            continue;
+        }
+        let mut parts = Vec::new();
+        for p in &t.parts {
+            match p {
+                crate::sample::Part::Text(t) => parts.push(ChatPart::Text(t.clone())),
+                crate::sample::Part::Media(m) => {
+                    parts.push(match m.kind {
+                        crate::sample::MediaKind::Image => ChatPart::Image,
+                        crate::sample::MediaKind::Video => ChatPart::Video,
+                        crate::sample::MediaKind::Audio => ChatPart::Audio,
+                    });
+                    media.push(crate::model::qwen3_vl::MediaInput {
+                        kind: m.kind,
+                        media: m,
+                    });
+                }
+            }
+        }
+        out.push(crate::model::Message::with_parts(role, parts));
     }
-    out
+    (out, media)
 }
 
 /// `anjeon run`: generate a response with the target model for every text
@@ -965,12 +1000,27 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
         if let Some(m) = dataset::media_problem(s, &root) {
             failures.push(Failure::item(s, "media", m));
             false
-        } else if s.modality() != "text" {
-            let why = format!(
-                "{} item: target {} takes text only (a multimodal target or --asr is needed)",
-                s.modality(),
-                model.name
-            );
+        } else if let Some(m) = s.media().find(|m| !model.modalities().contains(&m.kind)) {
+            let why = if model.modalities().is_empty() {
+                format!(
+                    "{} item: target {} takes text only (a multimodal target or --asr is needed)",
+                    m.kind.as_str(),
+                    model.name
+                )
+            } else {
+                format!(
+                    "{} item: target {} takes {} (not {})",
+                    m.kind.as_str(),
+                    model.name,
+                    model
+                        .modalities()
+                        .iter()
+                        .map(|k| k.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    m.kind.as_str()
+                )
+            };
             skipped.push(Failure::item(s, "generation", why));
             false
         } else {
@@ -1007,26 +1057,51 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
         (0usize, 0f64, 0usize, 0f64, 0usize);
     let t_gen = std::time::Instant::now();
     for s in runnable {
-        let msgs = messages_of(s, args.system.as_deref());
-        let (text, ids) = match model.encode_chat(&msgs) {
-            Ok(x) => x,
+        let (msgs, media) = messages_of(s, args.system.as_deref());
+        // Media bytes are part of the cache key (the prompt text only counts tokens).
+        let media_sha = match media
+            .iter()
+            .map(|m| m.media.load().map(|b| store::sha256_hex(&b)))
+            .collect::<Result<Vec<_>>>()
+        {
+            Ok(v) => v.join(","),
             Err(e) => {
-                failures.push(Failure::item(s, "generation", e.to_string()));
+                failures.push(Failure::item(s, "media", e.to_string()));
                 pb.inc(1);
                 continue;
             }
         };
+        let prompt = match model.encode_multimodal(&msgs, &media) {
+            Ok(x) => x,
+            Err(e) => {
+                let stage = if media.is_empty() {
+                    "generation"
+                } else {
+                    "media"
+                };
+                failures.push(Failure::item(s, stage, e.to_string()));
+                pb.inc(1);
+                continue;
+            }
+        };
+        let (text, ids) = (&prompt.text, &prompt.ids);
         let seed = crate::metrics::seed_of(&s.id, args.seed);
-        let key = store::key_of(&[
+        let seed_s = seed.to_string();
+        let text_sha = store::sha256_hex(text.as_bytes());
+        let mut key_parts = vec![
             "generation",
             &model_fp,
             &params_json,
-            &seed.to_string(),
+            &seed_s,
             &s.id,
-            &store::sha256_hex(text.as_bytes()),
-        ]);
+            &text_sha,
+        ];
+        if !media_sha.is_empty() {
+            key_parts.push(&media_sha);
+        }
+        let key = store::key_of(&key_parts);
         if !gens.contains(&key) {
-            match model.generate(&ids, &params, seed) {
+            match model.generate_mm(ids, prompt.mm.as_ref(), &params, seed) {
                 Ok(g) => {
                     new_tokens += g.tokens.len();
                     decode_s += g.decode_s;

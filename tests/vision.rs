@@ -112,3 +112,151 @@ fn qwen3_vl_logits_and_greedy_match_transformers() {
         assert_eq!(got, want_gen, "{case}: greedy continuation");
     }
 }
+
+fn anjeon(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_anjeon"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap()
+}
+
+fn lines(p: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(p)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The prompt anjeon builds for a media item (template, decoding,
+/// preprocessing, placeholder expansion, tokenization) is the one the HF
+/// processor builds: the tiny fixture's "image" case is the sample's AS-0005.png.
+#[test]
+fn multimodal_prompt_ids_match_the_hf_processor() {
+    use anjeon::model::chat::ChatPart;
+    use anjeon::model::qwen3_vl::MediaInput;
+    use anjeon::sample::{Media, MediaKind, MediaSource};
+    let r = anjeon::model::resolve(dir().to_str().unwrap()).unwrap();
+    let m = anjeon::model::TextModel::load(&r, &Device::Cpu, &Default::default()).unwrap();
+    assert_eq!(m.modalities(), vec![MediaKind::Image, MediaKind::Video]);
+    let (_, refs, json) = load();
+    let png = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/sample/media/AS-0005.png");
+    let media = Media {
+        kind: MediaKind::Image,
+        mime: "image/png".into(),
+        source: MediaSource::Path(png),
+    };
+    let msg = anjeon::model::Message::with_parts(
+        "user",
+        vec![
+            ChatPart::Image,
+            ChatPart::Text("Describe this image .".into()),
+        ],
+    );
+    let p = m
+        .encode_multimodal(
+            &[msg],
+            &[MediaInput {
+                kind: MediaKind::Image,
+                media: &media,
+            }],
+        )
+        .unwrap();
+    let want: Vec<u32> = json["cases"]["image"]["input_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(p.ids, want);
+    let mm = p.mm.unwrap();
+    let img = mm.images.unwrap();
+    assert_eq!(img.grid_thw, grids(&refs["image.image_grid_thw"]));
+    let got = img
+        .pixel_values
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let want = refs["image.pixel_values"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    // One 8-bit level after normalisation with mean/std 0.5 is 2/255.
+    let d = max_abs(&got, &want);
+    assert!(d <= 2.0 / 255.0 + 1e-6, "pixel_values differ by {d}");
+}
+
+/// `anjeon run` with a vision target: the sample's image and video items are
+/// generated, audio items are skipped with the reason, and FigStep-Tiny's
+/// typographic images run too.
+#[test]
+fn vision_target_runs_the_sample_media_items_and_figstep_end_to_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let target = dir();
+    let o = anjeon(&[
+        "run",
+        "--target",
+        target.to_str().unwrap(),
+        "--judge",
+        "refusal",
+        "--max-new-tokens",
+        "3",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let gens = lines(&out.join("generations.jsonl"));
+    let rep: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    let sample = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/sample/assurai_sample.jsonl"),
+    )
+    .unwrap();
+    for l in sample.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        let id = v["id"].as_str().unwrap();
+        match v["modality"].as_str().unwrap() {
+            "image" | "video" => assert!(
+                gens.iter().any(|g| g["sample_id"] == id),
+                "{id} was not generated; report: {}",
+                rep["skipped"]
+            ),
+            "audio" => assert!(
+                rep.to_string().contains(id),
+                "{id} (audio) is not listed as skipped"
+            ),
+            _ => {}
+        }
+    }
+    let n_img = gens
+        .iter()
+        .filter(|g| g["stats"]["prompt_tokens"].as_u64().unwrap() > 30)
+        .count();
+    assert!(n_img >= 20, "visual prompts are longer: {n_img}");
+
+    let fig = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/public/figstep-tiny/SafeBench-Tiny.csv");
+    let out2 = tmp.path().join("fig");
+    let o = anjeon(&[
+        "run",
+        "--dataset",
+        &format!("figstep:{}", fig.display()),
+        "--target",
+        target.to_str().unwrap(),
+        "--judge",
+        "refusal",
+        "--max-new-tokens",
+        "2",
+        "--limit",
+        "6",
+        "--out",
+        out2.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let gens = lines(&out2.join("generations.jsonl"));
+    assert_eq!(gens.len(), 6, "{gens:?}");
+}

@@ -659,15 +659,17 @@ impl VideoProcessor {
             });
         }
         let c = &self.common;
-        let (h, w) = self.target_size(frames.len(), h0, w0).map_err(|reason| {
-            MediaError::Shape {
+        let (h, w) =
+            self.target_size(frames.len(), h0, w0)
+                .map_err(|reason| {
+                    MediaError::Shape {
                 name: name.to_string(),
                 reason,
                 fix:
                     "pass a video with at least temporal_patch_size frames and a less extreme shape"
                         .into(),
             }
-        })?;
+                })?;
         let chw: Vec<Vec<f32>> = frames
             .iter()
             .map(|f| c.to_chw(&resize(f, w, h, c.resample)))

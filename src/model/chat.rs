@@ -11,10 +11,48 @@ use crate::error::{Error, Result};
 use crate::store::sha256_hex;
 
 /// One chat message.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+/// One chat message. `content` is the text; `parts` is empty for a text
+/// message, or the message's items in order when it carries media, and the
+/// template then sees `content` as a list of `{"type": "image"|"video"|
+/// "audio"}` and `{"type": "text", "text": ...}` items, the way
+/// transformers' processors pass multimodal messages to chat templates.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Message {
     pub role: String,
     pub content: String,
+    pub parts: Vec<ChatPart>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChatPart {
+    Text(String),
+    Image,
+    Video,
+    Audio,
+}
+
+impl Serialize for Message {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(2))?;
+        m.serialize_entry("role", &self.role)?;
+        if self.parts.iter().any(|p| !matches!(p, ChatPart::Text(_))) {
+            let items: Vec<serde_json::Value> = self
+                .parts
+                .iter()
+                .map(|p| match p {
+                    ChatPart::Text(t) => serde_json::json!({"type": "text", "text": t}),
+                    ChatPart::Image => serde_json::json!({"type": "image"}),
+                    ChatPart::Video => serde_json::json!({"type": "video"}),
+                    ChatPart::Audio => serde_json::json!({"type": "audio"}),
+                })
+                .collect();
+            m.serialize_entry("content", &items)?;
+        } else {
+            m.serialize_entry("content", &self.content)?;
+        }
+        m.end()
+    }
 }
 
 impl Message {
@@ -22,7 +60,27 @@ impl Message {
         Message {
             role: role.into(),
             content: content.into(),
+            parts: Vec::new(),
         }
+    }
+    /// A message with media items (in order) and text.
+    pub fn with_parts(role: &str, parts: Vec<ChatPart>) -> Self {
+        let content = parts
+            .iter()
+            .filter_map(|p| match p {
+                ChatPart::Text(t) => Some(t.as_str()),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        Message {
+            role: role.into(),
+            content,
+            parts,
+        }
+    }
+    pub fn has_media(&self) -> bool {
+        self.parts.iter().any(|p| !matches!(p, ChatPart::Text(_)))
     }
 }
 

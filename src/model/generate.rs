@@ -85,6 +85,18 @@ impl TextModel {
     /// reproducible; callers derive it from the run seed and the item id so
     /// results do not depend on order or on resumption.
     pub fn generate(&mut self, prompt: &[u32], p: &GenParams, seed: u64) -> Result<Generation> {
+        self.generate_mm(prompt, None, p, seed)
+    }
+
+    /// [`TextModel::generate`] for a prompt with visual inputs (see
+    /// [`TextModel::encode_multimodal`]): the first forward pass takes them.
+    pub fn generate_mm(
+        &mut self,
+        prompt: &[u32],
+        mm: Option<&super::qwen3_vl::MmInputs>,
+        p: &GenParams,
+        seed: u64,
+    ) -> Result<Generation> {
         if prompt.is_empty() {
             return Err(Error::Usage("empty prompt".into()));
         }
@@ -101,7 +113,11 @@ impl TextModel {
         let input = Tensor::new(prompt, &self.device)
             .and_then(|t| t.unsqueeze(0))
             .map_err(ce)?;
-        let mut logits = self.arch.forward(&input, 0).map_err(ce)?;
+        let mut logits = match (mm, &mut self.arch) {
+            (None, arch) => arch.forward(&input, 0).map_err(ce)?,
+            (Some(mm), super::Arch::Qwen3Vl(m)) => m.prefill(prompt, mm).map_err(ce)?,
+            (Some(_), _) => return Err(Error::Usage(format!("{} takes text only", self.name))),
+        };
         let prefill_s = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
         let mut out: Vec<u32> = Vec::new();

@@ -25,7 +25,7 @@ pub use chat::{ChatTemplate, Message};
 pub use generate::{GenParams, Generation, StopReason};
 
 /// The architectures anjeon runs, by GGUF `general.architecture` or HF `architectures[0]`.
-pub const SUPPORTED: &str = "GGUF: llama (Llama, SmolLM2), qwen2 (Qwen2/2.5), qwen3 (Qwen3), gemma3 (Gemma 3); safetensors: LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM";
+pub const SUPPORTED: &str = "GGUF: llama (Llama, SmolLM2), qwen2 (Qwen2/2.5), qwen3 (Qwen3), gemma3 (Gemma 3); safetensors: LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Qwen3VLForConditionalGeneration (image, video)";
 
 /// Where a model's files are.
 #[derive(Debug, Clone, PartialEq)]
@@ -173,6 +173,7 @@ enum Arch {
     Llama(tm::llama::Llama, tm::llama::Cache, tm::llama::Config, DType),
     Qwen2(tm::qwen2::ModelForCausalLM),
     Qwen3(tm::qwen3::ModelForCausalLM),
+    Qwen3Vl(Box<qwen3_vl::Qwen3Vl>),
 }
 
 impl Arch {
@@ -186,6 +187,7 @@ impl Arch {
             Arch::Llama(m, cache, _, _) => m.forward(ids, pos, cache)?,
             Arch::Qwen2(m) => m.forward(ids, pos)?,
             Arch::Qwen3(m) => m.forward(ids, pos)?,
+            Arch::Qwen3Vl(m) => m.forward(ids, pos)?,
         };
         logits.flatten_all()?.to_dtype(DType::F32)
     }
@@ -197,6 +199,7 @@ impl Arch {
             Arch::QLlama(m) => Some(Arch::QLlama(m.clone())),
             Arch::QQwen2(m) => Some(Arch::QQwen2(m.clone())),
             Arch::QGemma3(m) => Some(Arch::QGemma3(m.clone())),
+            Arch::Qwen3Vl(m) => Some(Arch::Qwen3Vl(m.clone())),
             _ => None,
         }
     }
@@ -211,6 +214,7 @@ impl Arch {
             }
             Arch::Qwen2(m) => m.clear_kv_cache(),
             Arch::Qwen3(m) => m.clear_kv_cache(),
+            Arch::Qwen3Vl(m) => m.clear_kv_cache(),
         }
         Ok(())
     }
@@ -227,6 +231,16 @@ pub struct TextModel {
     /// sha256 of the weights file(s).
     pub files: Vec<(PathBuf, String)>,
     pub context_length: usize,
+    /// Input processing for images and video (vision-language models).
+    pub vision: Option<qwen3_vl::Processor>,
+}
+
+/// A prompt ready for generation: its text (after placeholder expansion),
+/// token ids and the visual inputs that fill its placeholders.
+pub struct PromptInput {
+    pub text: String,
+    pub ids: Vec<u32>,
+    pub mm: Option<qwen3_vl::MmInputs>,
 }
 
 fn cerr(path: &Path, what: &str) -> impl Fn(candle_core::Error) -> Error {
@@ -436,6 +450,7 @@ impl TextModel {
             device: device.clone(),
             files: vec![(path.to_path_buf(), sha)],
             context_length: ctx,
+            vision: None,
         })
     }
 
@@ -460,7 +475,10 @@ impl TextModel {
         let tok_cfg = read_json("tokenizer_config.json").unwrap_or_default();
         let gen_cfg = read_json("generation_config.json").unwrap_or_default();
         let tok = tokenizer::Tok::from_hf_dir(dir, &tok_cfg, &gen_cfg, &config)?;
-        if let Some(rows) = config["vocab_size"].as_u64() {
+        if let Some(rows) = config["vocab_size"]
+            .as_u64()
+            .or(config["text_config"]["vocab_size"].as_u64())
+        {
             check_vocab(&dir.join("tokenizer.json"), tok.vocab_size(), rows as usize)?;
         }
         let template = match tok_cfg["chat_template"].as_str() {
@@ -474,7 +492,16 @@ impl TextModel {
                 Ok(t) => {
                     ChatTemplate::new(t, "chat_template.jinja", &tok.bos_text(), &tok.eos_text())
                 }
-                Err(_) => ChatTemplate::plain(),
+                // Older multimodal checkpoints: {"chat_template": "..."}.
+                Err(_) => match read_json("chat_template.json")
+                    .ok()
+                    .and_then(|v| v["chat_template"].as_str().map(str::to_string))
+                {
+                    Some(t) => {
+                        ChatTemplate::new(t, "chat_template.json", &tok.bos_text(), &tok.eos_text())
+                    }
+                    None => ChatTemplate::plain(),
+                },
             },
         };
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -504,7 +531,11 @@ impl TextModel {
         let cfg_text = serde_json::to_string(&config).expect("re-serialise config");
         let bad_cfg =
             |e: serde_json::Error| Error::Usage(format!("{}/config.json: {e}", dir.display()));
-        let ctx = config["max_position_embeddings"].as_u64().unwrap_or(2048) as usize;
+        let ctx = config["max_position_embeddings"]
+            .as_u64()
+            .or(config["text_config"]["max_position_embeddings"].as_u64())
+            .unwrap_or(2048) as usize;
+        let mut vision = None;
         let arch = match arch_name.as_str() {
             "LlamaForCausalLM" => {
                 let c: tm::llama::LlamaConfig = serde_json::from_str(&cfg_text).map_err(bad_cfg)?;
@@ -532,6 +563,17 @@ impl TextModel {
                         .map_err(cerr(dir, "loading qwen3 weights"))?,
                 )
             }
+            "Qwen3VLForConditionalGeneration" => {
+                let c: qwen3_vl::Config = serde_json::from_str(&cfg_text).map_err(bad_cfg)?;
+                vision = Some(qwen3_vl::Processor::from_dir(
+                    dir,
+                    c.vision_config.spatial_merge_size,
+                )?);
+                Arch::Qwen3Vl(Box::new(
+                    qwen3_vl::Qwen3Vl::new(&c, vb)
+                        .map_err(cerr(dir, "loading qwen3-vl weights"))?,
+                ))
+            }
             other => {
                 return Err(Error::Usage(format!(
                     "{}: unsupported architecture {other:?}\n  supported: {SUPPORTED}",
@@ -548,19 +590,79 @@ impl TextModel {
             device: device.clone(),
             files: hashes,
             context_length: ctx,
+            vision,
         })
     }
 
     /// A fingerprint of everything about the model that changes its outputs.
     pub fn fingerprint(&self) -> String {
         let files: Vec<&str> = self.files.iter().map(|(_, h)| h.as_str()).collect();
-        crate::store::key_of(&[
+        let files = files.join(",");
+        let template = self.template.hash();
+        let mut parts = vec![
             "model",
             &self.architecture,
-            &files.join(","),
-            &self.template.hash(),
+            &files,
+            &template,
             &self.tokenizer.fingerprint,
-        ])
+        ];
+        if let Some(v) = &self.vision {
+            parts.push(&v.config_sha256);
+        }
+        crate::store::key_of(&parts)
+    }
+
+    /// The media kinds the model takes besides text.
+    pub fn modalities(&self) -> Vec<crate::sample::MediaKind> {
+        match self.vision {
+            Some(_) => vec![
+                crate::sample::MediaKind::Image,
+                crate::sample::MediaKind::Video,
+            ],
+            None => vec![],
+        }
+    }
+
+    /// Render messages with media items, decode and preprocess the media,
+    /// expand the placeholders and tokenize. `media` follows the order of the
+    /// media parts in `messages`.
+    pub fn encode_multimodal(
+        &self,
+        messages: &[Message],
+        media: &[qwen3_vl::MediaInput<'_>],
+    ) -> Result<PromptInput> {
+        if media.is_empty() {
+            let (text, ids) = self.encode_chat(messages)?;
+            return Ok(PromptInput {
+                text,
+                ids,
+                mm: None,
+            });
+        }
+        let Some(proc) = &self.vision else {
+            return Err(Error::Usage(format!(
+                "{} takes text only; this item has {} media part(s)",
+                self.name,
+                media.len()
+            )));
+        };
+        let rendered = self.template.render(messages, true)?;
+        let (places, mm) = proc.process(media, &self.device)?;
+        let text = qwen3_vl::expand_placeholders(
+            &rendered,
+            &places,
+            "<|image_pad|>",
+            "<|video_pad|>",
+            "<|vision_start|>",
+            "<|vision_end|>",
+        )
+        .map_err(|e| Error::Usage(format!("{}: {e}", self.name)))?;
+        let ids = self.tokenizer.encode_prompt(&text)?;
+        Ok(PromptInput {
+            text,
+            ids,
+            mm: Some(mm),
+        })
     }
 
     /// Render messages and tokenize them, without a doubled BOS.

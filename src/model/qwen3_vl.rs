@@ -471,6 +471,22 @@ impl Vision {
     }
 }
 
+/// The vision tower alone (patch embedding, blocks, mergers): for
+/// benchmarks and for callers that cache visual tokens.
+#[derive(Clone)]
+pub struct VisionTower(Vision);
+
+impl VisionTower {
+    /// `vb` points at the tower's weights (`model.visual` in a checkpoint).
+    pub fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
+        Ok(VisionTower(Vision::new(cfg, vb)?))
+    }
+    /// Merged visual tokens `(tokens, out_hidden)` and the DeepStack features.
+    pub fn forward(&self, pixels: &Tensor, grids: &[[usize; 3]]) -> Result<(Tensor, Vec<Tensor>)> {
+        self.0.forward(pixels, grids)
+    }
+}
+
 // ---------------------------------------------------------------- text
 
 #[derive(Clone)]
@@ -912,4 +928,269 @@ pub fn rope_positions(
         return Err("more visual grids than placeholders in the prompt".into());
     }
     Ok(out)
+}
+
+/// Placeholder counts of one prompt's media, in prompt order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Placeholder {
+    /// Merged visual tokens of one image.
+    Image { tokens: usize },
+    /// One video: merged tokens per temporal step and each step's
+    /// timestamp in seconds (mean of the pair's frame times).
+    Video {
+        tokens_per_step: usize,
+        timestamps: Vec<f64>,
+    },
+}
+
+/// Expand the chat template's single `<|image_pad|>` / `<|video_pad|>` per
+/// item the way transformers 5.23's `Qwen3VLProcessor` does: an image pad
+/// becomes one pad per merged token; a video pad becomes, per temporal
+/// step, `<{t:.1} seconds>` + vision_start + pads + vision_end (the
+/// template's own vision_start/vision_end around the video stay, as there).
+pub fn expand_placeholders(
+    text: &str,
+    items: &[Placeholder],
+    image_pad: &str,
+    video_pad: &str,
+    vision_start: &str,
+    vision_end: &str,
+) -> std::result::Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    let mut it = items.iter();
+    loop {
+        let ni = rest.find(image_pad);
+        let nv = rest.find(video_pad);
+        let (at, is_image) = match (ni, nv) {
+            (Some(a), Some(b)) if a < b => (a, true),
+            (Some(_), Some(b)) => (b, false),
+            (Some(a), None) => (a, true),
+            (None, Some(b)) => (b, false),
+            (None, None) => break,
+        };
+        out.push_str(&rest[..at]);
+        match (it.next(), is_image) {
+            (Some(Placeholder::Image { tokens }), true) => out.push_str(&image_pad.repeat(*tokens)),
+            (
+                Some(Placeholder::Video {
+                    tokens_per_step,
+                    timestamps,
+                }),
+                false,
+            ) => {
+                for t in timestamps {
+                    out.push_str(&format!("<{t:.1} seconds>"));
+                    out.push_str(vision_start);
+                    out.push_str(&video_pad.repeat(*tokens_per_step));
+                    out.push_str(vision_end);
+                }
+            }
+            (Some(p), _) => {
+                return Err(format!(
+                    "the prompt's {} placeholder meets a {} item: media order differs from the template's",
+                    if is_image { "image" } else { "video" },
+                    match p {
+                        Placeholder::Image { .. } => "image",
+                        Placeholder::Video { .. } => "video",
+                    }
+                ))
+            }
+            (None, _) => return Err("more media placeholders in the prompt than media items".into()),
+        }
+        rest = &rest[at
+            + if is_image {
+                image_pad.len()
+            } else {
+                video_pad.len()
+            }..];
+    }
+    out.push_str(rest);
+    if it.next().is_some() {
+        return Err("more media items than placeholders in the rendered prompt (does the chat template take images?)".into());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_format_like_python() {
+        // Python: f"{0.25:.1f}" == "0.2", f"{0.75:.1f}" == "0.8", f"{1.25:.1f}" == "1.2"
+        assert_eq!(format!("{:.1}", 0.25f64), "0.2");
+        assert_eq!(format!("{:.1}", 0.75f64), "0.8");
+        assert_eq!(format!("{:.1}", 1.25f64), "1.2");
+        assert_eq!(format!("{:.1}", 2.0f64), "2.0");
+    }
+
+    #[test]
+    fn positions_follow_get_rope_index() {
+        // text(2) image 1x4x4 (merge 2 -> 2x2) text(1)
+        let ids = [1, 2, 9, 9, 9, 9, 3];
+        let p = rope_positions(&ids, 9, 8, &[[1, 4, 4]], &[], 2).unwrap();
+        assert_eq!(
+            p,
+            vec![
+                [0, 0, 0],
+                [1, 1, 1],
+                [2, 2, 2],
+                [2, 2, 3],
+                [2, 3, 2],
+                [2, 3, 3],
+                [4, 4, 4]
+            ]
+        );
+        assert!(rope_positions(&ids, 9, 8, &[], &[], 2).is_err());
+        assert!(rope_positions(&ids[..4], 9, 8, &[[1, 4, 4]], &[], 2).is_err());
+    }
+}
+
+/// One media item of a prompt, as the data set gives it.
+pub struct MediaInput<'a> {
+    pub kind: crate::sample::MediaKind,
+    pub media: &'a crate::sample::Media,
+}
+
+/// Qwen3-VL's input processing: the checkpoint's image and video processor
+/// settings, decoding, resizing and patching (`crate::media::qwen3vl`, checked
+/// against transformers in tests/media.rs) and placeholder expansion.
+#[derive(Debug, Clone)]
+pub struct Processor {
+    pub image: crate::media::qwen3vl::ImageProcessor,
+    pub video: crate::media::qwen3vl::VideoProcessor,
+    pub limits: crate::media::Limits,
+    merge: usize,
+    /// sha256 of the processor config files read (for the run manifest).
+    pub config_sha256: String,
+}
+
+impl Processor {
+    /// Reads `preprocessor_config.json` and `video_preprocessor_config.json`
+    /// (hub layout), else the `image_processor` / `video_processor` entries of
+    /// `processor_config.json` (transformers 5 `save_pretrained`), else the
+    /// released Qwen3-VL defaults (with a warning).
+    pub fn from_dir(
+        dir: &std::path::Path,
+        merge: usize,
+    ) -> std::result::Result<Processor, crate::error::Error> {
+        use crate::media::qwen3vl::{ImageProcessor, VideoProcessor};
+        let read = |name: &str| std::fs::read_to_string(dir.join(name)).ok();
+        let combined: Option<serde_json::Value> =
+            read("processor_config.json").and_then(|s| serde_json::from_str(&s).ok());
+        let sub = |key: &str| {
+            combined
+                .as_ref()
+                .and_then(|c| c.get(key))
+                .filter(|v| v.is_object())
+                .map(|v| v.to_string())
+        };
+        let mut hashed = String::new();
+        let image_src = read("preprocessor_config.json").or_else(|| sub("image_processor"));
+        let video_src = read("video_preprocessor_config.json").or_else(|| sub("video_processor"));
+        let image = match &image_src {
+            Some(s) => {
+                hashed.push_str(s);
+                ImageProcessor::from_json_str(s)?
+            }
+            None => {
+                eprintln!("warning: {}: no preprocessor_config.json; using the released Qwen3-VL image settings", dir.display());
+                ImageProcessor::qwen3vl_default()
+            }
+        };
+        let video = match &video_src {
+            Some(s) => {
+                hashed.push_str(s);
+                VideoProcessor::from_json_str(s)?
+            }
+            None => VideoProcessor::qwen3vl_default(),
+        };
+        Ok(Processor {
+            image,
+            video,
+            limits: crate::media::Limits::default(),
+            merge,
+            config_sha256: crate::store::sha256_hex(hashed.as_bytes()),
+        })
+    }
+
+    /// Decode and patch every media item; placeholder sizes in order.
+    pub fn process(
+        &self,
+        media: &[MediaInput<'_>],
+        device: &Device,
+    ) -> std::result::Result<(Vec<Placeholder>, MmInputs), crate::error::Error> {
+        use crate::sample::{MediaKind, MediaSource};
+        let ce = |e: candle_core::Error| crate::error::Error::Usage(format!("vision input: {e}"));
+        let mut places = Vec::new();
+        let (mut img_px, mut img_grid, mut vid_px, mut vid_grid) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut cols = 0;
+        for m in media {
+            let name = m.media.describe();
+            match m.kind {
+                MediaKind::Image => {
+                    let bytes = m.media.load()?;
+                    let img = crate::media::decode_image(&bytes, &name, &self.limits)?;
+                    let p = self.image.preprocess_named(&img, &name)?;
+                    places.push(Placeholder::Image {
+                        tokens: p.num_tokens(self.merge),
+                    });
+                    cols = p.cols;
+                    img_grid.push(p.grid_thw.map(|v| v as usize));
+                    img_px.extend(p.pixel_values);
+                }
+                MediaKind::Video => {
+                    let sampler = |total: usize, fps: f64| self.video.sample_indices(total, fps);
+                    let video = match &m.media.source {
+                        MediaSource::Path(p) => crate::media::decode_video_sampled(
+                            crate::media::VideoSource::Path(p),
+                            &name,
+                            &self.limits,
+                            &sampler,
+                        )?,
+                        MediaSource::Bytes { data, .. } => crate::media::decode_video_sampled(
+                            crate::media::VideoSource::Bytes(data),
+                            &name,
+                            &self.limits,
+                            &sampler,
+                        )?,
+                    };
+                    let v = self.video.preprocess(&video)?;
+                    places.push(Placeholder::Video {
+                        tokens_per_step: v.tokens_per_frame(self.merge),
+                        timestamps: v.timestamps.clone(),
+                    });
+                    cols = v.patches.cols;
+                    vid_grid.push(v.patches.grid_thw.map(|x| x as usize));
+                    vid_px.extend(v.patches.pixel_values);
+                }
+                MediaKind::Audio => {
+                    return Err(crate::error::Error::Usage(format!(
+                        "{name}: Qwen3-VL takes images and video, not audio"
+                    )))
+                }
+            }
+        }
+        let visual = |px: Vec<f32>,
+                      grid: Vec<[usize; 3]>|
+         -> std::result::Result<Option<VisualInput>, crate::error::Error> {
+            if grid.is_empty() {
+                return Ok(None);
+            }
+            let rows = px.len() / cols.max(1);
+            Ok(Some(VisualInput {
+                pixel_values: Tensor::from_vec(px, (rows, cols), device).map_err(ce)?,
+                grid_thw: grid,
+            }))
+        };
+        Ok((
+            places,
+            MmInputs {
+                images: visual(img_px, img_grid)?,
+                videos: visual(vid_px, vid_grid)?,
+            },
+        ))
+    }
 }
