@@ -78,6 +78,10 @@ pub enum Error {
         fix: String,
     },
 
+    /// A media file could not be decoded or preprocessed.
+    #[error(transparent)]
+    Media(#[from] crate::media::MediaError),
+
     #[error("{path}:{line}: corrupt store record: {msg}\n  fix: the run directory was edited or damaged; move the file aside and re-run to recompute", path = .path.display())]
     Store {
         path: PathBuf,

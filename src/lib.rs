@@ -6,6 +6,7 @@ pub mod attack;
 pub mod dataset;
 pub mod error;
 pub mod judge;
+pub mod media;
 pub mod metrics;
 pub mod model;
 pub mod progress;

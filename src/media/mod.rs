@@ -1,0 +1,276 @@
+//! Media decoding and model-exact preprocessing.
+//!
+//! Images are decoded with the `image` crate (EXIF orientation applied, alpha
+//! dropped as PIL's `convert("RGB")` does), resized with a bit-exact port of
+//! Pillow's resampler ([`resample`]), and turned into the tensors that
+//! transformers' processors produce: Qwen3-VL ([`qwen3vl`]) and Gemma 4
+//! ([`gemma4`]). Videos come from FFmpeg (feature `video-ffmpeg`), animated
+//! GIF/APNG or a folder of frames ([`video`]).
+
+pub mod gemma4;
+pub mod inspect;
+pub mod qwen3vl;
+pub mod resample;
+pub mod video;
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+
+use image::{DynamicImage, ImageDecoder, RgbImage};
+
+pub use video::{decode_video, decode_video_sampled, Video, VideoSource};
+
+/// Why a media file could not be used. Every variant names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum MediaError {
+    #[error("{path}: {source}", path = .path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The bytes are not a readable image or video (truncated, corrupt, unknown format).
+    #[error("{name}: cannot decode: {reason}\n  fix: {fix}")]
+    Decode {
+        name: String,
+        reason: String,
+        fix: String,
+    },
+    /// The header says the image (or a video frame) is larger than the limit.
+    #[error("{name}: {width}x{height} = {pixels} pixels is over the limit of {max} pixels\n  fix: downscale the file, or raise the limit (media::Limits::max_pixels)", pixels = (*.width as u64) * (*.height as u64))]
+    TooLarge {
+        name: String,
+        width: u32,
+        height: u32,
+        max: u64,
+    },
+    /// Zero width or height.
+    #[error(
+        "{name}: image has zero size ({width}x{height})\n  fix: replace the file with a real image"
+    )]
+    Empty {
+        name: String,
+        width: u32,
+        height: u32,
+    },
+    /// The processor cannot handle the image's shape (HF raises the same).
+    #[error("{name}: {reason}\n  fix: {fix}")]
+    Shape {
+        name: String,
+        reason: String,
+        fix: String,
+    },
+    /// A video file with no video stream (e.g. audio only).
+    #[error("{name}: no video stream in the file\n  fix: pass a file with a video track (mp4/webm/mkv), an animated GIF/APNG or a folder of frames")]
+    NoVideoStream { name: String },
+    /// Decoding needs something this build or this system does not have.
+    #[error("{name}: unsupported: {reason}\n  fix: {fix}")]
+    Unsupported {
+        name: String,
+        reason: String,
+        fix: String,
+    },
+    /// Too many frames or too much decoded data.
+    #[error("{name}: {reason}\n  fix: raise media::Limits ({which}) or pass a shorter clip")]
+    Limit {
+        name: String,
+        reason: String,
+        which: &'static str,
+    },
+    /// A processor configuration file is wrong.
+    #[error("{path}: processor config: {msg}\n  fix: {fix}", path = .path.display())]
+    Config {
+        path: PathBuf,
+        msg: String,
+        fix: String,
+    },
+    /// A media reference points outside the data set's folder.
+    #[error("{reference}: media path resolves to {resolved}, outside the data set folder {root}\n  fix: keep media files inside the data set folder (no `..` or absolute paths leaving it)", resolved = .resolved.display(), root = .root.display())]
+    OutsideDataset {
+        reference: String,
+        resolved: PathBuf,
+        root: PathBuf,
+    },
+}
+
+impl MediaError {
+    fn decode(name: &str, reason: impl Into<String>, fix: impl Into<String>) -> Self {
+        MediaError::Decode {
+            name: name.to_string(),
+            reason: reason.into(),
+            fix: fix.into(),
+        }
+    }
+    pub(crate) fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
+        MediaError::Io {
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// Resource limits applied before and while decoding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// Largest image or video frame, in pixels, read from the header before
+    /// anything is allocated (default 50 MP).
+    pub max_pixels: u64,
+    /// Largest decoder allocation in bytes (default 1 GiB).
+    pub max_alloc: u64,
+    /// Most frames kept from one video (default 2048).
+    pub max_frames: usize,
+    /// Most bytes of RGB frames kept from one video (default 2 GiB).
+    pub max_video_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_pixels: 50_000_000,
+            max_alloc: 1 << 30,
+            max_frames: 2048,
+            max_video_bytes: 2 << 30,
+        }
+    }
+}
+
+impl Limits {
+    pub(crate) fn check_size(&self, name: &str, width: u32, height: u32) -> Result<(), MediaError> {
+        if width == 0 || height == 0 {
+            return Err(MediaError::Empty {
+                name: name.to_string(),
+                width,
+                height,
+            });
+        }
+        if width as u64 * height as u64 > self.max_pixels {
+            return Err(MediaError::TooLarge {
+                name: name.to_string(),
+                width,
+                height,
+                max: self.max_pixels,
+            });
+        }
+        Ok(())
+    }
+    fn image_limits(&self) -> image::Limits {
+        let mut l = image::Limits::default();
+        l.max_alloc = Some(self.max_alloc);
+        l
+    }
+}
+
+/// Decode an image file's bytes to 8-bit RGB, as transformers' `load_image`
+/// followed by the processors' `convert_rgb` sees it: EXIF orientation applied
+/// (`ImageOps.exif_transpose`), alpha dropped (PIL `convert("RGB")` does not
+/// composite), grey replicated to three channels, the first frame of an
+/// animation. 16-bit RGB(A) keeps the high byte (PIL's `RGB;16B` raw mode).
+///
+/// The size in the header is checked against `limits` before the pixels are
+/// allocated.
+pub fn decode_image(bytes: &[u8], name: &str, limits: &Limits) -> Result<RgbImage, MediaError> {
+    if bytes.is_empty() {
+        return Err(MediaError::decode(
+            name,
+            "the file is empty (0 bytes)",
+            "replace the file with a real image",
+        ));
+    }
+    let reader = image::ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| MediaError::decode(name, e.to_string(), "check the file"))?;
+    if reader.format().is_none() {
+        return Err(MediaError::decode(
+            name,
+            "unknown image format (not PNG, JPEG, WebP, GIF or BMP)",
+            "convert the image to PNG or JPEG",
+        ));
+    }
+    let mut decoder = reader.into_decoder().map_err(|e| image_err(name, e))?;
+    let (w, h) = decoder.dimensions();
+    limits.check_size(name, w, h)?;
+    decoder
+        .set_limits(limits.image_limits())
+        .map_err(|e| image_err(name, e))?;
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| image_err(name, e))?;
+    img.apply_orientation(orientation);
+    Ok(to_rgb_like_pil(img))
+}
+
+/// PIL `convert("RGB")`: alpha is dropped, not composited.
+pub fn to_rgb_like_pil(img: DynamicImage) -> RgbImage {
+    match img {
+        DynamicImage::ImageRgb8(i) => i,
+        DynamicImage::ImageRgb16(i) => {
+            let (w, h) = i.dimensions();
+            let raw: Vec<u8> = i.into_raw().into_iter().map(|v| (v >> 8) as u8).collect();
+            RgbImage::from_raw(w, h, raw).expect("size")
+        }
+        DynamicImage::ImageRgba16(i) => {
+            let (w, h) = i.dimensions();
+            let raw: Vec<u8> = i
+                .into_raw()
+                .chunks_exact(4)
+                .flat_map(|p| [(p[0] >> 8) as u8, (p[1] >> 8) as u8, (p[2] >> 8) as u8])
+                .collect();
+            RgbImage::from_raw(w, h, raw).expect("size")
+        }
+        // RGBA8 drops alpha; L8/LA8 replicate grey: the same as PIL.
+        other => other.to_rgb8(),
+    }
+}
+
+fn image_err(name: &str, e: image::ImageError) -> MediaError {
+    match e {
+        image::ImageError::Limits(l) => MediaError::Limit {
+            name: name.to_string(),
+            reason: format!("decoder limit exceeded: {l}"),
+            which: "max_alloc",
+        },
+        image::ImageError::Unsupported(u) => MediaError::Unsupported {
+            name: name.to_string(),
+            reason: u.to_string(),
+            fix: "convert the image to PNG or JPEG".into(),
+        },
+        other => MediaError::decode(
+            name,
+            other.to_string(),
+            "the file is truncated or corrupt; re-export or re-download it",
+        ),
+    }
+}
+
+/// Read and decode an image file.
+pub fn load_image(path: &Path, limits: &Limits) -> Result<RgbImage, MediaError> {
+    let bytes = std::fs::read(path).map_err(|e| MediaError::io(path, e))?;
+    decode_image(&bytes, &path.display().to_string(), limits)
+}
+
+/// Resolve a media reference from a data set against the data set's folder,
+/// refusing references that leave it (`..`, absolute paths elsewhere,
+/// symlinks pointing out). The file must exist.
+pub fn resolve_in_dataset(root: &Path, reference: &str) -> Result<PathBuf, MediaError> {
+    let root_c = root.canonicalize().map_err(|e| MediaError::io(root, e))?;
+    let joined = root.join(reference);
+    let resolved = joined
+        .canonicalize()
+        .map_err(|e| MediaError::io(&joined, e))?;
+    if !resolved.starts_with(&root_c) {
+        return Err(MediaError::OutsideDataset {
+            reference: reference.to_string(),
+            resolved,
+            root: root_c,
+        });
+    }
+    Ok(resolved)
+}
+
+/// Python's `f"{x:.1f}"`: the exact binary value rounded to one decimal,
+/// ties to even (as the Qwen3-VL processor formats `<t seconds>`).
+pub fn py_format_1f(x: f64) -> String {
+    // Rust's `{:.1}` formats the exact binary value and rounds ties to even,
+    // which is what CPython does; kept as a function so it is tested.
+    format!("{x:.1}")
+}
