@@ -119,6 +119,11 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Media preprocessing: see exactly what a model receives.
+    Media {
+        #[command(subcommand)]
+        cmd: MediaCmd,
+    },
     /// Re-render the reports of a run directory from its store; with several
     /// run directories and --out, one comparison report across them.
     Report {
@@ -139,6 +144,12 @@ enum AttacksCmd {
     },
     /// Print one item's variant text; --image-out FILE writes an image variant's PNG.
     Show(anjeon::attack::ShowArgs),
+}
+
+#[derive(Subcommand)]
+enum MediaCmd {
+    /// Run a processor on one file; write the model's input tensors (HF names) as safetensors.
+    Inspect(anjeon::media::inspect::InspectArgs),
 }
 
 #[derive(Subcommand)]
@@ -501,6 +512,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     );
                 }
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Media {
+            cmd: MediaCmd::Inspect(args),
+        } => {
+            let s = anjeon::media::inspect::run(&args).map_err(anjeon::Error::from)?;
+            eprintln!("{} -> {}", s.line, args.out.display());
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Report { dirs, out } => {
