@@ -1,0 +1,606 @@
+//! Media decoding and preprocessing against transformers / Pillow references
+//! (made by tests/fixtures/media/make_media_fixtures.py; no Python needed here).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anjeon::media::{
+    self, decode_image, decode_video, decode_video_sampled, gemma4, qwen3vl, resample, Limits,
+    MediaError, Video, VideoSource,
+};
+use candle_core::{Device, Tensor};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+const FIX: &str = "tests/fixtures/media";
+
+fn fix(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(FIX).join(p)
+}
+
+fn expected() -> Value {
+    let s = std::fs::read_to_string(fix("expected.json")).unwrap();
+    serde_json::from_str(&s).unwrap()
+}
+
+fn tensors(name: &str) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(fix(name), &Device::Cpu).unwrap()
+}
+
+fn u8_rows(t: &Tensor) -> Vec<Vec<u8>> {
+    t.to_vec2::<u8>().unwrap()
+}
+
+/// Pixel values back to the uint8 levels they came from.
+fn levels(pv: &[f32], mean: f64, std: f64) -> Vec<u8> {
+    pv.iter()
+        .map(|&v| ((v as f64 * std + mean) * 255.0).round().clamp(0.0, 255.0) as u8)
+        .collect()
+}
+
+/// Compare one processor output with the reference; returns the largest
+/// level difference in the reference's sample rows (0 when the sha matches).
+fn compare(
+    case: &str,
+    e: &Value,
+    t: &HashMap<String, Tensor>,
+    key: &str,
+    lv: &[u8],
+    cols: usize,
+) -> u8 {
+    let shape: Vec<usize> = serde_json::from_value(e["shape"].clone()).unwrap();
+    assert_eq!(lv.len(), shape[0] * shape[1], "{case}: size");
+    assert_eq!(cols, shape[1], "{case}: cols");
+    let sha = hex::encode(Sha256::digest(lv));
+    if sha == e["sha256"].as_str().unwrap() {
+        return 0;
+    }
+    let rows: Vec<usize> = serde_json::from_value(e["rows"].clone()).unwrap();
+    let want = u8_rows(&t[key]);
+    let mut max = 0u8;
+    for (r, w) in rows.iter().zip(&want) {
+        let got = &lv[r * cols..(r + 1) * cols];
+        for (a, b) in got.iter().zip(w) {
+            max = max.max(a.abs_diff(*b));
+        }
+    }
+    max
+}
+
+/// Largest difference between our JPEG decode and PIL's (libjpeg-turbo) on
+/// the EXIF fixture.
+fn jpeg_decode_diff() -> u8 {
+    let t = tensors("expected.safetensors");
+    let want: Vec<u8> = t["decoded.exif6_96x64"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<u8>()
+        .unwrap();
+    let got = media::load_image(&fix("inputs/exif6_96x64.jpg"), &Limits::default()).unwrap();
+    assert_eq!(
+        got.as_raw().len(),
+        want.len(),
+        "orientation applied as PIL does"
+    );
+    got.as_raw()
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap()
+}
+
+#[test]
+fn jpeg_decoding_close_to_pil() {
+    let d = jpeg_decode_diff();
+    eprintln!("JPEG decode vs PIL: max {d} levels");
+    assert!(d <= 4, "{d}");
+}
+
+#[test]
+fn pillow_resize_bit_exact() {
+    let l = Limits::default();
+    let big = media::load_image(&fix("inputs/resize_src_160x120.png"), &l).unwrap();
+    let small = media::load_image(&fix("inputs/resize_src_40x30.png"), &l).unwrap();
+    let t = tensors("resize.safetensors");
+    let mut n = 0;
+    let mut failed = vec![];
+    for (k, v) in &t {
+        let (filt, size) = k.split_once('_').unwrap();
+        let (src, filt) = match filt.strip_prefix("small-") {
+            Some(f) => (&small, f),
+            None => (&big, filt),
+        };
+        let (w, h) = size.split_once('x').unwrap();
+        let (w, h): (u32, u32) = (w.parse().unwrap(), h.parse().unwrap());
+        let f = match filt {
+            "bicubic" => resample::Filter::Bicubic,
+            _ => resample::Filter::Bilinear,
+        };
+        let out = resample::resize(src, w, h, f);
+        let want: Vec<u8> = v.flatten_all().unwrap().to_vec1::<u8>().unwrap();
+        let bad = out
+            .as_raw()
+            .iter()
+            .zip(&want)
+            .filter(|(a, b)| a != b)
+            .count();
+        if bad > 0 {
+            failed.push(format!("{k}: {bad} bytes differ"));
+        }
+        n += 1;
+    }
+    assert!(failed.is_empty(), "differ from Pillow: {failed:?}");
+    assert_eq!(n, 18 + 72);
+}
+
+#[test]
+fn qwen3vl_images_match_transformers() {
+    let e = expected();
+    let t = tensors("expected.safetensors");
+    for (bucket, proc) in [
+        (
+            "qwen_images",
+            qwen3vl::ImageProcessor::from_json_file(&fix("qwen3vl_preprocessor_config.json"))
+                .unwrap(),
+        ),
+        (
+            "qwen_small",
+            qwen3vl::ImageProcessor::from_json_file(&fix("small_preprocessor_config.json"))
+                .unwrap(),
+        ),
+    ] {
+        for (name, exp) in e[bucket].as_object().unwrap() {
+            let case = format!("{bucket}/{name}");
+            let file = std::fs::read_dir(fix("inputs"))
+                .unwrap()
+                .map(|d| d.unwrap().path())
+                .find(|p| {
+                    let stem = p.file_stem().unwrap().to_str().unwrap();
+                    stem == name || (name == "anim_gif_first" && stem == "anim_10fps")
+                })
+                .unwrap();
+            let img = media::load_image(&file, &Limits::default()).unwrap();
+            let r = proc.preprocess(&img);
+            if let Some(msg) = exp.get("error") {
+                let err = r.expect_err(&case);
+                assert!(matches!(err, MediaError::Shape { .. }), "{case}: {err}");
+                assert!(
+                    err.to_string().contains("aspect ratio"),
+                    "{case}: {err} vs HF {msg}"
+                );
+                continue;
+            }
+            let v = r.unwrap();
+            let grid: [u32; 3] = serde_json::from_value(exp["grid_thw"].clone()).unwrap();
+            assert_eq!(v.grid_thw, grid, "{case}");
+            assert_eq!(v.rows, (grid[0] * grid[1] * grid[2]) as usize);
+            assert_eq!(v.cols, 3 * 2 * 16 * 16);
+            assert_eq!(v.num_tokens(2), v.rows / 4);
+            let lv = levels(&v.pixel_values, 0.5, 0.5);
+            let d = compare(&case, exp, &t, &format!("{bucket}.{name}"), &lv, v.cols);
+            if file.extension().unwrap() == "jpg" {
+                // zune-jpeg vs libjpeg-turbo: a decoding difference, bounded separately.
+                assert!(d <= 2 * jpeg_decode_diff() + 1, "{case}: {d} levels");
+            } else {
+                assert_eq!(
+                    d, 0,
+                    "{case}: pixels differ by {d} levels (should be exact)"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn qwen3vl_pixel_values_are_normalised_like_numpy() {
+    // A flat image: every value is (level/255 - 0.5) / 0.5 computed as numpy does.
+    let img = image::RgbImage::from_pixel(64, 64, image::Rgb([0, 128, 255]));
+    let p = qwen3vl::ImageProcessor::qwen3vl_default();
+    let v = p.preprocess(&img).unwrap();
+    assert_eq!(v.grid_thw, [1, 16, 16]); // upsampled to min_pixels 65536 = 256x256
+    let want = |l: u8| ((l as f64 * (1.0 / 255.0)) as f32 - 0.5) / 0.5;
+    // Columns are (c, t, py, px): the first 512 are red, then green, then blue.
+    assert_eq!(v.pixel_values[0], want(0));
+    assert_eq!(v.pixel_values[512], want(128));
+    assert_eq!(v.pixel_values[1024], want(255));
+    assert_eq!(v.pixel_values[1024], 1.0);
+}
+
+#[test]
+fn gemma4_images_match_transformers() {
+    let e = expected();
+    let t = tensors("expected.safetensors");
+    for (bucket, proc) in [
+        ("gemma4", gemma4::ImageProcessor::default()),
+        (
+            "gemma4_70",
+            gemma4::ImageProcessor::from_json_str(r#"{"max_soft_tokens": 70}"#).unwrap(),
+        ),
+    ] {
+        for (name, exp) in e[bucket].as_object().unwrap() {
+            let case = format!("{bucket}/{name}");
+            let file = std::fs::read_dir(fix("inputs"))
+                .unwrap()
+                .map(|d| d.unwrap().path())
+                .find(|p| {
+                    let stem = p.file_stem().unwrap().to_str().unwrap();
+                    stem == name || (name == "anim_gif_first" && stem == "anim_10fps")
+                })
+                .unwrap();
+            let img = media::load_image(&file, &Limits::default()).unwrap();
+            let g = proc.preprocess(&img).unwrap();
+            assert_eq!(
+                g.num_soft_tokens as u64,
+                exp["num_soft_tokens"].as_u64().unwrap(),
+                "{case}"
+            );
+            assert_eq!(g.num_patches as u64, exp["num_patches"].as_u64().unwrap());
+            assert_eq!(g.rows, proc.max_patches());
+            let max_x = g.position_ids.chunks(2).map(|p| p[0]).max().unwrap();
+            let max_y = g.position_ids.chunks(2).map(|p| p[1]).max().unwrap();
+            assert_eq!(max_x, exp["max_x"].as_i64().unwrap(), "{case}");
+            assert_eq!(max_y, exp["max_y"].as_i64().unwrap(), "{case}");
+            assert!(g.position_ids[g.num_patches * 2..].iter().all(|&p| p == -1));
+            assert!(g.pixel_values[g.num_patches * g.cols..]
+                .iter()
+                .all(|&p| p == 0.0));
+            let (h, w) = g.resized;
+            assert_eq!(h % 48, 0);
+            assert_eq!(w % 48, 0);
+            let lv = levels(&g.pixel_values, 0.0, 1.0);
+            let d = compare(&case, exp, &t, &format!("{bucket}.{name}"), &lv, g.cols);
+            if file.extension().unwrap() == "jpg" {
+                assert!(d <= 2 * jpeg_decode_diff() + 1, "{case}: {d} levels");
+            } else {
+                assert_eq!(
+                    d, 0,
+                    "{case}: pixels differ by {d} levels (should be exact)"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn frame_sampling_matches_transformers() {
+    let e = expected();
+    let p = qwen3vl::VideoProcessor::from_json_file(&fix("qwen3vl_video_preprocessor_config.json"))
+        .unwrap();
+    assert_eq!(p, {
+        let mut d = qwen3vl::VideoProcessor::qwen3vl_default();
+        d.common.rescale_factor = p.common.rescale_factor;
+        d
+    });
+    for s in e["sampling"].as_array().unwrap() {
+        let total = s["total"].as_u64().unwrap() as usize;
+        let fps = s["fps"].as_f64().unwrap();
+        let want: Vec<usize> = serde_json::from_value(s["indices"].clone()).unwrap();
+        assert_eq!(
+            p.sample_indices(total, fps),
+            want,
+            "total {total} fps {fps}"
+        );
+    }
+    for (x, want) in e["format_1f"].as_object().unwrap() {
+        let x: f64 = x.parse().unwrap();
+        assert_eq!(media::py_format_1f(x), want.as_str().unwrap(), "{x}");
+    }
+}
+
+fn check_video(name: &str, video: &Video, exp: &Value, t: &HashMap<String, Tensor>) -> u8 {
+    let p = qwen3vl::VideoProcessor::qwen3vl_default();
+    assert_eq!(
+        video.total_frames as u64,
+        exp["total_frames"].as_u64().unwrap(),
+        "{name}"
+    );
+    assert!(
+        (video.fps - exp["fps"].as_f64().unwrap()).abs() < 1e-9,
+        "{name}: fps {}",
+        video.fps
+    );
+    let v = p.preprocess(video).unwrap();
+    let idx: Vec<usize> = serde_json::from_value(exp["frame_indices"].clone()).unwrap();
+    assert_eq!(v.frame_indices, idx, "{name}");
+    let grid: [u32; 3] = serde_json::from_value(exp["grid_thw"].clone()).unwrap();
+    assert_eq!(v.patches.grid_thw, grid, "{name}");
+    let ts: Vec<f64> = serde_json::from_value(exp["timestamps"].clone()).unwrap();
+    assert_eq!(v.timestamps, ts, "{name}");
+    let strings: Vec<String> = serde_json::from_value(exp["timestamp_strings"].clone()).unwrap();
+    assert_eq!(v.timestamp_strings(), strings, "{name}");
+    let lv = levels(&v.patches.pixel_values, 0.5, 0.5);
+    compare(name, exp, t, &format!("videos.{name}"), &lv, v.patches.cols)
+}
+
+#[test]
+fn videos_match_transformers() {
+    let e = expected();
+    let t = tensors("expected.safetensors");
+    let l = Limits::default();
+    let vids = &e["videos"];
+    let folder = decode_video(VideoSource::Path(&fix("inputs/frames_5fps")), "frames", &l).unwrap();
+    let gif_bytes = std::fs::read(fix("inputs/anim_10fps.gif")).unwrap();
+    let gif = decode_video(VideoSource::Bytes(&gif_bytes), "gif", &l).unwrap();
+    let mut diffs = vec![];
+    diffs.push(check_video(
+        "frames_5fps",
+        &folder,
+        &vids["frames_5fps"],
+        &t,
+    ));
+    diffs.push(check_video("anim_10fps", &gif, &vids["anim_10fps"], &t));
+    #[cfg(feature = "video-ffmpeg")]
+    {
+        let p = qwen3vl::VideoProcessor::qwen3vl_default();
+        let mp4 = decode_video_sampled(
+            VideoSource::Path(&fix("inputs/testsrc_24fps.mp4")),
+            "mp4",
+            &l,
+            &|n, fps| p.sample_indices(n, fps),
+        )
+        .unwrap();
+        assert_eq!(mp4.frames.len(), 4, "only the sampled frames are kept");
+        diffs.push(check_video(
+            "testsrc_24fps",
+            &mp4,
+            &vids["testsrc_24fps"],
+            &t,
+        ));
+        let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/sample/media/AS-0037.mp4");
+        let bytes = std::fs::read(sample).unwrap();
+        let v = decode_video(VideoSource::Bytes(&bytes), "AS-0037.mp4", &l).unwrap();
+        assert_eq!(v.frames.len(), 24);
+        diffs.push(check_video("AS-0037", &v, &vids["AS-0037"], &t));
+    }
+    // transformers resizes video frames with torchvision's antialiased
+    // bicubic (uint8), the Rust side with Pillow's: allowed 1 level.
+    eprintln!("video level differences vs transformers: {diffs:?}");
+    assert!(diffs.iter().all(|&d| d <= 1), "{diffs:?}");
+}
+
+#[test]
+fn image_decoding_orientation_alpha_grey() {
+    let l = Limits::default();
+    let exif = media::load_image(&fix("inputs/exif6_96x64.jpg"), &l).unwrap();
+    assert_eq!(exif.dimensions(), (64, 96), "EXIF orientation 6 applied");
+    let a = media::load_image(&fix("inputs/alpha_64x48.png"), &l).unwrap();
+    let raw = image::open(fix("inputs/alpha_64x48.png"))
+        .unwrap()
+        .to_rgba8();
+    // Alpha is dropped, not composited (PIL convert("RGB")).
+    for (p, q) in a.pixels().zip(raw.pixels()) {
+        assert_eq!(p.0, [q.0[0], q.0[1], q.0[2]]);
+    }
+    let g = media::load_image(&fix("inputs/gray_50x70.png"), &l).unwrap();
+    assert!(g.pixels().all(|p| p.0[0] == p.0[1] && p.0[1] == p.0[2]));
+    let one = media::load_image(&fix("inputs/tiny_1x1.png"), &l).unwrap();
+    assert_eq!(one.dimensions(), (1, 1));
+}
+
+fn png_header(w: u32, h: u32) -> Vec<u8> {
+    // A PNG with a valid IHDR claiming w x h and almost no image data.
+    let mut v = vec![0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a];
+    let mut ihdr = b"IHDR".to_vec();
+    ihdr.extend_from_slice(&w.to_be_bytes());
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    v.extend_from_slice(&13u32.to_be_bytes());
+    v.extend_from_slice(&ihdr);
+    let crc = crc32(&ihdr);
+    v.extend_from_slice(&crc.to_be_bytes());
+    // The start of an IDAT chunk (the decoder reads up to here for the header).
+    let idat = b"IDAT\x78\x9c\x00\x00".to_vec();
+    v.extend_from_slice(&4u32.to_be_bytes());
+    v.extend_from_slice(&idat);
+    v.extend_from_slice(&crc32(&idat).to_be_bytes());
+    v
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut c = 0xffff_ffffu32;
+    for &b in data {
+        c ^= b as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                0xedb8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+        }
+    }
+    !c
+}
+
+#[test]
+fn bad_images_give_typed_errors() {
+    let l = Limits::default();
+    // Huge header: refused before allocating.
+    let e = decode_image(&png_header(20_000, 20_000), "huge.png", &l).unwrap_err();
+    assert!(
+        matches!(e, MediaError::TooLarge { width: 20_000, .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("huge.png"));
+    // Zero size (the png crate rejects it in the header; either error is fine).
+    let e = decode_image(&png_header(0, 10), "zero.png", &l).unwrap_err();
+    assert!(
+        matches!(e, MediaError::Empty { .. } | MediaError::Decode { .. }),
+        "{e}"
+    );
+    // Truncated.
+    let bytes = std::fs::read(fix("inputs/odd_300x201.png")).unwrap();
+    let e = decode_image(&bytes[..bytes.len() / 2], "cut.png", &l).unwrap_err();
+    assert!(matches!(e, MediaError::Decode { .. }), "{e}");
+    assert!(e.to_string().contains("cut.png") && e.to_string().contains("fix:"));
+    // Not an image; empty.
+    let e = decode_image(b"hello world, not an image", "x.png", &l).unwrap_err();
+    assert!(matches!(e, MediaError::Decode { .. }), "{e}");
+    let e = decode_image(b"", "empty.png", &l).unwrap_err();
+    assert!(matches!(e, MediaError::Decode { .. }), "{e}");
+    // A lower pixel limit.
+    let small = Limits {
+        max_pixels: 1000,
+        ..Limits::default()
+    };
+    let e = media::load_image(&fix("inputs/odd_300x201.png"), &small).unwrap_err();
+    assert!(matches!(e, MediaError::TooLarge { .. }), "{e}");
+}
+
+#[test]
+fn bad_videos_give_typed_errors() {
+    let l = Limits::default();
+    // A still PNG is not a video.
+    let e = decode_video(
+        VideoSource::Path(&fix("inputs/odd_300x201.png")),
+        "still",
+        &l,
+    )
+    .unwrap_err();
+    assert!(matches!(e, MediaError::Unsupported { .. }), "{e}");
+    // Empty folder.
+    let d = tempfile::tempdir().unwrap();
+    let e = decode_video(VideoSource::Path(d.path()), "empty-dir", &l).unwrap_err();
+    assert!(matches!(e, MediaError::Decode { .. }), "{e}");
+    // Frame limit.
+    let few = Limits {
+        max_frames: 3,
+        ..Limits::default()
+    };
+    let e = decode_video(VideoSource::Path(&fix("inputs/frames_5fps")), "f", &few).unwrap_err();
+    assert!(matches!(e, MediaError::Limit { .. }), "{e}");
+    // Too few frames for a temporal patch (HF raises the same).
+    let one = Video::from_frames(vec![image::RgbImage::new(64, 64)], 1.0, "one");
+    let e = qwen3vl::VideoProcessor::qwen3vl_default()
+        .preprocess(&one)
+        .unwrap_err();
+    assert!(matches!(e, MediaError::Shape { .. }), "{e}");
+    #[cfg(feature = "video-ffmpeg")]
+    {
+        let e = decode_video(
+            VideoSource::Path(&fix("inputs/audio_only.mp4")),
+            "audio.mp4",
+            &l,
+        )
+        .unwrap_err();
+        assert!(matches!(e, MediaError::NoVideoStream { .. }), "{e}");
+        let bytes = std::fs::read(fix("inputs/testsrc_24fps.mp4")).unwrap();
+        for cut in [bytes.len() / 3, 200] {
+            let e = decode_video(VideoSource::Bytes(&bytes[..cut]), "cut.mp4", &l).unwrap_err();
+            assert!(matches!(e, MediaError::Decode { .. }), "{cut}: {e}");
+        }
+        let mut garbage = bytes.clone();
+        for b in garbage.iter_mut().skip(64) {
+            *b = b.wrapping_mul(31).wrapping_add(7);
+        }
+        let e = decode_video(VideoSource::Bytes(&garbage), "garbage.mp4", &l).unwrap_err();
+        assert!(matches!(e, MediaError::Decode { .. }), "{e}");
+        let e = decode_video(VideoSource::Bytes(b"not a video at all"), "x.mp4", &l).unwrap_err();
+        assert!(matches!(e, MediaError::Decode { .. }), "{e}");
+    }
+}
+
+#[test]
+fn media_paths_stay_inside_the_dataset() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/sample");
+    assert!(media::resolve_in_dataset(&root, "media/AS-0037.mp4").is_ok());
+    let e = media::resolve_in_dataset(&root, "../../Cargo.toml").unwrap_err();
+    assert!(matches!(e, MediaError::OutsideDataset { .. }), "{e}");
+    let e = media::resolve_in_dataset(&root, "/etc/hostname").unwrap_err();
+    assert!(
+        matches!(e, MediaError::OutsideDataset { .. } | MediaError::Io { .. }),
+        "{e}"
+    );
+}
+
+#[test]
+fn config_spellings_and_errors() {
+    let a = qwen3vl::ImageProcessor::from_json_str(
+        r#"{"size": {"shortest_edge": 3136, "longest_edge": 50176}, "patch_size": 16}"#,
+    )
+    .unwrap();
+    let b = qwen3vl::ImageProcessor::from_json_str(
+        r#"{"min_pixels": 3136, "max_pixels": 50176, "patch_size": 16}"#,
+    )
+    .unwrap();
+    assert_eq!(a, b);
+    assert_eq!(a.common.max_pixels, 50176);
+    let e = qwen3vl::ImageProcessor::from_json_str(r#"{"patch_size": "big"}"#).unwrap_err();
+    assert!(matches!(e, MediaError::Config { .. }), "{e}");
+    let e = gemma4::ImageProcessor::from_json_str(r#"{"max_soft_tokens": 100}"#).unwrap_err();
+    assert!(matches!(e, MediaError::Config { .. }), "{e}");
+    assert_eq!(
+        qwen3vl::smart_resize(720, 1280, 32, 65536, 16777216).unwrap(),
+        (704, 1280),
+        "22.5 rounds to 22 (half to even)"
+    );
+}
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_anjeon"));
+    c.current_dir(env!("CARGO_MANIFEST_DIR"));
+    c.env("NO_COLOR", "1");
+    c
+}
+
+#[test]
+fn media_inspect_writes_the_model_inputs() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("img.safetensors");
+    let o = bin()
+        .args(["media", "inspect", "--processor"])
+        .arg(fix("qwen3vl_preprocessor_config.json"))
+        .arg("--image")
+        .arg(fix("inputs/odd_300x201.png"))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("image_grid_thw [1, 14, 20]"), "{err}");
+    let t = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
+    let mut names: Vec<&String> = t.keys().collect();
+    names.sort();
+    assert_eq!(names, ["image_grid_thw", "pixel_values"]);
+    assert_eq!(t["pixel_values"].dims(), &[280, 1536]);
+    assert_eq!(t["image_grid_thw"].to_vec2::<i64>().unwrap(), [[1, 14, 20]]);
+
+    let vout = d.path().join("vid.safetensors");
+    let o = bin()
+        .args(["media", "inspect", "--processor"])
+        .arg(fix("qwen3vl_video_preprocessor_config.json"))
+        .arg("--video")
+        .arg(fix("inputs/anim_10fps.gif"))
+        .arg("--out")
+        .arg(&vout)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("<0.2 seconds><0.9 seconds>"), "{err}");
+    let t = candle_core::safetensors::load(&vout, &Device::Cpu).unwrap();
+    assert_eq!(t["pixel_values_videos"].dims(), &[48, 1536]);
+    assert_eq!(t["video_grid_thw"].to_vec2::<i64>().unwrap(), [[2, 4, 6]]);
+    assert_eq!(t["frame_indices"].to_vec1::<i64>().unwrap(), [0, 4, 7, 11]);
+
+    // Both inputs, or none: usage error from clap.
+    let o = bin()
+        .args(["media", "inspect", "--processor", "x", "--out", "y"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    // A bad image: exit 2 with the typed message.
+    let o = bin()
+        .args(["media", "inspect", "--processor"])
+        .arg(fix("qwen3vl_preprocessor_config.json"))
+        .arg("--image")
+        .arg(fix("inputs/extreme_3000x10.png"))
+        .arg("--out")
+        .arg(d.path().join("bad.safetensors"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("aspect ratio"));
+}
