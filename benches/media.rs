@@ -10,11 +10,15 @@ use anjeon::media::{self, qwen3vl, Limits, VideoSource};
 fn image(c: &mut Criterion) {
     let limits = Limits::default();
     let img = media::load_image(
-        std::path::Path::new("tests/fixtures/media/inputs/hd_1280x720.jpg"),
+        std::path::Path::new("tests/fixtures/media/inputs/hd_1280x720.png"),
         &limits,
     )
     .expect("fixture image");
-    let bytes = std::fs::read("tests/fixtures/media/inputs/hd_1280x720.jpg").unwrap();
+    // The same picture as a JPEG (quality 85), as photos usually come.
+    let mut bytes = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 85)
+        .encode_image(&img)
+        .unwrap();
     let p = qwen3vl::ImageProcessor::qwen3vl_default();
     let mut g = c.benchmark_group("qwen3vl_image");
     g.sample_size(20);

@@ -256,3 +256,20 @@ impl ImageProcessor {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_are_multiples_of_48_within_budget() {
+        let (h, w) = aspect_ratio_preserving_size(720, 1280, 16, 280 * 9, 3).unwrap();
+        assert_eq!((h % 48, w % 48), (0, 0));
+        assert!((h as usize / 16) * (w as usize / 16) <= 280 * 9);
+        // Very wide: one row of 48, width capped.
+        let (h, w) = aspect_ratio_preserving_size(10, 3000, 16, 280 * 9, 3).unwrap();
+        assert_eq!(h, 48);
+        assert_eq!(w, 280 * 48, "capped at (max_patches / k²) * 48");
+        assert!(aspect_ratio_preserving_size(0, 5, 16, 2520, 3).is_err());
+    }
+}

@@ -726,3 +726,77 @@ pub fn timestamps(indices: &[usize], fps: f64, merge: usize) -> Vec<f64> {
         .map(|g| (g[0] + g[g.len() - 1]) / 2.0)
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smart_resize_rounds_like_python() {
+        // 720 / 32 = 22.5 rounds to 22 (ties to even).
+        assert_eq!(
+            smart_resize(720, 1280, 32, 65536, 16777216).unwrap(),
+            (704, 1280)
+        );
+        // Tiny images are scaled up to min_pixels; 1x1 becomes 256x256.
+        assert_eq!(smart_resize(1, 1, 32, 65536, 16777216).unwrap(), (256, 256));
+        // Over the budget: floor after dividing by beta.
+        assert_eq!(
+            smart_resize(4200, 4100, 32, 65536, 16777216).unwrap(),
+            (4128, 4032)
+        );
+        assert!(smart_resize(10, 3000, 32, 65536, 16777216).is_err());
+        assert!(smart_resize(0, 10, 32, 65536, 16777216).is_err());
+    }
+
+    #[test]
+    fn video_smart_resize_scales_small_frames_first() {
+        // 10x20 frames: scaled to 32x64 before the budget check.
+        let (h, w) = smart_resize_video(4, 10, 20, 2, 32, 4096, 25165824).unwrap();
+        assert_eq!((h % 32, w % 32), (0, 0));
+        assert!(smart_resize_video(1, 64, 64, 2, 32, 4096, 25165824).is_err());
+    }
+
+    #[test]
+    fn linspace_and_timestamps() {
+        assert_eq!(linspace_round(29, 6), vec![0, 6, 12, 17, 23, 29]);
+        assert_eq!(linspace_round(9, 1), vec![0]);
+        // Odd count: the last index repeats to fill the pair.
+        assert_eq!(timestamps(&[0, 4, 8], 4.0, 2), vec![0.5, 2.0]);
+        let v = VideoPatches {
+            patches: VisionPatches {
+                pixel_values: vec![],
+                rows: 0,
+                cols: 0,
+                grid_thw: [2, 4, 4],
+                resized: (64, 64),
+            },
+            frame_indices: vec![0, 1, 2, 3],
+            timestamps: vec![0.25, 1.25],
+        };
+        assert_eq!(v.timestamp_strings(), ["<0.2 seconds>", "<1.2 seconds>"]);
+        assert_eq!(v.tokens_per_frame(2), 4);
+        assert_eq!(num_tokens([2, 4, 4], 2), 8);
+    }
+
+    #[test]
+    fn patch_layout_matches_hf_order() {
+        // 32x32 image, P=16, m=2: one merge block; column (c, t, py, px).
+        let p = ImageProcessor::from_json_str(
+            r#"{"min_pixels": 1024, "max_pixels": 1024, "do_normalize": false, "do_rescale": false}"#,
+        )
+        .unwrap();
+        let img = RgbImage::from_fn(32, 32, |x, y| image::Rgb([x as u8, y as u8, 7]));
+        let v = p.preprocess(&img).unwrap();
+        assert_eq!(v.grid_thw, [1, 2, 2]);
+        assert_eq!((v.rows, v.cols), (4, 1536));
+        let row = |r: usize| &v.pixel_values[r * 1536..(r + 1) * 1536];
+        // Row 1 is the top-right patch (mh=0, mw=1): x starts at 16.
+        assert_eq!(row(1)[0], 16.0);
+        assert_eq!(row(2)[0], 0.0);
+        // Green of row 2 (bottom-left) at py=0: y = 16; t=1 repeats t=0.
+        assert_eq!(row(2)[512], 16.0);
+        assert_eq!(row(2)[512 + 256], 16.0);
+        assert_eq!(row(0)[1024], 7.0);
+    }
+}

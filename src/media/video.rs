@@ -406,6 +406,20 @@ fn ffmpeg_pass(
         .or_else(|| rate(stream.rate()))
         .unwrap_or(24.0);
     let header_frames = stream.frames().max(0) as usize;
+    // Containers without a frame count (webm/mkv): estimate it from the
+    // duration; a wrong estimate is corrected by a second pass.
+    let estimated = {
+        let tb = stream.time_base();
+        let secs = if stream.duration() > 0 && tb.denominator() != 0 {
+            stream.duration() as f64 * tb.numerator() as f64 / tb.denominator() as f64
+        } else if ictx.duration() > 0 {
+            ictx.duration() as f64 / 1_000_000.0
+        } else {
+            0.0
+        };
+        let n = (secs * fps).round();
+        (n >= 1.0).then_some(n as usize)
+    };
     let ctx = ff::codec::context::Context::from_parameters(stream.parameters()).map_err(corrupt)?;
     let codec_id = stream.parameters().id();
     let mut decoder = ctx.decoder().video().map_err(|e| MediaError::Unsupported {
@@ -417,7 +431,9 @@ fn ffmpeg_pass(
     limits.check_size(name, w, h)?;
     // Frames to keep; `None` = the frame count is unknown: keep everything
     // and sample afterwards.
-    let total_guess = known_total.or((header_frames > 0).then_some(header_frames));
+    let total_guess = known_total
+        .or((header_frames > 0).then_some(header_frames))
+        .or(estimated);
     let wanted: Option<BTreeSet<usize>> = total_guess.map(|t| sample(t, fps).into_iter().collect());
     let mut scaler: Option<(ff::format::Pixel, u32, u32, ff::software::scaling::Context)> = None;
     let mut keep = Keeper::new(name, limits);
