@@ -17,8 +17,8 @@
 //!   MLP of those layers and `attention_k_eq_v` (values = raw key projection,
 //!   `num_global_key_value_heads`); the small dense checkpoints (E2B/E4B) use
 //!   PLE, KV sharing and the double-wide MLP;
-//! - the sliding window keeps `sliding_window` positions (kv > q - window),
-//!   candle one more, and candle applies no sliding mask during decode;
+//! - the sliding window keeps `sliding_window` positions (kv > q - window);
+//!   candle's prefill mask keeps one more (kv >= q - window);
 //! - image soft tokens attend bidirectionally within their image on sliding
 //!   layers (`use_bidirectional_attention = "vision"`), causal elsewhere;
 //! - image embeddings are scattered into the image-token positions in order
@@ -660,7 +660,12 @@ impl Layer {
             ln_pre_ff: RmsNorm::new(h, e, vb.pp("pre_feedforward_layernorm"))?,
             ln_post_ff: RmsNorm::new(h, e, vb.pp("post_feedforward_layernorm"))?,
             ple,
-            scalar: vb.get(1, "layer_scalar")?,
+            // A buffer in transformers; 1.0 where a checkpoint leaves it out.
+            scalar: if vb.contains_tensor("layer_scalar") {
+                vb.get(1, "layer_scalar")?
+            } else {
+                Tensor::ones(1, vb.dtype(), vb.device())?
+            },
             heads: nh,
             kv_heads: kvh,
             head_dim: hd,
