@@ -7,6 +7,7 @@ pub mod card;
 pub mod chat;
 pub mod fetch;
 pub mod gemma3;
+pub mod gemma4;
 pub mod generate;
 pub mod qwen2;
 pub mod qwen3_vl;

@@ -1,0 +1,1159 @@
+//! Gemma 4 (image and text in, text out) from Hugging Face safetensors.
+//!
+//! Written for anjeon after candle-transformers 0.11.1's `gemma4` module
+//! (MIT OR Apache-2.0, Copyright the Candle authors) and checked against
+//! transformers 5.23's `modeling_gemma4.py` with a tiny random checkpoint
+//! (tests/fixtures/tiny/make_tiny_gemma4.py, tests/gemma4.rs). candle's
+//! module cannot load a transformers checkpoint at all (it looks for
+//! `model.language_model.model.*` and for the vision linears without their
+//! `.linear` sub-module), and reading it against transformers shows these
+//! further differences, each a bug there, fixed here:
+//! - Gemma 4's RMSNorm multiplies by `weight`, not `1 + weight` (Gemma 2/3);
+//! - text attention uses scaling 1.0 (q/k are RMS-normed), not 1/sqrt(head_dim);
+//! - per-layer embeddings (PLE: `embed_tokens_per_layer`,
+//!   `per_layer_model_projection`, the per-layer gate/projection/norm in every
+//!   decoder layer) are missing, as are the per-layer `layer_scalar`, KV
+//!   sharing across the last `num_kv_shared_layers` layers, the double-wide
+//!   MLP of those layers and `attention_k_eq_v` (values = raw key projection,
+//!   `num_global_key_value_heads`); the small dense checkpoints (E2B/E4B) use
+//!   PLE, KV sharing and the double-wide MLP;
+//! - the sliding window keeps `sliding_window` positions (kv > q - window);
+//!   candle's prefill mask keeps one more (kv >= q - window);
+//! - image soft tokens attend bidirectionally within their image on sliding
+//!   layers (`use_bidirectional_attention = "vision"`), causal elsewhere;
+//! - image embeddings are scattered into the image-token positions in order
+//!   (candle copies row i of the image features to sequence position i, and
+//!   `broadcast_embed_to_mask` returns zeros for batch > 1);
+//! - the vision tower's clipped linears clamp inputs and outputs
+//!   (`use_clipped_linears`), and padding patches (position -1) are dropped.
+//!
+//! MoE (`enable_moe_block`, the 26B-A4B model) and the audio tower are not
+//! implemented; [`Gemma4::new`] refuses MoE configs. The model runs batch 1
+//! (anjeon's generation loop is batch 1); a padded batch in transformers
+//! gives the same logits per row (tests/gemma4.rs checks this).
+//!
+//! The KV cache is plain data (`Clone`) and keeps every position, also on
+//! sliding layers (the window is applied by the mask), so a cloned prompt
+//! cache can be reused for several continuations.
+//!
+//! Placeholder expansion (`<|image|>` -> `<|image>` + soft tokens +
+//! `<image|>`) is [`expand_image_placeholders`]; the number of soft tokens
+//! per image is [`soft_tokens_per_image`].
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, IndexOp, Module, Result, Tensor, D};
+use candle_nn::{Activation, Embedding, Linear, VarBuilder};
+use serde::Deserialize;
+
+// ---------------------------------------------------------------- config
+
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct RopeLayer {
+    #[serde(default)]
+    pub rope_type: Option<String>,
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+    #[serde(default)]
+    pub partial_rotary_factor: Option<f64>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct TextRope {
+    #[serde(default)]
+    pub full_attention: Option<RopeLayer>,
+    #[serde(default)]
+    pub sliding_attention: Option<RopeLayer>,
+}
+
+/// transformers 5 writes the full-attention layers' head_dim / kv heads as
+/// `per_layer_config`; hub configs have `global_head_dim` instead.
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct LayerOverride {
+    #[serde(default)]
+    pub head_dim: Option<usize>,
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+}
+
+fn d_gelu_tanh() -> Activation {
+    Activation::GeluPytorchTanh
+}
+fn d_eps() -> f64 {
+    1e-6
+}
+fn d_true() -> bool {
+    true
+}
+fn d_sliding() -> usize {
+    512
+}
+fn d_ple() -> Option<usize> {
+    Some(256)
+}
+fn d_ple_vocab() -> usize {
+    262_144
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct TextConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    #[serde(default = "d_gelu_tanh")]
+    pub hidden_activation: Activation,
+    #[serde(default = "d_eps")]
+    pub rms_norm_eps: f64,
+    #[serde(default)]
+    pub attention_bias: bool,
+    #[serde(default = "d_sliding")]
+    pub sliding_window: usize,
+    pub layer_types: Vec<String>,
+    #[serde(default)]
+    pub final_logit_softcapping: Option<f64>,
+    #[serde(default)]
+    pub use_bidirectional_attention: Option<String>,
+    #[serde(default = "d_ple_vocab")]
+    pub vocab_size_per_layer_input: usize,
+    #[serde(default = "d_ple")]
+    pub hidden_size_per_layer_input: Option<usize>,
+    #[serde(default)]
+    pub attention_k_eq_v: bool,
+    #[serde(default)]
+    pub num_kv_shared_layers: usize,
+    #[serde(default)]
+    pub enable_moe_block: bool,
+    #[serde(default)]
+    pub use_double_wide_mlp: bool,
+    #[serde(default)]
+    pub global_head_dim: Option<usize>,
+    #[serde(default)]
+    pub num_global_key_value_heads: Option<usize>,
+    #[serde(default)]
+    pub per_layer_config: Option<HashMap<String, LayerOverride>>,
+    #[serde(default)]
+    pub rope_parameters: Option<TextRope>,
+    #[serde(default)]
+    pub pad_token_id: Option<u32>,
+}
+
+impl TextConfig {
+    pub fn is_sliding(&self, i: usize) -> bool {
+        self.layer_types.get(i).map(|s| s.as_str()) == Some("sliding_attention")
+    }
+
+    /// (head_dim, kv heads) of layer `i`.
+    pub fn layer_dims(&self, i: usize) -> (usize, usize) {
+        if self.is_sliding(i) {
+            return (self.head_dim, self.num_key_value_heads);
+        }
+        let o = self
+            .per_layer_config
+            .as_ref()
+            .and_then(|m| m.get(&i.to_string()));
+        let hd = o
+            .and_then(|o| o.head_dim)
+            .or(self.global_head_dim)
+            .unwrap_or(512);
+        let kv = o
+            .and_then(|o| o.num_key_value_heads)
+            .or(if self.attention_k_eq_v {
+                self.num_global_key_value_heads
+            } else {
+                None
+            });
+        (hd, kv.unwrap_or(self.num_key_value_heads))
+    }
+
+    fn ple_dim(&self) -> usize {
+        self.hidden_size_per_layer_input.unwrap_or(0)
+    }
+
+    /// KV sharing: None, "store" (last unshared layer of its type) or "reuse".
+    fn kv_modes(&self) -> Vec<Option<&'static str>> {
+        let n = self.num_hidden_layers;
+        let mut modes = vec![None; n];
+        if self.num_kv_shared_layers == 0 {
+            return modes;
+        }
+        let first = n - self.num_kv_shared_layers;
+        for m in modes.iter_mut().skip(first) {
+            *m = Some("reuse");
+        }
+        for ty in ["sliding_attention", "full_attention"] {
+            if let Some(p) = (0..first).rev().find(|&i| self.layer_types[i] == ty) {
+                modes[p] = Some("store");
+            }
+        }
+        modes
+    }
+
+    fn rope(&self, sliding: bool) -> RopeLayer {
+        let r = self.rope_parameters.clone().unwrap_or_default();
+        let l = if sliding {
+            r.sliding_attention
+        } else {
+            r.full_attention
+        };
+        l.unwrap_or_else(|| {
+            if sliding {
+                RopeLayer {
+                    rope_type: Some("default".into()),
+                    rope_theta: Some(10_000.0),
+                    partial_rotary_factor: None,
+                }
+            } else {
+                RopeLayer {
+                    rope_type: Some("proportional".into()),
+                    rope_theta: Some(1_000_000.0),
+                    partial_rotary_factor: Some(0.25),
+                }
+            }
+        })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct VisionRope {
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+}
+
+fn d_pool() -> usize {
+    3
+}
+fn d_patch() -> usize {
+    16
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct VisionConfig {
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    #[serde(default = "d_gelu_tanh")]
+    pub hidden_activation: Activation,
+    #[serde(default = "d_eps")]
+    pub rms_norm_eps: f64,
+    #[serde(default = "d_patch")]
+    pub patch_size: usize,
+    #[serde(default = "d_pool")]
+    pub pooling_kernel_size: usize,
+    pub position_embedding_size: usize,
+    #[serde(default)]
+    pub use_clipped_linears: bool,
+    #[serde(default)]
+    pub standardize: bool,
+    #[serde(default)]
+    pub rope_parameters: Option<VisionRope>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Config {
+    pub text_config: TextConfig,
+    #[serde(default)]
+    pub vision_config: Option<VisionConfig>,
+    pub image_token_id: u32,
+    pub boi_token_id: u32,
+    pub eoi_token_id: u32,
+    #[serde(default = "d_true")]
+    pub tie_word_embeddings: bool,
+}
+
+// ---------------------------------------------------------------- helpers
+
+/// Gemma 4 RMSNorm: `x * (mean(x²) + eps)^-½ * weight` (no `1 +`), or
+/// without a weight (`with_scale = False`).
+#[derive(Clone)]
+struct RmsNorm {
+    weight: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    fn new(n: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(RmsNorm {
+            weight: vb.get(n, "weight")?,
+            eps: eps as f32,
+        })
+    }
+    fn bare(n: usize, eps: f64, dtype: DType, device: &Device) -> Result<Self> {
+        Ok(RmsNorm {
+            weight: Tensor::ones(n, dtype, device)?,
+            eps: eps as f32,
+        })
+    }
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dt = x.dtype();
+        let y = candle_nn::ops::rms_norm(
+            &x.to_dtype(DType::F32)?.contiguous()?,
+            &self.weight.to_dtype(DType::F32)?,
+            self.eps,
+        )?;
+        y.to_dtype(dt)
+    }
+}
+
+fn linear(i: usize, o: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
+    if bias {
+        candle_nn::linear(i, o, vb)
+    } else {
+        candle_nn::linear_no_bias(i, o, vb)
+    }
+}
+
+fn repeat_kv(x: Tensor, rep: usize) -> Result<Tensor> {
+    candle_transformers::utils::repeat_kv(x, rep)?.contiguous()
+}
+
+/// cos/sin `(L, inv_freq.len())` for the given positions.
+fn rope_table(
+    inv_freq: &[f32],
+    pos: impl Iterator<Item = f32>,
+    dtype: DType,
+    dev: &Device,
+) -> Result<(Tensor, Tensor)> {
+    let (mut c, mut s) = (Vec::new(), Vec::new());
+    let mut n = 0;
+    for p in pos {
+        for &f in inv_freq {
+            let a = p * f;
+            c.push(a.cos());
+            s.push(a.sin());
+        }
+        n += 1;
+    }
+    let w = inv_freq.len();
+    Ok((
+        Tensor::from_vec(c, (n, w), dev)?.to_dtype(dtype)?,
+        Tensor::from_vec(s, (n, w), dev)?.to_dtype(dtype)?,
+    ))
+}
+
+// ---------------------------------------------------------------- vision
+
+/// `Gemma4ClippableLinear`: optional clamps around a bias-free linear.
+#[derive(Clone)]
+struct ClipLinear {
+    lin: Linear,
+    clip: Option<[f32; 4]>,
+}
+
+impl ClipLinear {
+    fn new(i: usize, o: usize, clipped: bool, vb: VarBuilder) -> Result<Self> {
+        let lin = candle_nn::linear_no_bias(i, o, vb.pp("linear"))?;
+        let clip = if clipped {
+            let g = |n: &str| -> Result<f32> {
+                vb.get((), n)?.to_dtype(DType::F32)?.to_scalar::<f32>()
+            };
+            Some([
+                g("input_min")?,
+                g("input_max")?,
+                g("output_min")?,
+                g("output_max")?,
+            ])
+        } else {
+            None
+        };
+        Ok(ClipLinear { lin, clip })
+    }
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self.clip {
+            None => self.lin.forward(x),
+            Some([a, b, c, d]) => self.lin.forward(&x.clamp(a, b)?)?.clamp(c, d),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct VisionLayer {
+    q: ClipLinear,
+    k: ClipLinear,
+    v: ClipLinear,
+    o: ClipLinear,
+    q_norm: RmsNorm,
+    k_norm: RmsNorm,
+    v_norm: RmsNorm,
+    gate: ClipLinear,
+    up: ClipLinear,
+    down: ClipLinear,
+    ln_in: RmsNorm,
+    ln_post_attn: RmsNorm,
+    ln_pre_ff: RmsNorm,
+    ln_post_ff: RmsNorm,
+    act: Activation,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+}
+
+impl VisionLayer {
+    fn new(cfg: &VisionConfig, vb: VarBuilder) -> Result<Self> {
+        let (h, hd, c) = (cfg.hidden_size, cfg.head_dim, cfg.use_clipped_linears);
+        let (nh, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        let a = vb.pp("self_attn");
+        let m = vb.pp("mlp");
+        let e = cfg.rms_norm_eps;
+        Ok(VisionLayer {
+            q: ClipLinear::new(h, nh * hd, c, a.pp("q_proj"))?,
+            k: ClipLinear::new(h, nkv * hd, c, a.pp("k_proj"))?,
+            v: ClipLinear::new(h, nkv * hd, c, a.pp("v_proj"))?,
+            o: ClipLinear::new(nh * hd, h, c, a.pp("o_proj"))?,
+            q_norm: RmsNorm::new(hd, e, a.pp("q_norm"))?,
+            k_norm: RmsNorm::new(hd, e, a.pp("k_norm"))?,
+            v_norm: RmsNorm::bare(hd, e, vb.dtype(), vb.device())?,
+            gate: ClipLinear::new(h, cfg.intermediate_size, c, m.pp("gate_proj"))?,
+            up: ClipLinear::new(h, cfg.intermediate_size, c, m.pp("up_proj"))?,
+            down: ClipLinear::new(cfg.intermediate_size, h, c, m.pp("down_proj"))?,
+            ln_in: RmsNorm::new(h, e, vb.pp("input_layernorm"))?,
+            ln_post_attn: RmsNorm::new(h, e, vb.pp("post_attention_layernorm"))?,
+            ln_pre_ff: RmsNorm::new(h, e, vb.pp("pre_feedforward_layernorm"))?,
+            ln_post_ff: RmsNorm::new(h, e, vb.pp("post_feedforward_layernorm"))?,
+            act: cfg.hidden_activation,
+            heads: nh,
+            kv_heads: nkv,
+            head_dim: hd,
+        })
+    }
+
+    /// 2-D RoPE: the first half of each head rotates with the x position,
+    /// the second half with the y position (`apply_multidimensional_rope`).
+    fn rope2d(x: &Tensor, cx: &Tensor, sx: &Tensor, cy: &Tensor, sy: &Tensor) -> Result<Tensor> {
+        let half = x.dim(D::Minus1)? / 2;
+        let a = x.narrow(D::Minus1, 0, half)?.contiguous()?;
+        let b = x.narrow(D::Minus1, half, half)?.contiguous()?;
+        let a = candle_nn::rotary_emb::rope(&a, cx, sx)?;
+        let b = candle_nn::rotary_emb::rope(&b, cy, sy)?;
+        Tensor::cat(&[&a, &b], D::Minus1)
+    }
+
+    /// `xs`: `(1, n, hidden)`, one image's valid patches.
+    fn forward(&self, xs: &Tensor, rope: &[Tensor; 4]) -> Result<Tensor> {
+        let (b, n, _) = xs.dims3()?;
+        let hd = self.head_dim;
+        let h = self.ln_in.forward(xs)?;
+        let q = self.q.forward(&h)?.reshape((b, n, self.heads, hd))?;
+        let k = self.k.forward(&h)?.reshape((b, n, self.kv_heads, hd))?;
+        let v = self.v.forward(&h)?.reshape((b, n, self.kv_heads, hd))?;
+        let q = self.q_norm.forward(&q)?.transpose(1, 2)?.contiguous()?;
+        let k = self.k_norm.forward(&k)?.transpose(1, 2)?.contiguous()?;
+        let v = self.v_norm.forward(&v)?.transpose(1, 2)?.contiguous()?;
+        let [cx, sx, cy, sy] = rope;
+        let q = Self::rope2d(&q, cx, sx, cy, sy)?;
+        let k = Self::rope2d(&k, cx, sx, cy, sy)?;
+        let rep = self.heads / self.kv_heads;
+        let (k, v) = (repeat_kv(k, rep)?, repeat_kv(v, rep)?);
+        let att = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?;
+        let o = att
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((b, n, self.heads * hd))?;
+        let o = self.ln_post_attn.forward(&self.o.forward(&o)?)?;
+        let xs = (xs + o)?;
+        let h = self.ln_pre_ff.forward(&xs)?;
+        let m = self
+            .down
+            .forward(&(self.gate.forward(&h)?.apply(&self.act)? * self.up.forward(&h)?)?)?;
+        xs + self.ln_post_ff.forward(&m)?
+    }
+}
+
+#[derive(Clone)]
+struct Vision {
+    input_proj: Linear,
+    pos_table: Tensor,
+    layers: Vec<VisionLayer>,
+    std: Option<(Tensor, Tensor)>,
+    inv_freq: Vec<f32>,
+    pool: usize,
+    hidden: usize,
+    embed_norm: RmsNorm,
+    embed_proj: Linear,
+}
+
+impl Vision {
+    fn new(
+        cfg: &VisionConfig,
+        text_hidden: usize,
+        vb: VarBuilder,
+        vb_embed: VarBuilder,
+    ) -> Result<Self> {
+        let pe = vb.pp("patch_embedder");
+        let ps = cfg.patch_size;
+        let theta = cfg
+            .rope_parameters
+            .as_ref()
+            .and_then(|r| r.rope_theta)
+            .unwrap_or(100.0) as f32;
+        let spatial = cfg.head_dim / 2;
+        let inv_freq = (0..spatial)
+            .step_by(2)
+            .map(|i| 1.0 / theta.powf(i as f32 / spatial as f32))
+            .collect();
+        let std = if cfg.standardize {
+            Some((
+                vb.get(cfg.hidden_size, "std_bias")?,
+                vb.get(cfg.hidden_size, "std_scale")?,
+            ))
+        } else {
+            None
+        };
+        Ok(Vision {
+            input_proj: candle_nn::linear_no_bias(
+                3 * ps * ps,
+                cfg.hidden_size,
+                pe.pp("input_proj"),
+            )?,
+            pos_table: pe.get(
+                (2, cfg.position_embedding_size, cfg.hidden_size),
+                "position_embedding_table",
+            )?,
+            layers: (0..cfg.num_hidden_layers)
+                .map(|i| VisionLayer::new(cfg, vb.pp("encoder").pp("layers").pp(i)))
+                .collect::<Result<Vec<_>>>()?,
+            std,
+            inv_freq,
+            pool: cfg.pooling_kernel_size,
+            hidden: cfg.hidden_size,
+            embed_norm: RmsNorm::bare(cfg.hidden_size, cfg.rms_norm_eps, vb.dtype(), vb.device())?,
+            embed_proj: candle_nn::linear_no_bias(
+                cfg.hidden_size,
+                text_hidden,
+                vb_embed.pp("embedding_projection"),
+            )?,
+        })
+    }
+
+    /// One image: `pixels` `(n, 3·p·p)` in [0, 1] and `pos` (x, y) per
+    /// patch, padding already removed. Soft tokens in text space, `(n/k², text_hidden)`.
+    fn encode(&self, pixels: &Tensor, pos: &[(u32, u32)]) -> Result<Tensor> {
+        let dev = pixels.device();
+        let dtype = self.pos_table.dtype();
+        let n = pos.len();
+        let xs = ((pixels.to_dtype(dtype)? - 0.5)? * 2.0)?;
+        let xs = self.input_proj.forward(&xs)?;
+        let px = Tensor::from_vec(pos.iter().map(|p| p.0).collect::<Vec<_>>(), n, dev)?;
+        let py = Tensor::from_vec(pos.iter().map(|p| p.1).collect::<Vec<_>>(), n, dev)?;
+        let pe = (self.pos_table.i(0)?.index_select(&px, 0)?
+            + self.pos_table.i(1)?.index_select(&py, 0)?)?;
+        let mut xs = (xs + pe)?.unsqueeze(0)?;
+        let (cx, sx) = rope_table(&self.inv_freq, pos.iter().map(|p| p.0 as f32), dtype, dev)?;
+        let (cy, sy) = rope_table(&self.inv_freq, pos.iter().map(|p| p.1 as f32), dtype, dev)?;
+        let rope = [cx, sx, cy, sy];
+        for l in &self.layers {
+            xs = l.forward(&xs, &rope)?;
+        }
+        // Average pooling over k×k patch blocks, then sqrt(hidden) scaling.
+        let k = self.pool as u32;
+        let max_x = pos.iter().map(|p| p.0).max().unwrap_or(0) + 1;
+        let stride = max_x / k;
+        let n_out = n / (self.pool * self.pool);
+        let mut w = vec![0f32; n_out * n];
+        for (j, &(x, y)) in pos.iter().enumerate() {
+            let o = (x / k + stride * (y / k)) as usize;
+            if o >= n_out {
+                candle_core::bail!("patch ({x}, {y}) pools to soft token {o} of {n_out}");
+            }
+            w[o * n + j] = 1.0 / (k * k) as f32;
+        }
+        let w = Tensor::from_vec(w, (n_out, n), dev)?;
+        let pooled = w.matmul(&xs.squeeze(0)?.to_dtype(DType::F32)?)?;
+        let mut pooled = (pooled * (self.hidden as f64).sqrt())?;
+        if let Some((bias, scale)) = &self.std {
+            pooled = pooled
+                .broadcast_sub(&bias.to_dtype(DType::F32)?)?
+                .broadcast_mul(&scale.to_dtype(DType::F32)?)?;
+        }
+        let pooled = pooled.to_dtype(dtype)?;
+        self.embed_proj.forward(&self.embed_norm.forward(&pooled)?)
+    }
+}
+
+// ---------------------------------------------------------------- text
+
+#[derive(Clone)]
+struct Layer {
+    q: Linear,
+    k: Option<Linear>,
+    v: Option<Linear>,
+    o: Linear,
+    q_norm: RmsNorm,
+    k_norm: Option<RmsNorm>,
+    v_norm: RmsNorm,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+    act: Activation,
+    ln_in: RmsNorm,
+    ln_post_attn: RmsNorm,
+    ln_pre_ff: RmsNorm,
+    ln_post_ff: RmsNorm,
+    ple: Option<(Linear, Linear, RmsNorm)>,
+    scalar: Tensor,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    sliding: bool,
+    reuse: bool,
+    cache: Option<(Tensor, Tensor)>,
+}
+
+impl Layer {
+    fn new(cfg: &TextConfig, i: usize, mode: Option<&str>, vb: VarBuilder) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let (hd, kvh) = cfg.layer_dims(i);
+        let sliding = cfg.is_sliding(i);
+        let reuse = mode == Some("reuse");
+        let b = cfg.attention_bias;
+        let e = cfg.rms_norm_eps;
+        let a = vb.pp("self_attn");
+        let m = vb.pp("mlp");
+        let nh = cfg.num_attention_heads;
+        let k_eq_v = cfg.attention_k_eq_v && !sliding;
+        let inter = cfg.intermediate_size
+            * if cfg.use_double_wide_mlp && reuse {
+                2
+            } else {
+                1
+            };
+        let ple = match cfg.ple_dim() {
+            0 => None,
+            p => Some((
+                candle_nn::linear_no_bias(h, p, vb.pp("per_layer_input_gate"))?,
+                candle_nn::linear_no_bias(p, h, vb.pp("per_layer_projection"))?,
+                RmsNorm::new(h, e, vb.pp("post_per_layer_input_norm"))?,
+            )),
+        };
+        Ok(Layer {
+            q: linear(h, nh * hd, b, a.pp("q_proj"))?,
+            k: if reuse {
+                None
+            } else {
+                Some(linear(h, kvh * hd, b, a.pp("k_proj"))?)
+            },
+            v: if reuse || k_eq_v {
+                None
+            } else {
+                Some(linear(h, kvh * hd, b, a.pp("v_proj"))?)
+            },
+            o: linear(nh * hd, h, b, a.pp("o_proj"))?,
+            q_norm: RmsNorm::new(hd, e, a.pp("q_norm"))?,
+            k_norm: if reuse {
+                None
+            } else {
+                Some(RmsNorm::new(hd, e, a.pp("k_norm"))?)
+            },
+            v_norm: RmsNorm::bare(hd, e, vb.dtype(), vb.device())?,
+            gate: linear(h, inter, false, m.pp("gate_proj"))?,
+            up: linear(h, inter, false, m.pp("up_proj"))?,
+            down: linear(inter, h, false, m.pp("down_proj"))?,
+            act: cfg.hidden_activation,
+            ln_in: RmsNorm::new(h, e, vb.pp("input_layernorm"))?,
+            ln_post_attn: RmsNorm::new(h, e, vb.pp("post_attention_layernorm"))?,
+            ln_pre_ff: RmsNorm::new(h, e, vb.pp("pre_feedforward_layernorm"))?,
+            ln_post_ff: RmsNorm::new(h, e, vb.pp("post_feedforward_layernorm"))?,
+            ple,
+            // A buffer in transformers; 1.0 where a checkpoint leaves it out.
+            scalar: if vb.contains_tensor("layer_scalar") {
+                vb.get(1, "layer_scalar")?
+            } else {
+                Tensor::ones(1, vb.dtype(), vb.device())?
+            },
+            heads: nh,
+            kv_heads: kvh,
+            head_dim: hd,
+            sliding,
+            reuse,
+            cache: None,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn forward(
+        &mut self,
+        xs: &Tensor,
+        ple: Option<&Tensor>,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        shared: Option<&(Tensor, Tensor)>,
+    ) -> Result<Tensor> {
+        let (b, l, _) = xs.dims3()?;
+        let hd = self.head_dim;
+        let h = self.ln_in.forward(xs)?;
+        let q = self.q.forward(&h)?.reshape((b, l, self.heads, hd))?;
+        let q = self.q_norm.forward(&q)?.transpose(1, 2)?.contiguous()?;
+        let q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
+        let (k, v) = if self.reuse {
+            match shared {
+                Some((k, v)) => (k.clone(), v.clone()),
+                None => candle_core::bail!("KV-shared layer without a producer layer"),
+            }
+        } else {
+            let (kp, kn) = (self.k.as_ref().unwrap(), self.k_norm.as_ref().unwrap());
+            let kraw = kp.forward(&h)?.reshape((b, l, self.kv_heads, hd))?;
+            let vraw = match &self.v {
+                Some(v) => v.forward(&h)?.reshape((b, l, self.kv_heads, hd))?,
+                None => kraw.clone(),
+            };
+            let k = kn.forward(&kraw)?.transpose(1, 2)?.contiguous()?;
+            let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
+            let v = self.v_norm.forward(&vraw)?.transpose(1, 2)?.contiguous()?;
+            let (k, v) = match &self.cache {
+                Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
+                None => (k, v),
+            };
+            self.cache = Some((k.clone(), v.clone()));
+            (k, v)
+        };
+        let rep = self.heads / k.dim(1)?;
+        let (k, v) = (repeat_kv(k, rep)?, repeat_kv(v, rep)?);
+        let att = q.matmul(&k.t()?)?;
+        let att = match mask {
+            Some(m) => att.broadcast_add(m)?,
+            None => att,
+        };
+        let att = candle_nn::ops::softmax_last_dim(&att)?;
+        let o = att
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((b, l, self.heads * hd))?;
+        let o = self.ln_post_attn.forward(&self.o.forward(&o)?)?;
+        let xs = (xs + o)?;
+        let h = self.ln_pre_ff.forward(&xs)?;
+        let m = self
+            .down
+            .forward(&(self.gate.forward(&h)?.apply(&self.act)? * self.up.forward(&h)?)?)?;
+        let mut xs = (xs + self.ln_post_ff.forward(&m)?)?;
+        if let (Some((gate, proj, norm)), Some(p)) = (&self.ple, ple) {
+            let g = (gate.forward(&xs)?.apply(&self.act)? * p)?;
+            xs = (&xs + norm.forward(&proj.forward(&g)?)?)?;
+        }
+        xs.broadcast_mul(&self.scalar)
+    }
+}
+
+// ---------------------------------------------------------------- model
+
+/// Images of one prompt as the HF processor gives them: `pixel_values`
+/// `(images, max_patches, 3·p·p)` in [0, 1] and `position_ids`
+/// `(images, max_patches, 2)` (x, y) with (-1, -1) for padding patches.
+#[derive(Debug, Clone)]
+pub struct ImageInput {
+    pub pixel_values: Tensor,
+    pub position_ids: Tensor,
+}
+
+#[derive(Clone)]
+pub struct Gemma4 {
+    vision: Option<Vision>,
+    embed: Embedding,
+    embed_ple: Option<Embedding>,
+    ple_proj: Option<(Linear, RmsNorm)>,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    inv_freq_sliding: Vec<f32>,
+    inv_freq_full: Vec<f32>,
+    /// Per layer: the index of the layer whose K/V a "reuse" layer takes.
+    producer: Vec<Option<usize>>,
+    pub cfg: Config,
+    device: Device,
+    dtype: DType,
+}
+
+impl Gemma4 {
+    pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
+        let t = &cfg.text_config;
+        if t.enable_moe_block {
+            candle_core::bail!("Gemma 4 MoE (enable_moe_block) is not supported");
+        }
+        if t.use_bidirectional_attention.as_deref() == Some("all") {
+            candle_core::bail!("use_bidirectional_attention = \"all\" is not supported");
+        }
+        if t.layer_types.len() != t.num_hidden_layers {
+            candle_core::bail!(
+                "layer_types has {} entries for {} layers",
+                t.layer_types.len(),
+                t.num_hidden_layers
+            );
+        }
+        let m = vb.pp("model");
+        let lm = m.pp("language_model");
+        let embed = candle_nn::embedding(t.vocab_size, t.hidden_size, lm.pp("embed_tokens"))?;
+        let modes = t.kv_modes();
+        let layers = (0..t.num_hidden_layers)
+            .map(|i| Layer::new(t, i, modes[i], lm.pp("layers").pp(i)))
+            .collect::<Result<Vec<_>>>()?;
+        let producer = (0..t.num_hidden_layers)
+            .map(|i| {
+                if modes[i] != Some("reuse") {
+                    return None;
+                }
+                (0..i)
+                    .rev()
+                    .find(|&p| modes[p] == Some("store") && t.layer_types[p] == t.layer_types[i])
+            })
+            .collect();
+        let ple = t.ple_dim();
+        let (embed_ple, ple_proj) = if ple > 0 {
+            (
+                Some(candle_nn::embedding(
+                    t.vocab_size_per_layer_input,
+                    t.num_hidden_layers * ple,
+                    lm.pp("embed_tokens_per_layer"),
+                )?),
+                Some((
+                    candle_nn::linear_no_bias(
+                        t.hidden_size,
+                        t.num_hidden_layers * ple,
+                        lm.pp("per_layer_model_projection"),
+                    )?,
+                    RmsNorm::new(ple, t.rms_norm_eps, lm.pp("per_layer_projection_norm"))?,
+                )),
+            )
+        } else {
+            (None, None)
+        };
+        let lm_head = if cfg.tie_word_embeddings {
+            Linear::new(embed.embeddings().clone(), None)
+        } else {
+            candle_nn::linear_no_bias(t.hidden_size, t.vocab_size, vb.pp("lm_head"))?
+        };
+        let inv = |sliding: bool| -> Vec<f32> {
+            let r = t.rope(sliding);
+            let theta =
+                r.rope_theta
+                    .unwrap_or(if sliding { 10_000.0 } else { 1_000_000.0 }) as f32;
+            let hd = if sliding {
+                t.head_dim
+            } else {
+                (0..t.num_hidden_layers)
+                    .find(|&i| !t.is_sliding(i))
+                    .map(|i| t.layer_dims(i).0)
+                    .unwrap_or(t.head_dim)
+            };
+            let rotated = if r.rope_type.as_deref() == Some("proportional") {
+                (r.partial_rotary_factor.unwrap_or(1.0) * hd as f64 / 2.0) as usize
+            } else {
+                hd / 2
+            };
+            (0..hd / 2)
+                .map(|i| {
+                    if i < rotated {
+                        1.0 / theta.powf((2 * i) as f32 / hd as f32)
+                    } else {
+                        0.0
+                    }
+                })
+                .collect()
+        };
+        let vision = match &cfg.vision_config {
+            Some(v) => Some(Vision::new(
+                v,
+                t.hidden_size,
+                m.pp("vision_tower"),
+                m.pp("embed_vision"),
+            )?),
+            None => None,
+        };
+        Ok(Gemma4 {
+            vision,
+            embed,
+            embed_ple,
+            ple_proj,
+            layers,
+            norm: RmsNorm::new(t.hidden_size, t.rms_norm_eps, lm.pp("norm"))?,
+            lm_head,
+            inv_freq_sliding: inv(true),
+            inv_freq_full: inv(false),
+            producer,
+            cfg: cfg.clone(),
+            device: vb.device().clone(),
+            dtype: vb.dtype(),
+        })
+    }
+
+    pub fn clear_kv_cache(&mut self) {
+        for l in &mut self.layers {
+            l.cache = None;
+        }
+    }
+
+    fn cached_len(&self) -> usize {
+        self.layers[0]
+            .cache
+            .as_ref()
+            .map(|(k, _)| k.dim(2).unwrap_or(0))
+            .unwrap_or(0)
+    }
+
+    /// Additive masks `(1, 1, l, offset + l)` for full and sliding layers.
+    /// `block[i]`: image number of query/key i of this chunk (bidirectional
+    /// within an image on sliding layers), or -1.
+    fn masks(&self, l: usize, offset: usize, block: &[i64]) -> Result<(Tensor, Tensor)> {
+        let w = self.cfg.text_config.sliding_window;
+        let bidir = self.cfg.text_config.use_bidirectional_attention.as_deref() == Some("vision");
+        let kv = offset + l;
+        let mut full = Vec::with_capacity(l * kv);
+        let mut slide = Vec::with_capacity(l * kv);
+        for i in 0..l {
+            let q = offset + i;
+            for j in 0..kv {
+                let causal = j <= q;
+                let same_block = bidir
+                    && j >= offset
+                    && block[i] >= 0
+                    && block.get(j - offset).copied() == Some(block[i]);
+                full.push(if causal { 0.0 } else { f32::NEG_INFINITY });
+                let ok = (causal || same_block) && j + w > q;
+                slide.push(if ok { 0.0 } else { f32::NEG_INFINITY });
+            }
+        }
+        let mk = |v: Vec<f32>| -> Result<Tensor> {
+            Tensor::from_vec(v, (1, 1, l, kv), &self.device)?.to_dtype(self.dtype)
+        };
+        Ok((mk(full)?, mk(slide)?))
+    }
+
+    /// Runs the decoder over input embeddings `xs` `(1, l, hidden)` whose
+    /// token ids (with image tokens replaced by the pad id) are `ple_ids`.
+    fn run(&mut self, xs: Tensor, ple_ids: &Tensor, block: &[i64]) -> Result<Tensor> {
+        let t = &self.cfg.text_config;
+        let (b, l, _) = xs.dims3()?;
+        let offset = self.cached_len();
+        let n_layers = t.num_hidden_layers;
+        let ple = match (&self.embed_ple, &self.ple_proj) {
+            (Some(e), Some((proj, norm))) => {
+                let d = t.ple_dim();
+                let tok =
+                    (e.forward(ple_ids)? * (d as f64).sqrt())?.reshape((b, l, n_layers, d))?;
+                let ctx = (proj.forward(&xs)? * (t.hidden_size as f64).powf(-0.5))?
+                    .reshape((b, l, n_layers, d))?;
+                let ctx = norm.forward(&ctx)?;
+                Some(((ctx + tok)? * 0.5f64.sqrt())?)
+            }
+            _ => None,
+        };
+        let pos = || (offset..offset + l).map(|p| p as f32);
+        let (cs, ss) = rope_table(&self.inv_freq_sliding, pos(), self.dtype, &self.device)?;
+        let (cf, sf) = rope_table(&self.inv_freq_full, pos(), self.dtype, &self.device)?;
+        let (mfull, mslide) = self.masks(l, offset, block)?;
+        let mut xs = xs;
+        for i in 0..n_layers {
+            let shared = self.producer[i].and_then(|p| self.layers[p].cache.clone());
+            let p = match &ple {
+                Some(p) => Some(p.i((.., .., i, ..))?.contiguous()?),
+                None => None,
+            };
+            let layer = &mut self.layers[i];
+            let (c, s, m) = if layer.sliding {
+                (&cs, &ss, &mslide)
+            } else {
+                (&cf, &sf, &mfull)
+            };
+            xs = layer.forward(&xs, p.as_ref(), c, s, Some(m), shared.as_ref())?;
+        }
+        let last = self.norm.forward(&xs.i((.., l - 1..l, ..))?)?;
+        let logits = self.lm_head.forward(&last)?.flatten_all()?;
+        match t.final_logit_softcapping {
+            Some(cap) => (logits / cap)?.tanh()? * cap,
+            None => Ok(logits),
+        }
+    }
+
+    fn embed_ids(&self, ids: &Tensor) -> Result<Tensor> {
+        self.embed.forward(ids)? * (self.cfg.text_config.hidden_size as f64).sqrt()
+    }
+
+    /// Text tokens `(1, l)` after the cache (`seq_offset` = cached length).
+    /// Logits of the last position, `[vocab]`.
+    pub fn forward(&mut self, ids: &Tensor, seq_offset: usize) -> Result<Tensor> {
+        let (_, l) = ids.dims2()?;
+        if seq_offset != self.cached_len() {
+            candle_core::bail!(
+                "seq_offset {seq_offset} but {} cached positions",
+                self.cached_len()
+            );
+        }
+        let xs = self.embed_ids(ids)?;
+        self.run(xs, ids, &vec![-1; l])
+    }
+
+    /// Prefill a prompt from an empty cache. `ids` holds one image token per
+    /// soft token (see [`expand_image_placeholders`]), images in order.
+    /// Logits of the last position, `[vocab]`.
+    pub fn prefill(&mut self, ids: &[u32], images: Option<&ImageInput>) -> Result<Tensor> {
+        self.clear_kv_cache();
+        let l = ids.len();
+        let img = self.cfg.image_token_id;
+        let pad = self.cfg.text_config.pad_token_id.unwrap_or(0);
+        let n_img = ids.iter().filter(|&&t| t == img).count();
+        // Image placeholders are embedded (and PLE-looked-up) as the pad token.
+        let llm_ids: Vec<u32> = ids
+            .iter()
+            .map(|&t| if t == img { pad } else { t })
+            .collect();
+        let llm_ids = Tensor::new(llm_ids.as_slice(), &self.device)?.unsqueeze(0)?;
+        let mut xs = self.embed_ids(&llm_ids)?;
+        let mut block = vec![-1i64; l];
+        let mut g = -1i64;
+        for i in 0..l {
+            if ids[i] == img {
+                if i == 0 || ids[i - 1] != img {
+                    g += 1;
+                }
+                block[i] = g;
+            }
+        }
+        if n_img > 0 {
+            let feats = match (images, &self.vision) {
+                (Some(im), Some(v)) => encode_images(v, im)?,
+                (None, _) => candle_core::bail!("{n_img} image tokens but no images"),
+                (_, None) => candle_core::bail!("this checkpoint has no vision tower"),
+            };
+            if feats.dim(0)? != n_img {
+                candle_core::bail!(
+                    "{n_img} image tokens but the images give {} soft tokens",
+                    feats.dim(0)?
+                );
+            }
+            // Gather from [text embeds; image soft tokens].
+            let mut k = 0u32;
+            let gather: Vec<u32> = ids
+                .iter()
+                .enumerate()
+                .map(|(i, &t)| {
+                    if t == img {
+                        k += 1;
+                        (l as u32) + k - 1
+                    } else {
+                        i as u32
+                    }
+                })
+                .collect();
+            let table = Tensor::cat(&[&xs.squeeze(0)?, &feats.to_dtype(self.dtype)?], 0)?;
+            xs = table
+                .index_select(&Tensor::new(gather.as_slice(), &self.device)?, 0)?
+                .unsqueeze(0)?;
+        }
+        self.run(xs, &llm_ids, &block)
+    }
+}
+
+fn encode_images(v: &Vision, im: &ImageInput) -> Result<Tensor> {
+    let (n, _, _) = im.pixel_values.dims3()?;
+    let pos = im.position_ids.to_dtype(DType::I64)?.to_vec3::<i64>()?;
+    let mut out = Vec::with_capacity(n);
+    for (i, rows) in pos.iter().enumerate() {
+        let valid = rows.iter().take_while(|p| p[0] >= 0 && p[1] >= 0).count();
+        if rows[valid..].iter().any(|p| p[0] >= 0 || p[1] >= 0) {
+            candle_core::bail!("image {i}: padding patches must come last");
+        }
+        let p: Vec<(u32, u32)> = rows[..valid]
+            .iter()
+            .map(|p| (p[0] as u32, p[1] as u32))
+            .collect();
+        let px = im.pixel_values.i(i)?.narrow(0, 0, valid)?;
+        out.push(v.encode(&px, &p)?);
+    }
+    Tensor::cat(&out, 0)
+}
+
+/// transformers' `get_aspect_ratio_preserving_size`: the (height, width) an
+/// image is resized to so that it gives at most `max_soft_tokens · k²`
+/// patches and both sides are multiples of `k · patch_size`.
+pub fn aspect_ratio_preserving_size(
+    height: usize,
+    width: usize,
+    patch_size: usize,
+    max_soft_tokens: usize,
+    pooling_kernel_size: usize,
+) -> std::result::Result<(usize, usize), String> {
+    let max_patches = max_soft_tokens * pooling_kernel_size * pooling_kernel_size;
+    let target_px = (max_patches * patch_size * patch_size) as f64;
+    let factor = (target_px / (height * width) as f64).sqrt();
+    let side = pooling_kernel_size * patch_size;
+    let mut th = ((factor * height as f64) / side as f64).floor() as usize * side;
+    let mut tw = ((factor * width as f64) / side as f64).floor() as usize * side;
+    if th == 0 && tw == 0 {
+        return Err(format!("{height}x{width} image resizes to 0x0"));
+    }
+    let max_side = (max_patches / (pooling_kernel_size * pooling_kernel_size)) * side;
+    if th == 0 {
+        th = side;
+        tw = ((width as f64 / height as f64).floor() as usize * side).min(max_side);
+    } else if tw == 0 {
+        tw = side;
+        th = ((height as f64 / width as f64).floor() as usize * side).min(max_side);
+    }
+    if (th * tw) as f64 > target_px {
+        return Err(format!(
+            "{height}x{width} -> {th}x{tw} exceeds {max_patches} patches"
+        ));
+    }
+    Ok((th, tw))
+}
+
+/// Soft tokens (image-token placeholders) of an image of `height`×`width`.
+pub fn soft_tokens_per_image(
+    height: usize,
+    width: usize,
+    patch_size: usize,
+    max_soft_tokens: usize,
+    pooling_kernel_size: usize,
+) -> std::result::Result<usize, String> {
+    let (h, w) = aspect_ratio_preserving_size(
+        height,
+        width,
+        patch_size,
+        max_soft_tokens,
+        pooling_kernel_size,
+    )?;
+    Ok((h / patch_size) * (w / patch_size) / (pooling_kernel_size * pooling_kernel_size))
+}
+
+/// Expands each image token of a rendered chat template (one `<|image|>`
+/// per image) into `<|image>`, `soft_tokens[i]` × `<|image|>`, `<image|>`,
+/// as `Gemma4Processor` does.
+pub fn expand_image_placeholders(
+    ids: &[u32],
+    image_token: u32,
+    boi_token: u32,
+    eoi_token: u32,
+    soft_tokens: &[usize],
+) -> std::result::Result<Vec<u32>, String> {
+    let mut out =
+        Vec::with_capacity(ids.len() + soft_tokens.iter().sum::<usize>() + 2 * soft_tokens.len());
+    let mut k = 0;
+    for &t in ids {
+        if t == image_token {
+            let n = *soft_tokens.get(k).ok_or_else(|| {
+                format!(
+                    "more image placeholders than images ({})",
+                    soft_tokens.len()
+                )
+            })?;
+            out.push(boi_token);
+            out.extend(std::iter::repeat_n(image_token, n));
+            out.push(eoi_token);
+            k += 1;
+        } else {
+            out.push(t);
+        }
+    }
+    if k != soft_tokens.len() {
+        return Err(format!(
+            "{k} image placeholders for {} images",
+            soft_tokens.len()
+        ));
+    }
+    Ok(out)
+}
