@@ -297,3 +297,60 @@ fn candle_gemma4_cannot_load_transformers_checkpoint() {
     eprintln!("candle gemma4: {err}");
     assert!(err.contains("cannot find tensor"), "{err}");
 }
+
+/// Through the engine: anjeon's own preprocessing of the sample PNG, the
+/// chat template and the placeholder expansion give the HF processor's ids,
+/// and generation from them gives transformers' greedy continuation.
+#[test]
+fn gemma4_through_the_engine_matches_the_processor_and_generates() {
+    use anjeon::model::chat::ChatPart;
+    use anjeon::model::qwen3_vl::MediaInput;
+    use anjeon::sample::{Media, MediaKind, MediaSource};
+    let d = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny/gemma4");
+    let r = anjeon::model::resolve(d.to_str().unwrap()).unwrap();
+    let mut m =
+        anjeon::model::TextModel::load(&r, &candle_core::Device::Cpu, &Default::default()).unwrap();
+    assert_eq!(m.modalities(), vec![MediaKind::Image]);
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("reference.json")).unwrap()).unwrap();
+    let media = Media {
+        kind: MediaKind::Image,
+        mime: "image/png".into(),
+        source: MediaSource::Path(
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("data/sample/media/AS-0005.png"),
+        ),
+    };
+    let msg = anjeon::model::Message::with_parts(
+        "user",
+        vec![
+            ChatPart::Image,
+            ChatPart::Text("Describe this image .".into()),
+        ],
+    );
+    let p = m
+        .encode_multimodal(
+            &[msg],
+            &[MediaInput {
+                kind: MediaKind::Image,
+                media: &media,
+            }],
+        )
+        .unwrap();
+    let ids_of = |v: &serde_json::Value| -> Vec<u32> {
+        let v = if v[0].is_array() { &v[0] } else { v };
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect()
+    };
+    assert_eq!(p.ids, ids_of(&json["cases"]["image"]["input_ids"]));
+    let params = anjeon::model::GenParams {
+        max_new_tokens: 6,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let g = m.generate_mm(&p.ids, p.mm.as_ref(), &params, 0).unwrap();
+    assert_eq!(g.tokens, ids_of(&json["cases"]["image"]["greedy"]));
+}

@@ -1157,3 +1157,90 @@ pub fn expand_image_placeholders(
     }
     Ok(out)
 }
+
+/// Gemma 4's input processing: the checkpoint's image processor settings
+/// (`crate::media::gemma4`, checked against transformers in tests/media.rs)
+/// and the special-token ids of the placeholder expansion.
+#[derive(Debug, Clone)]
+pub struct Processor {
+    pub image: crate::media::gemma4::ImageProcessor,
+    pub limits: crate::media::Limits,
+    pub image_token_id: u32,
+    pub boi_token_id: u32,
+    pub eoi_token_id: u32,
+    /// sha256 of the processor config read (for the run manifest).
+    pub config_sha256: String,
+}
+
+impl Processor {
+    /// Reads `preprocessor_config.json`, else the `image_processor` entry of
+    /// `processor_config.json`, else transformers' defaults (with a warning).
+    pub fn from_dir(
+        dir: &std::path::Path,
+        cfg: &Config,
+    ) -> std::result::Result<Processor, crate::error::Error> {
+        let read = |name: &str| std::fs::read_to_string(dir.join(name)).ok();
+        let src = read("preprocessor_config.json").or_else(|| {
+            read("processor_config.json")
+                .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+                .and_then(|v| {
+                    v.get("image_processor")
+                        .filter(|x| x.is_object())
+                        .map(|x| x.to_string())
+                })
+        });
+        let image = match &src {
+            Some(s) => crate::media::gemma4::ImageProcessor::from_json_str(s)?,
+            None => {
+                eprintln!(
+                    "warning: {}: no image processor config; using transformers' Gemma 4 defaults",
+                    dir.display()
+                );
+                crate::media::gemma4::ImageProcessor::default()
+            }
+        };
+        Ok(Processor {
+            image,
+            limits: crate::media::Limits::default(),
+            image_token_id: cfg.image_token_id,
+            boi_token_id: cfg.boi_token_id,
+            eoi_token_id: cfg.eoi_token_id,
+            config_sha256: crate::store::sha256_hex(src.unwrap_or_default().as_bytes()),
+        })
+    }
+
+    /// Decode and patch the images; soft tokens per image, in order.
+    pub fn process(
+        &self,
+        media: &[crate::model::qwen3_vl::MediaInput<'_>],
+        device: &Device,
+    ) -> std::result::Result<(Vec<usize>, ImageInput), crate::error::Error> {
+        let ce = |e: candle_core::Error| crate::error::Error::Usage(format!("vision input: {e}"));
+        let (mut px, mut pos, mut soft) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut rows, mut cols) = (0, 0);
+        for m in media {
+            let name = m.media.describe();
+            if m.kind != crate::sample::MediaKind::Image {
+                return Err(crate::error::Error::Usage(format!(
+                    "{name}: anjeon's Gemma 4 takes images (not {})",
+                    m.kind.as_str()
+                )));
+            }
+            let bytes = m.media.load()?;
+            let img = crate::media::decode_image(&bytes, &name, &self.limits)?;
+            let p = self.image.preprocess(&img)?;
+            soft.push(p.num_soft_tokens);
+            (rows, cols) = (p.rows, p.cols);
+            px.extend(p.pixel_values);
+            pos.extend(p.position_ids);
+        }
+        let n = soft.len();
+        Ok((
+            soft,
+            ImageInput {
+                pixel_values: Tensor::from_vec(px, (n, rows, cols), device).map_err(ce)?,
+                position_ids: Tensor::from_vec(pos, (n, rows, 2), device).map_err(ce)?,
+            },
+        ))
+    }
+}

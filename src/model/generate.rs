@@ -93,7 +93,7 @@ impl TextModel {
     pub fn generate_mm(
         &mut self,
         prompt: &[u32],
-        mm: Option<&super::qwen3_vl::MmInputs>,
+        mm: Option<&super::MmPrompt>,
         p: &GenParams,
         seed: u64,
     ) -> Result<Generation> {
@@ -115,7 +115,12 @@ impl TextModel {
             .map_err(ce)?;
         let mut logits = match (mm, &mut self.arch) {
             (None, arch) => arch.forward(&input, 0).map_err(ce)?,
-            (Some(mm), super::Arch::Qwen3Vl(m)) => m.prefill(prompt, mm).map_err(ce)?,
+            (Some(super::MmPrompt::Qwen3Vl(mm)), super::Arch::Qwen3Vl(m)) => {
+                m.prefill(prompt, mm).map_err(ce)?
+            }
+            (Some(super::MmPrompt::Gemma4(im)), super::Arch::Gemma4(m)) => {
+                m.prefill(prompt, Some(im)).map_err(ce)?
+            }
             (Some(_), _) => return Err(Error::Usage(format!("{} takes text only", self.name))),
         };
         let prefill_s = t0.elapsed().as_secs_f64();

@@ -26,7 +26,7 @@ pub use chat::{ChatTemplate, Message};
 pub use generate::{GenParams, Generation, StopReason};
 
 /// The architectures anjeon runs, by GGUF `general.architecture` or HF `architectures[0]`.
-pub const SUPPORTED: &str = "GGUF: llama (Llama, SmolLM2), qwen2 (Qwen2/2.5), qwen3 (Qwen3), gemma3 (Gemma 3); safetensors: LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Qwen3VLForConditionalGeneration (image, video)";
+pub const SUPPORTED: &str = "GGUF: llama (Llama, SmolLM2), qwen2 (Qwen2/2.5), qwen3 (Qwen3), gemma3 (Gemma 3); safetensors: LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Qwen3VLForConditionalGeneration (image, video), Gemma4ForConditionalGeneration (image; dense models)";
 
 /// Where a model's files are.
 #[derive(Debug, Clone, PartialEq)]
@@ -175,6 +175,7 @@ enum Arch {
     Qwen2(tm::qwen2::ModelForCausalLM),
     Qwen3(tm::qwen3::ModelForCausalLM),
     Qwen3Vl(Box<qwen3_vl::Qwen3Vl>),
+    Gemma4(Box<gemma4::Gemma4>),
 }
 
 impl Arch {
@@ -189,6 +190,7 @@ impl Arch {
             Arch::Qwen2(m) => m.forward(ids, pos)?,
             Arch::Qwen3(m) => m.forward(ids, pos)?,
             Arch::Qwen3Vl(m) => m.forward(ids, pos)?,
+            Arch::Gemma4(m) => m.forward(ids, pos)?,
         };
         logits.flatten_all()?.to_dtype(DType::F32)
     }
@@ -201,6 +203,7 @@ impl Arch {
             Arch::QQwen2(m) => Some(Arch::QQwen2(m.clone())),
             Arch::QGemma3(m) => Some(Arch::QGemma3(m.clone())),
             Arch::Qwen3Vl(m) => Some(Arch::Qwen3Vl(m.clone())),
+            Arch::Gemma4(m) => Some(Arch::Gemma4(m.clone())),
             _ => None,
         }
     }
@@ -216,6 +219,7 @@ impl Arch {
             Arch::Qwen2(m) => m.clear_kv_cache(),
             Arch::Qwen3(m) => m.clear_kv_cache(),
             Arch::Qwen3Vl(m) => m.clear_kv_cache(),
+            Arch::Gemma4(m) => m.clear_kv_cache(),
         }
         Ok(())
     }
@@ -233,15 +237,36 @@ pub struct TextModel {
     pub files: Vec<(PathBuf, String)>,
     pub context_length: usize,
     /// Input processing for images and video (vision-language models).
-    pub vision: Option<qwen3_vl::Processor>,
+    pub vision: Option<VisionProc>,
 }
 
-/// A prompt ready for generation: its text (after placeholder expansion),
+/// The input processing of a vision-language architecture.
+pub enum VisionProc {
+    Qwen3Vl(qwen3_vl::Processor),
+    Gemma4(gemma4::Processor),
+}
+
+impl VisionProc {
+    fn config_sha256(&self) -> &str {
+        match self {
+            VisionProc::Qwen3Vl(p) => &p.config_sha256,
+            VisionProc::Gemma4(p) => &p.config_sha256,
+        }
+    }
+}
+
+/// Visual inputs that fill a prompt's placeholders.
+pub enum MmPrompt {
+    Qwen3Vl(qwen3_vl::MmInputs),
+    Gemma4(gemma4::ImageInput),
+}
+
+/// A prompt ready for generation: its text (before id-level expansion),
 /// token ids and the visual inputs that fill its placeholders.
 pub struct PromptInput {
     pub text: String,
     pub ids: Vec<u32>,
-    pub mm: Option<qwen3_vl::MmInputs>,
+    pub mm: Option<MmPrompt>,
 }
 
 fn cerr(path: &Path, what: &str) -> impl Fn(candle_core::Error) -> Error {
@@ -566,13 +591,20 @@ impl TextModel {
             }
             "Qwen3VLForConditionalGeneration" => {
                 let c: qwen3_vl::Config = serde_json::from_str(&cfg_text).map_err(bad_cfg)?;
-                vision = Some(qwen3_vl::Processor::from_dir(
+                vision = Some(VisionProc::Qwen3Vl(qwen3_vl::Processor::from_dir(
                     dir,
                     c.vision_config.spatial_merge_size,
-                )?);
+                )?));
                 Arch::Qwen3Vl(Box::new(
                     qwen3_vl::Qwen3Vl::new(&c, vb)
                         .map_err(cerr(dir, "loading qwen3-vl weights"))?,
+                ))
+            }
+            "Gemma4ForConditionalGeneration" => {
+                let c: gemma4::Config = serde_json::from_str(&cfg_text).map_err(bad_cfg)?;
+                vision = Some(VisionProc::Gemma4(gemma4::Processor::from_dir(dir, &c)?));
+                Arch::Gemma4(Box::new(
+                    gemma4::Gemma4::new(&c, vb).map_err(cerr(dir, "loading gemma4 weights"))?,
                 ))
             }
             other => {
@@ -608,7 +640,7 @@ impl TextModel {
             &self.tokenizer.fingerprint,
         ];
         if let Some(v) = &self.vision {
-            parts.push(&v.config_sha256);
+            parts.push(v.config_sha256());
         }
         crate::store::key_of(&parts)
     }
@@ -616,10 +648,11 @@ impl TextModel {
     /// The media kinds the model takes besides text.
     pub fn modalities(&self) -> Vec<crate::sample::MediaKind> {
         match self.vision {
-            Some(_) => vec![
+            Some(VisionProc::Qwen3Vl(_)) => vec![
                 crate::sample::MediaKind::Image,
                 crate::sample::MediaKind::Video,
             ],
+            Some(VisionProc::Gemma4(_)) => vec![crate::sample::MediaKind::Image],
             None => vec![],
         }
     }
@@ -648,22 +681,43 @@ impl TextModel {
             )));
         };
         let rendered = self.template.render(messages, true)?;
-        let (places, mm) = proc.process(media, &self.device)?;
-        let text = qwen3_vl::expand_placeholders(
-            &rendered,
-            &places,
-            "<|image_pad|>",
-            "<|video_pad|>",
-            "<|vision_start|>",
-            "<|vision_end|>",
-        )
-        .map_err(|e| Error::Usage(format!("{}: {e}", self.name)))?;
-        let ids = self.tokenizer.encode_prompt(&text)?;
-        Ok(PromptInput {
-            text,
-            ids,
-            mm: Some(mm),
-        })
+        match proc {
+            VisionProc::Qwen3Vl(proc) => {
+                let (places, mm) = proc.process(media, &self.device)?;
+                let text = qwen3_vl::expand_placeholders(
+                    &rendered,
+                    &places,
+                    "<|image_pad|>",
+                    "<|video_pad|>",
+                    "<|vision_start|>",
+                    "<|vision_end|>",
+                )
+                .map_err(|e| Error::Usage(format!("{}: {e}", self.name)))?;
+                let ids = self.tokenizer.encode_prompt(&text)?;
+                Ok(PromptInput {
+                    text,
+                    ids,
+                    mm: Some(MmPrompt::Qwen3Vl(mm)),
+                })
+            }
+            VisionProc::Gemma4(proc) => {
+                let (soft, input) = proc.process(media, &self.device)?;
+                let ids = self.tokenizer.encode_prompt(&rendered)?;
+                let ids = gemma4::expand_image_placeholders(
+                    &ids,
+                    proc.image_token_id,
+                    proc.boi_token_id,
+                    proc.eoi_token_id,
+                    &soft,
+                )
+                .map_err(|e| Error::Usage(format!("{}: {e}", self.name)))?;
+                Ok(PromptInput {
+                    text: rendered,
+                    ids,
+                    mm: Some(MmPrompt::Gemma4(input)),
+                })
+            }
+        }
     }
 
     /// Render messages and tokenize them, without a doubled BOS.
