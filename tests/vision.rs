@@ -170,7 +170,9 @@ fn multimodal_prompt_ids_match_the_hf_processor() {
         .map(|x| x.as_u64().unwrap() as u32)
         .collect();
     assert_eq!(p.ids, want);
-    let mm = p.mm.unwrap();
+    let Some(anjeon::model::MmPrompt::Qwen3Vl(mm)) = p.mm else {
+        panic!("Qwen3-VL inputs expected")
+    };
     let img = mm.images.unwrap();
     assert_eq!(img.grid_thw, grids(&refs["image.image_grid_thw"]));
     let got = img
@@ -259,4 +261,49 @@ fn vision_target_runs_the_sample_media_items_and_figstep_end_to_end() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let gens = lines(&out2.join("generations.jsonl"));
     assert_eq!(gens.len(), 6, "{gens:?}");
+}
+
+/// Typographic attack images (issue 7) reach a vision target: the variant's
+/// prompt carries the rendered image's visual tokens.
+#[test]
+fn typographic_attack_images_run_on_a_vision_target() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let o = anjeon(&[
+        "run",
+        "--target",
+        dir().to_str().unwrap(),
+        "--judge",
+        "refusal",
+        "--max-new-tokens",
+        "2",
+        "--attacks",
+        "typographic,key-phrase",
+        "--limit",
+        "4",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let gens = lines(&out.join("generations.jsonl"));
+    let tokens = |suffix: &str| -> Vec<u64> {
+        gens.iter()
+            .filter(|g| g["sample_id"].as_str().unwrap().ends_with(suffix))
+            .map(|g| g["stats"]["prompt_tokens"].as_u64().unwrap())
+            .collect()
+    };
+    let (typo, key) = (tokens("~typographic"), tokens("~key-phrase"));
+    assert!(!typo.is_empty() && !key.is_empty(), "{gens:?}");
+    // The tiny processor's smallest image is 32x32 pixels = 1 merged token
+    // plus vision_start/end; the rendered images are far larger.
+    assert!(typo.iter().all(|&t| t > 20), "{typo:?}");
+    let rep: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    let strategies: Vec<&str> = rep["uplift"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["strategy"].as_str().unwrap())
+        .collect();
+    assert!(strategies.contains(&"typographic"), "{strategies:?}");
 }
