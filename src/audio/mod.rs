@@ -3,6 +3,7 @@
 
 pub mod decode;
 pub mod features;
+pub mod wer;
 
 pub use decode::{decode_file, decode_media, Audio, AudioError, DecodeOptions};
 pub use features::{Gemma4Features, WhisperFeatures};
