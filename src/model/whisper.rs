@@ -9,7 +9,10 @@
 //! tokens until `<|endoftext|>`. The model's `suppress_ids` (HF
 //! `suppress_tokens`) are never chosen, nor `suppress_ids_begin` (blank, EOT)
 //! as the first token, nor any special token other than `<|endoftext|>`
-//! (timestamps included). Clips longer than 30 s are cut into 30 s chunks,
+//! (timestamps included). A loop (the same 1 to 16 tokens four times in a
+//! row) stops decoding and keeps one copy (Whisper's reference decoder
+//! instead retries with temperature when the text compresses too well; this
+//! is a cheaper, deterministic stand-in). Clips longer than 30 s are cut into 30 s chunks,
 //! decoded one by one and the texts joined with a space.
 //!
 //! CTranslate2 `model.bin` (version 6): `u32` binary version, the spec name
@@ -613,6 +616,10 @@ impl Asr {
                     break;
                 }
                 tokens.push(next);
+                if let Some(cut) = repetition_cut(&tokens[prompt..]) {
+                    tokens.truncate(prompt + cut);
+                    break;
+                }
             }
             let text_tokens = &tokens[prompt..];
             let text = self
@@ -639,5 +646,33 @@ impl Asr {
             seconds: pcm16k.len() as f64 / 16_000.0,
             elapsed_s: start.elapsed().as_secs_f64(),
         })
+    }
+}
+
+/// When `gen` ends with a block of 1 to 16 tokens repeated four times, the
+/// length to keep (up to and including the first copy).
+pub fn repetition_cut(gen: &[u32]) -> Option<usize> {
+    const COPIES: usize = 4;
+    for p in 1..=16 {
+        if gen.len() < p * COPIES {
+            break;
+        }
+        let tail = &gen[gen.len() - p * COPIES..];
+        let block = &tail[..p];
+        if tail.chunks(p).all(|c| c == block) {
+            return Some(gen.len() - p * (COPIES - 1));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn repetition_is_cut_to_one_copy() {
+        assert_eq!(super::repetition_cut(&[1, 2, 3]), None);
+        assert_eq!(super::repetition_cut(&[9, 5, 5, 5, 5]), Some(2));
+        assert_eq!(super::repetition_cut(&[9, 1, 2, 1, 2, 1, 2, 1, 2]), Some(3));
+        assert_eq!(super::repetition_cut(&[1, 2, 1, 2, 1, 2]), None);
     }
 }
