@@ -81,6 +81,9 @@ pub enum Error {
     /// A media file could not be decoded or preprocessed.
     #[error(transparent)]
     Media(#[from] crate::media::MediaError),
+    /// An audio input that cannot be used (names the file, the reason and the fix).
+    #[error(transparent)]
+    Audio(#[from] crate::audio::AudioError),
 
     #[error("{path}:{line}: corrupt store record: {msg}\n  fix: the run directory was edited or damaged; move the file aside and re-run to recompute", path = .path.display())]
     Store {

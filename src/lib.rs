@@ -3,6 +3,7 @@
 //! model → judge → metrics → report; every stage writes to a run directory.
 
 pub mod attack;
+pub mod audio;
 pub mod dataset;
 pub mod error;
 pub mod judge;

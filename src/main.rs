@@ -80,6 +80,11 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Speech: transcribe a file, or measure WER/CER on a reference set.
+    Audio {
+        #[command(subcommand)]
+        cmd: AudioCmd,
+    },
     /// List or fetch the bundled models.
     Models {
         #[command(subcommand)]
@@ -150,6 +155,46 @@ enum AttacksCmd {
 enum MediaCmd {
     /// Run a processor on one file; write the model's input tensors (HF names) as safetensors.
     Inspect(anjeon::media::inspect::InspectArgs),
+}
+
+#[derive(Subcommand)]
+enum AudioCmd {
+    /// Transcribe an audio file (wav, flac, mp3, ogg, m4a); prints the text on stdout.
+    Transcribe {
+        file: std::path::PathBuf,
+        /// Whisper model: bundled name or a faster-whisper folder.
+        #[arg(long, default_value = "whisper-base")]
+        model: String,
+        /// Language code (ko, en, ...); detected when not given.
+        #[arg(long)]
+        language: Option<String>,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Longest accepted audio.
+        #[arg(long, default_value_t = anjeon::audio::decode::DEFAULT_MAX_SECONDS)]
+        max_audio_seconds: f64,
+        /// Print the transcript record as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// WER (English) / CER (Korean) and real-time factor on a reference set.
+    Eval {
+        /// Tab-separated id, lang, text (e.g. data/asr/espeak/refs.tsv).
+        #[arg(long)]
+        refs: std::path::PathBuf,
+        /// Folder of ID.wav files (default: `audio/` beside --refs).
+        #[arg(long)]
+        audio_dir: Option<std::path::PathBuf>,
+        #[arg(long, default_value = "whisper-base")]
+        model: String,
+        /// Detect the language instead of forcing each item's.
+        #[arg(long)]
+        detect_language: bool,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -369,6 +414,92 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 println!("{} ({}), {} threads{}: prefill {:.1} tok/s ({} tokens), decode {:.1} tok/s ({} tokens), peak RSS {:.0} MiB, load {:.1} s",
                     b.model, b.architecture, b.threads, if b.requantized { ", Q8_0 re-quantized" } else { "" }, b.prefill_tok_s, b.prompt_tokens, b.decode_tok_s, b.decode_tokens, b.peak_rss_mb, b.load_s);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Audio {
+            cmd:
+                AudioCmd::Transcribe {
+                    file,
+                    model,
+                    language,
+                    device,
+                    max_audio_seconds,
+                    json,
+                },
+        } => {
+            let opts = anjeon::audio::DecodeOptions {
+                max_seconds: max_audio_seconds,
+                ..Default::default()
+            };
+            let audio = anjeon::audio::decode_file(&file, &opts)?;
+            let dev = anjeon::model::device(&device)?;
+            let mut asr = anjeon::model::whisper::Asr::open(&model, &dev)?;
+            let t = asr.transcribe(&audio.samples, language.as_deref())?;
+            eprintln!(
+                "{}: {:.1} s of audio ({} Hz, {} ch, {}), language {}, {:.2} s (real-time factor {:.3})",
+                file.display(),
+                t.seconds,
+                audio.source_rate,
+                audio.source_channels,
+                audio.decoder,
+                t.language,
+                t.elapsed_s,
+                t.elapsed_s / t.seconds.max(1e-9)
+            );
+            if json {
+                println!("{}", serde_json::to_string(&t)?);
+            } else {
+                println!("{}", t.text);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Audio {
+            cmd:
+                AudioCmd::Eval {
+                    refs,
+                    audio_dir,
+                    model,
+                    detect_language,
+                    device,
+                    json,
+                },
+        } => {
+            let dir = audio_dir.unwrap_or_else(|| {
+                refs.parent()
+                    .unwrap_or(std::path::Path::new("."))
+                    .join("audio")
+            });
+            let items = anjeon::audio::wer::read_set(&refs, &dir)?;
+            let dev = anjeon::model::device(&device)?;
+            let mut asr = anjeon::model::whisper::Asr::open(&model, &dev)?;
+            let (rows, summary) = anjeon::audio::wer::evaluate(
+                &mut asr,
+                &items,
+                !detect_language,
+                &Default::default(),
+            )?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({"model": asr.name, "items": rows, "summary": summary})
+                    )?
+                );
+            } else {
+                for s in &summary {
+                    println!(
+                        "{} {}: {} {:.1}% over {} clips, language detected right {}/{}, real-time factor {:.3}",
+                        asr.name,
+                        s.lang,
+                        s.metric.to_uppercase(),
+                        s.rate * 100.0,
+                        s.items,
+                        s.language_detected_right,
+                        s.items,
+                        s.real_time_factor
+                    );
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

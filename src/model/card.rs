@@ -24,6 +24,21 @@ pub struct Card {
     pub parts: Vec<Part>,
     #[serde(default)]
     pub generation: GenerationDefaults,
+    /// Further files taken whole from the parts' wheels (a config, a
+    /// tokenizer), cached beside the model file and verified by sha256.
+    #[serde(default)]
+    pub extra: Vec<ExtraFile>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ExtraFile {
+    /// File name in the cache folder.
+    pub file: String,
+    /// One of the card's part packages (the wheel it is in).
+    pub package: String,
+    pub member: String,
+    pub sha256: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -79,6 +94,10 @@ pub const BUNDLED: &[(&str, &str)] = &[
     (
         "gemma-3-270m",
         include_str!("../../models/gemma-3-270m.toml"),
+    ),
+    (
+        "whisper-base",
+        include_str!("../../models/whisper-base.toml"),
     ),
 ];
 

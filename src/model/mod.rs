@@ -14,6 +14,7 @@ pub mod qwen3_vl;
 pub mod requant;
 pub mod spm;
 pub mod tokenizer;
+pub mod whisper;
 
 use std::path::{Path, PathBuf};
 
@@ -149,6 +150,12 @@ fn dir_source(dir: &Path, spec: &str) -> Result<Resolved> {
 }
 
 fn resolve_card(c: card::Card) -> Result<Resolved> {
+    if c.format != "gguf" {
+        return Err(Error::Usage(format!(
+            "model {}: a {} {} model ({}), not a text generation model\n  fix: use it with `anjeon audio transcribe --model {}` or `anjeon run --asr {}`",
+            c.name, c.format, c.architecture, c.modalities.join(", "), c.name, c.name
+        )));
+    }
     let path = fetch::model_path(&c);
     if !path.exists() {
         return Err(Error::Usage(format!(

