@@ -94,7 +94,21 @@ pub struct Report {
     /// Attack success and over-refusal of each strategy against the plain query.
     #[serde(default)]
     pub uplift: Vec<UpliftRow>,
+    /// Spoken prompts that reached a text-only target through a speech
+    /// recogniser: the transcript next to the verdict.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub spoken: Vec<SpokenRow>,
     pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SpokenRow {
+    pub id: String,
+    pub model: String,
+    pub route: String,
+    pub language: String,
+    pub transcript: String,
+    pub verdict: String,
 }
 
 /// An attack strategy against the plain query, on the same base items.
@@ -484,6 +498,21 @@ pub fn build(
         }
     }
     disagreements.sort_by(|a, b| (&a.model, &a.id).cmp(&(&b.model, &b.id)));
+    let mut spoken: Vec<SpokenRow> = rows
+        .iter()
+        .filter_map(|r| {
+            let a = r.gen.asr.as_ref()?;
+            Some(SpokenRow {
+                id: r.item.id.clone(),
+                model: r.gen.model.clone(),
+                route: a.route.clone(),
+                language: a.language.clone(),
+                transcript: a.transcript.clone(),
+                verdict: r.verdict.map(describe).unwrap_or_else(|| "missing".into()),
+            })
+        })
+        .collect();
+    spoken.sort_by(|a, b| (&a.model, &a.id).cmp(&(&b.model, &b.id)));
     if compared_with_detector > 0 {
         notes.push("The model judge scores harmfulness (risk 1-5 or harmful yes/no) on harmful requests and the refusal class on benign ones; refusal rates on harmful requests come from the refusal detector that runs beside it.".into());
     }
@@ -501,6 +530,7 @@ pub fn build(
         disagreements,
         compared_with_detector,
         uplift,
+        spoken,
         notes,
     }
 }
@@ -742,6 +772,8 @@ fn items_csv(
         "prompt",
         "response",
         "evidence",
+        "route",
+        "transcript",
     ];
     w.write_record(header).expect("in-memory csv");
     for g in gens {
@@ -789,6 +821,12 @@ fn items_csv(
             .and_then(|h| h.refusal)
             .map(|c| c.as_str().to_string())
             .unwrap_or_default();
+        // How the item reached the model: text, its media directly, or a transcript.
+        let (route, transcript) = match &g.asr {
+            Some(a) => (a.route.clone(), a.transcript.clone()),
+            None if item.modality == "text" => ("text".to_string(), String::new()),
+            None => ("direct".to_string(), String::new()),
+        };
         w.write_record([
             item.id.as_str(),
             g.model.as_str(),
@@ -806,6 +844,8 @@ fn items_csv(
             &item.prompt,
             &g.response,
             &evidence,
+            &route,
+            &transcript,
         ])
         .expect("in-memory csv");
     }
@@ -1011,6 +1051,25 @@ pub fn markdown(rep: &Report) -> String {
                 f(u.over_refusal_plain),
                 f(u.over_refusal_attack),
                 e(&u.over_refusal_change)
+            );
+        }
+        s.push('\n');
+    }
+    if !rep.spoken.is_empty() {
+        let _ = writeln!(
+            s,
+            "## Spoken prompts\n\nAudio items a text-only target received as a transcript.\n\n| id | model | route | language | transcript | verdict |\n|---|---|---|---|---|---|"
+        );
+        for r in &rep.spoken {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} |",
+                r.id,
+                r.model,
+                r.route,
+                r.language,
+                r.transcript.replace(['|', '\n'], " "),
+                r.verdict.replace('|', "/")
             );
         }
         s.push('\n');
@@ -1352,6 +1411,22 @@ pub fn html(rep: &Report) -> String {
         let _ = write!(s, "<h2>{title}</h2><table><tr><th>model</th><th>{grouping}</th><th>responses</th><th>attack success</th><th>refusal</th><th>over-refusal</th><th>human risk</th></tr>");
         for r in rows {
             let _ = write!(s, "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", esc(&r.model), esc(&r.key), r.responses, esc(&pct(&r.asr)), esc(&pct(&r.refusal_rate)), esc(&pct(&r.over_refusal)), esc(&risk(&r.human_risk)));
+        }
+        s.push_str("</table>");
+    }
+    if !rep.spoken.is_empty() {
+        s.push_str("<h2>Spoken prompts</h2><table><tr><th>id</th><th>model</th><th>route</th><th>language</th><th>transcript</th><th>verdict</th></tr>");
+        for r in &rep.spoken {
+            let _ = write!(
+                s,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&r.id),
+                esc(&r.model),
+                esc(&r.route),
+                esc(&r.language),
+                esc(&r.transcript),
+                esc(&r.verdict)
+            );
         }
         s.push_str("</table>");
     }

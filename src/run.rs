@@ -177,6 +177,21 @@ pub struct GenerationRecord {
     /// Token counts and timings of a generated response.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats: Option<GenStats>,
+    /// How a spoken prompt reached a text-only target: the speech
+    /// recogniser and its transcript (absent for text and direct media).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asr: Option<AsrRoute>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AsrRoute {
+    /// `asr:MODEL`.
+    pub route: String,
+    pub transcript: String,
+    /// Language forced (the item's) or detected.
+    pub language: String,
+    /// sha256 of the audio file(s).
+    pub audio_sha256: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -494,6 +509,7 @@ pub fn score(args: &ScoreArgs) -> Result<Outcome> {
             response_sha256: sha,
             source: r.source.clone(),
             stats: None,
+            asr: None,
         })?;
         plan_keys.push(gkey);
     }
@@ -869,6 +885,12 @@ pub struct RunArgs {
     /// A system prompt put before every item.
     #[arg(long)]
     pub system: Option<String>,
+    /// Speech recogniser for audio items when the target does not take
+    /// audio: the item's audio is transcribed (language forced to the
+    /// item's when Whisper knows it) and the transcript goes to the target
+    /// in place of the audio; the transcript is stored and reported.
+    #[arg(long, value_name = "MODEL")]
+    pub asr: Option<String>,
     /// Attack variants to add after the plain items: `all` or strategies
     /// separated by commas (see `anjeon attacks list`). Every runnable plain
     /// item, harmful and benign, gets each variant (`ID~STRATEGY`); with
@@ -884,6 +906,7 @@ pub struct RunArgs {
 fn messages_of<'a>(
     s: &'a Sample,
     system: Option<&str>,
+    transcripts: Option<&[String]>,
 ) -> (
     Vec<crate::model::Message>,
     Vec<crate::model::qwen3_vl::MediaInput<'a>>,
@@ -891,6 +914,7 @@ fn messages_of<'a>(
     use crate::model::chat::ChatPart;
     let mut media = Vec::new();
     let mut out = Vec::new();
+    let mut n_audio = 0;
     if let Some(sys) = system {
         out.push(crate::model::Message::new("system", sys));
     }
@@ -900,15 +924,30 @@ fn messages_of<'a>(
             crate::sample::Role::User => "user",
             crate::sample::Role::Assistant => "assistant",
         };
-        let has_media = t
+        // With transcripts, each audio part becomes its transcript, in place.
+        let base = n_audio;
+        let parts: Vec<std::borrow::Cow<'a, crate::sample::Part>> = t
             .parts
             .iter()
-            .any(|p| matches!(p, crate::sample::Part::Media(_)));
+            .map(|p| match (p, transcripts) {
+                (crate::sample::Part::Media(m), Some(tr))
+                    if m.kind == crate::sample::MediaKind::Audio =>
+                {
+                    n_audio += 1;
+                    std::borrow::Cow::Owned(crate::sample::Part::Text(
+                        tr.get(n_audio - 1).cloned().unwrap_or_default(),
+                    ))
+                }
+                _ => std::borrow::Cow::Borrowed(p),
+            })
+            .collect();
+        let has_media = parts
+            .iter()
+            .any(|p| matches!(p.as_ref(), crate::sample::Part::Media(_)));
         if !has_media {
-            let text: Vec<&str> = t
-                .parts
+            let text: Vec<&str> = parts
                 .iter()
-                .filter_map(|p| match p {
+                .filter_map(|p| match p.as_ref() {
                     crate::sample::Part::Text(t) => Some(t.as_str()),
                     crate::sample::Part::Media(_) => None,
                 })
@@ -916,12 +955,20 @@ fn messages_of<'a>(
             out.push(crate::model::Message::new(role, text.join("\n")));
             continue;
         }
-        let mut parts = Vec::new();
+        let mut chat = Vec::new();
+        let mut k = base;
         for p in &t.parts {
             match p {
-                crate::sample::Part::Text(t) => parts.push(ChatPart::Text(t.clone())),
+                crate::sample::Part::Text(t) => chat.push(ChatPart::Text(t.clone())),
+                crate::sample::Part::Media(m)
+                    if m.kind == crate::sample::MediaKind::Audio && transcripts.is_some() =>
+                {
+                    let tr = transcripts.unwrap_or_default();
+                    chat.push(ChatPart::Text(tr.get(k).cloned().unwrap_or_default()));
+                    k += 1;
+                }
                 crate::sample::Part::Media(m) => {
-                    parts.push(match m.kind {
+                    chat.push(match m.kind {
                         crate::sample::MediaKind::Image => ChatPart::Image,
                         crate::sample::MediaKind::Video => ChatPart::Video,
                         crate::sample::MediaKind::Audio => ChatPart::Audio,
@@ -933,7 +980,7 @@ fn messages_of<'a>(
                 }
             }
         }
-        out.push(crate::model::Message::with_parts(role, parts));
+        out.push(crate::model::Message::with_parts(role, chat));
     }
     (out, media)
 }
@@ -978,6 +1025,25 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
         t_load.elapsed().as_secs_f64(),
         args.device
     );
+    // The speech recogniser for audio items of a target without audio input.
+    let mut asr = match &args.asr {
+        Some(spec) => {
+            if let Some(c) = crate::model::card::find(spec) {
+                if args.fetch && !crate::model::fetch::model_path(&c).exists() {
+                    crate::model::fetch::fetch(&c)?;
+                }
+            }
+            let a = crate::model::whisper::Asr::open(spec, &device)?;
+            eprintln!("speech recogniser {} for audio items", a.name);
+            Some(a)
+        }
+        None => None,
+    };
+    let asr_takes = |m: &crate::sample::Media, model: &crate::model::TextModel| {
+        m.kind == crate::sample::MediaKind::Audio
+            && !model.modalities().contains(&m.kind)
+            && args.asr.is_some()
+    };
     let defaults = resolved
         .card
         .as_ref()
@@ -1000,7 +1066,10 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
         if let Some(m) = dataset::media_problem(s, &root) {
             failures.push(Failure::item(s, "media", m));
             false
-        } else if let Some(m) = s.media().find(|m| !model.modalities().contains(&m.kind)) {
+        } else if let Some(m) = s
+            .media()
+            .find(|m| !model.modalities().contains(&m.kind) && !asr_takes(m, &model))
+        {
             let why = if model.modalities().is_empty() {
                 format!(
                     "{} item: target {} takes text only (a multimodal target or --asr is needed)",
@@ -1057,51 +1126,119 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
         (0usize, 0f64, 0usize, 0f64, 0usize);
     let t_gen = std::time::Instant::now();
     for s in runnable {
-        let (msgs, media) = messages_of(s, args.system.as_deref());
-        // Media bytes are part of the cache key (the prompt text only counts tokens).
-        let media_sha = match media
-            .iter()
-            .map(|m| m.media.load().map(|b| store::sha256_hex(&b)))
-            .collect::<Result<Vec<_>>>()
-        {
-            Ok(v) => v.join(","),
-            Err(e) => {
-                failures.push(Failure::item(s, "media", e.to_string()));
-                pb.inc(1);
-                continue;
-            }
-        };
-        let prompt = match model.encode_multimodal(&msgs, &media) {
-            Ok(x) => x,
-            Err(e) => {
-                let stage = if media.is_empty() {
-                    "generation"
-                } else {
-                    "media"
-                };
-                failures.push(Failure::item(s, stage, e.to_string()));
-                pb.inc(1);
-                continue;
-            }
-        };
-        let (text, ids) = (&prompt.text, &prompt.ids);
+        // Spoken prompts for a text-only target: transcribe first. The
+        // generation key depends on the recogniser and the audio, not on
+        // the transcript, so a finished item is not transcribed again.
+        let via_asr = s.media().any(|m| asr_takes(m, &model));
+        let mut asr_key = String::new();
+        let mut audio_shas = String::new();
+        if via_asr {
+            let a = asr.as_ref().expect("asr loaded");
+            let shas = match s
+                .media()
+                .filter(|m| m.kind == crate::sample::MediaKind::Audio)
+                .map(|m| m.load().map(|b| store::sha256_hex(&b)))
+                .collect::<Result<Vec<_>>>()
+            {
+                Ok(v) => v.join(","),
+                Err(e) => {
+                    failures.push(Failure::item(s, "media", e.to_string()));
+                    pb.inc(1);
+                    continue;
+                }
+            };
+            asr_key = store::key_of(&["asr", &a.fingerprint, &shas]);
+            audio_shas = shas;
+        }
         let seed = crate::metrics::seed_of(&s.id, args.seed);
         let seed_s = seed.to_string();
-        let text_sha = store::sha256_hex(text.as_bytes());
-        let mut key_parts = vec![
-            "generation",
-            &model_fp,
-            &params_json,
-            &seed_s,
-            &s.id,
-            &text_sha,
-        ];
-        if !media_sha.is_empty() {
-            key_parts.push(&media_sha);
-        }
-        let key = store::key_of(&key_parts);
-        if !gens.contains(&key) {
-            match model.generate_mm(ids, prompt.mm.as_ref(), &params, seed) {
+        let (key, prepared) = if via_asr {
+            let key = store::key_of(&[
+                "generation",
+                &model_fp,
+                &params_json,
+                &seed_s,
+                &s.id,
+                &asr_key,
+            ]);
+            if gens.contains(&key) {
+                (key, None)
+            } else {
+                let a = asr.as_mut().expect("asr loaded");
+                match transcribe_item(a, s, &audio_shas) {
+                    Ok(route) => {
+                        let tr: Vec<String> = route.1.clone();
+                        let (msgs, _) = messages_of(s, args.system.as_deref(), Some(&tr));
+                        match model.encode_chat(&msgs) {
+                            Ok((text, ids)) => (
+                                key,
+                                Some((
+                                    crate::model::PromptInput {
+                                        text,
+                                        ids,
+                                        mm: None,
+                                    },
+                                    Some(route.0),
+                                )),
+                            ),
+                            Err(e) => {
+                                failures.push(Failure::item(s, "generation", e.to_string()));
+                                pb.inc(1);
+                                continue;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        failures.push(Failure::item(s, "asr", e.to_string()));
+                        pb.inc(1);
+                        continue;
+                    }
+                }
+            }
+        } else {
+            let (msgs, media) = messages_of(s, args.system.as_deref(), None);
+            // Media bytes are part of the cache key (the prompt text only counts tokens).
+            let media_sha = match media
+                .iter()
+                .map(|m| m.media.load().map(|b| store::sha256_hex(&b)))
+                .collect::<Result<Vec<_>>>()
+            {
+                Ok(v) => v.join(","),
+                Err(e) => {
+                    failures.push(Failure::item(s, "media", e.to_string()));
+                    pb.inc(1);
+                    continue;
+                }
+            };
+            let prompt = match model.encode_multimodal(&msgs, &media) {
+                Ok(x) => x,
+                Err(e) => {
+                    let stage = if media.is_empty() {
+                        "generation"
+                    } else {
+                        "media"
+                    };
+                    failures.push(Failure::item(s, stage, e.to_string()));
+                    pb.inc(1);
+                    continue;
+                }
+            };
+            let text_sha = store::sha256_hex(prompt.text.as_bytes());
+            let mut key_parts = vec![
+                "generation",
+                &model_fp,
+                &params_json,
+                &seed_s,
+                &s.id,
+                &text_sha,
+            ];
+            if !media_sha.is_empty() {
+                key_parts.push(&media_sha);
+            }
+            (store::key_of(&key_parts), Some((prompt, None)))
+        };
+        if let (false, Some((prompt, asr_route))) = (gens.contains(&key), prepared) {
+            match model.generate_mm(&prompt.ids, prompt.mm.as_ref(), &params, seed) {
                 Ok(g) => {
                     new_tokens += g.tokens.len();
                     decode_s += g.decode_s;
@@ -1123,6 +1260,7 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
                             decode_s: g.decode_s,
                             tokens: g.tokens.clone(),
                         }),
+                        asr: asr_route,
                     })?;
                 }
                 Err(e) => {
@@ -1151,6 +1289,37 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
     judge_and_report(
         &run, &by_id, &mut judge, plan_keys, failures, skipped, args.seed,
     )
+}
+
+/// Transcribe an item's audio parts: (route record, transcripts in order).
+/// The language is forced to the item's when the recogniser knows it.
+fn transcribe_item(
+    a: &mut crate::model::whisper::Asr,
+    s: &Sample,
+    audio_sha256: &str,
+) -> Result<(AsrRoute, Vec<String>)> {
+    let lang = s.language.to_ascii_lowercase();
+    let forced = a.languages().contains(&lang.as_str()).then_some(lang);
+    let mut texts = Vec::new();
+    let mut language = String::new();
+    for m in s
+        .media()
+        .filter(|m| m.kind == crate::sample::MediaKind::Audio)
+    {
+        let audio = crate::audio::decode::decode_media(m, &Default::default())?;
+        let t = a.transcribe(&audio.samples, forced.as_deref())?;
+        language = t.language.clone();
+        texts.push(t.text.trim().to_string());
+    }
+    Ok((
+        AsrRoute {
+            route: format!("asr:{}", a.name),
+            transcript: texts.join("\n"),
+            language,
+            audio_sha256: audio_sha256.to_string(),
+        },
+        texts,
+    ))
 }
 
 fn write_run_manifest(
