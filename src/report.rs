@@ -824,6 +824,8 @@ fn items_csv(
         // How the item reached the model: text, its media directly, or a transcript.
         let (route, transcript) = match &g.asr {
             Some(a) => (a.route.clone(), a.transcript.clone()),
+            // Imported responses: anjeon did not give the item to a model.
+            None if !g.source.starts_with("generated") => (String::new(), String::new()),
             None if item.modality == "text" => ("text".to_string(), String::new()),
             None => ("direct".to_string(), String::new()),
         };

@@ -688,7 +688,9 @@ fn main_command_scores_the_sample() {
         "self-contained: no external resources"
     );
     let csv = std::fs::read_to_string(out.join("items.csv")).unwrap();
-    assert_eq!(csv.lines().next().unwrap().split(',').count(), 16);
+    let header = csv.lines().next().unwrap();
+    assert_eq!(header.split(',').count(), 18);
+    assert!(header.ends_with(",route,transcript"), "{header}");
 }
 
 #[test]

@@ -615,3 +615,85 @@ fn media_inspect_writes_the_model_inputs() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("aspect ratio"));
 }
+
+/// `media inspect --audio` writes the features under transformers' names,
+/// equal to the transformers fixtures of tests/fixtures/audio (made by
+/// make_audio_fixtures.py): Gemma 4 `input_features` + `input_features_mask`
+/// (processor_config.json of the tiny Gemma 4 checkpoint), Whisper
+/// `input_features` [1, 80, 3000].
+#[test]
+fn media_inspect_writes_audio_features() {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let clip = root.join("tests/fixtures/audio/speech_en.wav");
+    let want = candle_core::safetensors::load(
+        root.join("tests/fixtures/audio/expected.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let inspect = |cfg: &std::path::Path, out: &std::path::Path| {
+        let o = bin()
+            .args(["media", "inspect", "--processor"])
+            .arg(cfg)
+            .arg("--audio")
+            .arg(&clip)
+            .arg("--out")
+            .arg(out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        candle_core::safetensors::load(out, &Device::Cpu).unwrap()
+    };
+    let g = inspect(
+        &root.join("tests/fixtures/tiny/gemma4/processor_config.json"),
+        &d.path().join("g.safetensors"),
+    );
+    let got = g["input_features"].squeeze(0).unwrap();
+    let exp = &want["speech_en.gemma4.values"];
+    assert_eq!(got.dims(), exp.dims());
+    let diff = max_diff(&got, exp);
+    assert!(diff <= 1e-4, "gemma4 features differ by {diff}");
+    let mask = g["input_features_mask"]
+        .squeeze(0)
+        .unwrap()
+        .to_vec1::<u8>()
+        .unwrap();
+    let exp_mask: Vec<u8> = want["speech_en.gemma4.mask"]
+        .to_dtype(candle_core::DType::U8)
+        .unwrap()
+        .to_vec1::<u8>()
+        .unwrap();
+    assert_eq!(mask, exp_mask);
+
+    let wcfg = d.path().join("preprocessor_config.json");
+    std::fs::write(
+        &wcfg,
+        r#"{"feature_extractor_type": "WhisperFeatureExtractor", "feature_size": 80}"#,
+    )
+    .unwrap();
+    let w = inspect(&wcfg, &d.path().join("w.safetensors"));
+    let f = &w["input_features"];
+    assert_eq!(f.dims(), &[1, 80, 3000]);
+    let frames: Vec<i64> = want["speech_en.whisper80.frames"]
+        .to_dtype(candle_core::DType::I64)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let idx = candle_core::Tensor::from_vec(
+        frames.iter().map(|&x| x as u32).collect::<Vec<_>>(),
+        frames.len(),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let got = f.squeeze(0).unwrap().index_select(&idx, 1).unwrap();
+    let diff = max_diff(&got, &want["speech_en.whisper80.values"]);
+    assert!(diff <= 1e-4, "whisper features differ by {diff}");
+}
+
+fn max_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    (a - b)
+        .and_then(|d| d.abs())
+        .and_then(|d| d.max_all())
+        .and_then(|d| d.to_scalar::<f32>())
+        .unwrap()
+}

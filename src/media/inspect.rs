@@ -24,6 +24,10 @@ pub struct InspectArgs {
     /// A video: mp4/webm/mkv (FFmpeg), animated GIF/APNG, or a folder of frames.
     #[arg(long, value_name = "FILE", group = "input")]
     pub video: Option<PathBuf>,
+    /// An audio file (wav, flac, mp3, ogg, m4a): Whisper (`WhisperFeatureExtractor`)
+    /// or Gemma 4 (`Gemma4AudioFeatureExtractor`) features, by the config.
+    #[arg(long, value_name = "FILE", group = "input")]
+    pub audio: Option<PathBuf>,
     /// Where the safetensors file is written.
     #[arg(long, value_name = "OUT.safetensors")]
     pub out: PathBuf,
@@ -179,11 +183,63 @@ pub fn run(args: &InspectArgs) -> Result<Summary, MediaError> {
             "timestamps".into(),
             Tensor::from_vec(ts, nts, &dev).map_err(te)?,
         ));
+    } else if let Some(a_path) = &args.audio {
+        let cfg = config_file(
+            &args.processor,
+            &["preprocessor_config.json", "processor_config.json"],
+        );
+        let text = std::fs::read_to_string(&cfg).map_err(|e| MediaError::io(&cfg, e))?;
+        let name = a_path.display().to_string();
+        let audio = crate::audio::decode_file(a_path, &Default::default()).map_err(|e| {
+            MediaError::Decode {
+                name: name.clone(),
+                reason: e.to_string(),
+                fix: "use a wav, flac, mp3, ogg or m4a file".into(),
+            }
+        })?;
+        if text.contains("Gemma4AudioFeatureExtractor") {
+            let f = crate::audio::Gemma4Features::new().extract(&audio.samples);
+            let mask: Vec<u8> = f.mask.iter().map(|&v| v as u8).collect();
+            line = format!(
+                "{name}: {:.2} s -> gemma4 input_features [1, {}, {}], {} valid frames",
+                audio.samples.len() as f64 / 16000.0,
+                f.frames,
+                f.n_mels,
+                f.mask.iter().filter(|&&v| v).count()
+            );
+            tensors.push((
+                "input_features".into(),
+                Tensor::from_vec(f.values, (1, f.frames, f.n_mels), &dev).map_err(te)?,
+            ));
+            tensors.push((
+                "input_features_mask".into(),
+                Tensor::from_vec(mask, (1, f.frames), &dev).map_err(te)?,
+            ));
+        } else {
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            let v = if v.get("feature_extractor").is_some() {
+                &v["feature_extractor"]
+            } else {
+                &v
+            };
+            let n_mels = v["feature_size"].as_u64().unwrap_or(80) as usize;
+            // The processor's default truncation: the first 30 s.
+            let f = crate::audio::WhisperFeatures::new(n_mels).chunk(&audio.samples);
+            let frames = f.len() / n_mels;
+            line = format!(
+                "{name}: {:.2} s -> whisper input_features [1, {n_mels}, {frames}]",
+                audio.samples.len() as f64 / 16000.0
+            );
+            tensors.push((
+                "input_features".into(),
+                Tensor::from_vec(f, (1, n_mels, frames), &dev).map_err(te)?,
+            ));
+        }
     } else {
         return Err(MediaError::Config {
             path: args.processor.clone(),
             msg: "no input".into(),
-            fix: "pass --image FILE or --video FILE".into(),
+            fix: "pass --image FILE, --video FILE or --audio FILE".into(),
         });
     }
     let shapes = tensors
