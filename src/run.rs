@@ -925,38 +925,7 @@ fn messages_of<'a>(
             crate::sample::Role::Assistant => "assistant",
         };
         // With transcripts, each audio part becomes its transcript, in place.
-        let base = n_audio;
-        let parts: Vec<std::borrow::Cow<'a, crate::sample::Part>> = t
-            .parts
-            .iter()
-            .map(|p| match (p, transcripts) {
-                (crate::sample::Part::Media(m), Some(tr))
-                    if m.kind == crate::sample::MediaKind::Audio =>
-                {
-                    n_audio += 1;
-                    std::borrow::Cow::Owned(crate::sample::Part::Text(
-                        tr.get(n_audio - 1).cloned().unwrap_or_default(),
-                    ))
-                }
-                _ => std::borrow::Cow::Borrowed(p),
-            })
-            .collect();
-        let has_media = parts
-            .iter()
-            .any(|p| matches!(p.as_ref(), crate::sample::Part::Media(_)));
-        if !has_media {
-            let text: Vec<&str> = parts
-                .iter()
-                .filter_map(|p| match p.as_ref() {
-                    crate::sample::Part::Text(t) => Some(t.as_str()),
-                    crate::sample::Part::Media(_) => None,
-                })
-                .collect();
-            out.push(crate::model::Message::new(role, text.join("\n")));
-            continue;
-        }
         let mut chat = Vec::new();
-        let mut k = base;
         for p in &t.parts {
             match p {
                 crate::sample::Part::Text(t) => chat.push(ChatPart::Text(t.clone())),
@@ -964,8 +933,8 @@ fn messages_of<'a>(
                     if m.kind == crate::sample::MediaKind::Audio && transcripts.is_some() =>
                 {
                     let tr = transcripts.unwrap_or_default();
-                    chat.push(ChatPart::Text(tr.get(k).cloned().unwrap_or_default()));
-                    k += 1;
+                    chat.push(ChatPart::Text(tr.get(n_audio).cloned().unwrap_or_default()));
+                    n_audio += 1;
                 }
                 crate::sample::Part::Media(m) => {
                     chat.push(match m.kind {
@@ -980,7 +949,12 @@ fn messages_of<'a>(
                 }
             }
         }
-        out.push(crate::model::Message::with_parts(role, chat));
+        let msg = crate::model::Message::with_parts(role, chat);
+        out.push(if msg.has_media() {
+            msg
+        } else {
+            crate::model::Message::new(role, msg.content)
+        });
     }
     (out, media)
 }
@@ -1134,13 +1108,11 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
         let mut audio_shas = String::new();
         if via_asr {
             let a = asr.as_ref().expect("asr loaded");
-            let shas = match s
-                .media()
-                .filter(|m| m.kind == crate::sample::MediaKind::Audio)
-                .map(|m| m.load().map(|b| store::sha256_hex(&b)))
-                .collect::<Result<Vec<_>>>()
-            {
-                Ok(v) => v.join(","),
+            let shas = match media_digest(
+                s.media()
+                    .filter(|m| m.kind == crate::sample::MediaKind::Audio),
+            ) {
+                Ok(v) => v,
                 Err(e) => {
                     failures.push(Failure::item(s, "media", e.to_string()));
                     pb.inc(1);
@@ -1166,8 +1138,7 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
             } else {
                 let a = asr.as_mut().expect("asr loaded");
                 match transcribe_item(a, s, &audio_shas) {
-                    Ok(route) => {
-                        let tr: Vec<String> = route.1.clone();
+                    Ok((route, tr)) => {
                         let (msgs, _) = messages_of(s, args.system.as_deref(), Some(&tr));
                         match model.encode_chat(&msgs) {
                             Ok((text, ids)) => (
@@ -1178,7 +1149,7 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
                                         ids,
                                         mm: None,
                                     },
-                                    Some(route.0),
+                                    Some(route),
                                 )),
                             ),
                             Err(e) => {
@@ -1198,12 +1169,8 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
         } else {
             let (msgs, media) = messages_of(s, args.system.as_deref(), None);
             // Media bytes are part of the cache key (the prompt text only counts tokens).
-            let media_sha = match media
-                .iter()
-                .map(|m| m.media.load().map(|b| store::sha256_hex(&b)))
-                .collect::<Result<Vec<_>>>()
-            {
-                Ok(v) => v.join(","),
+            let media_sha = match media_digest(media.iter().map(|m| m.media)) {
+                Ok(v) => v,
                 Err(e) => {
                     failures.push(Failure::item(s, "media", e.to_string()));
                     pb.inc(1);
@@ -1289,6 +1256,14 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
     judge_and_report(
         &run, &by_id, &mut judge, plan_keys, failures, skipped, args.seed,
     )
+}
+
+/// sha256 of each media file, joined (part of generation keys).
+fn media_digest<'a>(media: impl Iterator<Item = &'a crate::sample::Media>) -> Result<String> {
+    let shas = media
+        .map(|m| m.load().map(|b| store::sha256_hex(&b)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(shas.join(","))
 }
 
 /// Transcribe an item's audio parts: (route record, transcripts in order).

@@ -37,22 +37,8 @@ fn load() -> (Gemma4, HashMap<String, Tensor>, serde_json::Value) {
     (model, refs, json)
 }
 
-fn max_abs(a: &[f32], b: &[f32]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
-fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, x) in v.iter().enumerate() {
-        if *x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
+mod common;
+use common::{greedy, max_abs};
 
 /// Max |Δlogit| of the prompt and the greedy continuation, for row `row`
 /// of a case (padding stripped; the row's image only).
@@ -104,25 +90,10 @@ fn run_case(
         .to_vec1::<f32>()
         .unwrap();
     let d = max_abs(&logits, &want);
-    let want_gen: Vec<u32> = json["cases"][case]["greedy"][row]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect();
-    let mut got = vec![argmax(&logits)];
-    while got.len() < want_gen.len() {
-        let input = Tensor::new(&[*got.last().unwrap()], &Device::Cpu)
-            .unwrap()
-            .unsqueeze(0)
-            .unwrap();
-        let l = model
-            .forward(&input, ids.len() + got.len() - 1)
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        got.push(argmax(&l));
-    }
+    let want_gen = common::ids(&json["cases"][case]["greedy"][row]);
+    let got = greedy(&logits, ids.len(), want_gen.len(), |t, o| {
+        model.forward(t, o)
+    });
     (d, got, want_gen)
 }
 

@@ -43,22 +43,8 @@ fn grids(t: &Tensor) -> Vec<[usize; 3]> {
         .collect()
 }
 
-fn max_abs(a: &[f32], b: &[f32]) -> f32 {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
-fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, x) in v.iter().enumerate() {
-        if *x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
+mod common;
+use common::{greedy, max_abs};
 
 #[test]
 fn qwen3_vl_logits_and_greedy_match_transformers() {
@@ -90,25 +76,10 @@ fn qwen3_vl_logits_and_greedy_match_transformers() {
         // Exact-GELU vs tanh-GELU in the merger alone moves these logits by 3e-4.
         assert!(d < 2e-5, "{case}: logits differ by {d}");
         // Greedy continuation through the decode path (positions + rope delta).
-        let want_gen: Vec<u32> = json["cases"][case]["greedy"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as u32)
-            .collect();
-        let mut got = vec![argmax(&logits)];
-        while got.len() < want_gen.len() {
-            let input = Tensor::new(&[*got.last().unwrap()], &Device::Cpu)
-                .unwrap()
-                .unsqueeze(0)
-                .unwrap();
-            let l = model
-                .forward(&input, ids.len() + got.len() - 1)
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
-            got.push(argmax(&l));
-        }
+        let want_gen = common::ids(&json["cases"][case]["greedy"]);
+        let got = greedy(&logits, ids.len(), want_gen.len(), |t, o| {
+            model.forward(t, o)
+        });
         assert_eq!(got, want_gen, "{case}: greedy continuation");
     }
 }

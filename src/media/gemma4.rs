@@ -209,20 +209,11 @@ impl ImageProcessor {
         let cols = p * p * 3;
         let max_patches = self.max_patches();
         let num = ph * pw;
-        let mut lut = [[0f32; 256]; 3];
-        for (c, l) in lut.iter_mut().enumerate() {
-            for (v, o) in l.iter_mut().enumerate() {
-                let mut x = if self.do_rescale {
-                    (v as f64 * self.rescale_factor) as f32
-                } else {
-                    v as f32
-                };
-                if self.do_normalize {
-                    x = (x - self.image_mean[c]) / self.image_std[c];
-                }
-                *o = x;
-            }
-        }
+        let lut = super::pixel_lut(
+            self.do_rescale.then_some(self.rescale_factor),
+            self.do_normalize
+                .then_some((self.image_mean, self.image_std)),
+        );
         let raw = img.as_raw();
         let wu = w as usize;
         let mut pixel_values = vec![0f32; max_patches.max(num) * cols];

@@ -274,3 +274,26 @@ pub fn py_format_1f(x: f64) -> String {
     // which is what CPython does; kept as a function so it is tested.
     format!("{x:.1}")
 }
+
+/// The value of each 8-bit level of each channel after the processors'
+/// rescale and normalise, computed as numpy does: `(x as f64 * rescale) as
+/// f32`, then `(x - mean) / std` in f32. Indexed `[channel][level]`.
+pub(crate) fn pixel_lut(
+    rescale: Option<f64>,
+    normalize: Option<([f32; 3], [f32; 3])>,
+) -> [[f32; 256]; 3] {
+    let mut lut = [[0f32; 256]; 3];
+    for (c, l) in lut.iter_mut().enumerate() {
+        for (v, o) in l.iter_mut().enumerate() {
+            let mut x = match rescale {
+                Some(r) => (v as f64 * r) as f32,
+                None => v as f32,
+            };
+            if let Some((mean, std)) = normalize {
+                x = (x - mean[c]) / std[c];
+            }
+            *o = x;
+        }
+    }
+    lut
+}

@@ -216,20 +216,11 @@ impl Common {
     /// numpy does it: `(x as f64 * rescale) as f32`, then `(x - mean) / std` in f32.
     fn to_chw(&self, img: &RgbImage) -> Vec<f32> {
         let (w, h) = (img.width() as usize, img.height() as usize);
-        let mut lut = [[0f32; 256]; 3];
-        for (c, l) in lut.iter_mut().enumerate() {
-            for (v, o) in l.iter_mut().enumerate() {
-                let mut x = if self.do_rescale {
-                    (v as f64 * self.rescale_factor) as f32
-                } else {
-                    v as f32
-                };
-                if self.do_normalize {
-                    x = (x - self.image_mean[c]) / self.image_std[c];
-                }
-                *o = x;
-            }
-        }
+        let lut = super::pixel_lut(
+            self.do_rescale.then_some(self.rescale_factor),
+            self.do_normalize
+                .then_some((self.image_mean, self.image_std)),
+        );
         let mut out = vec![0f32; 3 * h * w];
         let (r, rest) = out.split_at_mut(h * w);
         let (g, b) = rest.split_at_mut(h * w);

@@ -301,14 +301,6 @@ impl RmsNorm {
     }
 }
 
-fn linear(i: usize, o: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
-    if bias {
-        candle_nn::linear(i, o, vb)
-    } else {
-        candle_nn::linear_no_bias(i, o, vb)
-    }
-}
-
 fn repeat_kv(x: Tensor, rep: usize) -> Result<Tensor> {
     candle_transformers::utils::repeat_kv(x, rep)?.contiguous()
 }
@@ -632,18 +624,18 @@ impl Layer {
             )),
         };
         Ok(Layer {
-            q: linear(h, nh * hd, b, a.pp("q_proj"))?,
+            q: candle_nn::linear_b(h, nh * hd, b, a.pp("q_proj"))?,
             k: if reuse {
                 None
             } else {
-                Some(linear(h, kvh * hd, b, a.pp("k_proj"))?)
+                Some(candle_nn::linear_b(h, kvh * hd, b, a.pp("k_proj"))?)
             },
             v: if reuse || k_eq_v {
                 None
             } else {
-                Some(linear(h, kvh * hd, b, a.pp("v_proj"))?)
+                Some(candle_nn::linear_b(h, kvh * hd, b, a.pp("v_proj"))?)
             },
-            o: linear(nh * hd, h, b, a.pp("o_proj"))?,
+            o: candle_nn::linear_b(nh * hd, h, b, a.pp("o_proj"))?,
             q_norm: RmsNorm::new(hd, e, a.pp("q_norm"))?,
             k_norm: if reuse {
                 None
@@ -651,9 +643,9 @@ impl Layer {
                 Some(RmsNorm::new(hd, e, a.pp("k_norm"))?)
             },
             v_norm: RmsNorm::bare(hd, e, vb.dtype(), vb.device())?,
-            gate: linear(h, inter, false, m.pp("gate_proj"))?,
-            up: linear(h, inter, false, m.pp("up_proj"))?,
-            down: linear(inter, h, false, m.pp("down_proj"))?,
+            gate: candle_nn::linear_b(h, inter, false, m.pp("gate_proj"))?,
+            up: candle_nn::linear_b(h, inter, false, m.pp("up_proj"))?,
+            down: candle_nn::linear_b(inter, h, false, m.pp("down_proj"))?,
             act: cfg.hidden_activation,
             ln_in: RmsNorm::new(h, e, vb.pp("input_layernorm"))?,
             ln_post_attn: RmsNorm::new(h, e, vb.pp("post_attention_layernorm"))?,

@@ -112,14 +112,6 @@ pub struct Config {
 
 // ---------------------------------------------------------------- helpers
 
-fn linear(i: usize, o: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
-    if bias {
-        candle_nn::linear(i, o, vb)
-    } else {
-        candle_nn::linear_no_bias(i, o, vb)
-    }
-}
-
 fn layer_norm(n: usize, vb: VarBuilder) -> Result<LayerNorm> {
     candle_nn::layer_norm(
         n,
@@ -176,15 +168,15 @@ impl VisionBlock {
         Ok(VisionBlock {
             norm1: layer_norm(h, vb.pp("norm1"))?,
             norm2: layer_norm(h, vb.pp("norm2"))?,
-            qkv: linear(h, 3 * h, true, vb.pp("attn").pp("qkv"))?,
-            proj: linear(h, h, true, vb.pp("attn").pp("proj"))?,
-            fc1: linear(
+            qkv: candle_nn::linear_b(h, 3 * h, true, vb.pp("attn").pp("qkv"))?,
+            proj: candle_nn::linear_b(h, h, true, vb.pp("attn").pp("proj"))?,
+            fc1: candle_nn::linear_b(
                 h,
                 cfg.intermediate_size,
                 true,
                 vb.pp("mlp").pp("linear_fc1"),
             )?,
-            fc2: linear(
+            fc2: candle_nn::linear_b(
                 cfg.intermediate_size,
                 h,
                 true,
@@ -260,8 +252,8 @@ impl PatchMerger {
             )?,
             post_shuffle,
             merged,
-            fc1: linear(merged, merged, true, vb.pp("linear_fc1"))?,
-            fc2: linear(merged, cfg.out_hidden_size, true, vb.pp("linear_fc2"))?,
+            fc1: candle_nn::linear_b(merged, merged, true, vb.pp("linear_fc1"))?,
+            fc2: candle_nn::linear_b(merged, cfg.out_hidden_size, true, vb.pp("linear_fc2"))?,
         })
     }
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
@@ -516,15 +508,15 @@ impl Layer {
         let m = vb.pp("mlp");
         let b = cfg.attention_bias;
         Ok(Layer {
-            q: linear(h, cfg.num_attention_heads * hd, b, a.pp("q_proj"))?,
-            k: linear(h, cfg.num_key_value_heads * hd, b, a.pp("k_proj"))?,
-            v: linear(h, cfg.num_key_value_heads * hd, b, a.pp("v_proj"))?,
-            o: linear(cfg.num_attention_heads * hd, h, b, a.pp("o_proj"))?,
+            q: candle_nn::linear_b(h, cfg.num_attention_heads * hd, b, a.pp("q_proj"))?,
+            k: candle_nn::linear_b(h, cfg.num_key_value_heads * hd, b, a.pp("k_proj"))?,
+            v: candle_nn::linear_b(h, cfg.num_key_value_heads * hd, b, a.pp("v_proj"))?,
+            o: candle_nn::linear_b(cfg.num_attention_heads * hd, h, b, a.pp("o_proj"))?,
             q_norm: RmsNorm::new(hd, cfg.rms_norm_eps, a.pp("q_norm"))?,
             k_norm: RmsNorm::new(hd, cfg.rms_norm_eps, a.pp("k_norm"))?,
-            gate: linear(h, cfg.intermediate_size, false, m.pp("gate_proj"))?,
-            up: linear(h, cfg.intermediate_size, false, m.pp("up_proj"))?,
-            down: linear(cfg.intermediate_size, h, false, m.pp("down_proj"))?,
+            gate: candle_nn::linear_b(h, cfg.intermediate_size, false, m.pp("gate_proj"))?,
+            up: candle_nn::linear_b(h, cfg.intermediate_size, false, m.pp("up_proj"))?,
+            down: candle_nn::linear_b(cfg.intermediate_size, h, false, m.pp("down_proj"))?,
             act: cfg.hidden_act,
             ln1: RmsNorm::new(h, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
             ln2: RmsNorm::new(h, cfg.rms_norm_eps, vb.pp("post_attention_layernorm"))?,
@@ -825,7 +817,7 @@ impl Qwen3Vl {
         }
         let mut table = vec![embeds];
         let mut deep_parts: Vec<Vec<Tensor>> = Vec::new();
-        for (x, _) in [(&img, 0), (&vid, 1)] {
+        for x in [&img, &vid] {
             if let Some((t, deep)) = x {
                 table.push(t.to_dtype(self.dtype)?);
                 deep_parts.push(deep.clone());

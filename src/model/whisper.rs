@@ -230,32 +230,42 @@ pub fn ct2_to_hf(m: &Ct2Model, path: &Path) -> Result<(HashMap<String, Tensor>, 
             &format!("model.encoder.{c}"),
         )?;
     }
-    for i in 0..enc_layers {
-        let s = format!("encoder/layer_{i}");
-        let d = format!("model.encoder.layers.{i}");
+    // Blocks both stacks have: self-attention (fused q/k/v) and the MLP.
+    let self_attn = |out: &mut HashMap<String, Tensor>, s: &str, d: &str| -> Result<()> {
+        let a = format!("{s}/self_attention");
         fused(
-            &mut out,
-            &format!("{s}/self_attention/linear_0"),
+            out,
+            &format!("{a}/linear_0"),
             &format!("{d}.self_attn"),
             &["q", "k", "v"],
         )?;
         lin(
-            &mut out,
-            &format!("{s}/self_attention/linear_1"),
+            out,
+            &format!("{a}/linear_1"),
             &format!("{d}.self_attn.out_proj"),
         )?;
         ln(
-            &mut out,
-            &format!("{s}/self_attention/layer_norm"),
+            out,
+            &format!("{a}/layer_norm"),
             &format!("{d}.self_attn_layer_norm"),
-        )?;
-        lin(&mut out, &format!("{s}/ffn/linear_0"), &format!("{d}.fc1"))?;
-        lin(&mut out, &format!("{s}/ffn/linear_1"), &format!("{d}.fc2"))?;
+        )
+    };
+    let ffn = |out: &mut HashMap<String, Tensor>, s: &str, d: &str| -> Result<()> {
+        lin(out, &format!("{s}/ffn/linear_0"), &format!("{d}.fc1"))?;
+        lin(out, &format!("{s}/ffn/linear_1"), &format!("{d}.fc2"))?;
         ln(
-            &mut out,
+            out,
             &format!("{s}/ffn/layer_norm"),
             &format!("{d}.final_layer_norm"),
-        )?;
+        )
+    };
+    for i in 0..enc_layers {
+        let (s, d) = (
+            format!("encoder/layer_{i}"),
+            format!("model.encoder.layers.{i}"),
+        );
+        self_attn(&mut out, &s, &d)?;
+        ffn(&mut out, &s, &d)?;
     }
     ln(&mut out, "encoder/layer_norm", "model.encoder.layer_norm")?;
     out.insert(
@@ -267,52 +277,35 @@ pub fn ct2_to_hf(m: &Ct2Model, path: &Path) -> Result<(HashMap<String, Tensor>, 
         t("decoder/position_encodings/encodings")?,
     );
     for i in 0..dec_layers {
-        let s = format!("decoder/layer_{i}");
-        let d = format!("model.decoder.layers.{i}");
-        fused(
-            &mut out,
-            &format!("{s}/self_attention/linear_0"),
-            &format!("{d}.self_attn"),
-            &["q", "k", "v"],
-        )?;
+        let (s, d) = (
+            format!("decoder/layer_{i}"),
+            format!("model.decoder.layers.{i}"),
+        );
+        self_attn(&mut out, &s, &d)?;
+        // Cross-attention: q from the decoder, fused [k; v] over the encoder output.
+        let a = format!("{s}/attention");
         lin(
             &mut out,
-            &format!("{s}/self_attention/linear_1"),
-            &format!("{d}.self_attn.out_proj"),
-        )?;
-        ln(
-            &mut out,
-            &format!("{s}/self_attention/layer_norm"),
-            &format!("{d}.self_attn_layer_norm"),
-        )?;
-        lin(
-            &mut out,
-            &format!("{s}/attention/linear_0"),
+            &format!("{a}/linear_0"),
             &format!("{d}.encoder_attn.q_proj"),
         )?;
         fused(
             &mut out,
-            &format!("{s}/attention/linear_1"),
+            &format!("{a}/linear_1"),
             &format!("{d}.encoder_attn"),
             &["k", "v"],
         )?;
         lin(
             &mut out,
-            &format!("{s}/attention/linear_2"),
+            &format!("{a}/linear_2"),
             &format!("{d}.encoder_attn.out_proj"),
         )?;
         ln(
             &mut out,
-            &format!("{s}/attention/layer_norm"),
+            &format!("{a}/layer_norm"),
             &format!("{d}.encoder_attn_layer_norm"),
         )?;
-        lin(&mut out, &format!("{s}/ffn/linear_0"), &format!("{d}.fc1"))?;
-        lin(&mut out, &format!("{s}/ffn/linear_1"), &format!("{d}.fc2"))?;
-        ln(
-            &mut out,
-            &format!("{s}/ffn/layer_norm"),
-            &format!("{d}.final_layer_norm"),
-        )?;
+        ffn(&mut out, &s, &d)?;
     }
     ln(&mut out, "decoder/layer_norm", "model.decoder.layer_norm")?;
     let dims = |n: &str| -> Result<Vec<usize>> {
