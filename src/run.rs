@@ -909,7 +909,7 @@ fn messages_of<'a>(
     transcripts: Option<&[String]>,
 ) -> (
     Vec<crate::model::Message>,
-    Vec<crate::model::qwen3_vl::MediaInput<'a>>,
+    Vec<crate::model::MediaInput<'a>>,
 ) {
     use crate::model::chat::ChatPart;
     let mut media = Vec::new();
@@ -942,7 +942,7 @@ fn messages_of<'a>(
                         crate::sample::MediaKind::Video => ChatPart::Video,
                         crate::sample::MediaKind::Audio => ChatPart::Audio,
                     });
-                    media.push(crate::model::qwen3_vl::MediaInput {
+                    media.push(crate::model::MediaInput {
                         kind: m.kind,
                         media: m,
                     });

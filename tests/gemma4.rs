@@ -275,7 +275,7 @@ fn candle_gemma4_cannot_load_transformers_checkpoint() {
 #[test]
 fn gemma4_through_the_engine_matches_the_processor_and_generates() {
     use anjeon::model::chat::ChatPart;
-    use anjeon::model::qwen3_vl::MediaInput;
+    use anjeon::model::MediaInput;
     use anjeon::sample::{Media, MediaKind, MediaSource};
     let d = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny/gemma4");
     let r = anjeon::model::resolve(d.to_str().unwrap()).unwrap();

@@ -106,7 +106,7 @@ fn lines(p: &std::path::Path) -> Vec<serde_json::Value> {
 #[test]
 fn multimodal_prompt_ids_match_the_hf_processor() {
     use anjeon::model::chat::ChatPart;
-    use anjeon::model::qwen3_vl::MediaInput;
+    use anjeon::model::MediaInput;
     use anjeon::sample::{Media, MediaKind, MediaSource};
     let r = anjeon::model::resolve(dir().to_str().unwrap()).unwrap();
     let m = anjeon::model::TextModel::load(&r, &Device::Cpu, &Default::default()).unwrap();

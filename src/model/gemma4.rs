@@ -1204,7 +1204,7 @@ impl Processor {
     /// Decode and patch the images; soft tokens per image, in order.
     pub fn process(
         &self,
-        media: &[crate::model::qwen3_vl::MediaInput<'_>],
+        media: &[crate::model::MediaInput<'_>],
         device: &Device,
     ) -> std::result::Result<(Vec<usize>, ImageInput), crate::error::Error> {
         let ce = |e: candle_core::Error| crate::error::Error::Usage(format!("vision input: {e}"));

@@ -268,6 +268,12 @@ pub enum MmPrompt {
     Gemma4(gemma4::ImageInput),
 }
 
+/// One media item of a prompt, as the data set gives it (any architecture).
+pub struct MediaInput<'a> {
+    pub kind: crate::sample::MediaKind,
+    pub media: &'a crate::sample::Media,
+}
+
 /// A prompt ready for generation: its text (before id-level expansion),
 /// token ids and the visual inputs that fill its placeholders.
 pub struct PromptInput {
@@ -670,7 +676,7 @@ impl TextModel {
     pub fn encode_multimodal(
         &self,
         messages: &[Message],
-        media: &[qwen3_vl::MediaInput<'_>],
+        media: &[MediaInput<'_>],
     ) -> Result<PromptInput> {
         if media.is_empty() {
             let (text, ids) = self.encode_chat(messages)?;

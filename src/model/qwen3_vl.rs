@@ -1039,12 +1039,6 @@ mod tests {
     }
 }
 
-/// One media item of a prompt, as the data set gives it.
-pub struct MediaInput<'a> {
-    pub kind: crate::sample::MediaKind,
-    pub media: &'a crate::sample::Media,
-}
-
 /// Qwen3-VL's input processing: the checkpoint's image and video processor
 /// settings, decoding, resizing and patching (`crate::media::qwen3vl`, checked
 /// against transformers in tests/media.rs) and placeholder expansion.
@@ -1110,7 +1104,7 @@ impl Processor {
     /// Decode and patch every media item; placeholder sizes in order.
     pub fn process(
         &self,
-        media: &[MediaInput<'_>],
+        media: &[super::MediaInput<'_>],
         device: &Device,
     ) -> std::result::Result<(Vec<Placeholder>, MmInputs), crate::error::Error> {
         use crate::sample::{MediaKind, MediaSource};
