@@ -1,12 +1,15 @@
 //! Gemma 4 parity with transformers on a tiny random checkpoint
 //! (tests/fixtures/tiny/make_tiny_gemma4.py): same pixels and ids in, logits
-//! of the prompt's last position and a greedy continuation out.
+//! of the prompt's last position and a greedy continuation out; the same for
+//! audio (the transformers feature extractor's log-mel and mask in, the
+//! audio tower's soft tokens and the logits out).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 
 use anjeon::model::gemma4::{
-    expand_image_placeholders, soft_tokens_per_image, Config, Gemma4, ImageInput,
+    expand_audio_placeholders, expand_image_placeholders, soft_tokens_per_audio,
+    soft_tokens_per_image, AudioClip, Config, Gemma4, ImageInput, MmInput,
 };
 use candle_core::{DType, Device, IndexOp, Tensor};
 
@@ -39,6 +42,24 @@ fn load() -> (Gemma4, HashMap<String, Tensor>, serde_json::Value) {
 
 mod common;
 use common::{greedy, max_abs};
+
+/// The clips of an audio case as the transformers feature extractor gave
+/// them (padded to the longest clip of the prompt, with their masks).
+fn audio_clips(refs: &HashMap<String, Tensor>, case: &str) -> Vec<AudioClip> {
+    let Some(f) = refs.get(&format!("{case}.input_features")) else {
+        return Vec::new();
+    };
+    let m = refs[&format!("{case}.input_features_mask")]
+        .to_vec2::<i64>()
+        .unwrap();
+    m.iter()
+        .enumerate()
+        .map(|(i, row)| AudioClip {
+            features: f.i(i).unwrap(),
+            mask: row.iter().map(|&v| v == 1).collect(),
+        })
+        .collect()
+}
 
 /// Max |Δlogit| of the prompt and the greedy continuation, for row `row`
 /// of a case (padding stripped; the row's image only).
@@ -80,7 +101,13 @@ fn run_case(
         }
     });
     let logits = model
-        .prefill(&ids, images.as_ref())
+        .prefill_mm(
+            &ids,
+            &MmInput {
+                images,
+                audio: audio_clips(refs, case),
+            },
+        )
         .unwrap()
         .to_vec1::<f32>()
         .unwrap();
@@ -108,6 +135,9 @@ fn gemma4_logits_and_greedy_match_transformers() {
         ("text", 0),
         ("batch", 0),
         ("batch", 1),
+        ("audio", 0),
+        ("image_audio", 0),
+        ("two_audio", 0),
     ] {
         let (d, got, want) = run_case(&mut model, &refs, &json, case, row);
         eprintln!("{case}[{row}]: max |Δlogit| {d:.2e}");
@@ -116,6 +146,55 @@ fn gemma4_logits_and_greedy_match_transformers() {
         // small bugs do.
         assert!(d < TOL, "{case}[{row}]: logits differ by {d}");
         assert_eq!(got, want, "{case}[{row}]: greedy continuation");
+    }
+}
+
+/// The audio tower alone: soft tokens (after `embed_audio`, padding steps
+/// dropped) equal transformers' for every clip, also for the shorter clip of
+/// a padded pair, which anjeon runs on its own (mask applied).
+#[test]
+fn gemma4_audio_tower_matches_transformers() {
+    let (model, refs, _) = load();
+    for case in ["audio", "image_audio", "two_audio"] {
+        let want_all = &refs[&format!("{case}.audio_soft_tokens")];
+        let keep = refs[&format!("{case}.audio_mask")].to_vec2::<i64>().unwrap();
+        for (i, clip) in audio_clips(&refs, case).iter().enumerate() {
+            let got = model.encode_audio(clip).unwrap();
+            let idx: Vec<u32> = (0..keep[i].len() as u32)
+                .filter(|&j| keep[i][j as usize] == 1)
+                .collect();
+            assert_eq!(soft_tokens_per_audio(&clip.mask), idx.len(), "{case}[{i}]");
+            let want = want_all
+                .i(i)
+                .unwrap()
+                .index_select(&Tensor::new(idx.as_slice(), &Device::Cpu).unwrap(), 0)
+                .unwrap();
+            assert_eq!(got.dims(), want.dims(), "{case}[{i}]");
+            let d = max_abs(
+                &got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                &want.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            );
+            let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            eprintln!("{case}[{i}]: {} soft tokens, max |Δ| {d:.2e} (max |x| {scale:.2})", idx.len());
+            assert!(d < 1e-4, "{case}[{i}]: audio soft tokens differ by {d}");
+        }
+        // The same clip unpadded (only its valid frames) gives the same tokens.
+        if case == "two_audio" {
+            let clips = audio_clips(&refs, case);
+            let c = &clips[1];
+            let n = c.mask.iter().filter(|&&v| v).count();
+            let short = AudioClip {
+                features: c.features.narrow(0, 0, n).unwrap(),
+                mask: vec![true; n],
+            };
+            let a = model.encode_audio(c).unwrap();
+            let b = model.encode_audio(&short).unwrap();
+            let d = max_abs(
+                &a.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                &b.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            );
+            assert!(d < 1e-5, "padded vs unpadded clip: {d}");
+        }
     }
 }
 
@@ -131,7 +210,7 @@ fn gemma4_small_bugs_exceed_tolerance() {
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(d.join("reference.json")).unwrap()).unwrap();
     type Tweak = fn(&mut Config);
-    let tweaks: [(&str, Tweak); 5] = [
+    let tweaks: [(&str, Tweak); 10] = [
         ("sliding window one longer", |c| {
             c.text_config.sliding_window += 1
         }),
@@ -150,12 +229,29 @@ fn gemma4_small_bugs_exceed_tolerance() {
                     rope_theta: Some(10000.0),
                 })
         }),
+        // The audio tower: E2B's chunking hard-coded, no logit cap, no
+        // clamps, unscaled feed-forward residual, one more step of left context.
+        ("audio right context 0", |c| {
+            c.audio_config.as_mut().unwrap().attention_context_right = 0
+        }),
+        ("audio logit cap 50", |c| {
+            c.audio_config.as_mut().unwrap().attention_logit_cap = 50.0
+        }),
+        ("audio no gradient clipping (E2B's 1e10)", |c| {
+            c.audio_config.as_mut().unwrap().gradient_clipping = 1e10
+        }),
+        ("audio residual weight 1", |c| {
+            c.audio_config.as_mut().unwrap().residual_weight = 1.0
+        }),
+        ("audio left context one longer", |c| {
+            c.audio_config.as_mut().unwrap().attention_context_left += 1
+        }),
     ];
     for (name, tweak) in tweaks {
         let mut cfg = base.clone();
         tweak(&mut cfg);
         let mut model = Gemma4::new(&cfg, vb()).unwrap();
-        let worst = ["image", "two_images", "text"]
+        let worst = ["image", "two_images", "text", "audio", "two_audio"]
             .iter()
             .map(|case| run_case(&mut model, &refs, &json, case, 0).0)
             .fold(0f32, f32::max);
@@ -281,7 +377,7 @@ fn gemma4_through_the_engine_matches_the_processor_and_generates() {
     let r = anjeon::model::resolve(d.to_str().unwrap()).unwrap();
     let mut m =
         anjeon::model::TextModel::load(&r, &candle_core::Device::Cpu, &Default::default()).unwrap();
-    assert_eq!(m.modalities(), vec![MediaKind::Image]);
+    assert_eq!(m.modalities(), vec![MediaKind::Image, MediaKind::Audio]);
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(d.join("reference.json")).unwrap()).unwrap();
     let media = Media {
@@ -324,4 +420,126 @@ fn gemma4_through_the_engine_matches_the_processor_and_generates() {
     };
     let g = m.generate_mm(&p.ids, p.mm.as_ref(), &params, 0).unwrap();
     assert_eq!(g.tokens, ids_of(&json["cases"]["image"]["greedy"]));
+}
+
+/// Audio through the engine: the sample's WAV and a fixture clip decoded by
+/// anjeon, Gemma 4 log-mel by anjeon, the template's `<|audio|>` expanded
+/// as the HF processor does, and transformers' greedy continuation.
+#[test]
+fn gemma4_audio_through_the_engine_matches_the_processor_and_generates() {
+    use anjeon::model::chat::ChatPart;
+    use anjeon::model::MediaInput;
+    use anjeon::sample::{Media, MediaKind, MediaSource};
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let d = dir();
+    let r = anjeon::model::resolve(d.to_str().unwrap()).unwrap();
+    let mut m =
+        anjeon::model::TextModel::load(&r, &candle_core::Device::Cpu, &Default::default()).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("reference.json")).unwrap()).unwrap();
+    let wav = |p: &str| Media {
+        kind: MediaKind::Audio,
+        mime: "audio/wav".into(),
+        source: MediaSource::Path(root.join(p)),
+    };
+    let a = wav("data/sample/media/AS-0031.wav");
+    let b = wav("tests/fixtures/audio/chirp.wav");
+    let msg = anjeon::model::Message::with_parts(
+        "user",
+        vec![
+            ChatPart::Audio,
+            ChatPart::Text("and".into()),
+            ChatPart::Audio,
+            ChatPart::Text("음성 ?".into()),
+        ],
+    );
+    let media = [
+        MediaInput {
+            kind: MediaKind::Audio,
+            media: &a,
+        },
+        MediaInput {
+            kind: MediaKind::Audio,
+            media: &b,
+        },
+    ];
+    let p = m.encode_multimodal(&[msg], &media).unwrap();
+    let case = &json["cases"]["two_audio"];
+    assert_eq!(p.ids, common::ids(&case["input_ids"][0]));
+    let params = anjeon::model::GenParams {
+        max_new_tokens: 6,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    let g = m.generate_mm(&p.ids, p.mm.as_ref(), &params, 0).unwrap();
+    assert_eq!(g.tokens, common::ids(&case["greedy"][0]));
+    // Two clips for one `<|audio|>`: an error that says so, not a panic.
+    let one = anjeon::model::Message::with_parts("user", vec![ChatPart::Audio]);
+    let err = m
+        .encode_multimodal(&[one], &media)
+        .err()
+        .map(|e| e.to_string());
+    eprintln!("placeholder mismatch: {err:?}");
+    assert!(err.as_deref().is_some_and(|e| e.contains("1 audio placeholders for 2 audio clips")));
+}
+
+/// `anjeon run` with the tiny Gemma 4 (image + audio): the sample's image
+/// and audio items are generated directly (route `direct` in items.csv, no
+/// recogniser), video items are skipped with the reason.
+#[test]
+fn gemma4_run_takes_the_sample_audio_items_directly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_anjeon"))
+        .args([
+            "run",
+            "--target",
+            dir().to_str().unwrap(),
+            "--judge",
+            "refusal",
+            "--max-new-tokens",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let gens: Vec<serde_json::Value> = std::fs::read_to_string(out.join("generations.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let report = std::fs::read_to_string(out.join("report.json")).unwrap();
+    let items = std::fs::read_to_string(out.join("items.csv")).unwrap();
+    let sample = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/sample/assurai_sample.jsonl"),
+    )
+    .unwrap();
+    let mut n_audio = 0;
+    for l in sample.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        let id = v["id"].as_str().unwrap();
+        let generated = gens.iter().find(|g| g["sample_id"] == id);
+        match v["modality"].as_str().unwrap() {
+            "audio" => {
+                n_audio += 1;
+                let g = generated.unwrap_or_else(|| panic!("{id} (audio) was not generated"));
+                assert!(g.get("asr").is_none_or(|a| a.is_null()), "{id}: {g}");
+                // ~25 soft tokens per second of audio: 6-15 s clips.
+                let pt = g["stats"]["prompt_tokens"].as_u64().unwrap();
+                assert!(pt > 140, "{id}: only {pt} prompt tokens");
+                let row = items
+                    .lines()
+                    .find(|r| r.starts_with(&format!("{id},")))
+                    .unwrap();
+                assert!(row.contains(",direct,"), "{row}");
+            }
+            "image" => assert!(generated.is_some(), "{id} (image) was not generated"),
+            "video" => assert!(report.contains(id), "{id} (video) is not listed as skipped"),
+            _ => {}
+        }
+    }
+    assert_eq!(n_audio, 8);
 }

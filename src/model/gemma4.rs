@@ -255,14 +255,90 @@ pub struct VisionConfig {
     pub rope_parameters: Option<VisionRope>,
 }
 
+fn d_silu() -> Activation {
+    Activation::Silu
+}
+fn d_sub_channels() -> Vec<usize> {
+    vec![128, 32]
+}
+fn d_conv_kernel() -> usize {
+    5
+}
+fn d_half() -> f64 {
+    0.5
+}
+fn d_chunk() -> usize {
+    12
+}
+fn d_left() -> usize {
+    13
+}
+fn d_cap() -> f64 {
+    50.0
+}
+fn d_invalid() -> f64 {
+    -1.0e9
+}
+fn d_grad_clip() -> f64 {
+    1e10
+}
+fn d_out_dims() -> usize {
+    1536
+}
+
+/// `Gemma4AudioConfig` (the USM conformer), transformers' defaults.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AudioConfig {
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    #[serde(default = "d_silu")]
+    pub hidden_act: Activation,
+    #[serde(default = "d_sub_channels")]
+    pub subsampling_conv_channels: Vec<usize>,
+    #[serde(default = "d_conv_kernel")]
+    pub conv_kernel_size: usize,
+    #[serde(default = "d_half")]
+    pub residual_weight: f64,
+    #[serde(default = "d_chunk")]
+    pub attention_chunk_size: usize,
+    #[serde(default = "d_left")]
+    pub attention_context_left: usize,
+    #[serde(default)]
+    pub attention_context_right: usize,
+    #[serde(default = "d_cap")]
+    pub attention_logit_cap: f64,
+    #[serde(default = "d_invalid")]
+    pub attention_invalid_logits_value: f64,
+    #[serde(default = "d_true")]
+    pub use_clipped_linears: bool,
+    #[serde(default = "d_eps")]
+    pub rms_norm_eps: f64,
+    #[serde(default = "d_grad_clip")]
+    pub gradient_clipping: f64,
+    #[serde(default = "d_out_dims")]
+    pub output_proj_dims: usize,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct Config {
     pub text_config: TextConfig,
     #[serde(default)]
     pub vision_config: Option<VisionConfig>,
+    #[serde(default)]
+    pub audio_config: Option<AudioConfig>,
     pub image_token_id: u32,
     pub boi_token_id: u32,
     pub eoi_token_id: u32,
+    /// `<|audio|>`: one per audio soft token.
+    #[serde(default)]
+    pub audio_token_id: Option<u32>,
+    /// `<|audio>` / `<audio|>` around an audio's soft tokens (transformers
+    /// writes the end marker as `eoa_token_index`).
+    #[serde(default)]
+    pub boa_token_id: Option<u32>,
+    #[serde(default, alias = "eoa_token_index")]
+    pub eoa_token_id: Option<u32>,
     #[serde(default = "d_true")]
     pub tie_word_embeddings: bool,
 }
@@ -732,6 +808,391 @@ impl Layer {
     }
 }
 
+// ---------------------------------------------------------------- audio
+
+/// One stride-2 3×3 convolution of the subsampler, LayerNorm over channels
+/// (weight only), ReLU.
+#[derive(Clone)]
+struct SubsampleLayer {
+    conv: Tensor,
+    norm: candle_nn::LayerNorm,
+}
+
+impl SubsampleLayer {
+    fn new(cin: usize, cout: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        let conv = vb.pp("conv").get((cout, cin, 3, 3), "weight")?;
+        let w = vb.pp("norm").get(cout, "weight")?;
+        Ok(SubsampleLayer {
+            conv,
+            norm: candle_nn::LayerNorm::new_no_bias(w, eps),
+        })
+    }
+
+    /// `x` `(1, c, t, f)`, `mask` per time step (true = valid): masked
+    /// steps are zeroed before the convolution; the mask halves with it.
+    fn forward(&self, x: &Tensor, mask: &[bool]) -> Result<(Tensor, Vec<bool>)> {
+        let m: Vec<f32> = mask.iter().map(|&v| if v { 1.0 } else { 0.0 }).collect();
+        let m = Tensor::from_vec(m, (1, 1, mask.len(), 1), x.device())?.to_dtype(x.dtype())?;
+        let x = x.broadcast_mul(&m)?;
+        let x = x.conv2d(&self.conv, 1, 2, 1, 1)?;
+        let x = self.norm.forward(&x.permute((0, 2, 3, 1))?)?.relu()?;
+        let x = x.permute((0, 3, 1, 2))?.contiguous()?;
+        let mask = mask.iter().step_by(2).copied().collect();
+        Ok((x, mask))
+    }
+}
+
+/// `Gemma4AudioFeedForward`: clamp, norm, clipped linear, act, clipped
+/// linear, clamp, norm, scaled residual.
+#[derive(Clone)]
+struct AudioFeedForward {
+    up: ClipLinear,
+    down: ClipLinear,
+    pre: RmsNorm,
+    post: RmsNorm,
+    act: Activation,
+    clip: f64,
+    scale: f64,
+}
+
+impl AudioFeedForward {
+    fn new(cfg: &AudioConfig, vb: VarBuilder) -> Result<Self> {
+        let (h, c) = (cfg.hidden_size, cfg.use_clipped_linears);
+        Ok(AudioFeedForward {
+            up: ClipLinear::new(h, 4 * h, c, vb.pp("ffw_layer_1"))?,
+            down: ClipLinear::new(4 * h, h, c, vb.pp("ffw_layer_2"))?,
+            // transformers builds these two with the default eps (1e-6).
+            pre: RmsNorm::new(h, 1e-6, vb.pp("pre_layer_norm"))?,
+            post: RmsNorm::new(h, 1e-6, vb.pp("post_layer_norm"))?,
+            act: cfg.hidden_act,
+            clip: cfg.gradient_clipping.min(f32::MAX as f64),
+            scale: cfg.residual_weight,
+        })
+    }
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let c = self.clip as f32;
+        let h = self.pre.forward(&x.clamp(-c, c)?)?;
+        let h = self.down.forward(&self.up.forward(&h)?.apply(&self.act)?)?;
+        let h = self.post.forward(&h.clamp(-c, c)?)?;
+        (h * self.scale)? + x
+    }
+}
+
+/// `Gemma4AudioLightConv1d`: norm, clipped linear to 2·h, GLU, causal
+/// depthwise convolution, clamp, norm, act, clipped linear, residual.
+#[derive(Clone)]
+struct AudioLightConv {
+    start: ClipLinear,
+    end: ClipLinear,
+    conv: Tensor,
+    pre: RmsNorm,
+    norm: RmsNorm,
+    act: Activation,
+    clip: f64,
+}
+
+impl AudioLightConv {
+    fn new(cfg: &AudioConfig, vb: VarBuilder) -> Result<Self> {
+        let (h, c, e) = (cfg.hidden_size, cfg.use_clipped_linears, cfg.rms_norm_eps);
+        Ok(AudioLightConv {
+            start: ClipLinear::new(h, 2 * h, c, vb.pp("linear_start"))?,
+            end: ClipLinear::new(h, h, c, vb.pp("linear_end"))?,
+            conv: vb
+                .pp("depthwise_conv1d")
+                .get((h, 1, cfg.conv_kernel_size), "weight")?,
+            pre: RmsNorm::new(h, e, vb.pp("pre_layer_norm"))?,
+            norm: RmsNorm::new(h, e, vb.pp("conv_norm"))?,
+            act: cfg.hidden_act,
+            clip: cfg.gradient_clipping.min(f32::MAX as f64),
+        })
+    }
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = self.start.forward(&self.pre.forward(x)?)?;
+        let d = h.dim(D::Minus1)? / 2;
+        let h = (h.narrow(D::Minus1, 0, d)? * candle_nn::ops::sigmoid(&h.narrow(D::Minus1, d, d)?)?)?;
+        // (1, l, h) -> (1, h, l), left-pad kernel-1 steps (causal), per channel.
+        let k = self.conv.dim(2)?;
+        let h = h.transpose(1, 2)?.pad_with_zeros(2, k - 1, 0)?.contiguous()?;
+        let h = h.conv1d(&self.conv, 0, 1, 1, d)?.transpose(1, 2)?;
+        let c = self.clip as f32;
+        let h = self.norm.forward(&h.clamp(-c, c)?)?.apply(&self.act)?;
+        self.end.forward(&h)? + x
+    }
+}
+
+/// `Gemma4AudioAttention`: chunked local self-attention with a relative
+/// position term (Transformer-XL shift), logit soft-capping.
+#[derive(Clone)]
+struct AudioAttention {
+    q: ClipLinear,
+    k: ClipLinear,
+    v: ClipLinear,
+    post: ClipLinear,
+    rel_k: Linear,
+    /// `q_scale · softplus(per_dim_scale)`, `(head_dim)`.
+    q_mul: Tensor,
+    k_scale: f64,
+    heads: usize,
+    head_dim: usize,
+    chunk: usize,
+    past: usize,
+    future: usize,
+    cap: f64,
+    invalid: f64,
+}
+
+impl AudioAttention {
+    fn new(cfg: &AudioConfig, vb: VarBuilder) -> Result<Self> {
+        let (h, c) = (cfg.hidden_size, cfg.use_clipped_linears);
+        let heads = cfg.num_attention_heads;
+        let head_dim = h / heads;
+        let ln2 = std::f64::consts::LN_2;
+        let q_scale = (head_dim as f64).powf(-0.5) / ln2;
+        let pds = vb.get(head_dim, "per_dim_scale")?;
+        // softplus(x) = ln(1 + e^x), as torch (threshold 20).
+        let sp = pds.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let q_mul: Vec<f32> = sp
+            .iter()
+            .map(|&x| {
+                let s = if x > 20.0 { x } else { x.exp().ln_1p() };
+                s * q_scale as f32
+            })
+            .collect();
+        Ok(AudioAttention {
+            q: ClipLinear::new(h, h, c, vb.pp("q_proj"))?,
+            k: ClipLinear::new(h, h, c, vb.pp("k_proj"))?,
+            v: ClipLinear::new(h, h, c, vb.pp("v_proj"))?,
+            post: ClipLinear::new(h, h, c, vb.pp("post"))?,
+            rel_k: candle_nn::linear_no_bias(h, h, vb.pp("relative_k_proj"))?,
+            q_mul: Tensor::from_vec(q_mul, head_dim, vb.device())?,
+            k_scale: (1.0 + std::f64::consts::E).ln() / ln2,
+            heads,
+            head_dim,
+            chunk: cfg.attention_chunk_size,
+            past: cfg.attention_context_left.saturating_sub(1),
+            future: cfg.attention_context_right,
+            cap: cfg.attention_logit_cap,
+            invalid: cfg.attention_invalid_logits_value,
+        })
+    }
+
+    fn context(&self) -> usize {
+        self.chunk + self.past + self.future
+    }
+
+    /// `x` `(1, l, h)`, `pos` the relative position embeddings
+    /// `(p, h)`, `allowed` `(blocks, chunk, context)` (1 = attend).
+    fn forward(&self, x: &Tensor, pos: &Tensor, allowed: &Tensor) -> Result<Tensor> {
+        let (_, l, _) = x.dims3()?;
+        let (nh, hd, ch, ctx) = (self.heads, self.head_dim, self.chunk, self.context());
+        let nb = l.div_ceil(ch);
+        let q = self.q.forward(x)?.reshape((l, nh, hd))?;
+        let q = q.broadcast_mul(&self.q_mul.to_dtype(q.dtype())?)?;
+        let k = (self.k.forward(x)?.reshape((l, nh, hd))? * self.k_scale)?;
+        let v = self.v.forward(x)?.reshape((l, nh, hd))?;
+        // Queries in blocks of `chunk` (zero-padded): (heads, nb, chunk, hd).
+        let q = q.pad_with_zeros(0, 0, nb * ch - l)?.reshape((nb, ch, nh, hd))?;
+        let q = q.permute((2, 0, 1, 3))?.contiguous()?;
+        // Keys/values: for block b the `context` steps from b·chunk − past.
+        let windows = |t: &Tensor| -> Result<Tensor> {
+            let t = t.pad_with_zeros(0, self.past, self.future + ch - 1)?;
+            let w = (0..nb)
+                .map(|b| t.narrow(0, b * ch, ctx))
+                .collect::<Result<Vec<_>>>()?;
+            // (nb, ctx, nh, hd) -> (nh, nb, ctx, hd)
+            Tensor::stack(&w, 0)?.permute((2, 0, 1, 3))?.contiguous()
+        };
+        let (k, v) = (windows(&k)?, windows(&v)?);
+        let ac = q.matmul(&k.transpose(2, 3)?.contiguous()?)?;
+        // Relative term: q · rel_k[p] for p = 0..P (distances P-1 .. 0),
+        // then the Transformer-XL shift to (chunk, context).
+        let p = pos.dim(0)?;
+        if p > ctx + 1 {
+            candle_core::bail!("audio attention: {p} relative positions for a context of {ctx}");
+        }
+        let rk = self.rel_k.forward(pos)?.reshape((p, nh, hd))?;
+        let rk = rk.permute((1, 2, 0))?.contiguous()?; // (nh, hd, p)
+        let bd = q.reshape((nh, nb * ch, hd))?.matmul(&rk)?; // (nh, nb·ch, p)
+        let bd = bd
+            .reshape((nh, nb, ch, p))?
+            .pad_with_zeros(3, 0, ctx + 1 - p)?
+            .reshape((nh, nb, ch * (ctx + 1)))?
+            .narrow(2, 0, ch * ctx)?
+            .reshape((nh, nb, ch, ctx))?;
+        let w = ((ac + bd)? / self.cap)?.tanh()?;
+        let w = (w * self.cap)?;
+        let fill = Tensor::full(self.invalid as f32, w.shape(), w.device())?.to_dtype(w.dtype())?;
+        let w = allowed.broadcast_as(w.shape())?.where_cond(&w, &fill)?;
+        let w = candle_nn::ops::softmax_last_dim(&w)?;
+        let o = w.matmul(&v)?; // (nh, nb, ch, hd)
+        let o = o.permute((1, 2, 0, 3))?.reshape((nb * ch, nh * hd))?;
+        let o = o.narrow(0, 0, l)?.unsqueeze(0)?;
+        self.post.forward(&o)
+    }
+}
+
+#[derive(Clone)]
+struct AudioLayer {
+    ff1: AudioFeedForward,
+    ff2: AudioFeedForward,
+    attn: AudioAttention,
+    lconv: AudioLightConv,
+    norm_pre_attn: RmsNorm,
+    norm_post_attn: RmsNorm,
+    norm_out: RmsNorm,
+    clip: f64,
+}
+
+impl AudioLayer {
+    fn new(cfg: &AudioConfig, vb: VarBuilder) -> Result<Self> {
+        let h = cfg.hidden_size;
+        Ok(AudioLayer {
+            ff1: AudioFeedForward::new(cfg, vb.pp("feed_forward1"))?,
+            ff2: AudioFeedForward::new(cfg, vb.pp("feed_forward2"))?,
+            attn: AudioAttention::new(cfg, vb.pp("self_attn"))?,
+            lconv: AudioLightConv::new(cfg, vb.pp("lconv1d"))?,
+            norm_pre_attn: RmsNorm::new(h, 1e-6, vb.pp("norm_pre_attn"))?,
+            norm_post_attn: RmsNorm::new(h, 1e-6, vb.pp("norm_post_attn"))?,
+            norm_out: RmsNorm::new(h, 1e-6, vb.pp("norm_out"))?,
+            clip: cfg.gradient_clipping.min(f32::MAX as f64),
+        })
+    }
+    fn forward(&self, x: &Tensor, pos: &Tensor, allowed: &Tensor) -> Result<Tensor> {
+        let c = self.clip as f32;
+        let x = self.ff1.forward(x)?;
+        let h = self.norm_pre_attn.forward(&x.clamp(-c, c)?)?;
+        let h = self.attn.forward(&h, pos, allowed)?;
+        let x = (self.norm_post_attn.forward(&h.clamp(-c, c)?)? + x)?;
+        let x = self.lconv.forward(&x)?;
+        let x = self.ff2.forward(&x)?;
+        self.norm_out.forward(&x.clamp(-c, c)?)
+    }
+}
+
+/// The audio tower (`Gemma4AudioModel`) and its embedder (`embed_audio`).
+#[derive(Clone)]
+struct Audio {
+    sub0: SubsampleLayer,
+    sub1: SubsampleLayer,
+    in_proj: Linear,
+    layers: Vec<AudioLayer>,
+    out_proj: Linear,
+    /// `embed_audio`: RMSNorm without weight, projection to the text width.
+    embed_norm: RmsNorm,
+    embed_proj: Linear,
+    /// Relative position embeddings `(context/2 + 1, hidden)`: [sin | cos]
+    /// of distances context/2 .. 0.
+    pos: Tensor,
+    cfg: AudioConfig,
+}
+
+impl Audio {
+    fn new(cfg: &AudioConfig, text_hidden: usize, vb: VarBuilder, embed: VarBuilder) -> Result<Self> {
+        let ch = &cfg.subsampling_conv_channels;
+        if ch.len() != 2 {
+            candle_core::bail!(
+                "audio subsampling_conv_channels has {} entries (2 expected)",
+                ch.len()
+            );
+        }
+        let h = cfg.hidden_size;
+        if h % cfg.num_attention_heads != 0 || h % 2 != 0 {
+            candle_core::bail!("audio hidden_size {h} does not split into {} heads", cfg.num_attention_heads);
+        }
+        let s = vb.pp("subsample_conv_projection");
+        let eps = cfg.rms_norm_eps;
+        // transformers sizes the projection as (channels[0] / 4) · channels[1].
+        let proj_in = (ch[0] / 4) * ch[1];
+        let ctx = cfg.attention_chunk_size + cfg.attention_context_left.saturating_sub(1)
+            + cfg.attention_context_right;
+        let n_ts = h / 2;
+        let inc = (10_000f64).ln() / (n_ts.saturating_sub(1).max(1)) as f64;
+        let inv: Vec<f32> = (0..n_ts)
+            .map(|i| (i as f32 * -(inc as f32)).exp())
+            .collect();
+        let mut pos = Vec::with_capacity((ctx / 2 + 1) * h);
+        for p in (0..=ctx / 2).rev() {
+            let t: Vec<f32> = inv.iter().map(|&f| p as f32 * f).collect();
+            pos.extend(t.iter().map(|a| a.sin()));
+            pos.extend(t.iter().map(|a| a.cos()));
+        }
+        Ok(Audio {
+            sub0: SubsampleLayer::new(1, ch[0], eps, s.pp("layer0"))?,
+            sub1: SubsampleLayer::new(ch[0], ch[1], eps, s.pp("layer1"))?,
+            in_proj: candle_nn::linear_no_bias(proj_in, h, s.pp("input_proj_linear"))?,
+            layers: (0..cfg.num_hidden_layers)
+                .map(|i| AudioLayer::new(cfg, vb.pp("layers").pp(i)))
+                .collect::<Result<_>>()?,
+            out_proj: candle_nn::linear_b(h, cfg.output_proj_dims, true, vb.pp("output_proj"))?,
+            embed_norm: RmsNorm::bare(cfg.output_proj_dims, eps, DType::F32, vb.device())?,
+            embed_proj: candle_nn::linear_no_bias(
+                cfg.output_proj_dims,
+                text_hidden,
+                embed.pp("embedding_projection"),
+            )?,
+            pos: Tensor::from_vec(pos, (ctx / 2 + 1, h), vb.device())?,
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// `(blocks, chunk, context)` attend mask (1/0) of the chunked local
+    /// attention: key within `context_left − 1` steps back (itself
+    /// included) or `context_right` ahead, inside the clip and valid.
+    fn allowed(&self, valid: &[bool], dev: &Device) -> Result<Tensor> {
+        let c = &self.cfg;
+        let (ch, l) = (c.attention_chunk_size, valid.len());
+        let past = c.attention_context_left.saturating_sub(1);
+        let ctx = ch + past + c.attention_context_right;
+        let nb = l.div_ceil(ch);
+        let mut m = vec![0u8; nb * ch * ctx];
+        for b in 0..nb {
+            for qi in 0..ch {
+                let q = b * ch + qi;
+                for j in 0..ctx {
+                    let Some(k) = (b * ch + j).checked_sub(past) else {
+                        continue;
+                    };
+                    if q >= l || k >= l || !valid[k] {
+                        continue;
+                    }
+                    let d = q as i64 - k as i64;
+                    let ok = (d >= 0 && d < past as i64)
+                        || (d < 0 && ((-d) as usize) < c.attention_context_right);
+                    if ok {
+                        m[(b * ch + qi) * ctx + j] = 1;
+                    }
+                }
+            }
+        }
+        Tensor::from_vec(m, (nb, ch, ctx), dev)
+    }
+
+    /// Soft tokens of one clip, `(valid steps, text hidden)`: `features`
+    /// `(frames, mel)` and the frame mask (true = valid) as
+    /// `Gemma4AudioFeatureExtractor` gives them.
+    fn encode(&self, features: &Tensor, mask: &[bool]) -> Result<Tensor> {
+        let dt = self.in_proj.weight().dtype();
+        let x = features.to_dtype(dt)?.unsqueeze(0)?.unsqueeze(0)?;
+        let (x, m) = self.sub0.forward(&x, mask)?;
+        let (x, m) = self.sub1.forward(&x, &m)?;
+        let (_, c, t, f) = x.dims4()?;
+        let x = x.permute((0, 2, 3, 1))?.reshape((1, t, f * c))?;
+        let mut x = self.in_proj.forward(&x)?;
+        let allowed = self.allowed(&m, x.device())?;
+        let pos = self.pos.to_dtype(dt)?;
+        for layer in &self.layers {
+            x = layer.forward(&x, &pos, &allowed)?;
+        }
+        let x = self.out_proj.forward(&x)?;
+        let x = self.embed_proj.forward(&self.embed_norm.forward(&x)?)?.squeeze(0)?;
+        let keep: Vec<u32> = (0..m.len() as u32).filter(|&i| m[i as usize]).collect();
+        if keep.is_empty() {
+            candle_core::bail!("audio clip too short: no valid step after subsampling");
+        }
+        x.index_select(&Tensor::new(keep.as_slice(), x.device())?, 0)
+    }
+}
+
 // ---------------------------------------------------------------- model
 
 /// Images of one prompt as the HF processor gives them: `pixel_values`
@@ -743,9 +1204,27 @@ pub struct ImageInput {
     pub position_ids: Tensor,
 }
 
+/// Audio clips of one prompt, in prompt order, as
+/// `Gemma4AudioFeatureExtractor` gives them: per clip the log-mel
+/// `(frames, mel)` and the frame mask (true = valid; padding frames of a
+/// batch may follow).
+#[derive(Debug, Clone)]
+pub struct AudioClip {
+    pub features: Tensor,
+    pub mask: Vec<bool>,
+}
+
+/// Images and audio clips of one prompt.
+#[derive(Debug, Clone, Default)]
+pub struct MmInput {
+    pub images: Option<ImageInput>,
+    pub audio: Vec<AudioClip>,
+}
+
 #[derive(Clone)]
 pub struct Gemma4 {
     vision: Option<Vision>,
+    audio: Option<Audio>,
     embed: Embedding,
     embed_ple: Option<Embedding>,
     ple_proj: Option<(Linear, RmsNorm)>,
@@ -856,8 +1335,18 @@ impl Gemma4 {
             )?),
             None => None,
         };
+        let audio = match &cfg.audio_config {
+            Some(a) => Some(Audio::new(
+                a,
+                t.hidden_size,
+                m.pp("audio_tower"),
+                m.pp("embed_audio"),
+            )?),
+            None => None,
+        };
         Ok(Gemma4 {
             vision,
+            audio,
             embed,
             embed_ple,
             ple_proj,
@@ -979,22 +1468,55 @@ impl Gemma4 {
         self.run(xs, ids, &vec![-1; l])
     }
 
+    /// Whether the checkpoint has an audio tower (and an audio token).
+    pub fn takes_audio(&self) -> bool {
+        self.audio.is_some() && self.cfg.audio_token_id.is_some()
+    }
+
+    /// Audio soft tokens of one clip, `(valid steps, text hidden)` (the
+    /// tower and `embed_audio`; for tests and benches).
+    pub fn encode_audio(&self, clip: &AudioClip) -> Result<Tensor> {
+        match &self.audio {
+            Some(a) => a.encode(&clip.features, &clip.mask),
+            None => candle_core::bail!("this checkpoint has no audio tower"),
+        }
+    }
+
     /// Prefill a prompt from an empty cache. `ids` holds one image token per
     /// soft token (see [`expand_image_placeholders`]), images in order.
     /// Logits of the last position, `[vocab]`.
     pub fn prefill(&mut self, ids: &[u32], images: Option<&ImageInput>) -> Result<Tensor> {
+        self.prefill_mm(
+            ids,
+            &MmInput {
+                images: images.cloned(),
+                audio: Vec::new(),
+            },
+        )
+    }
+
+    /// Prefill with images and audio: one image token per image soft token
+    /// and one audio token per audio soft token (see
+    /// [`expand_image_placeholders`], [`expand_audio_placeholders`]), each
+    /// kind in prompt order. Logits of the last position, `[vocab]`.
+    pub fn prefill_mm(&mut self, ids: &[u32], mm: &MmInput) -> Result<Tensor> {
         self.clear_kv_cache();
         let l = ids.len();
         let img = self.cfg.image_token_id;
+        let aud = self.cfg.audio_token_id;
+        let is_aud = |t: u32| Some(t) == aud;
         let pad = self.cfg.text_config.pad_token_id.unwrap_or(0);
         let n_img = ids.iter().filter(|&&t| t == img).count();
-        // Image placeholders are embedded (and PLE-looked-up) as the pad token.
+        let n_aud = ids.iter().filter(|&&t| is_aud(t)).count();
+        // Image and audio placeholders are embedded (and PLE-looked-up) as
+        // the pad token.
         let llm_ids: Vec<u32> = ids
             .iter()
-            .map(|&t| if t == img { pad } else { t })
+            .map(|&t| if t == img || is_aud(t) { pad } else { t })
             .collect();
         let llm_ids = Tensor::new(llm_ids.as_slice(), &self.device)?.unsqueeze(0)?;
         let mut xs = self.embed_ids(&llm_ids)?;
+        // Bidirectional blocks: images only (audio stays causal).
         let mut block = vec![-1i64; l];
         let mut g = -1i64;
         for i in 0..l {
@@ -1005,8 +1527,8 @@ impl Gemma4 {
                 block[i] = g;
             }
         }
-        if n_img > 0 {
-            let feats = match (images, &self.vision) {
+        let img_feats = if n_img > 0 {
+            let feats = match (&mm.images, &self.vision) {
                 (Some(im), Some(v)) => encode_images(v, im)?,
                 (None, _) => candle_core::bail!("{n_img} image tokens but no images"),
                 (_, None) => candle_core::bail!("this checkpoint has no vision tower"),
@@ -1017,21 +1539,58 @@ impl Gemma4 {
                     feats.dim(0)?
                 );
             }
-            // Gather from [text embeds; image soft tokens].
-            let mut k = 0u32;
+            Some(feats.to_dtype(self.dtype)?)
+        } else {
+            None
+        };
+        let aud_feats = if n_aud > 0 {
+            if mm.audio.is_empty() {
+                candle_core::bail!("{n_aud} audio tokens but no audio");
+            }
+            let feats = mm
+                .audio
+                .iter()
+                .map(|c| self.encode_audio(c))
+                .collect::<Result<Vec<_>>>()?;
+            let feats = Tensor::cat(&feats, 0)?;
+            if feats.dim(0)? != n_aud {
+                candle_core::bail!(
+                    "{n_aud} audio tokens but the audio gives {} soft tokens",
+                    feats.dim(0)?
+                );
+            }
+            Some(feats.to_dtype(self.dtype)?)
+        } else {
+            if !mm.audio.is_empty() {
+                candle_core::bail!("{} audio clips but no audio tokens", mm.audio.len());
+            }
+            None
+        };
+        if img_feats.is_some() || aud_feats.is_some() {
+            // Gather from [text embeds; image soft tokens; audio soft tokens].
+            let img_base = l as u32;
+            let aud_base = img_base + n_img as u32;
+            let (mut ki, mut ka) = (0u32, 0u32);
             let gather: Vec<u32> = ids
                 .iter()
                 .enumerate()
                 .map(|(i, &t)| {
                     if t == img {
-                        k += 1;
-                        (l as u32) + k - 1
+                        ki += 1;
+                        img_base + ki - 1
+                    } else if is_aud(t) {
+                        ka += 1;
+                        aud_base + ka - 1
                     } else {
                         i as u32
                     }
                 })
                 .collect();
-            let table = Tensor::cat(&[&xs.squeeze(0)?, &feats.to_dtype(self.dtype)?], 0)?;
+            let x0 = xs.squeeze(0)?;
+            let mut parts = vec![&x0];
+            parts.extend(img_feats.as_ref());
+            parts.extend(aud_feats.as_ref());
+            let table = Tensor::cat(&parts, 0)?;
             xs = table
                 .index_select(&Tensor::new(gather.as_slice(), &self.device)?, 0)?
                 .unsqueeze(0)?;
@@ -1150,6 +1709,72 @@ pub fn expand_image_placeholders(
     Ok(out)
 }
 
+/// Audio soft tokens of a clip whose feature frames have `mask` (true =
+/// valid): the mask after the tower's two stride-2 steps, counted, as
+/// `Gemma4Processor.replace_audio_token` computes it.
+pub fn soft_tokens_per_audio(mask: &[bool]) -> usize {
+    mask.iter().step_by(2).step_by(2).filter(|&&v| v).count()
+}
+
+/// Expands each audio token of a rendered chat template (one `<|audio|>`
+/// per clip) into `<|audio>`, `soft_tokens[i]` × `<|audio|>`, `<audio|>`,
+/// as `Gemma4Processor` does.
+pub fn expand_audio_placeholders(
+    ids: &[u32],
+    audio_token: u32,
+    boa_token: u32,
+    eoa_token: u32,
+    soft_tokens: &[usize],
+) -> std::result::Result<Vec<u32>, String> {
+    expand_image_placeholders(ids, audio_token, boa_token, eoa_token, soft_tokens)
+        .map_err(|e| e.replace("image", "audio").replace("audios", "audio clips"))
+}
+
+/// The audio settings of a Gemma 4 processor: the token ids of the
+/// placeholder expansion. Features are [`crate::audio::features::Gemma4Features`]
+/// (transformers' `Gemma4AudioFeatureExtractor` defaults, bit-exact in
+/// tests/audio.rs); a checkpoint whose extractor settings differ is refused.
+#[derive(Debug, Clone)]
+pub struct AudioSettings {
+    pub audio_token_id: u32,
+    pub boa_token_id: u32,
+    pub eoa_token_id: u32,
+}
+
+/// `Gemma4AudioFeatureExtractor` settings anjeon implements (the defaults).
+const AUDIO_FEATURE_DEFAULTS: &[(&str, f64)] = &[
+    ("feature_size", 128.0),
+    ("sampling_rate", 16000.0),
+    ("frame_length", 320.0),
+    ("hop_length", 160.0),
+    ("fft_length", 512.0),
+    ("min_frequency", 0.0),
+    ("max_frequency", 8000.0),
+    ("mel_floor", 0.001),
+    ("preemphasis", 0.0),
+    ("input_scale_factor", 1.0),
+    ("dither", 0.0),
+];
+
+fn check_audio_features(v: &serde_json::Value) -> std::result::Result<(), String> {
+    for (k, want) in AUDIO_FEATURE_DEFAULTS {
+        if let Some(x) = v.get(*k).and_then(|x| x.as_f64()) {
+            if (x - want).abs() > 1e-9 * want.abs().max(1.0) {
+                return Err(format!("{k} = {x} (anjeon implements {want})"));
+            }
+        }
+    }
+    for k in ["per_bin_mean", "per_bin_stddev"] {
+        if v.get(k).is_some_and(|x| !x.is_null()) {
+            return Err(format!("{k} is set (anjeon implements none)"));
+        }
+    }
+    if v.get("fft_overdrive").and_then(|x| x.as_bool()) == Some(true) {
+        return Err("fft_overdrive = true (anjeon implements false)".into());
+    }
+    Ok(())
+}
+
 /// Gemma 4's input processing: the checkpoint's image processor settings
 /// (`crate::media::gemma4`, checked against transformers in tests/media.rs)
 /// and the special-token ids of the placeholder expansion.
@@ -1160,6 +1785,8 @@ pub struct Processor {
     pub image_token_id: u32,
     pub boi_token_id: u32,
     pub eoi_token_id: u32,
+    /// Present when the checkpoint has an audio tower and audio tokens.
+    pub audio: Option<AudioSettings>,
     /// sha256 of the processor config read (for the run manifest).
     pub config_sha256: String,
 }
@@ -1191,48 +1818,148 @@ impl Processor {
                 crate::media::gemma4::ImageProcessor::default()
             }
         };
+        let processor_cfg = read("processor_config.json");
+        let audio = match (
+            &cfg.audio_config,
+            cfg.audio_token_id,
+            cfg.boa_token_id,
+            cfg.eoa_token_id,
+        ) {
+            (Some(_), Some(a), Some(b), Some(e)) => {
+                let fe = processor_cfg
+                    .as_deref()
+                    .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
+                    .and_then(|v| v.get("feature_extractor").cloned());
+                if let Some(fe) = &fe {
+                    check_audio_features(fe).map_err(|e| {
+                        crate::error::Error::Usage(format!(
+                            "{}: audio feature extractor: {e}\n  fix: anjeon's Gemma 4 audio features follow transformers' Gemma4AudioFeatureExtractor defaults",
+                            dir.join("processor_config.json").display()
+                        ))
+                    })?;
+                }
+                Some(AudioSettings {
+                    audio_token_id: a,
+                    boa_token_id: b,
+                    eoa_token_id: e,
+                })
+            }
+            _ => None,
+        };
+        let mut hashed = src.unwrap_or_default();
+        if audio.is_some() {
+            hashed.push_str(processor_cfg.as_deref().unwrap_or_default());
+        }
         Ok(Processor {
             image,
             limits: crate::media::Limits::default(),
             image_token_id: cfg.image_token_id,
             boi_token_id: cfg.boi_token_id,
             eoi_token_id: cfg.eoi_token_id,
-            config_sha256: crate::store::sha256_hex(src.unwrap_or_default().as_bytes()),
+            audio,
+            config_sha256: crate::store::sha256_hex(hashed.as_bytes()),
         })
     }
 
-    /// Decode and patch the images; soft tokens per image, in order.
+    /// Decode and preprocess the media: images patched, audio decoded to
+    /// 16 kHz mono and turned into log-mel features. Soft tokens per image
+    /// and per clip, each kind in order, and the model inputs.
     pub fn process(
         &self,
         media: &[crate::model::MediaInput<'_>],
         device: &Device,
-    ) -> std::result::Result<(Vec<usize>, ImageInput), crate::error::Error> {
-        let ce = |e: candle_core::Error| crate::error::Error::Usage(format!("vision input: {e}"));
+    ) -> std::result::Result<Processed, crate::error::Error> {
+        use crate::sample::MediaKind;
+        let ce = |e: candle_core::Error| crate::error::Error::Usage(format!("media input: {e}"));
         let (mut px, mut pos, mut soft) = (Vec::new(), Vec::new(), Vec::new());
         let (mut rows, mut cols) = (0, 0);
+        let mut audio = Vec::new();
+        let mut audio_soft = Vec::new();
         for m in media {
             let name = m.media.describe();
-            if m.kind != crate::sample::MediaKind::Image {
-                return Err(crate::error::Error::Usage(format!(
-                    "{name}: anjeon's Gemma 4 takes images (not {})",
-                    m.kind.as_str()
-                )));
+            match m.kind {
+                MediaKind::Image => {
+                    let bytes = m.media.load()?;
+                    let img = crate::media::decode_image(&bytes, &name, &self.limits)?;
+                    let p = self.image.preprocess(&img)?;
+                    soft.push(p.num_soft_tokens);
+                    (rows, cols) = (p.rows, p.cols);
+                    px.extend(p.pixel_values);
+                    pos.extend(p.position_ids);
+                }
+                MediaKind::Audio if self.audio.is_some() => {
+                    let a = crate::audio::decode::decode_media(m.media, &Default::default())?;
+                    let f = crate::audio::features::Gemma4Features::new().extract(&a.samples);
+                    let n = soft_tokens_per_audio(&f.mask);
+                    if n == 0 {
+                        return Err(crate::error::Error::Usage(format!(
+                            "{name}: audio of {:.3} s is too short for Gemma 4 (no soft token)\n  fix: the clip needs at least ~40 ms of audio",
+                            a.seconds()
+                        )));
+                    }
+                    audio_soft.push(n);
+                    audio.push(AudioClip {
+                        features: Tensor::from_vec(f.values, (f.frames, f.n_mels), device)
+                            .map_err(ce)?,
+                        mask: f.mask,
+                    });
+                }
+                other => {
+                    let takes = if self.audio.is_some() {
+                        "images and audio"
+                    } else {
+                        "images (this checkpoint has no audio tower)"
+                    };
+                    return Err(crate::error::Error::Usage(format!(
+                        "{name}: anjeon's Gemma 4 takes {takes}, not {}",
+                        other.as_str()
+                    )));
+                }
             }
-            let bytes = m.media.load()?;
-            let img = crate::media::decode_image(&bytes, &name, &self.limits)?;
-            let p = self.image.preprocess(&img)?;
-            soft.push(p.num_soft_tokens);
-            (rows, cols) = (p.rows, p.cols);
-            px.extend(p.pixel_values);
-            pos.extend(p.position_ids);
         }
         let n = soft.len();
-        Ok((
-            soft,
-            ImageInput {
+        let images = if n > 0 {
+            Some(ImageInput {
                 pixel_values: Tensor::from_vec(px, (n, rows, cols), device).map_err(ce)?,
                 position_ids: Tensor::from_vec(pos, (n, rows, 2), device).map_err(ce)?,
-            },
-        ))
+            })
+        } else {
+            None
+        };
+        Ok(Processed {
+            image_soft_tokens: soft,
+            audio_soft_tokens: audio_soft,
+            input: MmInput { images, audio },
+        })
     }
+
+    /// Expand the placeholders of a tokenized template (one `<|image|>` per
+    /// image, one `<|audio|>` per clip) for [`Processor::process`]'s media.
+    pub fn expand(&self, ids: &[u32], p: &Processed) -> std::result::Result<Vec<u32>, String> {
+        let ids = expand_image_placeholders(
+            ids,
+            self.image_token_id,
+            self.boi_token_id,
+            self.eoi_token_id,
+            &p.image_soft_tokens,
+        )?;
+        match &self.audio {
+            Some(a) => expand_audio_placeholders(
+                &ids,
+                a.audio_token_id,
+                a.boa_token_id,
+                a.eoa_token_id,
+                &p.audio_soft_tokens,
+            ),
+            None => Ok(ids),
+        }
+    }
+}
+
+/// [`Processor::process`]'s output.
+#[derive(Debug, Clone)]
+pub struct Processed {
+    pub image_soft_tokens: Vec<usize>,
+    pub audio_soft_tokens: Vec<usize>,
+    pub input: MmInput,
 }

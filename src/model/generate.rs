@@ -118,8 +118,8 @@ impl TextModel {
             (Some(super::MmPrompt::Qwen3Vl(mm)), super::Arch::Qwen3Vl(m)) => {
                 m.prefill(prompt, mm).map_err(ce)?
             }
-            (Some(super::MmPrompt::Gemma4(im)), super::Arch::Gemma4(m)) => {
-                m.prefill(prompt, Some(im)).map_err(ce)?
+            (Some(super::MmPrompt::Gemma4(mm)), super::Arch::Gemma4(m)) => {
+                m.prefill_mm(prompt, mm).map_err(ce)?
             }
             (Some(_), _) => return Err(Error::Usage(format!("{} takes text only", self.name))),
         };

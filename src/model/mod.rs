@@ -27,7 +27,7 @@ pub use chat::{ChatTemplate, Message};
 pub use generate::{GenParams, Generation, StopReason};
 
 /// The architectures anjeon runs, by GGUF `general.architecture` or HF `architectures[0]`.
-pub const SUPPORTED: &str = "GGUF: llama (Llama, SmolLM2), qwen2 (Qwen2/2.5), qwen3 (Qwen3), gemma3 (Gemma 3); safetensors: LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Qwen3VLForConditionalGeneration (image, video), Gemma4ForConditionalGeneration (image; dense models)";
+pub const SUPPORTED: &str = "GGUF: llama (Llama, SmolLM2), qwen2 (Qwen2/2.5), qwen3 (Qwen3), gemma3 (Gemma 3); safetensors: LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Qwen3VLForConditionalGeneration (image, video), Gemma4ForConditionalGeneration (image, audio; dense models)";
 
 /// Where a model's files are.
 #[derive(Debug, Clone, PartialEq)]
@@ -247,7 +247,8 @@ pub struct TextModel {
     pub vision: Option<VisionProc>,
 }
 
-/// The input processing of a vision-language architecture.
+/// The input processing of a multimodal architecture (images, video and,
+/// for Gemma 4 checkpoints with an audio tower, audio).
 pub enum VisionProc {
     Qwen3Vl(qwen3_vl::Processor),
     Gemma4(gemma4::Processor),
@@ -262,10 +263,10 @@ impl VisionProc {
     }
 }
 
-/// Visual inputs that fill a prompt's placeholders.
+/// Media inputs (images, video, audio) that fill a prompt's placeholders.
 pub enum MmPrompt {
     Qwen3Vl(qwen3_vl::MmInputs),
-    Gemma4(gemma4::ImageInput),
+    Gemma4(gemma4::MmInput),
 }
 
 /// One media item of a prompt, as the data set gives it (any architecture).
@@ -660,10 +661,14 @@ impl TextModel {
 
     /// The media kinds the model takes besides text.
     pub fn modalities(&self) -> Vec<crate::sample::MediaKind> {
-        match self.vision {
+        match &self.vision {
             Some(VisionProc::Qwen3Vl(_)) => vec![
                 crate::sample::MediaKind::Image,
                 crate::sample::MediaKind::Video,
+            ],
+            Some(VisionProc::Gemma4(p)) if p.audio.is_some() => vec![
+                crate::sample::MediaKind::Image,
+                crate::sample::MediaKind::Audio,
             ],
             Some(VisionProc::Gemma4(_)) => vec![crate::sample::MediaKind::Image],
             None => vec![],
@@ -714,20 +719,15 @@ impl TextModel {
                 })
             }
             VisionProc::Gemma4(proc) => {
-                let (soft, input) = proc.process(media, &self.device)?;
+                let processed = proc.process(media, &self.device)?;
                 let ids = self.tokenizer.encode_prompt(&rendered)?;
-                let ids = gemma4::expand_image_placeholders(
-                    &ids,
-                    proc.image_token_id,
-                    proc.boi_token_id,
-                    proc.eoi_token_id,
-                    &soft,
-                )
-                .map_err(|e| Error::Usage(format!("{}: {e}", self.name)))?;
+                let ids = proc
+                    .expand(&ids, &processed)
+                    .map_err(|e| Error::Usage(format!("{}: {e}", self.name)))?;
                 Ok(PromptInput {
                     text: rendered,
                     ids,
-                    mm: Some(MmPrompt::Gemma4(input)),
+                    mm: Some(MmPrompt::Gemma4(processed.input)),
                 })
             }
         }
