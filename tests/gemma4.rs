@@ -157,7 +157,9 @@ fn gemma4_audio_tower_matches_transformers() {
     let (model, refs, _) = load();
     for case in ["audio", "image_audio", "two_audio"] {
         let want_all = &refs[&format!("{case}.audio_soft_tokens")];
-        let keep = refs[&format!("{case}.audio_mask")].to_vec2::<i64>().unwrap();
+        let keep = refs[&format!("{case}.audio_mask")]
+            .to_vec2::<i64>()
+            .unwrap();
         for (i, clip) in audio_clips(&refs, case).iter().enumerate() {
             let got = model.encode_audio(clip).unwrap();
             let idx: Vec<u32> = (0..keep[i].len() as u32)
@@ -174,8 +176,17 @@ fn gemma4_audio_tower_matches_transformers() {
                 &got.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
                 &want.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
             );
-            let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-            eprintln!("{case}[{i}]: {} soft tokens, max |Δ| {d:.2e} (max |x| {scale:.2})", idx.len());
+            let scale = want
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            eprintln!(
+                "{case}[{i}]: {} soft tokens, max |Δ| {d:.2e} (max |x| {scale:.2})",
+                idx.len()
+            );
             assert!(d < 1e-4, "{case}[{i}]: audio soft tokens differ by {d}");
         }
         // The same clip unpadded (only its valid frames) gives the same tokens.
@@ -480,7 +491,9 @@ fn gemma4_audio_through_the_engine_matches_the_processor_and_generates() {
         .err()
         .map(|e| e.to_string());
     eprintln!("placeholder mismatch: {err:?}");
-    assert!(err.as_deref().is_some_and(|e| e.contains("1 audio placeholders for 2 audio clips")));
+    assert!(err
+        .as_deref()
+        .is_some_and(|e| e.contains("1 audio placeholders for 2 audio clips")));
 }
 
 /// `anjeon run` with the tiny Gemma 4 (image + audio): the sample's image

@@ -237,8 +237,9 @@ pub struct Gemma4Features {
     pub hop: usize,
     pub fft_length: usize,
     window: Vec<f64>,
-    /// `fft_length/2 + 1` × `n_mels`, row-major.
-    filters: Vec<f64>,
+    /// The HTK mel filters, per mel bin only its nonzero band (skipping the
+    /// zero terms leaves every f64 sum bit-identical).
+    mel: SparseMel,
     fft: Arc<dyn RealToComplex<f64>>,
 }
 
@@ -274,14 +275,18 @@ impl Gemma4Features {
                 .into_iter()
                 .map(|w| w as f32 as f64)
                 .collect(),
-            filters: mel_filter_bank(
+            mel: SparseMel::new(
+                &mel_filter_bank(
+                    fft_length / 2 + 1,
+                    n_mels,
+                    0.0,
+                    8000.0,
+                    SAMPLE_RATE,
+                    false,
+                    MelScale::Htk,
+                ),
                 fft_length / 2 + 1,
                 n_mels,
-                0.0,
-                8000.0,
-                SAMPLE_RATE,
-                false,
-                MelScale::Htk,
             ),
             fft: RealFftPlanner::<f64>::new().plan_fft_forward(fft_length),
         }
@@ -310,6 +315,7 @@ impl Gemma4Features {
         let mut spec = self.fft.make_output_vec();
         let mut scratch = self.fft.make_scratch_vec();
         let mut mag = vec![0.0f64; n_bins];
+        let mut mel = vec![0.0f64; self.n_mels];
         let mut values = vec![0.0f32; frames * self.n_mels];
         let mut mask = vec![false; frames];
         for f in 0..frames {
@@ -330,11 +336,9 @@ impl Gemma4Features {
             if !mask[f] {
                 continue;
             }
+            self.mel.apply(&mag, &mut mel);
             let row = &mut values[f * self.n_mels..(f + 1) * self.n_mels];
-            for (m, v) in row.iter_mut().enumerate() {
-                let s: f64 = (0..n_bins)
-                    .map(|b| mag[b] * self.filters[b * self.n_mels + m])
-                    .sum();
+            for (v, s) in row.iter_mut().zip(&mel) {
                 *v = (s + 1e-3).ln() as f32;
             }
         }

@@ -1,4 +1,4 @@
-//! Gemma 4 (image and text in, text out) from Hugging Face safetensors.
+//! Gemma 4 (image, audio and text in, text out) from Hugging Face safetensors.
 //!
 //! Written for anjeon after candle-transformers 0.11.1's `gemma4` module
 //! (MIT OR Apache-2.0, Copyright the Candle authors) and checked against
@@ -27,8 +27,24 @@
 //! - the vision tower's clipped linears clamp inputs and outputs
 //!   (`use_clipped_linears`), and padding patches (position -1) are dropped.
 //!
-//! MoE (`enable_moe_block`, the 26B-A4B model) and the audio tower are not
-//! implemented; [`Gemma4::new`] refuses MoE configs. The model runs batch 1
+//! The audio tower (`Gemma4AudioModel`, a USM conformer) is [`AudioTower`],
+//! written from transformers' `modeling_gemma4.py` (candle has none): two
+//! stride-2 3×3 convolutions over (time, mel) with the frame mask applied
+//! before each, a projection, then per layer a half-step feed-forward,
+//! chunked local self-attention (blocks of `attention_chunk_size` queries,
+//! `attention_context_left − 1` steps back and `attention_context_right`
+//! ahead, relative-position logits with the Transformer-XL shift, logit
+//! soft-cap, invalid keys set to `attention_invalid_logits_value`), a light
+//! causal depthwise convolution, a second feed-forward and a norm, with the
+//! clamps of `gradient_clipping` and the clipped linears; then
+//! `output_proj` and `embed_audio` (weightless RMSNorm + projection). Padding
+//! steps are dropped; audio soft tokens are causal in the text model (only
+//! image blocks are bidirectional). Each clip runs on its own (transformers
+//! pads a prompt's clips into one batch; the test checks that the valid
+//! steps agree). Features are `crate::audio::features::Gemma4Features`.
+//!
+//! MoE (`enable_moe_block`, the 26B-A4B model) is not implemented;
+//! [`Gemma4::new`] refuses MoE configs. The model runs batch 1
 //! (anjeon's generation loop is batch 1); a padded batch in transformers
 //! gives the same logits per row (tests/gemma4.rs checks this).
 //!
@@ -38,7 +54,9 @@
 //!
 //! Placeholder expansion (`<|image|>` -> `<|image>` + soft tokens +
 //! `<image|>`) is [`expand_image_placeholders`]; the number of soft tokens
-//! per image is [`soft_tokens_per_image`].
+//! per image is [`soft_tokens_per_image`]; for audio (`<|audio|>` ->
+//! `<|audio>` + soft tokens + `<audio|>`) [`expand_audio_placeholders`] and
+//! [`soft_tokens_per_audio`].
 
 use std::collections::HashMap;
 
@@ -909,10 +927,14 @@ impl AudioLightConv {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.start.forward(&self.pre.forward(x)?)?;
         let d = h.dim(D::Minus1)? / 2;
-        let h = (h.narrow(D::Minus1, 0, d)? * candle_nn::ops::sigmoid(&h.narrow(D::Minus1, d, d)?)?)?;
+        let h =
+            (h.narrow(D::Minus1, 0, d)? * candle_nn::ops::sigmoid(&h.narrow(D::Minus1, d, d)?)?)?;
         // (1, l, h) -> (1, h, l), left-pad kernel-1 steps (causal), per channel.
         let k = self.conv.dim(2)?;
-        let h = h.transpose(1, 2)?.pad_with_zeros(2, k - 1, 0)?.contiguous()?;
+        let h = h
+            .transpose(1, 2)?
+            .pad_with_zeros(2, k - 1, 0)?
+            .contiguous()?;
         let h = h.conv1d(&self.conv, 0, 1, 1, d)?.transpose(1, 2)?;
         let c = self.clip as f32;
         let h = self.norm.forward(&h.clamp(-c, c)?)?.apply(&self.act)?;
@@ -991,7 +1013,9 @@ impl AudioAttention {
         let k = (self.k.forward(x)?.reshape((l, nh, hd))? * self.k_scale)?;
         let v = self.v.forward(x)?.reshape((l, nh, hd))?;
         // Queries in blocks of `chunk` (zero-padded): (heads, nb, chunk, hd).
-        let q = q.pad_with_zeros(0, 0, nb * ch - l)?.reshape((nb, ch, nh, hd))?;
+        let q = q
+            .pad_with_zeros(0, 0, nb * ch - l)?
+            .reshape((nb, ch, nh, hd))?;
         let q = q.permute((2, 0, 1, 3))?.contiguous()?;
         // Keys/values: for block b the `context` steps from b·chunk − past.
         let windows = |t: &Tensor| -> Result<Tensor> {
@@ -1069,9 +1093,10 @@ impl AudioLayer {
     }
 }
 
-/// The audio tower (`Gemma4AudioModel`) and its embedder (`embed_audio`).
+/// The audio tower (`Gemma4AudioModel`) and its embedder (`embed_audio`):
+/// log-mel frames in, soft tokens in the text model's width out.
 #[derive(Clone)]
-struct Audio {
+pub struct AudioTower {
     sub0: SubsampleLayer,
     sub1: SubsampleLayer,
     in_proj: Linear,
@@ -1086,8 +1111,14 @@ struct Audio {
     cfg: AudioConfig,
 }
 
-impl Audio {
-    fn new(cfg: &AudioConfig, text_hidden: usize, vb: VarBuilder, embed: VarBuilder) -> Result<Self> {
+impl AudioTower {
+    /// `vb` at the tower (`model.audio_tower`), `embed` at `model.embed_audio`.
+    pub fn new(
+        cfg: &AudioConfig,
+        text_hidden: usize,
+        vb: VarBuilder,
+        embed: VarBuilder,
+    ) -> Result<Self> {
         let ch = &cfg.subsampling_conv_channels;
         if ch.len() != 2 {
             candle_core::bail!(
@@ -1097,13 +1128,17 @@ impl Audio {
         }
         let h = cfg.hidden_size;
         if h % cfg.num_attention_heads != 0 || h % 2 != 0 {
-            candle_core::bail!("audio hidden_size {h} does not split into {} heads", cfg.num_attention_heads);
+            candle_core::bail!(
+                "audio hidden_size {h} does not split into {} heads",
+                cfg.num_attention_heads
+            );
         }
         let s = vb.pp("subsample_conv_projection");
         let eps = cfg.rms_norm_eps;
         // transformers sizes the projection as (channels[0] / 4) · channels[1].
         let proj_in = (ch[0] / 4) * ch[1];
-        let ctx = cfg.attention_chunk_size + cfg.attention_context_left.saturating_sub(1)
+        let ctx = cfg.attention_chunk_size
+            + cfg.attention_context_left.saturating_sub(1)
             + cfg.attention_context_right;
         let n_ts = h / 2;
         let inc = (10_000f64).ln() / (n_ts.saturating_sub(1).max(1)) as f64;
@@ -1116,7 +1151,7 @@ impl Audio {
             pos.extend(t.iter().map(|a| a.sin()));
             pos.extend(t.iter().map(|a| a.cos()));
         }
-        Ok(Audio {
+        Ok(AudioTower {
             sub0: SubsampleLayer::new(1, ch[0], eps, s.pp("layer0"))?,
             sub1: SubsampleLayer::new(ch[0], ch[1], eps, s.pp("layer1"))?,
             in_proj: candle_nn::linear_no_bias(proj_in, h, s.pp("input_proj_linear"))?,
@@ -1167,10 +1202,18 @@ impl Audio {
         Tensor::from_vec(m, (nb, ch, ctx), dev)
     }
 
-    /// Soft tokens of one clip, `(valid steps, text hidden)`: `features`
-    /// `(frames, mel)` and the frame mask (true = valid) as
+    /// Soft tokens of one clip, `(valid steps, text hidden)`: the clip's
+    /// `features` `(frames, mel)` and frame mask (true = valid) as
     /// `Gemma4AudioFeatureExtractor` gives them.
-    fn encode(&self, features: &Tensor, mask: &[bool]) -> Result<Tensor> {
+    pub fn encode(&self, clip: &AudioClip) -> Result<Tensor> {
+        let (features, mask) = (&clip.features, clip.mask.as_slice());
+        if features.dim(0)? != mask.len() {
+            candle_core::bail!(
+                "audio clip: {} feature frames but a mask of {}",
+                features.dim(0)?,
+                mask.len()
+            );
+        }
         let dt = self.in_proj.weight().dtype();
         let x = features.to_dtype(dt)?.unsqueeze(0)?.unsqueeze(0)?;
         let (x, m) = self.sub0.forward(&x, mask)?;
@@ -1184,7 +1227,10 @@ impl Audio {
             x = layer.forward(&x, &pos, &allowed)?;
         }
         let x = self.out_proj.forward(&x)?;
-        let x = self.embed_proj.forward(&self.embed_norm.forward(&x)?)?.squeeze(0)?;
+        let x = self
+            .embed_proj
+            .forward(&self.embed_norm.forward(&x)?)?
+            .squeeze(0)?;
         let keep: Vec<u32> = (0..m.len() as u32).filter(|&i| m[i as usize]).collect();
         if keep.is_empty() {
             candle_core::bail!("audio clip too short: no valid step after subsampling");
@@ -1224,7 +1270,7 @@ pub struct MmInput {
 #[derive(Clone)]
 pub struct Gemma4 {
     vision: Option<Vision>,
-    audio: Option<Audio>,
+    audio: Option<AudioTower>,
     embed: Embedding,
     embed_ple: Option<Embedding>,
     ple_proj: Option<(Linear, RmsNorm)>,
@@ -1336,7 +1382,7 @@ impl Gemma4 {
             None => None,
         };
         let audio = match &cfg.audio_config {
-            Some(a) => Some(Audio::new(
+            Some(a) => Some(AudioTower::new(
                 a,
                 t.hidden_size,
                 m.pp("audio_tower"),
@@ -1477,7 +1523,7 @@ impl Gemma4 {
     /// tower and `embed_audio`; for tests and benches).
     pub fn encode_audio(&self, clip: &AudioClip) -> Result<Tensor> {
         match &self.audio {
-            Some(a) => a.encode(&clip.features, &clip.mask),
+            Some(a) => a.encode(clip),
             None => candle_core::bail!("this checkpoint has no audio tower"),
         }
     }
