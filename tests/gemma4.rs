@@ -299,8 +299,23 @@ fn gemma4_placeholder_expansion_matches_processor() {
     let ip = &pp["image_processor"];
     let get = |k: &str| ip[k].as_u64().unwrap() as usize;
     let tok = tokenizers::Tokenizer::from_file(d.join("tokenizer.json")).unwrap();
-    for case in ["image", "two_images", "text", "batch"] {
+    let refs =
+        candle_core::safetensors::load(d.join("reference.safetensors"), &Device::Cpu).unwrap();
+    for case in [
+        "image",
+        "two_images",
+        "text",
+        "batch",
+        "audio",
+        "image_audio",
+        "two_audio",
+    ] {
         let c = &json["cases"][case];
+        // Audio soft tokens from the feature extractor's frame masks.
+        let audio_soft: Vec<usize> = audio_clips(&refs, case)
+            .iter()
+            .map(|a| soft_tokens_per_audio(&a.mask))
+            .collect();
         let sizes: Vec<(usize, usize)> = c["image_sizes"]
             .as_array()
             .map(|a| {
@@ -345,6 +360,14 @@ fn gemma4_placeholder_expansion_matches_processor() {
             )
             .unwrap();
             k += n_img;
+            let got = expand_audio_placeholders(
+                &got,
+                cfg.audio_token_id.unwrap(),
+                cfg.boa_token_id.unwrap(),
+                cfg.eoa_token_id.unwrap(),
+                &audio_soft,
+            )
+            .unwrap();
             let want: Vec<u32> = c["input_ids"][row]
                 .as_array()
                 .unwrap()

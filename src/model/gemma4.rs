@@ -1127,7 +1127,7 @@ impl AudioTower {
             );
         }
         let h = cfg.hidden_size;
-        if h % cfg.num_attention_heads != 0 || h % 2 != 0 {
+        if !h.is_multiple_of(cfg.num_attention_heads) || !h.is_multiple_of(2) {
             candle_core::bail!(
                 "audio hidden_size {h} does not split into {} heads",
                 cfg.num_attention_heads
