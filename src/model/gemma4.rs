@@ -1935,6 +1935,13 @@ impl Processor {
                 }
                 MediaKind::Audio if self.audio.is_some() => {
                     let a = crate::audio::decode::decode_media(m.media, &Default::default())?;
+                    if a.seconds() > 30.0 {
+                        // transformers' extractor truncates at max_length = 480,000 samples.
+                        eprintln!(
+                            "warning: {name}: {:.1} s of audio; Gemma 4 hears the first 30 s (as transformers' Gemma4AudioFeatureExtractor)",
+                            a.seconds()
+                        );
+                    }
                     let f = crate::audio::features::Gemma4Features::new().extract(&a.samples);
                     let n = soft_tokens_per_audio(&f.mask);
                     if n == 0 {
