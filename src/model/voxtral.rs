@@ -116,7 +116,7 @@ impl AudioConfig {
     /// `max_source_positions · hidden_size / intermediate_size` (375).
     pub fn tokens_per_chunk(&self) -> std::result::Result<usize, String> {
         let n = self.max_source_positions * self.hidden_size;
-        if self.intermediate_size == 0 || n % self.intermediate_size != 0 {
+        if self.intermediate_size == 0 || !n.is_multiple_of(self.intermediate_size) {
             return Err(format!(
                 "audio encoder output ({} x {}) does not split into rows of intermediate_size {}",
                 self.max_source_positions, self.hidden_size, self.intermediate_size
@@ -318,7 +318,7 @@ struct AudioEncoder {
 impl AudioEncoder {
     fn new(cfg: &AudioConfig, vb: VarBuilder) -> Result<Self> {
         let d = cfg.hidden_size;
-        if cfg.num_attention_heads == 0 || d % cfg.num_attention_heads != 0 {
+        if cfg.num_attention_heads == 0 || !d.is_multiple_of(cfg.num_attention_heads) {
             candle_core::bail!(
                 "audio hidden_size {d} is not a multiple of num_attention_heads {}",
                 cfg.num_attention_heads
@@ -517,7 +517,9 @@ impl Voxtral {
                 );
             }
         }
-        if t.num_key_value_heads == 0 || t.num_attention_heads % t.num_key_value_heads != 0 {
+        if t.num_key_value_heads == 0
+            || !t.num_attention_heads.is_multiple_of(t.num_key_value_heads)
+        {
             candle_core::bail!(
                 "num_attention_heads {} is not a multiple of num_key_value_heads {}",
                 t.num_attention_heads,
@@ -966,7 +968,7 @@ mod tests {
         assert_eq!(a.tokens_per_chunk().unwrap(), 375);
         assert_eq!(a.frames_per_chunk(), CHUNK_FRAMES);
         let b: AudioConfig =
-            serde_json::from_str(r#"{"d_model": 32, "encoder_ffn_dim": 100}"#).unwrap();
+            serde_json::from_str(r#"{"d_model": 32, "encoder_ffn_dim": 112}"#).unwrap();
         assert!(b.tokens_per_chunk().is_err());
     }
 }
