@@ -29,13 +29,16 @@
 //! - the Llama decoder is standard (RoPE with `rope_theta` 1e8 in the
 //!   released checkpoints, GQA, RMSNorm, SiLU MLP, untied `lm_head`).
 //!
-//! Prompts (mistral_common's format, which `VoxtralProcessor` uses): an
-//! audio item in a user turn is `[BEGIN_AUDIO]` + `[AUDIO]` × 375 per chunk,
-//! e.g. chat `<s>[INST][BEGIN_AUDIO][AUDIO]…[AUDIO]question[/INST]`, and a
-//! transcription request
-//! `<s>[INST][BEGIN_AUDIO][AUDIO]…[AUDIO][/INST]lang:en[TRANSCRIBE]`.
-//! A rendered template holds one `[AUDIO]` per clip; [`expand_audio_placeholders`]
-//! turns each into the full block.
+//! Prompts (mistral_common's format, which `VoxtralProcessor` uses; the
+//! checkpoints ship no chat template): an audio item of a user turn is one
+//! `[BEGIN_AUDIO]` per clip followed by one `[AUDIO]` per 8 mel frames of
+//! the padded clip (375 per 30 s chunk); a user turn's items stay in order
+//! inside `[INST]` … `[/INST]`. Audio + question:
+//! `<s>[INST][BEGIN_AUDIO][AUDIO]…[AUDIO]question[/INST]`; transcription
+//! request: `<s>[INST][BEGIN_AUDIO][AUDIO]…[AUDIO][/INST]` + the text
+//! `lang:en` (no space; left out for automatic language detection) +
+//! `[TRANSCRIBE]`. A rendered prompt holds one `[AUDIO]` per clip;
+//! [`expand_audio_placeholders`] turns each into the full block.
 //!
 //! Weights are read under the hub layout (`audio_tower.*`,
 //! `multi_modal_projector.*`, `language_model.model.*`,
