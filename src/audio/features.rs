@@ -173,7 +173,12 @@ impl WhisperFeatures {
     /// Features of one 30 s chunk (the clip zero-padded or cut to 480,000
     /// samples): `n_mels × 3000` values, row-major (`[mel][frame]`).
     pub fn chunk(&self, pcm: &[f32]) -> Vec<f32> {
-        let n = CHUNK_SAMPLES;
+        self.extract(pcm, CHUNK_SAMPLES)
+    }
+
+    /// Features of the clip zero-padded or cut to `n` samples (a multiple of
+    /// the hop) in one pass: `n_mels × n / 160` values, row-major.
+    fn extract(&self, pcm: &[f32], n: usize) -> Vec<f32> {
         let half = N_FFT / 2;
         let at = |i: usize| -> f64 { pcm.get(i).copied().unwrap_or(0.0) as f64 };
         // Reflect padding of the zero-padded chunk (numpy "reflect": the edge is not repeated).
@@ -185,7 +190,7 @@ impl WhisperFeatures {
         for k in 0..half {
             padded.push(at(n - 2 - k));
         }
-        let frames = 1 + (padded.len() - N_FFT) / HOP; // 3001
+        let frames = 1 + (padded.len() - N_FFT) / HOP; // n / HOP + 1
         let kept = frames - 1;
         let n_bins = N_FFT / 2 + 1;
         let mut buf = self.fft.make_input_vec();
@@ -226,6 +231,30 @@ impl WhisperFeatures {
             return vec![self.chunk(pcm)];
         }
         pcm.chunks(CHUNK_SAMPLES).map(|c| self.chunk(c)).collect()
+    }
+
+    /// Features of a clip zero-padded to a whole number of 30 s chunks (at
+    /// least one) and computed in one pass, then split into 3000-frame
+    /// chunks (`n_mels × 3000` each, row-major). This is what
+    /// `WhisperFeatureExtractor(pad_to_multiple_of=480000)` followed by a
+    /// split along time gives (Voxtral's processor): unlike [`Self::chunks`]
+    /// there is one reflect padding at the ends of the whole clip, frames
+    /// near a chunk boundary see samples of both chunks, and the `max - 8`
+    /// floor is taken over the whole clip.
+    pub fn padded_chunks(&self, pcm: &[f32]) -> Vec<Vec<f32>> {
+        let n_chunks = pcm.len().div_ceil(CHUNK_SAMPLES).max(1);
+        let frames = n_chunks * CHUNK_FRAMES;
+        let all = self.extract(pcm, n_chunks * CHUNK_SAMPLES);
+        (0..n_chunks)
+            .map(|c| {
+                let mut out = Vec::with_capacity(self.n_mels * CHUNK_FRAMES);
+                for m in 0..self.n_mels {
+                    let row = m * frames + c * CHUNK_FRAMES;
+                    out.extend_from_slice(&all[row..row + CHUNK_FRAMES]);
+                }
+                out
+            })
+            .collect()
     }
 }
 

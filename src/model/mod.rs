@@ -14,6 +14,7 @@ pub mod qwen3_vl;
 pub mod requant;
 pub mod spm;
 pub mod tokenizer;
+pub mod voxtral;
 pub mod whisper;
 
 use std::path::{Path, PathBuf};
