@@ -264,3 +264,119 @@ fn voxtral_rejects_mismatched_inputs() {
     model.clear_kv_cache();
     assert!(model.forward(&input, 3).is_err());
 }
+
+/// Through the engine: the folder loads as an audio target (Voxtral ships no
+/// chat template; anjeon's pinned mistral_common rendering is used), the
+/// clip decoded and featurised by anjeon, the prompt ids equal the
+/// reference's, and generation gives transformers' greedy continuation.
+#[test]
+fn voxtral_through_the_engine_matches_the_reference_and_generates() {
+    use anjeon::model::chat::ChatPart;
+    use anjeon::model::MediaInput;
+    use anjeon::sample::{Media, MediaKind, MediaSource};
+    let r = anjeon::model::resolve(dir().to_str().unwrap()).unwrap();
+    let mut m = anjeon::model::TextModel::load(&r, &Device::Cpu, &Default::default()).unwrap();
+    assert_eq!(m.modalities(), vec![MediaKind::Audio]);
+    assert!(
+        m.template.origin.starts_with("anjeon:voxtral"),
+        "{}",
+        m.template.origin
+    );
+    let (refs, json) = refs();
+    let params = anjeon::model::GenParams {
+        max_new_tokens: 6,
+        ignore_eos: true,
+        ..Default::default()
+    };
+    // Text only.
+    let msg = anjeon::model::Message::new("user", "Hello world this is a test .");
+    let p = m.encode_multimodal(&[msg], &[]).unwrap();
+    assert_eq!(p.ids, ids_of(&refs, "text"), "{}", p.text);
+    let g = m.generate_mm(&p.ids, p.mm.as_ref(), &params, 0).unwrap();
+    assert_eq!(g.tokens, common::ids(&json["cases"]["text"]["greedy"]));
+    // Speech + question.
+    let media = Media {
+        kind: MediaKind::Audio,
+        mime: "audio/wav".into(),
+        source: MediaSource::Path(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/audio/speech_en.wav"),
+        ),
+    };
+    let msg = anjeon::model::Message::with_parts(
+        "user",
+        vec![ChatPart::Audio, ChatPart::Text("What is said ?".into())],
+    );
+    let p = m
+        .encode_multimodal(
+            &[msg],
+            &[MediaInput {
+                kind: MediaKind::Audio,
+                media: &media,
+            }],
+        )
+        .unwrap();
+    assert_eq!(p.ids, ids_of(&refs, "speech"), "{}", p.text);
+    let g = m.generate_mm(&p.ids, p.mm.as_ref(), &params, 0).unwrap();
+    assert_eq!(g.tokens, common::ids(&json["cases"]["speech"]["greedy"]));
+}
+
+/// `anjeon run` with the tiny Voxtral: the sample's audio items go to it
+/// directly (route `direct`, 375 audio tokens per clip), text items run,
+/// image and video items are skipped with the reason.
+#[test]
+fn voxtral_run_takes_the_sample_audio_items_directly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_anjeon"))
+        .args([
+            "run",
+            "--target",
+            dir().to_str().unwrap(),
+            "--judge",
+            "refusal",
+            "--max-new-tokens",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let gens: Vec<serde_json::Value> = std::fs::read_to_string(out.join("generations.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let report = std::fs::read_to_string(out.join("report.json")).unwrap();
+    let items = std::fs::read_to_string(out.join("items.csv")).unwrap();
+    let sample = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/sample/assurai_sample.jsonl"),
+    )
+    .unwrap();
+    let mut n_audio = 0;
+    for l in sample.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        let id = v["id"].as_str().unwrap();
+        let generated = gens.iter().find(|g| g["sample_id"] == id);
+        match v["modality"].as_str().unwrap() {
+            "audio" => {
+                n_audio += 1;
+                let g = generated.unwrap_or_else(|| panic!("{id} (audio) was not generated"));
+                let pt = g["stats"]["prompt_tokens"].as_u64().unwrap();
+                assert!(pt > 376, "{id}: only {pt} prompt tokens");
+                let row = items
+                    .lines()
+                    .find(|r| r.starts_with(&format!("{id},")))
+                    .unwrap();
+                assert!(row.contains(",direct,"), "{row}");
+            }
+            "text" => assert!(generated.is_some(), "{id} (text) was not generated"),
+            _ => assert!(
+                generated.is_none() && report.contains(id),
+                "{id} is neither skipped nor listed"
+            ),
+        }
+    }
+    assert_eq!(n_audio, 8);
+}

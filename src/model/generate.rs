@@ -121,6 +121,9 @@ impl TextModel {
             (Some(super::MmPrompt::Gemma4(mm)), super::Arch::Gemma4(m)) => {
                 m.prefill_mm(prompt, mm).map_err(ce)?
             }
+            (Some(super::MmPrompt::Voxtral(a)), super::Arch::Voxtral(m)) => {
+                m.prefill(prompt, Some(a)).map_err(ce)?
+            }
             (Some(_), _) => return Err(Error::Usage(format!("{} takes text only", self.name))),
         };
         let prefill_s = t0.elapsed().as_secs_f64();

@@ -28,7 +28,7 @@ pub use chat::{ChatTemplate, Message};
 pub use generate::{GenParams, Generation, StopReason};
 
 /// The architectures anjeon runs, by GGUF `general.architecture` or HF `architectures[0]`.
-pub const SUPPORTED: &str = "GGUF: llama (Llama, SmolLM2), qwen2 (Qwen2/2.5), qwen3 (Qwen3), gemma3 (Gemma 3); safetensors: LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Qwen3VLForConditionalGeneration (image, video), Gemma4ForConditionalGeneration (image, audio; dense models)";
+pub const SUPPORTED: &str = "GGUF: llama (Llama, SmolLM2), qwen2 (Qwen2/2.5), qwen3 (Qwen3), gemma3 (Gemma 3); safetensors: LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Qwen3VLForConditionalGeneration (image, video), Gemma4ForConditionalGeneration (image, audio; dense models), VoxtralForConditionalGeneration (audio)";
 
 /// Where a model's files are.
 #[derive(Debug, Clone, PartialEq)]
@@ -184,6 +184,7 @@ enum Arch {
     Qwen3(tm::qwen3::ModelForCausalLM),
     Qwen3Vl(Box<qwen3_vl::Qwen3Vl>),
     Gemma4(Box<gemma4::Gemma4>),
+    Voxtral(Box<voxtral::Voxtral>),
 }
 
 impl Arch {
@@ -199,6 +200,7 @@ impl Arch {
             Arch::Qwen3(m) => m.forward(ids, pos)?,
             Arch::Qwen3Vl(m) => m.forward(ids, pos)?,
             Arch::Gemma4(m) => m.forward(ids, pos)?,
+            Arch::Voxtral(m) => m.forward(ids, pos)?,
         };
         logits.flatten_all()?.to_dtype(DType::F32)
     }
@@ -212,6 +214,7 @@ impl Arch {
             Arch::QGemma3(m) => Some(Arch::QGemma3(m.clone())),
             Arch::Qwen3Vl(m) => Some(Arch::Qwen3Vl(m.clone())),
             Arch::Gemma4(m) => Some(Arch::Gemma4(m.clone())),
+            Arch::Voxtral(m) => Some(Arch::Voxtral(m.clone())),
             _ => None,
         }
     }
@@ -228,6 +231,7 @@ impl Arch {
             Arch::Qwen3(m) => m.clear_kv_cache(),
             Arch::Qwen3Vl(m) => m.clear_kv_cache(),
             Arch::Gemma4(m) => m.clear_kv_cache(),
+            Arch::Voxtral(m) => m.clear_kv_cache(),
         }
         Ok(())
     }
@@ -248,11 +252,11 @@ pub struct TextModel {
     pub vision: Option<VisionProc>,
 }
 
-/// The input processing of a multimodal architecture (images, video and,
-/// for Gemma 4 checkpoints with an audio tower, audio).
+/// The input processing of a multimodal architecture (images, video, audio).
 pub enum VisionProc {
     Qwen3Vl(qwen3_vl::Processor),
     Gemma4(gemma4::Processor),
+    Voxtral(voxtral::Processor),
 }
 
 impl VisionProc {
@@ -260,6 +264,7 @@ impl VisionProc {
         match self {
             VisionProc::Qwen3Vl(p) => &p.config_sha256,
             VisionProc::Gemma4(p) => &p.config_sha256,
+            VisionProc::Voxtral(p) => &p.config_sha256,
         }
     }
 }
@@ -268,6 +273,7 @@ impl VisionProc {
 pub enum MmPrompt {
     Qwen3Vl(qwen3_vl::MmInputs),
     Gemma4(gemma4::MmInput),
+    Voxtral(voxtral::AudioInput),
 }
 
 /// One media item of a prompt, as the data set gives it (any architecture).
@@ -522,7 +528,7 @@ impl TextModel {
         {
             check_vocab(&dir.join("tokenizer.json"), tok.vocab_size(), rows as usize)?;
         }
-        let template = match tok_cfg["chat_template"].as_str() {
+        let mut template = match tok_cfg["chat_template"].as_str() {
             Some(t) => ChatTemplate::new(
                 t,
                 "tokenizer_config.json:chat_template",
@@ -615,6 +621,23 @@ impl TextModel {
                         .map_err(cerr(dir, "loading qwen3-vl weights"))?,
                 ))
             }
+            "VoxtralForConditionalGeneration" => {
+                let c: voxtral::Config = serde_json::from_str(&cfg_text).map_err(bad_cfg)?;
+                vision = Some(VisionProc::Voxtral(voxtral::Processor::from_dir(dir, &c)?));
+                if template.origin == "plain" {
+                    // Voxtral checkpoints ship no chat template (mistral_common
+                    // builds the prompts): anjeon's pinned rendering of that format.
+                    template = ChatTemplate::new(
+                        voxtral::CHAT_TEMPLATE,
+                        "anjeon:voxtral (mistral_common instruct format)",
+                        &tok.bos_text(),
+                        &tok.eos_text(),
+                    );
+                }
+                Arch::Voxtral(Box::new(
+                    voxtral::Voxtral::new(&c, vb).map_err(cerr(dir, "loading voxtral weights"))?,
+                ))
+            }
             "Gemma4ForConditionalGeneration" => {
                 let c: gemma4::Config = serde_json::from_str(&cfg_text).map_err(bad_cfg)?;
                 vision = Some(VisionProc::Gemma4(gemma4::Processor::from_dir(dir, &c)?));
@@ -672,6 +695,7 @@ impl TextModel {
                 crate::sample::MediaKind::Audio,
             ],
             Some(VisionProc::Gemma4(_)) => vec![crate::sample::MediaKind::Image],
+            Some(VisionProc::Voxtral(_)) => vec![crate::sample::MediaKind::Audio],
             None => vec![],
         }
     }
@@ -729,6 +753,31 @@ impl TextModel {
                     text: rendered,
                     ids,
                     mm: Some(MmPrompt::Gemma4(processed.input)),
+                })
+            }
+            VisionProc::Voxtral(proc) => {
+                let mut pcm = Vec::with_capacity(media.len());
+                for m in media {
+                    if m.kind != crate::sample::MediaKind::Audio {
+                        return Err(Error::Usage(format!(
+                            "{}: Voxtral takes audio (not {})",
+                            m.media.describe(),
+                            m.kind.as_str()
+                        )));
+                    }
+                    let a = crate::audio::decode::decode_media(m.media, &Default::default())?;
+                    pcm.push(a.samples);
+                }
+                let clips: Vec<&[f32]> = pcm.iter().map(|p| p.as_slice()).collect();
+                let (chunks, input) = proc.process(&clips, &self.device)?;
+                let ids = self.tokenizer.encode_prompt(&rendered)?;
+                let ids = proc
+                    .expand(&ids, &chunks)
+                    .map_err(|e| Error::Usage(format!("{}: {e}", self.name)))?;
+                Ok(PromptInput {
+                    text: rendered,
+                    ids,
+                    mm: Some(MmPrompt::Voxtral(input)),
                 })
             }
         }

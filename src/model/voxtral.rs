@@ -760,6 +760,30 @@ pub fn expand_audio_placeholders(
     Ok(out)
 }
 
+/// The chat template anjeon renders Voxtral prompts with when a checkpoint
+/// ships none (the released ones do not: `VoxtralProcessor` builds prompts
+/// with mistral_common). mistral_common's instruct format: `<s>`, an
+/// optional `[SYSTEM_PROMPT]…[/SYSTEM_PROMPT]`, per user turn
+/// `[INST]…[/INST]` with the content items in order (an audio item is one
+/// `[AUDIO]` placeholder, expanded by [`expand_audio_placeholders`]), an
+/// assistant turn followed by `</s>`. Its sha256 is in the run manifest
+/// like any template's.
+pub const CHAT_TEMPLATE: &str = concat!(
+    "{{ bos_token }}{% for message in messages %}",
+    "{% if message['content'] is string %}{% set items = [{'type': 'text', 'text': message['content']}] %}",
+    "{% else %}{% set items = message['content'] %}{% endif %}",
+    "{% if message['role'] == 'system' %}[SYSTEM_PROMPT]",
+    "{% for c in items %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}",
+    "[/SYSTEM_PROMPT]",
+    "{% elif message['role'] == 'user' %}[INST]",
+    "{% for c in items %}{% if c['type'] == 'audio' %}[AUDIO]",
+    "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}",
+    "[/INST]",
+    "{% elif message['role'] == 'assistant' %}",
+    "{% for c in items %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}",
+    "{{ eos_token }}{% endif %}{% endfor %}",
+);
+
 /// Voxtral's input processing: the checkpoint's `WhisperFeatureExtractor`
 /// settings (`preprocessor_config.json`) computed by anjeon's HF-exact
 /// extractor ([`WhisperFeatures`], tests/audio.rs), 30 s chunking as
