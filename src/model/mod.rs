@@ -13,6 +13,7 @@ pub mod qwen2;
 pub mod qwen3_vl;
 pub mod requant;
 pub mod spm;
+pub mod tekken;
 pub mod tokenizer;
 pub mod voxtral;
 pub mod whisper;

@@ -192,17 +192,35 @@ impl Tok {
         config: &serde_json::Value,
     ) -> Result<Tok> {
         let p = dir.join("tokenizer.json");
-        let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
-        let hf = Tokenizer::from_bytes(&bytes)
-            .map_err(|e| Error::Usage(format!("{}: {e}", p.display())))?;
+        let tekken = dir.join("tekken.json");
+        // Mistral checkpoints (Voxtral) may ship only Tekken's tekken.json.
+        let (hf, source, bytes) = if !p.exists() && tekken.exists() {
+            let raw = std::fs::read(&tekken).map_err(|e| Error::io(&tekken, e))?;
+            let json = super::tekken::hf_tokenizer_json(&raw).map_err(|e| {
+                Error::Usage(format!(
+                    "{}: {e}\n  fix: use the checkpoint's own tekken.json or a tokenizer.json",
+                    tekken.display()
+                ))
+            })?;
+            let hf = Tokenizer::from_bytes(json.as_bytes())
+                .map_err(|e| Error::Usage(format!("{}: {e}", tekken.display())))?;
+            (hf, "tekken.json", raw)
+        } else {
+            let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
+            let hf = Tokenizer::from_bytes(&bytes)
+                .map_err(|e| Error::Usage(format!("{}: {e}", p.display())))?;
+            (hf, "tokenizer.json", bytes)
+        };
         let text_of = |v: &serde_json::Value| {
             v.as_str()
                 .map(str::to_string)
                 .or_else(|| v["content"].as_str().map(str::to_string))
         };
         let with_id = |t: Option<String>| t.and_then(|t| hf.token_to_id(&t).map(|i| (i, t)));
-        let bos = with_id(text_of(&tok_cfg["bos_token"]));
-        let eos = with_id(text_of(&tok_cfg["eos_token"]));
+        // Tekken: <s> and </s> are the bos / eos tokens.
+        let default = |name: &str| (source == "tekken.json").then(|| name.to_string());
+        let bos = with_id(text_of(&tok_cfg["bos_token"]).or_else(|| default("<s>")));
+        let eos = with_id(text_of(&tok_cfg["eos_token"]).or_else(|| default("</s>")));
         let mut stop_ids: Vec<u32> = eos.iter().map(|e| e.0).collect();
         for cfg in [gen_cfg, config] {
             match &cfg["eos_token_id"] {
@@ -216,8 +234,7 @@ impl Tok {
         stop_ids.sort();
         stop_ids.dedup();
         // transformers' apply_chat_template tokenizes with add_special_tokens=False.
-        let fingerprint =
-            crate::store::key_of(&["tokenizer.json", &crate::store::sha256_hex(&bytes)]);
+        let fingerprint = crate::store::key_of(&[source, &crate::store::sha256_hex(&bytes)]);
         Ok(Tok {
             inner: Inner::Hf(Box::new(hf)),
             bos,
