@@ -73,3 +73,58 @@ fn a_folder_with_only_tekken_json_tokenizes_prompts() {
     want.push(4);
     assert_eq!(got, want);
 }
+
+/// anjeon's Voxtral prompts equal mistral_common's (the reference
+/// `VoxtralProcessor` uses): the pinned chat template rendered, tokenized
+/// with the tekken file and the `[AUDIO]` placeholders expanded (375 per
+/// 30 s chunk of each clip) give `encode_chat_completion`'s tokens for audio
+/// + question, two clips, several turns, a system prompt and plain text.
+#[test]
+fn voxtral_prompts_equal_mistral_common() {
+    use anjeon::model::chat::{ChatPart, ChatTemplate, Message};
+    use anjeon::model::voxtral::{expand_audio_placeholders, CHAT_TEMPLATE};
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        fixtures().join("tekken.json"),
+        tmp.path().join("tekken.json"),
+    )
+    .unwrap();
+    let empty = serde_json::json!({});
+    let tok =
+        anjeon::model::tokenizer::Tok::from_hf_dir(tmp.path(), &empty, &empty, &empty).unwrap();
+    let template = ChatTemplate::new(CHAT_TEMPLATE, "anjeon:voxtral", "<s>", "</s>");
+    let exp = expected();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let audio_id = tok.token_to_id("[AUDIO]").unwrap();
+    let begin_id = tok.token_to_id("[BEGIN_AUDIO]").unwrap();
+    for chat in exp["chats"].as_array().unwrap() {
+        let name = chat["name"].as_str().unwrap();
+        let mut messages = Vec::new();
+        let mut chunks = Vec::new();
+        for m in chat["messages"].as_array().unwrap() {
+            let role = m[0].as_str().unwrap();
+            let mut parts = Vec::new();
+            for item in m[1].as_array().unwrap() {
+                let (kind, value) = (item[0].as_str().unwrap(), item[1].as_str().unwrap());
+                if kind == "audio" {
+                    let path = root.join(exp["clips"][value].as_str().unwrap());
+                    let a = anjeon::audio::decode::decode_file(&path, &Default::default()).unwrap();
+                    chunks.push(a.samples.len().div_ceil(480_000).max(1));
+                    parts.push(ChatPart::Audio);
+                } else {
+                    parts.push(ChatPart::Text(value.to_string()));
+                }
+            }
+            messages.push(Message::with_parts(role, parts));
+        }
+        let text = template.render(&messages, true).unwrap();
+        let got = tok.encode_prompt(&text).unwrap();
+        let got = expand_audio_placeholders(&got, audio_id, begin_id, 375, &chunks).unwrap();
+        assert_eq!(got, ids(&chat["tokens"]), "{name}: {text}");
+    }
+    // mistral_common (tokenizer v11) refuses a system prompt next to audio.
+    assert!(exp["system_with_audio"]
+        .as_str()
+        .unwrap()
+        .starts_with("refused"));
+}

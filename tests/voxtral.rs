@@ -318,6 +318,22 @@ fn voxtral_through_the_engine_matches_the_reference_and_generates() {
     assert_eq!(p.ids, ids_of(&refs, "speech"), "{}", p.text);
     let g = m.generate_mm(&p.ids, p.mm.as_ref(), &params, 0).unwrap();
     assert_eq!(g.tokens, common::ids(&json["cases"]["speech"]["greedy"]));
+    // A system prompt next to audio is refused, as mistral_common does
+    // before tokenizer v13 (tests/tekken.rs records its refusal).
+    let sys = anjeon::model::Message::new("system", "Be careful.");
+    let user = anjeon::model::Message::with_parts("user", vec![ChatPart::Audio]);
+    let err = m
+        .encode_multimodal(
+            &[sys, user],
+            &[MediaInput {
+                kind: MediaKind::Audio,
+                media: &media,
+            }],
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("system prompt"), "{err}");
 }
 
 /// `anjeon run` with the tiny Voxtral: the sample's audio items go to it

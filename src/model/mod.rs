@@ -757,6 +757,12 @@ impl TextModel {
                 })
             }
             VisionProc::Voxtral(proc) => {
+                if !proc.system_with_audio && messages.iter().any(|m| m.role == "system") {
+                    return Err(Error::Usage(format!(
+                        "{}: Voxtral does not take a system prompt together with audio (mistral_common refuses it before tokenizer v13)\n  fix: run audio items on this target without --system",
+                        self.name
+                    )));
+                }
                 let mut pcm = Vec::with_capacity(media.len());
                 for m in media {
                     if m.kind != crate::sample::MediaKind::Audio {

@@ -794,6 +794,10 @@ pub struct Processor {
     pub audio_token_id: u32,
     pub begin_audio_token_id: u32,
     pub tokens_per_chunk: usize,
+    /// Whether a system prompt may go with audio: mistral_common refuses it
+    /// before tokenizer version 13 (Voxtral 2507 ships v11); true only when
+    /// the folder's tekken.json says v13 or later.
+    pub system_with_audio: bool,
     /// sha256 of the preprocessor config read (for the run manifest).
     pub config_sha256: String,
 }
@@ -900,6 +904,11 @@ impl Processor {
                 .ok()
                 .and_then(|b| serde_json::from_slice(&b).ok())
         };
+        let tekken_version = read_json("tekken.json").and_then(|t| {
+            t["config"]["version"]
+                .as_str()
+                .and_then(|v| v.trim_start_matches('v').parse::<u32>().ok())
+        });
         let (begin, audio) = match (read_json("tokenizer.json"), read_json("tekken.json")) {
             (Some(t), _) => (token_id_in(&t, "[BEGIN_AUDIO]"), token_id_in(&t, "[AUDIO]")),
             (None, Some(t)) => (
@@ -931,6 +940,7 @@ impl Processor {
             audio_token_id: cfg.audio_token_id,
             begin_audio_token_id,
             tokens_per_chunk,
+            system_with_audio: tekken_version.is_some_and(|v| v >= 13),
             config_sha256: crate::store::sha256_hex(src.unwrap_or_default().as_bytes()),
         })
     }
