@@ -38,7 +38,11 @@
 //! request: `<s>[INST][BEGIN_AUDIO][AUDIO]…[AUDIO][/INST]` + the text
 //! `lang:en` (no space; left out for automatic language detection) +
 //! `[TRANSCRIBE]`. A rendered prompt holds one `[AUDIO]` per clip;
-//! [`expand_audio_placeholders`] turns each into the full block.
+//! [`expand_audio_placeholders`] turns each into the full block. anjeon
+//! renders with [`CHAT_TEMPLATE`] and reads `tekken.json` when there is no
+//! `tokenizer.json` (`super::tekken`); tests/tekken.rs checks both against
+//! mistral_common's `encode_chat_completion`. A system prompt next to audio
+//! is refused unless the tekken file is v13 or later (mistral_common's rule).
 //!
 //! Weights are read under the hub layout (`audio_tower.*`,
 //! `multi_modal_projector.*`, `language_model.model.*`,
