@@ -579,3 +579,85 @@ fn gemma4_run_takes_the_sample_audio_items_directly() {
     }
     assert_eq!(n_audio, 8);
 }
+
+/// Bad audio in a run with an audio target: corrupt bytes, an empty file, a
+/// truncated WAV and a header claiming two hours are per-item `media`
+/// failures that name the file and the fix; the good clip is generated.
+#[test]
+fn bad_audio_items_fail_alone_with_the_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let good = std::fs::read(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/audio/speech_en.wav"),
+    )
+    .unwrap();
+    std::fs::write(d.join("good.wav"), &good).unwrap();
+    std::fs::write(d.join("truncated.wav"), &good[..2000]).unwrap();
+    std::fs::write(d.join("empty.wav"), b"").unwrap();
+    let junk: Vec<u8> = (0..3000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(d.join("corrupt.wav"), junk).unwrap();
+    // 16 kHz mono 16-bit PCM whose header claims two hours of data.
+    let n: u32 = 16_000 * 7_200 * 2;
+    let mut long = Vec::new();
+    long.extend(b"RIFF");
+    long.extend((36 + n).to_le_bytes());
+    long.extend(b"WAVEfmt ");
+    long.extend(16u32.to_le_bytes());
+    long.extend(1u16.to_le_bytes());
+    long.extend(1u16.to_le_bytes());
+    long.extend(16_000u32.to_le_bytes());
+    long.extend(32_000u32.to_le_bytes());
+    long.extend(2u16.to_le_bytes());
+    long.extend(16u16.to_le_bytes());
+    long.extend(b"data");
+    long.extend(n.to_le_bytes());
+    long.extend(vec![0u8; 32_000]);
+    std::fs::write(d.join("long.wav"), long).unwrap();
+    let items: String = ["good", "corrupt", "empty", "truncated", "long"]
+        .iter()
+        .map(|id| {
+            format!(
+                "{{\"id\": \"{id}\", \"prompt\": \"Answer.\", \"media_path\": \"{id}.wav\", \"modality\": \"audio\", \"expected\": \"benign\", \"lang\": \"en\"}}\n"
+            )
+        })
+        .collect();
+    std::fs::write(d.join("items.jsonl"), items).unwrap();
+    let out = d.join("run");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_anjeon"))
+        .args(["run", "--dataset"])
+        .arg(format!("jsonl:{}", d.join("items.jsonl").display()))
+        .args(["--target", dir().to_str().unwrap()])
+        .args(["--judge", "refusal", "--max-new-tokens", "2", "--out"])
+        .arg(&out)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    // Exit code 1: the run finished, with item failures.
+    assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
+    let gens = std::fs::read_to_string(out.join("generations.jsonl")).unwrap();
+    assert_eq!(gens.lines().count(), 1, "{gens}");
+    assert!(gens.contains("\"good\""));
+    let rep: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    let failures = rep["failures"].as_array().unwrap();
+    for (id, says) in [
+        ("corrupt", "unsupported audio"),
+        ("empty", "no samples"),
+        ("truncated", "shorter than the header"),
+        ("long", "over the limit"),
+    ] {
+        let f = failures
+            .iter()
+            .find(|f| f["id"] == id)
+            .unwrap_or_else(|| panic!("{id} is not a failure: {failures:?}"));
+        let reason = f["reason"].as_str().unwrap();
+        assert_eq!(f["stage"], "media", "{id}");
+        assert!(
+            reason.contains(says) && reason.contains("fix:"),
+            "{id}: {reason}"
+        );
+        assert!(reason.contains(&format!("{id}.wav")), "{id}: {reason}");
+    }
+}
