@@ -94,8 +94,9 @@ pub struct Report {
     /// Attack success and over-refusal of each strategy against the plain query.
     #[serde(default)]
     pub uplift: Vec<UpliftRow>,
-    /// Spoken prompts that reached a text-only target through a speech
-    /// recogniser: the transcript next to the verdict.
+    /// Audio items and the route each took: through a speech recogniser to a
+    /// text-only target (the transcript next to the verdict) or `direct` to
+    /// an audio-capable target (no transcript).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub spoken: Vec<SpokenRow>,
     pub notes: Vec<String>,
@@ -501,13 +502,19 @@ pub fn build(
     let mut spoken: Vec<SpokenRow> = rows
         .iter()
         .filter_map(|r| {
-            let a = r.gen.asr.as_ref()?;
+            let (route, language, transcript) = match &r.gen.asr {
+                Some(a) => (a.route.clone(), a.language.clone(), a.transcript.clone()),
+                None if r.item.modality == "audio" && r.gen.source.starts_with("generated") => {
+                    ("direct".to_string(), r.item.language.clone(), String::new())
+                }
+                None => return None,
+            };
             Some(SpokenRow {
                 id: r.item.id.clone(),
                 model: r.gen.model.clone(),
-                route: a.route.clone(),
-                language: a.language.clone(),
-                transcript: a.transcript.clone(),
+                route,
+                language,
+                transcript,
                 verdict: r.verdict.map(describe).unwrap_or_else(|| "missing".into()),
             })
         })
@@ -1060,7 +1067,7 @@ pub fn markdown(rep: &Report) -> String {
     if !rep.spoken.is_empty() {
         let _ = writeln!(
             s,
-            "## Spoken prompts\n\nAudio items a text-only target received as a transcript.\n\n| id | model | route | language | transcript | verdict |\n|---|---|---|---|---|---|"
+            "## Spoken prompts\n\nAudio items and the route each took: `asr:MODEL` = a text-only target received the recogniser's transcript; `direct` = an audio-capable target heard the audio.\n\n| id | model | route | language | transcript | verdict |\n|---|---|---|---|---|---|"
         );
         for r in &rep.spoken {
             let _ = writeln!(

@@ -578,6 +578,15 @@ fn gemma4_run_takes_the_sample_audio_items_directly() {
         }
     }
     assert_eq!(n_audio, 8);
+    // The report's spoken-prompt table lists every audio item with its route.
+    let rep: serde_json::Value = serde_json::from_str(&report).unwrap();
+    let spoken = rep["spoken"].as_array().unwrap();
+    assert_eq!(spoken.len(), 8, "{spoken:?}");
+    assert!(spoken
+        .iter()
+        .all(|r| r["route"] == "direct" && r["transcript"] == ""));
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("| AS-0013 | gemma4 | direct | ko |"), "{md}");
 }
 
 /// Bad audio in a run with an audio target: corrupt bytes, an empty file, a
@@ -635,7 +644,12 @@ fn bad_audio_items_fail_alone_with_the_reason() {
         .output()
         .unwrap();
     // Exit code 1: the run finished, with item failures.
-    assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let gens = std::fs::read_to_string(out.join("generations.jsonl")).unwrap();
     assert_eq!(gens.lines().count(), 1, "{gens}");
     assert!(gens.contains("\"good\""));
