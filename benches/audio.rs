@@ -2,14 +2,18 @@
 //! 16 kHz audio, and the Gemma 4 audio tower at the released E2B/E4B size
 //! (12 conformer layers, width 1024, 8 heads, subsampling channels 128/32,
 //! chunk 12 with 12 steps of left context, output 1536 → text width 1536),
-//! f32, for a 10 s and a 30 s clip (250 and 750 soft tokens).
+//! f32, for a 10 s and a 30 s clip (250 and 750 soft tokens); and Voxtral
+//! Mini's encoder (32 layers, width 1280, 20 heads, MLP 5120, the
+//! `AudioConfig` defaults) for one 30 s chunk (1500 frames → 375 audio
+//! embeddings), one iteration per sample.
 //! Weights are zeros: the time of dense f32 matmuls and convolutions does
 //! not depend on values. Run: `cargo bench --bench audio`.
 
 use anjeon::audio::features::{Gemma4Features, WhisperFeatures};
 use anjeon::model::gemma4::{AudioClip, AudioConfig, AudioTower};
+use anjeon::model::voxtral;
 use candle_core::{DType, Device, Tensor};
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 
 fn pcm(seconds: usize) -> Vec<f32> {
     (0..seconds * 16_000)
@@ -52,5 +56,20 @@ fn tower(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, features, tower);
+fn voxtral_encoder(c: &mut Criterion) {
+    let cfg: voxtral::AudioConfig = serde_json::from_value(serde_json::json!({})).unwrap();
+    let vb = candle_nn::VarBuilder::zeros(DType::F32, &Device::Cpu);
+    let enc = voxtral::AudioEncoder::new(&cfg, vb).unwrap();
+    let feats = Tensor::zeros((1, 128, 3000), DType::F32, &Device::Cpu).unwrap();
+    let mut g = c.benchmark_group("voxtral_mini_encoder");
+    g.sample_size(10);
+    g.sampling_mode(SamplingMode::Flat);
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("encode_30s_chunk_375_tokens", |b| {
+        b.iter(|| enc.forward(&feats).unwrap().dim(0).unwrap())
+    });
+    g.finish();
+}
+
+criterion_group!(benches, features, tower, voxtral_encoder);
 criterion_main!(benches);

@@ -312,8 +312,9 @@ impl EncoderLayer {
     }
 }
 
+/// The Whisper-style audio encoder (public for benches).
 #[derive(Clone)]
-struct AudioEncoder {
+pub struct AudioEncoder {
     conv1: Conv1d,
     conv2: Conv1d,
     positions: Tensor,
@@ -323,7 +324,8 @@ struct AudioEncoder {
 }
 
 impl AudioEncoder {
-    fn new(cfg: &AudioConfig, vb: VarBuilder) -> Result<Self> {
+    /// `vb` at the tower (`audio_tower`).
+    pub fn new(cfg: &AudioConfig, vb: VarBuilder) -> Result<Self> {
         let d = cfg.hidden_size;
         if cfg.num_attention_heads == 0 || !d.is_multiple_of(cfg.num_attention_heads) {
             candle_core::bail!(
@@ -353,7 +355,7 @@ impl AudioEncoder {
     }
 
     /// `(chunks, n_mels, 3000)` -> `(chunks · tokens_per_chunk, intermediate_size)`.
-    fn forward(&self, feats: &Tensor) -> Result<Tensor> {
+    pub fn forward(&self, feats: &Tensor) -> Result<Tensor> {
         let (c, m, t) = feats.dims3()?;
         if m != self.cfg.num_mel_bins || t != self.cfg.frames_per_chunk() {
             candle_core::bail!(
