@@ -168,3 +168,54 @@ fn run_with_asr_routes_spoken_prompts_to_a_text_target() {
     let rep = std::fs::read_to_string(out2.join("report.json")).unwrap();
     assert!(rep.contains("--asr is needed"), "{rep}");
 }
+
+/// The bundled sample's audio items end to end through Whisper and a text
+/// target: every one is transcribed (Korean forced), generated from the
+/// transcript, and listed with its route and transcript in the report.
+#[test]
+fn bundled_sample_audio_items_run_through_whisper_and_a_text_target() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_anjeon"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "run",
+            "--dataset",
+            "data/sample",
+            "--target",
+            "smollm2-135m-instruct",
+            "--asr",
+            "whisper-base",
+            "--fetch",
+            "--judge",
+            "refusal",
+            "--max-new-tokens",
+            "2",
+            "--out",
+        ])
+        .arg(&out)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rep: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    let spoken = rep["spoken"].as_array().unwrap();
+    let ids: Vec<&str> = spoken.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(
+        ids,
+        ["AS-0013", "AS-0014", "AS-0031", "AS-0032", "AS-0047", "AS-0048", "AS-0067", "AS-0068"]
+    );
+    for r in spoken {
+        assert_eq!(r["route"], "asr:whisper-base", "{r}");
+        assert_eq!(r["language"], "ko", "{r}");
+        let t = r["transcript"].as_str().unwrap();
+        // Hangul in every transcript (the clips are Korean speech).
+        assert!(
+            t.chars().any(|c| ('\u{AC00}'..='\u{D7A3}').contains(&c)),
+            "{}: {t}",
+            r["id"]
+        );
+        assert_ne!(r["verdict"], "missing", "{r}");
+    }
+}
