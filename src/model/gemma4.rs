@@ -64,6 +64,8 @@ use candle_core::{DType, Device, IndexOp, Module, Result, Tensor, D};
 use candle_nn::{Activation, Embedding, Linear, VarBuilder};
 use serde::Deserialize;
 
+use super::layers::{append_kv, attention, RmsNorm};
+
 // ---------------------------------------------------------------- config
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -363,42 +365,6 @@ pub struct Config {
 
 // ---------------------------------------------------------------- helpers
 
-/// Gemma 4 RMSNorm: `x * (mean(x²) + eps)^-½ * weight` (no `1 +`), or
-/// without a weight (`with_scale = False`).
-#[derive(Clone)]
-struct RmsNorm {
-    weight: Tensor,
-    eps: f32,
-}
-
-impl RmsNorm {
-    fn new(n: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
-        Ok(RmsNorm {
-            weight: vb.get(n, "weight")?,
-            eps: eps as f32,
-        })
-    }
-    fn bare(n: usize, eps: f64, dtype: DType, device: &Device) -> Result<Self> {
-        Ok(RmsNorm {
-            weight: Tensor::ones(n, dtype, device)?,
-            eps: eps as f32,
-        })
-    }
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dt = x.dtype();
-        let y = candle_nn::ops::rms_norm(
-            &x.to_dtype(DType::F32)?.contiguous()?,
-            &self.weight.to_dtype(DType::F32)?,
-            self.eps,
-        )?;
-        y.to_dtype(dt)
-    }
-}
-
-fn repeat_kv(x: Tensor, rep: usize) -> Result<Tensor> {
-    candle_transformers::utils::repeat_kv(x, rep)?.contiguous()
-}
-
 /// cos/sin `(L, inv_freq.len())` for the given positions.
 fn rope_table(
     inv_freq: &[f32],
@@ -534,13 +500,7 @@ impl VisionLayer {
         let [cx, sx, cy, sy] = rope;
         let q = Self::rope2d(&q, cx, sx, cy, sy)?;
         let k = Self::rope2d(&k, cx, sx, cy, sy)?;
-        let rep = self.heads / self.kv_heads;
-        let (k, v) = (repeat_kv(k, rep)?, repeat_kv(v, rep)?);
-        let att = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?;
-        let o = att
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .reshape((b, n, self.heads * hd))?;
+        let o = attention(&q, k, v, 1.0, None)?;
         let o = self.ln_post_attn.forward(&self.o.forward(&o)?)?;
         let xs = (xs + o)?;
         let h = self.ln_pre_ff.forward(&xs)?;
@@ -792,25 +752,10 @@ impl Layer {
             let k = kn.forward(&kraw)?.transpose(1, 2)?.contiguous()?;
             let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
             let v = self.v_norm.forward(&vraw)?.transpose(1, 2)?.contiguous()?;
-            let (k, v) = match &self.cache {
-                Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
-                None => (k, v),
-            };
-            self.cache = Some((k.clone(), v.clone()));
-            (k, v)
+            append_kv(&mut self.cache, k, v)?
         };
-        let rep = self.heads / k.dim(1)?;
-        let (k, v) = (repeat_kv(k, rep)?, repeat_kv(v, rep)?);
-        let att = q.matmul(&k.t()?)?;
-        let att = match mask {
-            Some(m) => att.broadcast_add(m)?,
-            None => att,
-        };
-        let att = candle_nn::ops::softmax_last_dim(&att)?;
-        let o = att
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .reshape((b, l, self.heads * hd))?;
+        // Scaling 1.0: q and k are RMS-normed.
+        let o = attention(&q, k, v, 1.0, mask)?;
         let o = self.ln_post_attn.forward(&self.o.forward(&o)?)?;
         let xs = (xs + o)?;
         let h = self.ln_pre_ff.forward(&xs)?;

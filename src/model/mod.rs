@@ -9,6 +9,7 @@ pub mod fetch;
 pub mod gemma3;
 pub mod gemma4;
 pub mod generate;
+pub mod layers;
 pub mod qwen2;
 pub mod qwen3_vl;
 pub mod requant;

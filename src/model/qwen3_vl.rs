@@ -20,6 +20,8 @@ use candle_core::{DType, Device, IndexOp, Module, Result, Tensor, D};
 use candle_nn::{Activation, Embedding, LayerNorm, Linear, VarBuilder};
 use serde::Deserialize;
 
+use super::layers::{append_kv, attention, RmsNorm};
+
 // ---------------------------------------------------------------- config
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -121,24 +123,6 @@ fn layer_norm(n: usize, vb: VarBuilder) -> Result<LayerNorm> {
         },
         vb,
     )
-}
-
-#[derive(Clone)]
-struct RmsNorm {
-    weight: Tensor,
-    eps: f32,
-}
-
-impl RmsNorm {
-    fn new(n: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
-        Ok(RmsNorm {
-            weight: vb.get(n, "weight")?,
-            eps: eps as f32,
-        })
-    }
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps)
-    }
 }
 
 fn rotate_half(xs: &Tensor) -> Result<Tensor> {
@@ -544,24 +528,8 @@ impl Layer {
         let v = v.transpose(1, 2)?.contiguous()?;
         let q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
         let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
-        let (k, v) = match &self.cache {
-            Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
-            None => (k, v),
-        };
-        self.cache = Some((k.clone(), v.clone()));
-        let rep = self.heads / self.kv_heads;
-        let k = candle_transformers::utils::repeat_kv(k, rep)?.contiguous()?;
-        let v = candle_transformers::utils::repeat_kv(v, rep)?.contiguous()?;
-        let att = (q.matmul(&k.t()?)? * (hd as f64).powf(-0.5))?;
-        let att = match mask {
-            Some(m) => att.broadcast_add(m)?,
-            None => att,
-        };
-        let att = candle_nn::ops::softmax_last_dim(&att)?;
-        let o = att
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .reshape((b, l, self.heads * hd))?;
+        let (k, v) = append_kv(&mut self.cache, k, v)?;
+        let o = attention(&q, k, v, (hd as f64).powf(-0.5), mask)?;
         self.o.forward(&o)
     }
 

@@ -59,6 +59,8 @@ use serde::Deserialize;
 use crate::audio::features::{WhisperFeatures, CHUNK_FRAMES, HOP, N_FFT, SAMPLE_RATE};
 use crate::error::Error;
 
+use super::layers::{append_kv, attention, RmsNorm};
+
 // ---------------------------------------------------------------- config
 
 fn d_gelu() -> Activation {
@@ -379,30 +381,6 @@ impl AudioEncoder {
 // ---------------------------------------------------------------- text decoder
 
 #[derive(Clone)]
-struct RmsNorm {
-    weight: Tensor,
-    eps: f32,
-}
-
-impl RmsNorm {
-    fn new(n: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
-        Ok(RmsNorm {
-            weight: vb.get(n, "weight")?,
-            eps: eps as f32,
-        })
-    }
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dt = x.dtype();
-        let y = candle_nn::ops::rms_norm(
-            &x.to_dtype(DType::F32)?.contiguous()?,
-            &self.weight.to_dtype(DType::F32)?,
-            self.eps,
-        )?;
-        y.to_dtype(dt)
-    }
-}
-
-#[derive(Clone)]
 struct TextLayer {
     q: Linear,
     k: Linear,
@@ -463,24 +441,8 @@ impl TextLayer {
         let v = heads(self.v.forward(&h)?, self.kv_heads)?;
         let q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
         let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
-        let (k, v) = match &self.cache {
-            Some((pk, pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
-            None => (k, v),
-        };
-        self.cache = Some((k.clone(), v.clone()));
-        let rep = self.heads / self.kv_heads;
-        let k = candle_transformers::utils::repeat_kv(k, rep)?.contiguous()?;
-        let v = candle_transformers::utils::repeat_kv(v, rep)?.contiguous()?;
-        let att = (q.matmul(&k.t()?)? * (hd as f64).powf(-0.5))?;
-        let att = match mask {
-            Some(m) => att.broadcast_add(m)?,
-            None => att,
-        };
-        let att = candle_nn::ops::softmax_last_dim(&att)?;
-        let o = att
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .reshape((b, l, self.heads * hd))?;
+        let (k, v) = append_kv(&mut self.cache, k, v)?;
+        let o = attention(&q, k, v, (hd as f64).powf(-0.5), mask)?;
         let xs = (xs + self.o.forward(&o)?)?;
         let h = self.ln_post.forward(&xs)?;
         let m = self
