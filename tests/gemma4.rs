@@ -526,60 +526,9 @@ fn gemma4_audio_through_the_engine_matches_the_processor_and_generates() {
 fn gemma4_run_takes_the_sample_audio_items_directly() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("run");
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_anjeon"))
-        .args([
-            "run",
-            "--target",
-            dir().to_str().unwrap(),
-            "--judge",
-            "refusal",
-            "--max-new-tokens",
-            "2",
-            "--out",
-            out.to_str().unwrap(),
-        ])
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let gens: Vec<serde_json::Value> = std::fs::read_to_string(out.join("generations.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let report = std::fs::read_to_string(out.join("report.json")).unwrap();
-    let items = std::fs::read_to_string(out.join("items.csv")).unwrap();
-    let sample = std::fs::read_to_string(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/sample/assurai_sample.jsonl"),
-    )
-    .unwrap();
-    let mut n_audio = 0;
-    for l in sample.lines() {
-        let v: serde_json::Value = serde_json::from_str(l).unwrap();
-        let id = v["id"].as_str().unwrap();
-        let generated = gens.iter().find(|g| g["sample_id"] == id);
-        match v["modality"].as_str().unwrap() {
-            "audio" => {
-                n_audio += 1;
-                let g = generated.unwrap_or_else(|| panic!("{id} (audio) was not generated"));
-                assert!(g.get("asr").is_none_or(|a| a.is_null()), "{id}: {g}");
-                // ~25 soft tokens per second of audio: 6-15 s clips.
-                let pt = g["stats"]["prompt_tokens"].as_u64().unwrap();
-                assert!(pt > 140, "{id}: only {pt} prompt tokens");
-                let row = items
-                    .lines()
-                    .find(|r| r.starts_with(&format!("{id},")))
-                    .unwrap();
-                assert!(row.contains(",direct,"), "{row}");
-            }
-            "image" => assert!(generated.is_some(), "{id} (image) was not generated"),
-            "video" => assert!(report.contains(id), "{id} (video) is not listed as skipped"),
-            _ => {}
-        }
-    }
-    assert_eq!(n_audio, 8);
+    // ~25 soft tokens per second of audio: 6-15 s clips.
+    let rep = common::run_sample_with_audio_target(&dir(), &out, 141, &["video"]);
     // The report's spoken-prompt table lists every audio item with its route.
-    let rep: serde_json::Value = serde_json::from_str(&report).unwrap();
     let spoken = rep["spoken"].as_array().unwrap();
     assert_eq!(spoken.len(), 8, "{spoken:?}");
     assert!(spoken

@@ -44,7 +44,7 @@ fn grids(t: &Tensor) -> Vec<[usize; 3]> {
 }
 
 mod common;
-use common::{greedy, max_abs};
+use common::{anjeon, greedy, lines, max_abs};
 
 #[test]
 fn qwen3_vl_logits_and_greedy_match_transformers() {
@@ -82,22 +82,6 @@ fn qwen3_vl_logits_and_greedy_match_transformers() {
         });
         assert_eq!(got, want_gen, "{case}: greedy continuation");
     }
-}
-
-fn anjeon(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_anjeon"))
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap()
-}
-
-fn lines(p: &std::path::Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(p)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 /// The prompt anjeon builds for a media item (template, decoding,

@@ -1,5 +1,5 @@
-//! Helpers shared by the vision-language parity tests (tests/vision.rs,
-//! tests/gemma4.rs).
+//! Helpers shared by the multimodal model tests (tests/vision.rs,
+//! tests/gemma4.rs, tests/voxtral.rs).
 #![allow(dead_code)]
 
 use candle_core::{Device, Tensor};
@@ -52,4 +52,80 @@ pub fn greedy(
         got.push(argmax(&l));
     }
     got
+}
+
+/// Runs the `anjeon` binary (`NO_COLOR` set) with `args`.
+pub fn anjeon(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_anjeon"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap()
+}
+
+/// The JSON lines of a file.
+pub fn lines(p: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(p)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// `anjeon run --target TARGET` (refusal detector, 2 new tokens) on the
+/// bundled sample into `out`, then checks what every audio-capable target
+/// must show: all 8 audio items generated directly (route `direct` in
+/// items.csv, at least `min_prompt_tokens` prompt tokens), text items
+/// generated, and each item of a kind in `skipped` not generated but listed
+/// in the report. Returns the parsed report.json.
+pub fn run_sample_with_audio_target(
+    target: &std::path::Path,
+    out: &std::path::Path,
+    min_prompt_tokens: u64,
+    skipped: &[&str],
+) -> serde_json::Value {
+    let o = anjeon(&[
+        "run",
+        "--target",
+        target.to_str().unwrap(),
+        "--judge",
+        "refusal",
+        "--max-new-tokens",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let gens = lines(&out.join("generations.jsonl"));
+    let report = std::fs::read_to_string(out.join("report.json")).unwrap();
+    let items = std::fs::read_to_string(out.join("items.csv")).unwrap();
+    let sample = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("data/sample/assurai_sample.jsonl");
+    let mut n_audio = 0;
+    for v in lines(&sample) {
+        let id = v["id"].as_str().unwrap();
+        let generated = gens.iter().find(|g| g["sample_id"] == id);
+        let modality = v["modality"].as_str().unwrap();
+        if modality == "audio" {
+            n_audio += 1;
+            let g = generated.unwrap_or_else(|| panic!("{id} (audio) was not generated"));
+            assert!(g.get("asr").is_none_or(|a| a.is_null()), "{id}: {g}");
+            let pt = g["stats"]["prompt_tokens"].as_u64().unwrap();
+            assert!(pt >= min_prompt_tokens, "{id}: only {pt} prompt tokens");
+            let row = items
+                .lines()
+                .find(|r| r.starts_with(&format!("{id},")))
+                .unwrap();
+            assert!(row.contains(",direct,"), "{row}");
+        } else if skipped.contains(&modality) {
+            assert!(
+                generated.is_none() && report.contains(id),
+                "{id} ({modality}) is neither skipped nor listed"
+            );
+        } else {
+            assert!(generated.is_some(), "{id} ({modality}) was not generated");
+        }
+    }
+    assert_eq!(n_audio, 8);
+    serde_json::from_str(&report).unwrap()
 }
