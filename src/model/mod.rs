@@ -764,20 +764,7 @@ impl TextModel {
                         self.name
                     )));
                 }
-                let mut pcm = Vec::with_capacity(media.len());
-                for m in media {
-                    if m.kind != crate::sample::MediaKind::Audio {
-                        return Err(Error::Usage(format!(
-                            "{}: Voxtral takes audio (not {})",
-                            m.media.describe(),
-                            m.kind.as_str()
-                        )));
-                    }
-                    let a = crate::audio::decode::decode_media(m.media, &Default::default())?;
-                    pcm.push(a.samples);
-                }
-                let clips: Vec<&[f32]> = pcm.iter().map(|p| p.as_slice()).collect();
-                let (chunks, input) = proc.process(&clips, &self.device)?;
+                let (chunks, input) = proc.process_media(media, &self.device)?;
                 let ids = self.tokenizer.encode_prompt(&rendered)?;
                 let ids = proc
                     .expand(&ids, &chunks)

@@ -942,6 +942,28 @@ impl Processor {
         Ok((chunks, AudioInput { input_features: t }))
     }
 
+    /// [`Processor::process`] for a prompt's media items: each must be
+    /// audio; decoded to 16 kHz mono (`crate::audio::decode`).
+    pub fn process_media(
+        &self,
+        media: &[crate::model::MediaInput<'_>],
+        device: &Device,
+    ) -> std::result::Result<(Vec<usize>, AudioInput), Error> {
+        let mut pcm = Vec::with_capacity(media.len());
+        for m in media {
+            if m.kind != crate::sample::MediaKind::Audio {
+                return Err(Error::Usage(format!(
+                    "{}: Voxtral takes audio (not {})",
+                    m.media.describe(),
+                    m.kind.as_str()
+                )));
+            }
+            pcm.push(crate::audio::decode::decode_media(m.media, &Default::default())?.samples);
+        }
+        let clips: Vec<&[f32]> = pcm.iter().map(|p| p.as_slice()).collect();
+        self.process(&clips, device)
+    }
+
     /// [`expand_audio_placeholders`] with this checkpoint's ids.
     pub fn expand(&self, ids: &[u32], chunks: &[usize]) -> std::result::Result<Vec<u32>, Error> {
         expand_audio_placeholders(
