@@ -1672,20 +1672,42 @@ pub fn expand_image_placeholders(
     eoi_token: u32,
     soft_tokens: &[usize],
 ) -> std::result::Result<Vec<u32>, String> {
+    expand(
+        ids,
+        image_token,
+        boi_token,
+        eoi_token,
+        soft_tokens,
+        ("image", "images"),
+    )
+}
+
+/// Each `token` of `ids` becomes `begin`, `soft_tokens[i]` × `token`, `end`;
+/// `what` names the placeholder and the media (singular, plural) in errors.
+fn expand(
+    ids: &[u32],
+    token: u32,
+    begin: u32,
+    end: u32,
+    soft_tokens: &[usize],
+    what: (&str, &str),
+) -> std::result::Result<Vec<u32>, String> {
     let mut out =
         Vec::with_capacity(ids.len() + soft_tokens.iter().sum::<usize>() + 2 * soft_tokens.len());
     let mut k = 0;
     for &t in ids {
-        if t == image_token {
+        if t == token {
             let n = *soft_tokens.get(k).ok_or_else(|| {
                 format!(
-                    "more image placeholders than images ({})",
+                    "more {} placeholders than {} ({})",
+                    what.0,
+                    what.1,
                     soft_tokens.len()
                 )
             })?;
-            out.push(boi_token);
-            out.extend(std::iter::repeat_n(image_token, n));
-            out.push(eoi_token);
+            out.push(begin);
+            out.extend(std::iter::repeat_n(token, n));
+            out.push(end);
             k += 1;
         } else {
             out.push(t);
@@ -1693,8 +1715,10 @@ pub fn expand_image_placeholders(
     }
     if k != soft_tokens.len() {
         return Err(format!(
-            "{k} image placeholders for {} images",
-            soft_tokens.len()
+            "{k} {} placeholders for {} {}",
+            what.0,
+            soft_tokens.len(),
+            what.1
         ));
     }
     Ok(out)
@@ -1717,8 +1741,14 @@ pub fn expand_audio_placeholders(
     eoa_token: u32,
     soft_tokens: &[usize],
 ) -> std::result::Result<Vec<u32>, String> {
-    expand_image_placeholders(ids, audio_token, boa_token, eoa_token, soft_tokens)
-        .map_err(|e| e.replace("image", "audio").replace("audios", "audio clips"))
+    expand(
+        ids,
+        audio_token,
+        boa_token,
+        eoa_token,
+        soft_tokens,
+        ("audio", "audio clips"),
+    )
 }
 
 /// The audio settings of a Gemma 4 processor: the token ids of the
