@@ -90,11 +90,21 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ModelsCmd,
     },
+    /// Train a judge head on human labels (offline, deterministic for a seed).
+    Judge {
+        #[command(subcommand)]
+        cmd: JudgeCmd,
+    },
     /// Measure a judge against human labels.
     JudgeEval {
-        /// KIND:PATH with KIND xstest-completions, square-responses, assurai or jsonl.
+        /// KIND:PATH with KIND xstest-completions, square-responses, kosbi, assurai or jsonl.
         #[arg(long)]
         labels: String,
+        /// Also measure these judges on the same items (comma-separated, e.g.
+        /// `refusal,head,ensemble,default`) and print them side by side with
+        /// 95% bootstrap intervals, per language.
+        #[arg(long, value_delimiter = ',')]
+        compare: Vec<String>,
         #[command(flatten)]
         judge: anjeon::run::JudgeArgs,
         /// cpu, cuda, cuda:N or metal (for a model judge).
@@ -194,6 +204,40 @@ enum AudioCmd {
         device: String,
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum JudgeCmd {
+    /// Train a classifier head over EmbeddingGemma embeddings on the
+    /// development split of human labels; writes HEAD.safetensors and a
+    /// training report (HEAD.json, and markdown on stdout).
+    Train {
+        /// KIND:PATH label sources (repeatable), as `judge-eval --labels`.
+        #[arg(long, required = true)]
+        labels: Vec<String>,
+        /// refusal (compliance / refusal / partial) or harm (harmful yes/no).
+        #[arg(long)]
+        task: String,
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// Head name (default: the file stem of --out).
+        #[arg(long)]
+        name: Option<String>,
+        /// Features: pair (request and response) or response (response alone).
+        #[arg(long, default_value = "pair")]
+        features: String,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Cross-validation folds (grouped by request).
+        #[arg(long, default_value_t = 5)]
+        folds: usize,
+        /// Responses are cut to this many tokens before embedding.
+        #[arg(long, default_value_t = anjeon::judge::head::DEFAULT_MAX_TOKENS)]
+        max_tokens: usize,
+        /// Download the embedder if it is not cached.
+        #[arg(long)]
+        fetch: bool,
     },
 }
 
@@ -554,9 +598,94 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let outcome = anjeon::run::score(&args)?;
             Ok(ExitCode::from(if outcome.failures > 0 { 1 } else { 0 }))
         }
+        Cmd::Judge {
+            cmd:
+                JudgeCmd::Train {
+                    labels,
+                    task,
+                    out,
+                    name,
+                    features,
+                    seed,
+                    folds,
+                    max_tokens,
+                    fetch,
+                },
+        } => {
+            use anjeon::judge::head;
+            let task = match task.as_str() {
+                "refusal" => anjeon::judge::model::Task::Refusal,
+                "harm" => anjeon::judge::model::Task::Harm,
+                other => anyhow::bail!(anjeon::Error::Usage(format!("--task {other:?}: use refusal or harm (no 1-5 risk head: too few human 1-5 labels here)"))),
+            };
+            let layout = head::Layout::parse(&features).ok_or_else(|| {
+                anjeon::Error::Usage(format!("--features {features:?}: use pair or response"))
+            })?;
+            let card = anjeon::model::card::find("embeddinggemma-300m").expect("bundled card");
+            if !anjeon::model::fetch::is_cached(&card) && fetch {
+                anjeon::model::fetch::fetch(&card)?;
+            }
+            let dir = match std::env::var_os("ANJEON_EMBEDDER") {
+                Some(d) => std::path::PathBuf::from(d),
+                None => anjeon::model::fetch::model_path(&card)
+                    .parent()
+                    .expect("folder")
+                    .to_path_buf(),
+            };
+            let emb = anjeon::model::embeddinggemma::EmbeddingGemma::load(
+                &dir,
+                &candle_core::Device::Cpu,
+            )?;
+            let req = head::TrainRequest {
+                labels,
+                task,
+                layout,
+                name: name.unwrap_or_else(|| {
+                    out.file_stem()
+                        .and_then(|s| s.to_str())
+                        .unwrap_or("head")
+                        .to_string()
+                }),
+                max_tokens,
+                opts: head::TrainOptions {
+                    seed,
+                    folds,
+                    ..Default::default()
+                },
+            };
+            let h = head::train_head(&req, &emb)?;
+            h.save(&out)?;
+            let report = out.with_extension("json");
+            std::fs::write(&report, serde_json::to_string_pretty(&h.spec)?)
+                .with_context(|| format!("writing {}", report.display()))?;
+            let t = &h.spec.training;
+            println!(
+                "# head {} ({} task, {} features)\n",
+                h.spec.name, h.spec.task, features
+            );
+            println!("trained on {} development-split examples from {}; classes {:?} = {:?}; languages {:?}", t.n, t.labels.join(", "), h.spec.classes, t.per_class, t.per_language);
+            println!("chosen by {}-fold grouped cross-validation: L2 {}, class weights {}; temperature {:.1} (out-of-fold NLL {:.4} → {:.4})\n", t.folds, t.l2, t.class_weights, h.spec.temperature, t.oof_nll_before_temperature, t.oof_nll_after_temperature);
+            println!(
+                "| language | n | accuracy | macro-F1 | Cohen's κ |\n|---|---:|---:|---:|---:|"
+            );
+            for r in &t.cv {
+                println!(
+                    "| {} | {} | {:.3} | {:.3} | {:.3} |",
+                    r.language, r.n, r.accuracy, r.macro_f1, r.cohen_kappa
+                );
+            }
+            eprintln!(
+                "wrote {} (sha256 {}) and {}",
+                out.display(),
+                h.sha256,
+                report.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::JudgeEval {
             labels,
-            judge,
+            compare,
+            judge: judge_args,
             device,
             fetch,
             split,
@@ -574,7 +703,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     l.response.push_str(&a);
                 }
             }
-            let mut judge = judge.load(&device, fetch, anjeon::model::Requantize::Auto)?;
+            let mut judge = judge_args.load(&device, fetch, anjeon::model::Requantize::Auto)?;
             if let (true, Judge::Model(_)) = (calibrate, &judge) {
                 // The harm threshold from the development split, then report on --split.
                 let dev = eval::evaluate(&labels, &mut judge, &items, eval::Split::Dev, limit)?;
@@ -608,7 +737,41 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     );
                 }
             }
+            judge.persist_embeddings();
             let rep = eval::evaluate(&labels, &mut judge, &items, split, limit)?;
+            if !compare.is_empty() {
+                let mut reps = vec![rep];
+                for spec in &compare {
+                    let mut a = judge_args.clone();
+                    a.judge = spec.clone();
+                    let mut j = a.load(&device, fetch, anjeon::model::Requantize::Auto)?;
+                    j.persist_embeddings();
+                    reps.push(eval::evaluate(&labels, &mut j, &items, split, limit)?);
+                }
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&reps)?);
+                } else {
+                    println!("judges on {labels}, split {split:?} (95% bootstrap intervals, 1000 resamples)\n");
+                    println!("| judge | language | label kind | n | accuracy | macro-F1 | Cohen's κ | unscored | items/s |\n|---|---|---|---:|---|---|---|---:|---:|");
+                    for r in &reps {
+                        for k in r
+                            .by_language
+                            .iter()
+                            .map(|l| (l.language.as_str(), &l.report))
+                            .chain(r.by_kind.iter().map(|k| ("all", k)))
+                        {
+                            let (lang, k) = k;
+                            let a = &k.agreement;
+                            let c = &k.ci95;
+                            println!(
+                                "| {} | {lang} | {} | {} | {:.3} [{:.3}, {:.3}] | {:.3} [{:.3}, {:.3}] | {:.3} [{:.3}, {:.3}] | {} | {:.2} |",
+                                r.judge, k.label_kind, a.n, a.accuracy, c.accuracy[0], c.accuracy[1], a.macro_f1, c.macro_f1[0], c.macro_f1[1], a.cohen_kappa, c.cohen_kappa[0], c.cohen_kappa[1], k.unscored, r.items_per_s
+                            );
+                        }
+                    }
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             if let Some(p) = &verdicts {
                 let mut out = String::new();
                 for v in &rep.verdicts {

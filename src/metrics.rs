@@ -90,6 +90,49 @@ pub struct Agreement {
     pub mae: Option<f64>,
 }
 
+/// 95% percentile bootstrap intervals of accuracy, macro-F1 and Cohen's κ
+/// (1000 resamples of the pairs, seeded).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AgreementCi {
+    pub accuracy: [f64; 2],
+    pub macro_f1: [f64; 2],
+    pub cohen_kappa: [f64; 2],
+}
+
+pub fn agreement_ci(labels: &[String], pairs: &[(usize, usize)], seed: u64) -> AgreementCi {
+    let n = pairs.len();
+    if n == 0 {
+        return AgreementCi {
+            accuracy: [0.0; 2],
+            macro_f1: [0.0; 2],
+            cohen_kappa: [0.0; 2],
+        };
+    }
+    let mut rng = SplitMix64::new(seed);
+    let mut acc = Vec::with_capacity(BOOTSTRAP_RESAMPLES);
+    let mut f1 = Vec::with_capacity(BOOTSTRAP_RESAMPLES);
+    let mut kappa = Vec::with_capacity(BOOTSTRAP_RESAMPLES);
+    let mut re = Vec::with_capacity(n);
+    for _ in 0..BOOTSTRAP_RESAMPLES {
+        re.clear();
+        re.extend((0..n).map(|_| pairs[rng.below(n)]));
+        let a = agreement(labels, &re);
+        acc.push(a.accuracy);
+        f1.push(a.macro_f1);
+        kappa.push(a.cohen_kappa);
+    }
+    let ci = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        let q = |p: f64| v[((p * (v.len() - 1) as f64).round() as usize).min(v.len() - 1)];
+        [round6(q(0.025)), round6(q(0.975))]
+    };
+    AgreementCi {
+        accuracy: ci(&mut acc),
+        macro_f1: ci(&mut f1),
+        cohen_kappa: ci(&mut kappa),
+    }
+}
+
 /// Categorical agreement over `labels` (pairs: (human, predicted) indices).
 pub fn agreement(labels: &[String], pairs: &[(usize, usize)]) -> Agreement {
     let k = labels.len();

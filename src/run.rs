@@ -620,6 +620,11 @@ fn judge_info(judge: &Judge) -> JudgeInfo {
             "rubrics": m.rubrics().iter().map(|r| serde_json::json!({"id": r.id(), "file": r.origin, "sha256": r.sha256, "labels": r.labels})).collect::<Vec<_>>(),
             "max_response_tokens": m.max_response_tokens,
         })),
+        Judge::Head(h) | Judge::Ensemble(h, _) => Some(serde_json::json!({
+            "embedder": {"path": h.embedder.dir.display().to_string(), "sha256": h.embedder.sha256},
+            "heads": h.heads.iter().map(|x| serde_json::json!({"name": x.spec.name, "task": x.spec.task, "sha256": x.sha256, "layout": x.spec.layout, "max_tokens": x.spec.max_tokens, "temperature": x.spec.temperature, "threshold": x.spec.threshold})).collect::<Vec<_>>(),
+            "ensemble_detector_weight": matches!(judge, Judge::Ensemble(..)).then_some(crate::judge::ENSEMBLE_DETECTOR_WEIGHT),
+        })),
         Judge::Refusal(_) => None,
     };
     JudgeInfo {

@@ -66,9 +66,30 @@ pub enum Split {
     Test,
 }
 
-/// Deterministic 30% development split by item id.
+/// Deterministic 30% development split by item group (see [`group_of`]).
+/// KoSBi's own files decide for themselves: `kosbi_valid` is all
+/// development, `kosbi_test` all held out.
 pub fn in_dev(id: &str) -> bool {
-    metrics::seed_of(id, 0x5eed) % 10 < 3
+    if id.starts_with("kosbi_valid/") {
+        return true;
+    }
+    if id.starts_with("kosbi_test/") {
+        return false;
+    }
+    metrics::seed_of(group_of(id), 0x5eed) % 10 < 3
+}
+
+/// The group an item's split and cross-validation fold follow: responses to
+/// the same request stay together, so a request seen in training is never
+/// in the held-out split. XSTest's five completion files share prompt ids
+/// (`xstest_v2_completions_gpt4/12` → `12`); AssurAI-style reference answers
+/// are `ITEM/candidate_N` (→ `ITEM`). Other ids are their own group.
+pub fn group_of(id: &str) -> &str {
+    match id.split_once('/') {
+        Some((stem, rest)) if stem.starts_with("xstest") => rest,
+        Some((item, _)) if !item.is_empty() => item,
+        _ => id,
+    }
 }
 
 fn xstest_file(path: &Path, out: &mut Vec<Labeled>) -> Result<()> {
@@ -114,7 +135,7 @@ fn xstest_file(path: &Path, out: &mut Vec<Labeled>) -> Result<()> {
 /// Read labelled responses from `KIND:PATH`.
 pub fn read_labels(spec: &str) -> Result<Vec<Labeled>> {
     let (kind, path) = spec.split_once(':').ok_or_else(|| {
-        Error::Usage(format!("--labels {spec:?}: expected KIND:PATH with KIND one of xstest-completions, square-responses, assurai, jsonl"))
+        Error::Usage(format!("--labels {spec:?}: expected KIND:PATH with KIND one of xstest-completions, square-responses, kosbi, assurai, jsonl"))
     })?;
     let path = PathBuf::from(path);
     let mut out = Vec::new();
@@ -145,7 +166,30 @@ pub fn read_labels(spec: &str) -> Result<Vec<Labeled>> {
                 let (Some(q), Some(resp), Some(acc)) = (q, resp, acc) else {
                     return Err(Error::input(r.loc.clone(), "missing question, response or acceptable?", "SQuARe response files have question, response and acceptable? (0/1)"));
                 };
-                out.push(Labeled { expected: None, id: format!("square-r-{}", r.loc.line.unwrap_or(0)), prompt: q.into(), response: resp.into(), label: Label::Harmful(acc == 0), risk: String::new() });
+                // Responses to one question share a group (see group_of).
+                let qh = &crate::store::sha256_hex(q.as_bytes())[..10];
+                out.push(Labeled { expected: None, id: format!("square-{qh}/{}", r.loc.line.unwrap_or(0)), prompt: q.into(), response: resp.into(), label: Label::Harmful(acc == 0), risk: String::new() });
+            }
+        }
+        "kosbi" => {
+            // KoSBi: a context and a sentence that follows it; the sentence's
+            // human label (safe / unsafe) is the label, the context is the request.
+            let stem = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("kosbi")
+                .to_string();
+            for (i, r) in record::read_json_array(&path)?.into_iter().enumerate() {
+                let get = |k: &str| r.fields.get(k).and_then(|v| v.as_str());
+                let (Some(ctx), Some(sent), Some(label)) = (get("context"), get("sentence"), get("sentence_label")) else {
+                    return Err(Error::input(r.loc.clone(), "missing context, sentence or sentence_label", "KoSBi files have context, sentence and sentence_label (safe/unsafe)"));
+                };
+                let harmful = match label {
+                    "unsafe" => true,
+                    "safe" => false,
+                    _ => continue, // "undecided": no label
+                };
+                out.push(Labeled { expected: None, id: format!("{stem}/{i}"), prompt: ctx.into(), response: sent.into(), label: Label::Harmful(harmful), risk: get("demographic_category").unwrap_or("").into() });
             }
         }
         "assurai" | "dataset" => {
@@ -189,7 +233,7 @@ pub fn read_labels(spec: &str) -> Result<Vec<Labeled>> {
             }
         }
         other => {
-            return Err(Error::Usage(format!("--labels: unknown label kind {other:?}; use xstest-completions, square-responses, assurai or jsonl")))
+            return Err(Error::Usage(format!("--labels: unknown label kind {other:?}; use xstest-completions, square-responses, kosbi, assurai or jsonl")))
         }
     }
     if out.is_empty() {
@@ -214,6 +258,16 @@ pub struct KindReport {
     pub unscored: usize,
     #[serde(flatten)]
     pub agreement: Agreement,
+    /// 95% bootstrap intervals (1000 resamples of the items).
+    pub ci95: metrics::AgreementCi,
+}
+
+/// One kind of label, for the items in one language (of the response).
+#[derive(Debug, Serialize)]
+pub struct LanguageReport {
+    pub language: String,
+    #[serde(flatten)]
+    pub report: KindReport,
 }
 
 #[derive(Debug, Serialize)]
@@ -230,6 +284,8 @@ pub struct EvalReport {
     #[serde(flatten)]
     pub primary: KindReport,
     pub by_kind: Vec<KindReport>,
+    /// Every kind again, per language of the response (`ko`, `en`).
+    pub by_language: Vec<LanguageReport>,
     /// Every item's verdict (not serialised; `judge-eval --verdicts FILE`).
     #[serde(skip)]
     pub verdicts: Vec<ItemVerdict>,
@@ -269,6 +325,7 @@ fn evaluate_kind(kind: &str, items: &[(&Labeled, Verdict)]) -> Option<KindReport
                 items: pairs.len() + unscored,
                 unscored,
                 agreement: metrics::agreement(&labels, &pairs),
+                ci95: metrics::agreement_ci(&labels, &pairs, 0xc1),
             })
         }
         "harmful" | "score" => {
@@ -330,6 +387,7 @@ fn evaluate_kind(kind: &str, items: &[(&Labeled, Verdict)]) -> Option<KindReport
                 compared_as,
                 items: pairs.len() + unscored,
                 unscored,
+                ci95: metrics::agreement_ci(&labels, &pairs, 0xc1),
                 agreement,
             })
         }
@@ -374,11 +432,16 @@ pub fn evaluate(
     let t0 = Instant::now();
     let pb = crate::progress::bar(chosen.len() as u64, "judging");
     let mut verdicts = Vec::with_capacity(chosen.len());
-    let judged: Vec<(&Labeled, Verdict)> = chosen
-        .iter()
-        .map(|l| {
-            let j = judge.judge(&l.item(), &l.response);
-            pb.inc(1);
+    let mut judged: Vec<(&Labeled, Verdict)> = Vec::with_capacity(chosen.len());
+    // Chunks: a head judge embeds a chunk's responses in batches.
+    for chunk in chosen.chunks(32) {
+        let its: Vec<_> = chunk.iter().map(|l| l.item()).collect();
+        let pairs: Vec<_> = its
+            .iter()
+            .zip(chunk)
+            .map(|(i, l)| (i, l.response.as_str()))
+            .collect();
+        for (l, j) in chunk.iter().zip(judge.judge_many(&pairs)) {
             verdicts.push(ItemVerdict {
                 id: l.id.clone(),
                 human: format!("{:?}", l.label),
@@ -386,9 +449,10 @@ pub fn evaluate(
                 detail: j.detail,
                 response: l.response.chars().take(300).collect(),
             });
-            (*l, j.verdict)
-        })
-        .collect();
+            judged.push((*l, j.verdict));
+        }
+        pb.inc(chunk.len() as u64);
+    }
     pb.finish_and_clear();
     let secs = t0.elapsed().as_secs_f64().max(1e-9);
     let mut by_kind: Vec<KindReport> = ["refusal", "harmful", "score"]
@@ -400,6 +464,22 @@ pub fn evaluate(
             "--labels {spec}: no items in the {split:?} split"
         )));
     }
+    let mut by_language = vec![];
+    for lang in ["ko", "en"] {
+        let sub: Vec<(&Labeled, Verdict)> = judged
+            .iter()
+            .filter(|(l, _)| super::model::language_of(&l.response) == lang)
+            .cloned()
+            .collect();
+        for k in ["refusal", "harmful", "score"] {
+            if let Some(report) = evaluate_kind(k, &sub) {
+                by_language.push(LanguageReport {
+                    language: lang.into(),
+                    report,
+                });
+            }
+        }
+    }
     let primary = by_kind.remove(0);
     let mut all = vec![KindReport {
         label_kind: primary.label_kind.clone(),
@@ -407,6 +487,7 @@ pub fn evaluate(
         items: primary.items,
         unscored: primary.unscored,
         agreement: primary.agreement.clone(),
+        ci95: primary.ci95.clone(),
     }];
     all.extend(by_kind);
     Ok(EvalReport {
@@ -417,10 +498,11 @@ pub fn evaluate(
         items_per_s: metrics::round6(judged.len() as f64 / secs),
         judge_stats: match judge {
             Judge::Model(m) => Some(m.stats.clone()),
-            Judge::Refusal(_) => None,
+            _ => None,
         },
         primary,
         by_kind: all,
+        by_language,
         verdicts,
     })
 }

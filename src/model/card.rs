@@ -28,6 +28,33 @@ pub struct Card {
     /// tokenizer), cached beside the model file and verified by sha256.
     #[serde(default)]
     pub extra: Vec<ExtraFile>,
+    /// When the concatenated parts are an archive: the file above (`file`,
+    /// `sha256`) and further files are unpacked from it.
+    #[serde(default)]
+    pub archive: Option<Archive>,
+}
+
+/// An archive that the parts assemble into (EmbeddingGemma's zip).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Archive {
+    /// `zip` (the only kind).
+    pub kind: String,
+    /// sha256 of the assembled archive.
+    pub sha256: String,
+    /// The archive member that becomes the card's `file`.
+    pub main: String,
+    /// Further members, each cached under `file` and checked by sha256.
+    pub unpack: Vec<Unpacked>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Unpacked {
+    pub member: String,
+    /// Path in the cache folder (may hold one folder level, as `2_Dense/config.json`).
+    pub file: String,
+    pub sha256: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -99,6 +126,10 @@ pub const BUNDLED: &[(&str, &str)] = &[
         "whisper-base",
         include_str!("../../models/whisper-base.toml"),
     ),
+    (
+        "embeddinggemma-300m",
+        include_str!("../../models/embeddinggemma-300m.toml"),
+    ),
 ];
 
 pub fn all() -> Vec<Card> {
@@ -137,6 +168,13 @@ mod tests {
             assert_eq!(&c.name, name);
             assert_eq!(c.sha256.len(), 64);
             assert!(!c.parts.is_empty());
+            if let Some(a) = &c.archive {
+                assert_eq!(a.kind, "zip");
+                assert_eq!(a.sha256.len(), 64);
+                assert!(a.unpack.iter().all(|u| u.sha256.len() == 64
+                    && !u.file.contains("..")
+                    && !u.file.starts_with('/')));
+            }
         }
     }
 }

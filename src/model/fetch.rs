@@ -47,7 +47,70 @@ fn cached(card: &Card) -> Result<bool> {
             return Ok(false);
         }
     }
+    for u in card.archive.iter().flat_map(|a| &a.unpack) {
+        let p = extra_path(card, &u.file);
+        if !p.exists() || file_sha256(&p)? != u.sha256 {
+            return Ok(false);
+        }
+    }
     Ok(true)
+}
+
+/// Whether a card's files are all in the cache with their hashes (the
+/// hashes of large files are read from their sidecars after the first time).
+pub fn is_cached(card: &Card) -> bool {
+    cached(card).unwrap_or(false)
+}
+
+/// Unpack an assembled zip archive's members into the card's cache folder:
+/// each member is written to `<file>.partial`, checked against its sha256,
+/// then renamed, so nothing half-written is ever taken for a cached file.
+fn unpack_zip(card: &Card, archive: &super::card::Archive, zip_path: &Path) -> Result<()> {
+    let f = File::open(zip_path).map_err(|e| Error::io(zip_path, e))?;
+    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(f))
+        .map_err(|e| http_err(&zip_path.display().to_string(), e))?;
+    let main = super::card::Unpacked {
+        member: archive.main.clone(),
+        file: card.file.clone(),
+        sha256: card.sha256.clone(),
+    };
+    for u in std::iter::once(&main).chain(&archive.unpack) {
+        let dest = extra_path(card, &u.file);
+        if dest.exists() && file_sha256(&dest)? == u.sha256 {
+            continue;
+        }
+        if let Some(d) = dest.parent() {
+            std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
+        }
+        let mut member = zip.by_name(&u.member).map_err(|e| {
+            http_err(
+                &zip_path.display().to_string(),
+                format!("member {}: {e}", u.member),
+            )
+        })?;
+        let partial = PathBuf::from(format!("{}.partial", dest.display()));
+        let mut out = File::create(&partial).map_err(|e| Error::io(&partial, e))?;
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = member.read(&mut buf).map_err(|e| Error::io(zip_path, e))?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            out.write_all(&buf[..n])
+                .map_err(|e| Error::io(&partial, e))?;
+        }
+        out.sync_all().map_err(|e| Error::io(&partial, e))?;
+        let got = hex::encode(h.finalize());
+        if got != u.sha256 {
+            let _ = std::fs::remove_file(&partial);
+            return Err(Error::Usage(format!("{}: {} unpacked with sha256 {got}, the card says {}\n  fix: the packages changed; check the card", card.name, u.member, u.sha256)));
+        }
+        std::fs::rename(&partial, &dest).map_err(|e| Error::io(&dest, e))?;
+        let _ = file_sha256(&dest);
+    }
+    Ok(())
 }
 
 /// sha256 of a file, cached in a sidecar `<file>.sha256` keyed by size and
@@ -184,7 +247,23 @@ pub fn fetch(card: &Card) -> Result<PathBuf> {
         eprintln!("{}: already in the cache ({})", card.name, dest.display());
         return Ok(dest);
     }
-    let partial = dir.join(format!("{}.partial", card.file));
+    // An archive card assembles the archive (kept across an interrupted
+    // unpack, verified by its own sha256) and unpacks the card's files from it.
+    let assembled_name = match &card.archive {
+        Some(a) => format!("archive.{}", a.kind),
+        None => card.file.clone(),
+    };
+    let assembled = dir.join(&assembled_name);
+    if let Some(a) = &card.archive {
+        if assembled.exists() && file_sha256(&assembled)? == a.sha256 {
+            unpack_zip(card, a, &assembled)?;
+            let _ = std::fs::remove_file(&assembled);
+            let _ = std::fs::remove_file(sidecar(&assembled));
+            eprintln!("{}: verified, cached at {}", card.name, dir.display());
+            return Ok(dest);
+        }
+    }
+    let partial = dir.join(format!("{assembled_name}.partial"));
     let mut out = File::create(&partial).map_err(|e| Error::io(&partial, e))?;
     let mut whole = Sha256::new();
     let agent = agent();
@@ -261,11 +340,18 @@ pub fn fetch(card: &Card) -> Result<PathBuf> {
     out.sync_all().map_err(|e| Error::io(&partial, e))?;
     drop(out);
     let got = hex::encode(whole.finalize());
-    if got != card.sha256 {
-        return Err(Error::Usage(format!("{}: assembled file sha256 {got} does not match the card's {}\n  fix: the packages changed; check the card", card.name, card.sha256)));
+    let want = card.archive.as_ref().map_or(&card.sha256, |a| &a.sha256);
+    if &got != want {
+        return Err(Error::Usage(format!("{}: assembled file sha256 {got} does not match the card's {want}\n  fix: the packages changed; check the card", card.name)));
     }
-    std::fs::rename(&partial, &dest).map_err(|e| Error::io(&dest, e))?;
-    let _ = file_sha256(&dest);
+    std::fs::rename(&partial, &assembled).map_err(|e| Error::io(&assembled, e))?;
+    let _ = file_sha256(&assembled);
+    if let Some(a) = &card.archive {
+        eprintln!("{}: unpacking {}", card.name, assembled.display());
+        unpack_zip(card, a, &assembled)?;
+        let _ = std::fs::remove_file(&assembled);
+        let _ = std::fs::remove_file(sidecar(&assembled));
+    }
     eprintln!("{}: verified, cached at {}", card.name, dest.display());
     Ok(dest)
 }

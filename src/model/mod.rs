@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod card;
 pub mod chat;
+pub mod embeddinggemma;
 pub mod fetch;
 pub mod gemma3;
 pub mod gemma4;

@@ -1,0 +1,642 @@
+//! EmbeddingGemma (Google; Gemma terms of use): multilingual sentence
+//! embeddings from a sentence-transformers folder.
+//!
+//! anjeon's own file, written from transformers' `Gemma3TextModel` (with
+//! `use_bidirectional_attention`) and sentence-transformers' module list:
+//! 1. Gemma 3 text encoder: token embeddings scaled by √hidden; per layer
+//!    RMSNorm (`x·(1+w)`, f32) → attention (q/k RMSNorm per head, RoPE with
+//!    base `rope_local_base_freq` on sliding layers and `rope_theta` on full
+//!    layers, scale `query_pre_attn_scalar^-½`, grouped KV heads) → post-attention
+//!    norm → residual; pre-feed-forward norm → `down(gelu_tanh(gate(x))·up(x))` →
+//!    post-feed-forward norm → residual; final norm.
+//! 2. Attention is bidirectional. Full layers see every real token;
+//!    sliding layers see keys with `|i − j| < w`, where transformers'
+//!    `Gemma3TextConfig` turns the stored `sliding_window` into
+//!    `w = sliding_window / 2 + 1` when attention is bidirectional (so 512 →
+//!    256 tokens either side). Padding keys are masked in every layer.
+//! 3. Mean pooling over the real tokens (prompt, `<bos>` and `<eos>` included,
+//!    `include_prompt = true`), `2_Dense` (768 → 3072) and `3_Dense`
+//!    (3072 → 768), both bias-free with identity activation, L2 normalisation.
+//!
+//! Texts get the model's task prompt prepended (`config_sentence_transformers.json`)
+//! and are cut at `max_seq_length` tokens (`sentence_bert_config.json`),
+//! keeping `<bos>` and `<eos>` as the tokenizer's post-processor places them.
+//! Batches pad on the right with the pad id; the padding mask keeps each
+//! text's embedding independent of its batch (checked in `tests/embedding.rs`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Module, Tensor, D};
+use candle_nn::{Embedding, Linear, VarBuilder};
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Config {
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub rope_local_base_freq: f64,
+    pub sliding_window: usize,
+    pub layer_types: Vec<String>,
+    pub query_pre_attn_scalar: f64,
+    pub vocab_size: usize,
+    pub max_position_embeddings: usize,
+    #[serde(default)]
+    pub use_bidirectional_attention: bool,
+    pub hidden_activation: String,
+    #[serde(default)]
+    pub rope_scaling: Option<serde_json::Value>,
+    #[serde(default)]
+    pub pad_token_id: Option<u32>,
+}
+
+impl Config {
+    /// The number of keys either side (exclusive) a sliding layer sees.
+    pub fn window(&self) -> usize {
+        if self.use_bidirectional_attention {
+            self.sliding_window / 2 + 1
+        } else {
+            self.sliding_window
+        }
+    }
+
+    fn check(&self, path: &Path) -> Result<()> {
+        let bad = |what: String| {
+            Err(Error::Usage(format!(
+                "{}: {what}\n  fix: anjeon's EmbeddingGemma runs Gemma 3 text encoders with bidirectional attention (use_bidirectional_attention = true)",
+                path.display()
+            )))
+        };
+        if !self.use_bidirectional_attention {
+            return bad("use_bidirectional_attention is not true (a causal Gemma 3, not an embedding model)".into());
+        }
+        if self.hidden_activation != "gelu_pytorch_tanh" {
+            return bad(format!("hidden_activation {:?}", self.hidden_activation));
+        }
+        if self.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
+            return bad("rope_scaling is set; not supported".into());
+        }
+        if self.layer_types.len() != self.num_hidden_layers {
+            return bad(format!(
+                "{} layer_types for {} layers",
+                self.layer_types.len(),
+                self.num_hidden_layers
+            ));
+        }
+        if let Some(t) = self
+            .layer_types
+            .iter()
+            .find(|t| *t != "sliding_attention" && *t != "full_attention")
+        {
+            return bad(format!("layer type {t:?}"));
+        }
+        if self.num_attention_heads == 0
+            || self.num_key_value_heads == 0
+            || self.num_attention_heads % self.num_key_value_heads != 0
+            || self.head_dim == 0
+            || self.head_dim % 2 != 0
+            || self.max_position_embeddings > 1 << 20
+        {
+            return bad(format!(
+                "head counts {}/{} or head_dim {} or {} positions out of range",
+                self.num_attention_heads,
+                self.num_key_value_heads,
+                self.head_dim,
+                self.max_position_embeddings
+            ));
+        }
+        Ok(())
+    }
+}
+
+struct Norm {
+    /// `1 + weight` (Gemma's RMSNorm scales by one plus the stored weight).
+    scale: Tensor,
+    eps: f32,
+}
+
+impl Norm {
+    fn new(n: usize, eps: f64, vb: VarBuilder) -> candle_core::Result<Norm> {
+        Ok(Norm {
+            scale: (vb.get(n, "weight")?.to_dtype(DType::F32)? + 1.0)?,
+            eps: eps as f32,
+        })
+    }
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        candle_nn::ops::rms_norm(&x.contiguous()?, &self.scale, self.eps)
+    }
+}
+
+struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+impl Rope {
+    fn new(
+        head_dim: usize,
+        base: f64,
+        positions: usize,
+        dev: &Device,
+    ) -> candle_core::Result<Rope> {
+        // transformers computes inv_freq in float32 from an int64 arange.
+        let inv: Vec<f32> = (0..head_dim)
+            .step_by(2)
+            .map(|i| 1.0 / (base as f32).powf(i as f32 / head_dim as f32))
+            .collect();
+        let n = inv.len();
+        let inv = Tensor::from_vec(inv, (1, n), dev)?;
+        let t = Tensor::arange(0u32, positions as u32, dev)?
+            .to_dtype(DType::F32)?
+            .reshape((positions, 1))?;
+        let f = t.matmul(&inv)?;
+        Ok(Rope {
+            cos: f.cos()?,
+            sin: f.sin()?,
+        })
+    }
+    fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let l = x.dim(2)?;
+        candle_nn::rotary_emb::rope(
+            &x.contiguous()?,
+            &self.cos.narrow(0, 0, l)?,
+            &self.sin.narrow(0, 0, l)?,
+        )
+    }
+}
+
+struct Layer {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    q_norm: Norm,
+    k_norm: Norm,
+    input_norm: Norm,
+    post_attn_norm: Norm,
+    pre_ff_norm: Norm,
+    post_ff_norm: Norm,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+    sliding: bool,
+}
+
+fn linear(i: usize, o: usize, vb: VarBuilder) -> candle_core::Result<Linear> {
+    Ok(Linear::new(vb.get((o, i), "weight")?, None))
+}
+
+/// The Gemma 3 bidirectional encoder (transformer only; pooling is in [`EmbeddingGemma`]).
+pub struct Encoder {
+    embed: Embedding,
+    layers: Vec<Layer>,
+    norm: Norm,
+    rope_local: Rope,
+    rope_global: Rope,
+    cfg: Config,
+}
+
+impl Encoder {
+    pub fn new(cfg: &Config, vb: VarBuilder) -> candle_core::Result<Encoder> {
+        let h = cfg.hidden_size;
+        let hd = cfg.head_dim;
+        let embed = Embedding::new(vb.get((cfg.vocab_size, h), "embed_tokens.weight")?, h);
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let vl = vb.pp(format!("layers.{i}"));
+            let va = vl.pp("self_attn");
+            let vm = vl.pp("mlp");
+            layers.push(Layer {
+                q: linear(h, cfg.num_attention_heads * hd, va.pp("q_proj"))?,
+                k: linear(h, cfg.num_key_value_heads * hd, va.pp("k_proj"))?,
+                v: linear(h, cfg.num_key_value_heads * hd, va.pp("v_proj"))?,
+                o: linear(cfg.num_attention_heads * hd, h, va.pp("o_proj"))?,
+                q_norm: Norm::new(hd, cfg.rms_norm_eps, va.pp("q_norm"))?,
+                k_norm: Norm::new(hd, cfg.rms_norm_eps, va.pp("k_norm"))?,
+                input_norm: Norm::new(h, cfg.rms_norm_eps, vl.pp("input_layernorm"))?,
+                post_attn_norm: Norm::new(h, cfg.rms_norm_eps, vl.pp("post_attention_layernorm"))?,
+                pre_ff_norm: Norm::new(h, cfg.rms_norm_eps, vl.pp("pre_feedforward_layernorm"))?,
+                post_ff_norm: Norm::new(h, cfg.rms_norm_eps, vl.pp("post_feedforward_layernorm"))?,
+                gate: linear(h, cfg.intermediate_size, vm.pp("gate_proj"))?,
+                up: linear(h, cfg.intermediate_size, vm.pp("up_proj"))?,
+                down: linear(cfg.intermediate_size, h, vm.pp("down_proj"))?,
+                sliding: cfg.layer_types[i] == "sliding_attention",
+            });
+        }
+        let dev = vb.device();
+        Ok(Encoder {
+            embed,
+            layers,
+            norm: Norm::new(h, cfg.rms_norm_eps, vb.pp("norm"))?,
+            rope_local: Rope::new(
+                hd,
+                cfg.rope_local_base_freq,
+                cfg.max_position_embeddings,
+                dev,
+            )?,
+            rope_global: Rope::new(hd, cfg.rope_theta, cfg.max_position_embeddings, dev)?,
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// Additive masks `(b, 1, l, l)` for full and sliding layers from the
+    /// per-text lengths (right padding).
+    fn masks(
+        &self,
+        lens: &[usize],
+        l: usize,
+        dev: &Device,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        let w = self.cfg.window();
+        let b = lens.len();
+        let mut full = vec![0f32; b * l * l];
+        let mut slide = vec![0f32; b * l * l];
+        for (bi, &n) in lens.iter().enumerate() {
+            for i in 0..l {
+                for j in 0..l {
+                    let at = bi * l * l + i * l + j;
+                    if j >= n {
+                        full[at] = f32::NEG_INFINITY;
+                        slide[at] = f32::NEG_INFINITY;
+                    } else if i.abs_diff(j) >= w {
+                        slide[at] = f32::NEG_INFINITY;
+                    }
+                }
+            }
+        }
+        Ok((
+            Tensor::from_vec(full, (b, 1, l, l), dev)?,
+            Tensor::from_vec(slide, (b, 1, l, l), dev)?,
+        ))
+    }
+
+    /// Hidden states `(b, l, hidden)` after the final norm, for right-padded
+    /// ids `(b, l)` whose real lengths are `lens`.
+    pub fn forward(&self, ids: &Tensor, lens: &[usize]) -> candle_core::Result<Tensor> {
+        let (b, l) = ids.dims2()?;
+        if l > self.cfg.max_position_embeddings {
+            candle_core::bail!(
+                "{l} tokens exceed max_position_embeddings {}",
+                self.cfg.max_position_embeddings
+            );
+        }
+        let dev = ids.device();
+        let cfg = &self.cfg;
+        let (full_mask, slide_mask) = self.masks(lens, l, dev)?;
+        let mut x = (self.embed.forward(ids)? * (cfg.hidden_size as f64).sqrt())?;
+        let (nh, nkv, hd) = (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+        );
+        let scale = cfg.query_pre_attn_scalar.powf(-0.5);
+        for layer in &self.layers {
+            let residual = x.clone();
+            let xs = layer.input_norm.forward(&x)?;
+            let q = layer
+                .q
+                .forward(&xs)?
+                .reshape((b, l, nh, hd))?
+                .transpose(1, 2)?;
+            let k = layer
+                .k
+                .forward(&xs)?
+                .reshape((b, l, nkv, hd))?
+                .transpose(1, 2)?;
+            let v = layer
+                .v
+                .forward(&xs)?
+                .reshape((b, l, nkv, hd))?
+                .transpose(1, 2)?;
+            let q = layer.q_norm.forward(&q)?;
+            let k = layer.k_norm.forward(&k)?;
+            let rope = if layer.sliding {
+                &self.rope_local
+            } else {
+                &self.rope_global
+            };
+            let q = rope.apply(&q)?;
+            let k = rope.apply(&k)?;
+            let mask = if layer.sliding {
+                &slide_mask
+            } else {
+                &full_mask
+            };
+            let att = super::layers::attention(&q, k, v.contiguous()?, scale, Some(mask))?;
+            let att = layer.o.forward(&att)?;
+            x = (residual + layer.post_attn_norm.forward(&att)?)?;
+            let residual = x.clone();
+            let xs = layer.pre_ff_norm.forward(&x)?;
+            let g = layer.gate.forward(&xs)?.gelu()?; // tanh approximation
+            let ff = layer.down.forward(&(g * layer.up.forward(&xs)?)?)?;
+            x = (residual + layer.post_ff_norm.forward(&ff)?)?;
+        }
+        self.norm.forward(&x)
+    }
+}
+
+/// A loaded EmbeddingGemma: tokenizer, encoder, pooling and projections.
+pub struct EmbeddingGemma {
+    encoder: Encoder,
+    tokenizer: tokenizers::Tokenizer,
+    dense: Vec<Tensor>,
+    /// Task prompts by name (`query`, `document`, `Classification`, …).
+    pub prompts: BTreeMap<String, String>,
+    pub max_seq_length: usize,
+    pub pad_id: u32,
+    /// sha256 of `model.safetensors`: heads record it and are refused with another.
+    pub sha256: String,
+    pub dim: usize,
+    pub dir: PathBuf,
+    device: Device,
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| {
+        Error::input(
+            crate::error::Location::file(path),
+            format!("bad JSON: {e}"),
+            "the sentence-transformers folder is damaged; fetch it again (`anjeon models fetch embeddinggemma-300m`)",
+        )
+    })
+}
+
+#[derive(Deserialize)]
+struct StConfig {
+    #[serde(default)]
+    prompts: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+struct Pooling {
+    #[serde(default)]
+    pooling_mode_mean_tokens: bool,
+    #[serde(default = "yes")]
+    include_prompt: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+struct DenseCfg {
+    in_features: usize,
+    out_features: usize,
+    #[serde(default)]
+    bias: bool,
+    activation_function: String,
+}
+
+#[derive(Deserialize)]
+struct BertCfg {
+    max_seq_length: usize,
+}
+
+impl EmbeddingGemma {
+    /// Load a sentence-transformers EmbeddingGemma folder.
+    pub fn load(dir: &Path, device: &Device) -> Result<EmbeddingGemma> {
+        let cfg_path = dir.join("config.json");
+        let cfg: Config = read_json(&cfg_path)?;
+        cfg.check(&cfg_path)?;
+        let weights = dir.join("model.safetensors");
+        let sha256 = super::fetch::file_sha256(&weights)?;
+        let cerr = |p: &Path| {
+            let p = p.to_path_buf();
+            move |e: candle_core::Error| {
+                Error::Usage(format!("{}: {e}\n  fix: the file may be truncated or corrupt; check its sha256 or fetch it again (`anjeon models fetch embeddinggemma-300m`)", p.display()))
+            }
+        };
+        // SAFETY: the file is memory-mapped read-only and not modified while mapped.
+        let vb = unsafe {
+            VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, device)
+                .map_err(cerr(&weights))?
+        };
+        // Checkpoints saved from Gemma3TextModel have no `model.` prefix.
+        let vb = if vb.contains_tensor("embed_tokens.weight") {
+            vb
+        } else {
+            vb.pp("model")
+        };
+        let encoder = Encoder::new(&cfg, vb).map_err(cerr(&weights))?;
+        let modules: Vec<serde_json::Value> = read_json(&dir.join("modules.json"))?;
+        let mut dense = vec![];
+        let mut pooled = false;
+        let mut normalize = false;
+        let mut width = cfg.hidden_size;
+        for m in &modules {
+            let ty = m["type"].as_str().unwrap_or("");
+            let sub = dir.join(m["path"].as_str().unwrap_or(""));
+            match ty.rsplit('.').next().unwrap_or("") {
+                "Transformer" => {}
+                "Pooling" => {
+                    let p: Pooling = read_json(&sub.join("config.json"))?;
+                    if !p.pooling_mode_mean_tokens || !p.include_prompt {
+                        return Err(Error::Usage(format!(
+                            "{}: only mean pooling over all tokens (include_prompt) is supported",
+                            sub.display()
+                        )));
+                    }
+                    pooled = true;
+                }
+                "Dense" => {
+                    let c: DenseCfg = read_json(&sub.join("config.json"))?;
+                    if c.bias
+                        || !c.activation_function.ends_with("Identity")
+                        || c.in_features != width
+                    {
+                        return Err(Error::Usage(format!("{}: Dense {}→{} (bias {}, {}) does not follow width {width} with identity activation and no bias", sub.display(), c.in_features, c.out_features, c.bias, c.activation_function)));
+                    }
+                    let f = sub.join("model.safetensors");
+                    let t = candle_core::safetensors::load(&f, device).map_err(cerr(&f))?;
+                    let w = t
+                        .get("linear.weight")
+                        .ok_or_else(|| Error::Usage(format!("{}: no linear.weight", f.display())))?
+                        .to_dtype(DType::F32)
+                        .map_err(cerr(&f))?;
+                    if w.dims() != [c.out_features, c.in_features] {
+                        return Err(Error::Usage(format!(
+                            "{}: linear.weight has shape {:?}, config says {}×{}",
+                            f.display(),
+                            w.dims(),
+                            c.out_features,
+                            c.in_features
+                        )));
+                    }
+                    width = c.out_features;
+                    dense.push(w);
+                }
+                "Normalize" => normalize = true,
+                other => {
+                    return Err(Error::Usage(format!(
+                        "{}: sentence-transformers module {other:?} is not supported",
+                        dir.join("modules.json").display()
+                    )))
+                }
+            }
+        }
+        if !pooled || !normalize {
+            return Err(Error::Usage(format!(
+                "{}: expected Pooling and Normalize modules",
+                dir.join("modules.json").display()
+            )));
+        }
+        let st: StConfig = read_json(&dir.join("config_sentence_transformers.json"))?;
+        let bert: BertCfg = read_json(&dir.join("sentence_bert_config.json"))?;
+        let tok_path = dir.join("tokenizer.json");
+        let mut tokenizer = tokenizers::Tokenizer::from_file(&tok_path)
+            .map_err(|e| Error::Usage(format!("{}: tokenizer: {e}", tok_path.display())))?;
+        let max_seq_length = bert.max_seq_length.min(cfg.max_position_embeddings);
+        tokenizer
+            .with_truncation(Some(tokenizers::TruncationParams {
+                max_length: max_seq_length,
+                ..Default::default()
+            }))
+            .map_err(|e| Error::Usage(format!("{}: tokenizer: {e}", tok_path.display())))?;
+        tokenizer.with_padding(None);
+        Ok(EmbeddingGemma {
+            encoder,
+            tokenizer,
+            dense,
+            prompts: st.prompts,
+            max_seq_length,
+            pad_id: cfg.pad_token_id.unwrap_or(0),
+            sha256,
+            dim: width,
+            dir: dir.to_path_buf(),
+            device: device.clone(),
+        })
+    }
+
+    /// The cached folder of the bundled card, if fetched.
+    pub fn cached_dir() -> Option<PathBuf> {
+        let card = super::card::find("embeddinggemma-300m")?;
+        super::fetch::is_cached(&card).then(|| {
+            super::fetch::model_path(&card)
+                .parent()
+                .map(Path::to_path_buf)
+        })?
+    }
+
+    /// Token ids of a text as sentence-transformers feeds it (prompt already
+    /// prepended; `<bos>` … `<eos>`, cut at `max_seq_length`).
+    pub fn tokenize(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .tokenizer
+            .encode(text, true)
+            .map_err(|e| Error::Usage(format!("tokenizer: {e}")))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Token ids of a text without prompt or special tokens, with each
+    /// token's byte offsets (to cut a text on a token boundary).
+    pub fn raw_tokens(&self, text: &str) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
+        let enc = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| Error::Usage(format!("tokenizer: {e}")))?;
+        Ok((enc.get_ids().to_vec(), enc.get_offsets().to_vec()))
+    }
+
+    /// Embeddings of already tokenized texts, run as one padded batch.
+    pub fn embed_ids(&self, batch: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        self.embed_ids_inner(batch)
+            .map_err(|e| Error::Usage(format!("EmbeddingGemma forward: {e}")))
+    }
+
+    fn embed_ids_inner(&self, batch: &[Vec<u32>]) -> candle_core::Result<Vec<Vec<f32>>> {
+        if batch.is_empty() {
+            return Ok(vec![]);
+        }
+        let lens: Vec<usize> = batch.iter().map(Vec::len).collect();
+        let l = *lens.iter().max().unwrap_or(&1);
+        let mut flat = Vec::with_capacity(batch.len() * l);
+        let mut mask = Vec::with_capacity(batch.len() * l);
+        for ids in batch {
+            flat.extend_from_slice(ids);
+            flat.extend(std::iter::repeat_n(self.pad_id, l - ids.len()));
+            mask.extend(std::iter::repeat_n(1f32, ids.len()));
+            mask.extend(std::iter::repeat_n(0f32, l - ids.len()));
+        }
+        let ids = Tensor::from_vec(flat, (batch.len(), l), &self.device)?;
+        let hidden = self.encoder.forward(&ids, &lens)?;
+        let mask = Tensor::from_vec(mask, (batch.len(), l, 1), &self.device)?;
+        let counts = Tensor::from_vec(
+            lens.iter().map(|&n| n.max(1) as f32).collect::<Vec<_>>(),
+            (batch.len(), 1),
+            &self.device,
+        )?;
+        let mut x = hidden
+            .broadcast_mul(&mask)?
+            .sum(1)?
+            .broadcast_div(&counts)?;
+        for w in &self.dense {
+            x = x.matmul(&w.t()?)?;
+        }
+        let norm = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.maximum(1e-12)?;
+        x.broadcast_div(&norm)?.to_vec2::<f32>()
+    }
+
+    /// Mean-pooled hidden states before the Dense layers (for parity checks).
+    pub fn pooled(&self, ids: &[u32]) -> Result<Vec<f32>> {
+        let go = || -> candle_core::Result<Vec<f32>> {
+            let t = Tensor::new(ids, &self.device)?.unsqueeze(0)?;
+            let h = self.encoder.forward(&t, &[ids.len()])?;
+            h.mean(1)?.squeeze(0)?.to_vec1::<f32>()
+        };
+        go().map_err(|e| Error::Usage(format!("EmbeddingGemma forward: {e}")))
+    }
+
+    /// Embed texts with a task prompt (a name from the model's prompts, or
+    /// None for none), in length-sorted batches of at most `batch` texts.
+    /// Results are in input order; each equals the text embedded alone.
+    pub fn embed(
+        &self,
+        texts: &[&str],
+        prompt: Option<&str>,
+        batch: usize,
+    ) -> Result<Vec<Vec<f32>>> {
+        let prefix = match prompt {
+            None => "",
+            Some(p) => self.prompts.get(p).map(String::as_str).ok_or_else(|| {
+                Error::Usage(format!(
+                    "embedding prompt {p:?} is not one of the model's: {}",
+                    self.prompts.keys().cloned().collect::<Vec<_>>().join(", ")
+                ))
+            })?,
+        };
+        let ids: Vec<Vec<u32>> = texts
+            .iter()
+            .map(|t| self.tokenize(&format!("{prefix}{t}")))
+            .collect::<Result<_>>()?;
+        let mut order: Vec<usize> = (0..ids.len()).collect();
+        order.sort_by_key(|&i| (ids[i].len(), i));
+        let mut out = vec![Vec::new(); ids.len()];
+        // Batches hold similar lengths, and at most ~8k tokens of padded input.
+        let mut start = 0;
+        while start < order.len() {
+            let mut end = start + 1;
+            while end < order.len()
+                && end - start < batch.max(1)
+                && ids[order[end]].len() * (end - start + 1) <= 8192
+            {
+                end += 1;
+            }
+            let chunk: Vec<Vec<u32>> = order[start..end].iter().map(|&i| ids[i].clone()).collect();
+            for (k, e) in self.embed_ids(&chunk)?.into_iter().enumerate() {
+                out[order[start + k]] = e;
+            }
+            start = end;
+        }
+        Ok(out)
+    }
+}

