@@ -224,8 +224,9 @@ enum JudgeCmd {
         /// Head name (default: the file stem of --out).
         #[arg(long)]
         name: Option<String>,
-        /// Features: pair (request and response) or response (response alone).
-        #[arg(long, default_value = "pair")]
+        /// Features: lead (response, its first 64 tokens and the request),
+        /// pair (request and response with their product) or response (alone).
+        #[arg(long, default_value = "lead")]
         features: String,
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -235,6 +236,10 @@ enum JudgeCmd {
         /// Responses are cut to this many tokens before embedding.
         #[arg(long, default_value_t = anjeon::judge::head::DEFAULT_MAX_TOKENS)]
         max_tokens: usize,
+        /// Stack the head on the refusal detector's verdict (its class and
+        /// evidence count become four more features).
+        #[arg(long)]
+        with_detector: bool,
         /// Download the embedder if it is not cached.
         #[arg(long)]
         fetch: bool,
@@ -609,6 +614,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     seed,
                     folds,
                     max_tokens,
+                    with_detector,
                     fetch,
                 },
         } => {
@@ -619,7 +625,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 other => anyhow::bail!(anjeon::Error::Usage(format!("--task {other:?}: use refusal or harm (no 1-5 risk head: too few human 1-5 labels here)"))),
             };
             let layout = head::Layout::parse(&features).ok_or_else(|| {
-                anjeon::Error::Usage(format!("--features {features:?}: use pair or response"))
+                anjeon::Error::Usage(format!(
+                    "--features {features:?}: use lead, pair or response"
+                ))
             })?;
             let card = anjeon::model::card::find("embeddinggemma-300m").expect("bundled card");
             if !anjeon::model::fetch::is_cached(&card) && fetch {
@@ -647,6 +655,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         .to_string()
                 }),
                 max_tokens,
+                with_detector,
                 opts: head::TrainOptions {
                     seed,
                     folds,

@@ -70,10 +70,10 @@ pub enum Split {
 /// KoSBi's own files decide for themselves: `kosbi_valid` is all
 /// development, `kosbi_test` all held out.
 pub fn in_dev(id: &str) -> bool {
-    if id.starts_with("kosbi_valid/") {
+    if id.starts_with("kosbi_valid") {
         return true;
     }
-    if id.starts_with("kosbi_test/") {
+    if id.starts_with("kosbi_test") {
         return false;
     }
     metrics::seed_of(group_of(id), 0x5eed) % 10 < 3
@@ -83,7 +83,9 @@ pub fn in_dev(id: &str) -> bool {
 /// the same request stay together, so a request seen in training is never
 /// in the held-out split. XSTest's five completion files share prompt ids
 /// (`xstest_v2_completions_gpt4/12` → `12`); AssurAI-style reference answers
-/// are `ITEM/candidate_N` (→ `ITEM`). Other ids are their own group.
+/// are `ITEM/candidate_N` (→ `ITEM`), KoSBi's `FILE-CONTEXTHASH/N` and
+/// SQuARe's `square-QUESTIONHASH/LINE` group by context and question. Ids
+/// without a `/` are their own group.
 pub fn group_of(id: &str) -> &str {
     match id.split_once('/') {
         Some((stem, rest)) if stem.starts_with("xstest") => rest,
@@ -189,7 +191,8 @@ pub fn read_labels(spec: &str) -> Result<Vec<Labeled>> {
                     "safe" => false,
                     _ => continue, // "undecided": no label
                 };
-                out.push(Labeled { expected: None, id: format!("{stem}/{i}"), prompt: ctx.into(), response: sent.into(), label: Label::Harmful(harmful), risk: get("demographic_category").unwrap_or("").into() });
+                let ch = &crate::store::sha256_hex(ctx.as_bytes())[..10];
+                out.push(Labeled { expected: None, id: format!("{stem}-{ch}/{i}"), prompt: ctx.into(), response: sent.into(), label: Label::Harmful(harmful), risk: get("demographic_category").unwrap_or("").into() });
             }
         }
         "assurai" | "dataset" => {
