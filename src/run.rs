@@ -49,10 +49,13 @@ pub struct ScoreArgs {
 /// How to judge: shared by `run`, `score` and `judge-eval`.
 #[derive(clap::Args, Debug, Clone, Serialize)]
 pub struct JudgeArgs {
-    /// `default` (the judge model qwen2.5-coder-1.5b-instruct), `refusal` (the
-    /// model-free refusal detector only), or any model the engine loads: a
-    /// bundled model name, a .gguf file, a Hugging Face folder, a card, a hub id
-    /// in the local cache. The refusal detector always runs beside a model judge.
+    /// `default` (= `ensemble`: the bundled classifier heads over
+    /// EmbeddingGemma with the refusal detector), `head[:NAME|PATH|TASK=PATH+…]`
+    /// (heads alone), `refusal` (the model-free refusal detector only), or any
+    /// model the engine loads as a model judge: a bundled model name (e.g.
+    /// qwen2.5-coder-1.5b-instruct), a .gguf file, a Hugging Face folder, a
+    /// card, a hub id in the local cache. The refusal detector always runs
+    /// beside the judge.
     #[arg(long, default_value = "default")]
     pub judge: String,
     /// Device of the judge model (default: --device of the run, else cpu).
@@ -61,7 +64,7 @@ pub struct JudgeArgs {
     /// Longest response the judge reads, in tokens; longer ones are cut (recorded).
     #[arg(long, default_value_t = crate::judge::model::DEFAULT_MAX_RESPONSE_TOKENS)]
     pub judge_max_tokens: usize,
-    /// Download the bundled judge model if it is not cached.
+    /// Download the bundled judge model (or the heads' embedder) if it is not cached.
     #[arg(long)]
     pub judge_fetch: bool,
     /// How the judge model is prompted: `rubric` (data/judge/*.toml) or a
@@ -677,6 +680,33 @@ fn judge_and_report(
     let (mut judged, mut reused) = (0, 0);
     let pb = crate::progress::bar(plan_keys.len() as u64, "judging");
     let t0 = std::time::Instant::now();
+    // Pending judgments go to the judge in chunks (a head judge embeds a
+    // chunk in batches); each is appended as soon as its chunk is judged.
+    const CHUNK: usize = 16;
+    let mut pending: Vec<(&GenerationRecord, &Sample, String, String)> = Vec::new();
+    let flush = |pending: &mut Vec<(&GenerationRecord, &Sample, String, String)>,
+                 judge: &mut Judge,
+                 judgments: &mut store::Stage<JudgmentRecord>|
+     -> Result<usize> {
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        let items: Vec<_> = pending
+            .iter()
+            .map(|(_, s, prompt, _)| crate::judge::model::Item::of(s, prompt))
+            .collect();
+        let pairs: Vec<_> = items
+            .iter()
+            .zip(pending.iter())
+            .map(|(i, (g, ..))| (i, g.response.as_str()))
+            .collect();
+        let js = judge.judge_many(&pairs);
+        let n = js.len();
+        for ((g, _, _, jkey), j) in pending.drain(..).zip(js) {
+            judgments.append(JudgmentRecord::of(g, judge, &fp, jkey, j))?;
+        }
+        Ok(n)
+    };
     for k in &plan_keys {
         let g = gens.get(k).expect("planned generation is stored");
         let Some(sample) = by_id.get(g.sample_id.as_str()) else {
@@ -694,16 +724,26 @@ fn judge_and_report(
             judgments.append(JudgmentRecord::of(g, &detector, &dfp, dkey, j))?;
         }
         let jkey = judgment_key(&fp, &g.sample_id, &g.response_sha256);
-        if judgments.contains(&jkey) {
+        if judgments.contains(&jkey) || pending.iter().any(|p| p.3 == jkey) {
             reused += 1;
         } else {
-            let j = judge.judge(&item, &g.response);
-            judgments.append(JudgmentRecord::of(g, judge, &fp, jkey, j))?;
-            judged += 1;
+            pending.push((g, sample, prompt, jkey));
+            if pending.len() >= CHUNK {
+                judged += flush(&mut pending, judge, &mut judgments)?;
+            }
         }
         pb.inc(1);
     }
+    judged += flush(&mut pending, judge, &mut judgments)?;
     pb.finish_and_clear();
+    if judged > 0 && !matches!(judge, Judge::Model(_) | Judge::Refusal(_)) {
+        let wall = t0.elapsed().as_secs_f64();
+        eprintln!(
+            "judge {}: {judged} judgments in {wall:.1} s ({:.2} judgments/s)",
+            judge.name(),
+            judged as f64 / wall.max(1e-9)
+        );
+    }
     if let (Judge::Model(m), true) = (&*judge, judged > 0) {
         let st = &m.stats;
         let wall = t0.elapsed().as_secs_f64();

@@ -346,6 +346,8 @@ fn score_rejects_usage_errors_with_exit_2() {
         "tests/fixtures/ok/assurai.parquet",
         "--responses",
         "tests/fixtures/bad/empty.jsonl",
+        "--judge",
+        "refusal",
         "--out",
         out.to_str().unwrap(),
     ]);
