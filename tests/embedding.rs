@@ -113,3 +113,25 @@ fn batched_embeddings_equal_single_ones() {
         assert!(d_ref < 1e-4 && d_single < 1e-5, "{i}: {d_ref} {d_single}");
     }
 }
+
+/// Texts whose lengths differ by more than the sliding window (3 and 789
+/// tokens) in one padded batch: each still equals its single embedding (a
+/// padding row with every key masked once turned the short text into NaN).
+#[test]
+fn a_batch_of_very_different_lengths_stays_finite_and_exact() {
+    let fx = fixtures();
+    let m = model();
+    let cases = fx["cases"].as_array().unwrap();
+    let pick = |name: &str| cases.iter().find(|c| c["name"] == name).unwrap();
+    let (short, long) = (pick("single_char_none"), pick("long_mixed_document"));
+    let ids = vec![
+        common::ids(&short["token_ids"]),
+        common::ids(&long["token_ids"]),
+    ];
+    let out = m.embed_ids(&ids).unwrap();
+    for (e, c) in out.iter().zip([short, long]) {
+        assert!(e.iter().all(|v| v.is_finite()), "{}", c["name"]);
+        let d = common::max_abs(e, &floats(&c["embedding"]));
+        assert!(d < 1e-5, "{}: {d}", c["name"]);
+    }
+}

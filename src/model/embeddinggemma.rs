@@ -263,6 +263,12 @@ impl Encoder {
             for i in 0..l {
                 for j in 0..l {
                     let at = bi * l * l + i * l + j;
+                    if i >= n {
+                        // A padding query: its output is never used, but a
+                        // row with every key masked would be NaN, and NaN
+                        // survives the zero weight in pooling.
+                        continue;
+                    }
                     if j >= n {
                         full[at] = f32::NEG_INFINITY;
                         slide[at] = f32::NEG_INFINITY;
