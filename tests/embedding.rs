@@ -5,14 +5,12 @@
 
 mod common;
 
+use anjeon::model::card;
 use anjeon::model::embeddinggemma::EmbeddingGemma;
-use anjeon::model::{card, fetch};
 use serde_json::Value;
 
 fn model() -> EmbeddingGemma {
-    let c = card::find("embeddinggemma-300m").unwrap();
-    let p = fetch::fetch(&c).unwrap_or_else(|e| panic!("fetching embeddinggemma-300m: {e}"));
-    EmbeddingGemma::load(p.parent().unwrap(), &candle_core::Device::Cpu).unwrap()
+    common::embeddinggemma()
 }
 
 fn fixtures() -> Value {

@@ -7,8 +7,8 @@ mod common;
 use anjeon::judge::head::{self, HeadJudge};
 use anjeon::judge::model::Task;
 use anjeon::judge::Verdict;
+use anjeon::model::card;
 use anjeon::model::embeddinggemma::EmbeddingGemma;
-use anjeon::model::{card, fetch};
 use serde_json::Value;
 
 const PUB: &str = "tests/fixtures/public";
@@ -19,9 +19,7 @@ const KOSBI_KAPPA_MIN: f64 = 0.12;
 const XSTEST_ACCURACY_MIN: f64 = 0.80;
 
 fn embedder() -> EmbeddingGemma {
-    let c = card::find("embeddinggemma-300m").unwrap();
-    let p = fetch::fetch(&c).unwrap_or_else(|e| panic!("fetching embeddinggemma-300m: {e}"));
-    EmbeddingGemma::load(p.parent().unwrap(), &candle_core::Device::Cpu).unwrap()
+    common::embeddinggemma()
 }
 
 fn judge() -> HeadJudge {
@@ -139,14 +137,14 @@ fn heads_that_do_not_fit_are_refused_at_load() {
     let heads = head::load_heads(p.to_str().unwrap()).unwrap();
     let e = HeadJudge::new(std::sync::Arc::new(embedder()), heads)
         .err()
-        .expect("refused");
+        .expect("refused at load");
     let msg = e.to_string();
     assert!(
         msg.contains(&"ab".repeat(32))
             && msg.contains(&card::find("embeddinggemma-300m").unwrap().sha256),
         "{msg}"
     );
-    let e = head::load_heads("harm=refusal-v1").err().expect("refused");
+    let e = head::load_heads("harm=refusal-v1").expect_err("refused");
     let msg = e.to_string();
     assert!(
         msg.contains("refusal task") && msg.contains("harm task"),

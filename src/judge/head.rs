@@ -196,7 +196,7 @@ impl Head {
             Tensor::from_slice(v, shape, &dev)
                 .map_err(|e| Error::Usage(format!("head tensor: {e}")))
         };
-        let tensors = vec![
+        let tensors = [
             ("weight".to_string(), t(&self.weight, &[k, d])?),
             ("bias".to_string(), t(&self.bias, &[k])?),
             ("mean".to_string(), t(&self.mean, &[d])?),
@@ -259,7 +259,13 @@ impl Head {
         let (_, std) = get("std")?;
         let k = spec.classes.len();
         let d = mean.len();
-        if ws != [k, d] || bias.len() != k || std.len() != d || std.iter().any(|s| !(*s > 0.0)) {
+        if ws != [k, d]
+            || bias.len() != k
+            || std.len() != d
+            || std
+                .iter()
+                .any(|s| s.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater))
+        {
             return Err(bad(format!(
                 "tensor shapes do not fit {k} classes × {d} features"
             )));
@@ -863,7 +869,14 @@ pub fn train_head(req: &TrainRequest, embedder: &EmbeddingGemma) -> Result<Head>
             }
         })
         .collect();
-    let (weight, bias, mean, std, temperature, parts) = train(&examples, &classes, &req.opts)?;
+    let Trained {
+        weight,
+        bias,
+        mean,
+        std,
+        temperature,
+        parts,
+    } = train(&examples, &classes, &req.opts)?;
     let mut per_class = vec![0usize; classes.len()];
     for e in &examples {
         per_class[e.y] += 1;
@@ -1106,18 +1119,7 @@ fn argmax(v: &[f64]) -> usize {
 /// cross-validation (macro-F1), fit a temperature on the out-of-fold logits,
 /// then fit on all examples. Deterministic for a seed (the seed only assigns
 /// groups to folds).
-pub fn train(
-    examples: &[Example],
-    classes: &[String],
-    opts: &TrainOptions,
-) -> Result<(
-    Vec<f32>,
-    Vec<f32>,
-    Vec<f32>,
-    Vec<f32>,
-    f64,
-    TrainingSummaryParts,
-)> {
+pub fn train(examples: &[Example], classes: &[String], opts: &TrainOptions) -> Result<Trained> {
     let k = classes.len();
     if examples.len() < 2 * opts.folds.max(2) {
         return Err(Error::Usage(format!(
@@ -1208,13 +1210,13 @@ pub fn train(
         opts.steps,
     )
     .map_err(cerr)?;
-    Ok((
-        fitted.weight,
-        fitted.bias,
+    Ok(Trained {
+        weight: fitted.weight,
+        bias: fitted.bias,
         mean,
         std,
-        t_best.0,
-        TrainingSummaryParts {
+        temperature: t_best.0,
+        parts: TrainingSummaryParts {
             l2,
             weighting,
             grid,
@@ -1222,7 +1224,17 @@ pub fn train(
             nll_before: metrics::round6(before),
             nll_after: metrics::round6(t_best.1),
         },
-    ))
+    })
+}
+
+/// A trained head's numbers (see [`train`]).
+pub struct Trained {
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+    pub temperature: f64,
+    pub parts: TrainingSummaryParts,
 }
 
 /// The parts of a [`TrainingSummary`] that [`train`] decides.
@@ -1263,8 +1275,10 @@ mod tests {
             steps: 200,
             ..Default::default()
         };
-        let (w1, b1, _, _, t1, s1) = train(&ex, &classes, &opts).unwrap();
-        let (w2, b2, _, _, t2, _) = train(&ex, &classes, &opts).unwrap();
+        let a = train(&ex, &classes, &opts).unwrap();
+        let b = train(&ex, &classes, &opts).unwrap();
+        let (w1, b1, t1, s1) = (a.weight, a.bias, a.temperature, a.parts);
+        let (w2, b2, t2) = (b.weight, b.bias, b.temperature);
         assert_eq!((w1, b1, t1), (w2, b2, t2));
         assert!(s1.cv[0].accuracy > 0.9, "{:?}", s1.cv);
         assert_eq!(s1.grid.len(), 12);

@@ -31,6 +31,7 @@ use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Embedding, Linear, VarBuilder};
 use serde::Deserialize;
 
+use super::gemma3::Rope;
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -100,9 +101,11 @@ impl Config {
         }
         if self.num_attention_heads == 0
             || self.num_key_value_heads == 0
-            || self.num_attention_heads % self.num_key_value_heads != 0
+            || !self
+                .num_attention_heads
+                .is_multiple_of(self.num_key_value_heads)
             || self.head_dim == 0
-            || self.head_dim % 2 != 0
+            || !self.head_dim.is_multiple_of(2)
             || self.max_position_embeddings > 1 << 20
         {
             return bad(format!(
@@ -132,44 +135,6 @@ impl Norm {
     }
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         candle_nn::ops::rms_norm(&x.contiguous()?, &self.scale, self.eps)
-    }
-}
-
-struct Rope {
-    cos: Tensor,
-    sin: Tensor,
-}
-
-impl Rope {
-    fn new(
-        head_dim: usize,
-        base: f64,
-        positions: usize,
-        dev: &Device,
-    ) -> candle_core::Result<Rope> {
-        // transformers computes inv_freq in float32 from an int64 arange.
-        let inv: Vec<f32> = (0..head_dim)
-            .step_by(2)
-            .map(|i| 1.0 / (base as f32).powf(i as f32 / head_dim as f32))
-            .collect();
-        let n = inv.len();
-        let inv = Tensor::from_vec(inv, (1, n), dev)?;
-        let t = Tensor::arange(0u32, positions as u32, dev)?
-            .to_dtype(DType::F32)?
-            .reshape((positions, 1))?;
-        let f = t.matmul(&inv)?;
-        Ok(Rope {
-            cos: f.cos()?,
-            sin: f.sin()?,
-        })
-    }
-    fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let l = x.dim(2)?;
-        candle_nn::rotary_emb::rope(
-            &x.contiguous()?,
-            &self.cos.narrow(0, 0, l)?,
-            &self.sin.narrow(0, 0, l)?,
-        )
     }
 }
 
@@ -238,11 +203,11 @@ impl Encoder {
             norm: Norm::new(h, cfg.rms_norm_eps, vb.pp("norm"))?,
             rope_local: Rope::new(
                 hd,
-                cfg.rope_local_base_freq,
+                cfg.rope_local_base_freq as f32,
                 cfg.max_position_embeddings,
                 dev,
             )?,
-            rope_global: Rope::new(hd, cfg.rope_theta, cfg.max_position_embeddings, dev)?,
+            rope_global: Rope::new(hd, cfg.rope_theta as f32, cfg.max_position_embeddings, dev)?,
             cfg: cfg.clone(),
         })
     }
@@ -329,8 +294,8 @@ impl Encoder {
             } else {
                 &self.rope_global
             };
-            let q = rope.apply(&q)?;
-            let k = rope.apply(&k)?;
+            let q = rope.apply(&q, 0)?;
+            let k = rope.apply(&k, 0)?;
             let mask = if layer.sliding {
                 &slide_mask
             } else {
@@ -545,6 +510,7 @@ impl EmbeddingGemma {
 
     /// Token ids of a text without prompt or special tokens, with each
     /// token's byte offsets (to cut a text on a token boundary).
+    #[allow(clippy::type_complexity)]
     pub fn raw_tokens(&self, text: &str) -> Result<(Vec<u32>, Vec<(usize, usize)>)> {
         let enc = self
             .tokenizer

