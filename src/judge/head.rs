@@ -468,18 +468,16 @@ impl EmbedCache {
         let prefix = model.prompts.get(PROMPT).cloned().unwrap_or_default();
         let mut out: Vec<Option<(Vec<f32>, bool)>> = vec![None; texts.len()];
         let mut todo: Vec<(usize, Vec<u32>, [u8; 32], bool)> = vec![];
-        let mut seen: HashMap<[u8; 32], usize> = HashMap::new();
+        let mut seen: std::collections::HashSet<[u8; 32]> = Default::default();
         for (i, t) in texts.iter().enumerate() {
             let (cut, was_cut) = cut_text(model, t, max_tokens)?;
             let k = Self::key(PROMPT, &cut);
             if let Some(v) = self.map.get(&k) {
                 out[i] = Some((v.clone(), was_cut));
-            } else if let Some(&j) = seen.get(&k) {
+            } else if !seen.insert(k) {
                 // Same text twice in this call: computed once (filled below).
                 todo.push((i, vec![], k, was_cut));
-                let _ = j;
             } else {
-                seen.insert(k, i);
                 todo.push((i, model.tokenize(&format!("{prefix}{cut}"))?, k, was_cut));
             }
         }
@@ -679,8 +677,14 @@ impl HeadJudge {
                 .map(|h| h.spec.max_tokens)
                 .max()
                 .unwrap_or(DEFAULT_MAX_TOKENS);
+            // Only what some head reads: responses always, requests and
+            // leads when a layout uses them.
+            let n = want.len();
             let mut texts: Vec<&str> = want.iter().map(|&i| items[i].2).collect();
-            texts.extend(want.iter().map(|&i| items[i].1));
+            let with_request = self.heads.iter().any(|h| h.spec.layout.uses_request());
+            if with_request {
+                texts.extend(want.iter().map(|&i| items[i].1));
+            }
             let leads: Vec<&str> = want.iter().map(|&i| items[i].2).collect();
             let lead = self.heads.iter().any(|h| h.spec.layout.uses_lead());
             let embedded = self
@@ -710,12 +714,12 @@ impl HeadJudge {
                     }
                 }
                 Ok(embs) => {
-                    let n = want.len();
+                    let lead_at = if with_request { 2 * n } else { n };
                     for (k, &i) in want.iter().enumerate() {
                         let head = self.head_for(items[i].0).expect("checked above");
                         let (resp, cut) = &embs[k];
-                        let (req, _) = &embs[n + k];
-                        let lead = embs.get(2 * n + k).map_or(resp, |e| &e.0);
+                        let req = if with_request { &embs[n + k].0 } else { resp };
+                        let lead = if lead { &embs[lead_at + k].0 } else { resp };
                         let mut x = head.spec.layout.features(req, resp, lead);
                         if head.spec.detector.is_some() {
                             x.extend(detector_features(&self.detector, items[i].2));
