@@ -14,9 +14,10 @@
 
 use std::sync::Arc;
 
-use candle_core::quantized::{gguf_file, QMatMul, QTensor};
+use candle_core::quantized::{gguf_file, QTensor};
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
-use candle_nn::Embedding;
+
+use super::qlinear::{QEmbedding, QLinear};
 
 /// Longest context anjeon prepares rotary tables for.
 pub const MAX_POSITIONS: usize = 32_768;
@@ -82,19 +83,19 @@ impl Rope {
 
 #[derive(Clone)]
 struct Layer {
-    wq: QMatMul,
-    wk: QMatMul,
-    wv: QMatMul,
-    wo: QMatMul,
+    wq: QLinear,
+    wk: QLinear,
+    wv: QLinear,
+    wo: QLinear,
     q_norm: Norm,
     k_norm: Norm,
     attn_norm: Norm,
     post_attn_norm: Norm,
     ffn_norm: Norm,
     post_ffn_norm: Norm,
-    gate: QMatMul,
-    up: QMatMul,
-    down: QMatMul,
+    gate: QLinear,
+    up: QLinear,
+    down: QLinear,
     n_head: usize,
     n_kv: usize,
     head_dim: usize,
@@ -177,11 +178,11 @@ impl Layer {
 
 #[derive(Clone)]
 pub struct ModelWeights {
-    embed: Embedding,
+    embed: QEmbedding,
     hidden: usize,
     layers: Vec<Layer>,
     norm: Norm,
-    output: QMatMul,
+    output: QLinear,
 }
 
 impl ModelWeights {
@@ -218,18 +219,19 @@ impl ModelWeights {
         let rope_global = Arc::new(Rope::new(head_dim, base_global, positions, dev)?);
         let rope_local = Arc::new(Rope::new(head_dim, base_local, positions, dev)?);
 
-        let embed_q = ct.tensor(r, "token_embd.weight", dev)?;
-        let embed = Embedding::new(embed_q.dequantize(dev)?, hidden);
+        let embed_q = Arc::new(ct.tensor(r, "token_embd.weight", dev)?);
+        let embed = QEmbedding::new(embed_q.clone(), hidden)?;
         let output = match ct.tensor(r, "output.weight", dev) {
-            Ok(t) => QMatMul::from_qtensor(t)?,
-            Err(_) => QMatMul::from_qtensor(embed_q)?, // tied embeddings
+            Ok(t) => QLinear::new(t, "output.weight")?,
+            Err(_) => QLinear::from_arc(embed_q, "token_embd.weight")?, // tied embeddings
         };
         let norm = Norm::load(&ct, r, "output_norm.weight", eps, dev)?;
         let mut layers = Vec::with_capacity(n_layer);
         for i in 0..n_layer {
             let p = format!("blk.{i}");
-            let qm = |r: &mut R, n: &str| -> Result<QMatMul> {
-                QMatMul::from_qtensor(ct.tensor(r, &format!("{p}.{n}.weight"), dev)?)
+            let qm = |r: &mut R, n: &str| -> Result<QLinear> {
+                let name = format!("{p}.{n}.weight");
+                QLinear::new(ct.tensor(r, &name, dev)?, &name)
             };
             let nm = |r: &mut R, n: &str| Norm::load(&ct, r, &format!("{p}.{n}.weight"), eps, dev);
             let local = (i + 1) % pattern != 0;

@@ -11,6 +11,7 @@ pub mod gemma3;
 pub mod gemma4;
 pub mod generate;
 pub mod layers;
+pub mod qlinear;
 pub mod qwen2;
 pub mod qwen3_vl;
 pub mod requant;

@@ -8,9 +8,12 @@
 //! the prefix tensors, and appending creates new tensors), and that the
 //! causal mask also covers a chunk that starts after cached positions.
 
-use candle_core::quantized::{gguf_file, QMatMul};
+use std::sync::Arc;
+
+use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
-use candle_nn::Embedding;
+
+use super::qlinear::{QEmbedding, QLinear};
 
 /// Longest context anjeon prepares rotary tables for.
 pub const MAX_POSITIONS: usize = 32_768;
@@ -29,18 +32,18 @@ impl Norm {
 
 #[derive(Clone)]
 struct Layer {
-    wq: QMatMul,
-    wk: QMatMul,
-    wv: QMatMul,
+    wq: QLinear,
+    wk: QLinear,
+    wv: QLinear,
     bq: Tensor,
     bk: Tensor,
     bv: Tensor,
-    wo: QMatMul,
+    wo: QLinear,
     attn_norm: Norm,
     ffn_norm: Norm,
-    gate: QMatMul,
-    up: QMatMul,
-    down: QMatMul,
+    gate: QLinear,
+    up: QLinear,
+    down: QLinear,
     n_head: usize,
     n_kv: usize,
     head_dim: usize,
@@ -108,10 +111,10 @@ impl Layer {
 
 #[derive(Clone)]
 pub struct ModelWeights {
-    embed: Embedding,
+    embed: QEmbedding,
     layers: Vec<Layer>,
     norm: Norm,
-    output: QMatMul,
+    output: QLinear,
 }
 
 impl ModelWeights {
@@ -150,11 +153,11 @@ impl ModelWeights {
             .matmul(&inv)?;
         let (cos, sin) = (freqs.cos()?, freqs.sin()?);
 
-        let embed_q = ct.tensor(r, "token_embd.weight", dev)?;
-        let embed = Embedding::new(embed_q.dequantize(dev)?, hidden);
+        let embed_q = Arc::new(ct.tensor(r, "token_embd.weight", dev)?);
+        let embed = QEmbedding::new(embed_q.clone(), hidden)?;
         let output = match ct.tensor(r, "output.weight", dev) {
-            Ok(t) => QMatMul::from_qtensor(t)?,
-            Err(_) => QMatMul::from_qtensor(embed_q)?, // tied embeddings
+            Ok(t) => QLinear::new(t, "output.weight")?,
+            Err(_) => QLinear::from_arc(embed_q, "token_embd.weight")?, // tied embeddings
         };
         let norm = |r: &mut R, name: &str| -> Result<Norm> {
             Ok(Norm {
@@ -166,8 +169,9 @@ impl ModelWeights {
         let mut layers = Vec::with_capacity(n_layer);
         for i in 0..n_layer {
             let p = format!("blk.{i}");
-            let qm = |r: &mut R, n: &str| -> Result<QMatMul> {
-                QMatMul::from_qtensor(ct.tensor(r, &format!("{p}.{n}.weight"), dev)?)
+            let qm = |r: &mut R, n: &str| -> Result<QLinear> {
+                let name = format!("{p}.{n}.weight");
+                QLinear::new(ct.tensor(r, &name, dev)?, &name)
             };
             let bias = |r: &mut R, n: &str| -> Result<Tensor> {
                 ct.tensor(r, &format!("{p}.{n}.bias"), dev)?.dequantize(dev)

@@ -1,0 +1,262 @@
+//! anjeon's own CPU kernels.
+//!
+//! [`matmul`] multiplies a matrix of GGUF-quantized weights (`n` rows of `k`,
+//! the layout GGUF files store: one row per output) by `m` activation rows,
+//! as llama.cpp does: the activations are quantized per row to 8 bits
+//! ([`Acts`]), each weight block is unpacked once and multiplied against up to
+//! four activation rows with exact integer sums, and threads (rayon) take
+//! cache-sized tiles of output columns.
+//!
+//! The SIMD path is chosen at run time ([`Path`]), so one binary runs on any
+//! x86-64 machine; the portable path does the same arithmetic in the same
+//! order, so both give identical results (tested).
+
+mod acts;
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+mod format;
+mod scalar;
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+pub use acts::Acts;
+pub use format::{dequantize_block, dequantize_row, Format};
+
+/// Which implementation runs. `ANJEON_KERNELS=scalar` or `=avx2` in the
+/// environment caps the choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    /// Portable Rust, any CPU.
+    Scalar,
+    /// x86-64 with AVX2, FMA and F16C.
+    Avx2,
+    /// The same plus AVX-VNNI (`vpdpbusd` on 256-bit registers).
+    AvxVnni,
+}
+
+impl Path {
+    pub fn name(self) -> &'static str {
+        match self {
+            Path::Scalar => "scalar",
+            Path::Avx2 => "avx2",
+            Path::AvxVnni => "avx-vnni",
+        }
+    }
+}
+
+/// 0: detect, else 1 + the forced path's index in `Path::ALL`.
+static FORCED: AtomicU8 = AtomicU8::new(0);
+
+impl Path {
+    pub const ALL: [Path; 3] = [Path::Scalar, Path::Avx2, Path::AvxVnni];
+
+    /// Whether this CPU can run the path.
+    pub fn available(self) -> bool {
+        match self {
+            Path::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx2 => {
+                is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Path::AvxVnni => Path::Avx2.available() && is_x86_feature_detected!("avxvnni"),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+}
+
+/// Force a path (tests and benchmarks), or `None` to detect. A path this
+/// CPU lacks is refused.
+pub fn force_path(p: Option<Path>) -> bool {
+    match p {
+        None => FORCED.store(0, Ordering::Relaxed),
+        Some(p) if p.available() => FORCED.store(
+            1 + Path::ALL.iter().position(|&q| q == p).unwrap_or(0) as u8,
+            Ordering::Relaxed,
+        ),
+        Some(_) => return false,
+    }
+    true
+}
+
+fn detected() -> Path {
+    static P: OnceLock<Path> = OnceLock::new();
+    *P.get_or_init(|| {
+        if std::env::var("ANJEON_KERNELS").is_ok_and(|v| v == "scalar") {
+            return Path::Scalar;
+        }
+        if std::env::var("ANJEON_KERNELS").is_ok_and(|v| v == "avx2") && Path::Avx2.available() {
+            return Path::Avx2;
+        }
+        [Path::AvxVnni, Path::Avx2]
+            .into_iter()
+            .find(|p| p.available())
+            .unwrap_or(Path::Scalar)
+    })
+}
+
+/// The path [`matmul`] takes on this machine now.
+pub fn path() -> Path {
+    match FORCED.load(Ordering::Relaxed) {
+        0 => detected(),
+        i => Path::ALL[i as usize - 1],
+    }
+}
+
+/// Shapes that do not fit the format or each other.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KernelError {
+    #[error("{format}: a row of {k} weights is not whole blocks of {block}")]
+    RowNotBlocks {
+        format: &'static str,
+        k: usize,
+        block: usize,
+    },
+    #[error("{what}: expected {expected} values, got {got}")]
+    Size {
+        what: &'static str,
+        expected: usize,
+        got: usize,
+    },
+}
+
+/// Raw pointer that may be sent to threads writing disjoint elements.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+/// Quantize `x` (`m × k`) for weights of format `f`.
+pub fn quantize_acts(f: Format, x: &[f32], k: usize) -> Result<Acts, KernelError> {
+    check_k(f, k)?;
+    if x.len() % k != 0 {
+        return Err(KernelError::Size {
+            what: "activations (a multiple of k)",
+            expected: x.len().div_ceil(k) * k,
+            got: x.len(),
+        });
+    }
+    Ok(Acts::quantize(x, k, f.block_elems()))
+}
+
+fn check_k(f: Format, k: usize) -> Result<(), KernelError> {
+    if k == 0 || k % f.block_elems() != 0 {
+        return Err(KernelError::RowNotBlocks {
+            format: f.name(),
+            k,
+            block: f.block_elems(),
+        });
+    }
+    Ok(())
+}
+
+/// `y = x · wᵀ`: `w` is `n` rows of `k` weights in format `f`, `x` is
+/// `m × k` f32, `y` is `m × n` f32 (row-major).
+pub fn matmul(
+    f: Format,
+    w: &[u8],
+    n: usize,
+    k: usize,
+    x: &[f32],
+    y: &mut [f32],
+) -> Result<(), KernelError> {
+    let acts = quantize_acts(f, x, k)?;
+    matmul_acts(f, w, n, &acts, y)
+}
+
+/// [`matmul`] with activations already quantized (one quantization can
+/// serve several weight matrices of the same block size).
+pub fn matmul_acts(
+    f: Format,
+    w: &[u8],
+    n: usize,
+    acts: &Acts,
+    y: &mut [f32],
+) -> Result<(), KernelError> {
+    let k = acts.k;
+    check_k(f, k)?;
+    if acts.unit != f.block_elems() {
+        return Err(KernelError::Size {
+            what: "activation block size",
+            expected: f.block_elems(),
+            got: acts.unit,
+        });
+    }
+    let row_bytes = f.row_bytes(k);
+    if w.len() != n * row_bytes {
+        return Err(KernelError::Size {
+            what: "weight bytes",
+            expected: n * row_bytes,
+            got: w.len(),
+        });
+    }
+    let m = acts.rows();
+    if y.len() != m * n {
+        return Err(KernelError::Size {
+            what: "output values",
+            expected: m * n,
+            got: y.len(),
+        });
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let path = path();
+    // Weight rows per task: a tile that stays in L2 while every activation
+    // row passes over it, and enough tiles that the threads share the work.
+    let threads = rayon::current_num_threads().max(1);
+    let cs = (192 * 1024 / row_bytes).clamp(1, n.div_ceil(threads * 4).max(1));
+    let tasks = n.div_ceil(cs);
+    let out = Out(y.as_mut_ptr());
+    let run = |t: usize| {
+        let out = out;
+        let (j0, j1) = (t * cs, ((t + 1) * cs).min(n));
+        let mut rows = [acts.row(0); 4];
+        let mut dots = [0f32; 4];
+        let mut r0 = 0;
+        while r0 < m {
+            let nr = (m - r0).min(4);
+            for (i, row) in rows.iter_mut().take(nr).enumerate() {
+                *row = acts.row(r0 + i);
+            }
+            for j in j0..j1 {
+                let wr = &w[j * row_bytes..(j + 1) * row_bytes];
+                dot_rows(path, f, wr, &rows[..nr], &mut dots[..nr]);
+                for (i, &v) in dots[..nr].iter().enumerate() {
+                    // SAFETY: (r0 + i, j) is inside y and j belongs to this task only.
+                    unsafe { *out.0.add((r0 + i) * n + j) = v };
+                }
+            }
+            r0 += nr;
+        }
+    };
+    if tasks == 1 || m * n * k < 64 * 1024 {
+        (0..tasks).for_each(run);
+    } else {
+        (0..tasks).into_par_iter().for_each(run);
+    }
+    Ok(())
+}
+
+fn dot_rows(path: Path, f: Format, w: &[u8], xs: &[acts::ActRow<'_>], out: &mut [f32]) {
+    match path {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: Avx2 is only chosen when the CPU reports AVX2, FMA and F16C;
+        // matmul_acts checked the sizes.
+        Path::Avx2 => unsafe { avx2::plain::dot_rows(f, w, xs, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above, and the CPU reports AVX-VNNI.
+        Path::AvxVnni => unsafe { avx2::vnni::dot_rows(f, w, xs, out) },
+        _ => {
+            for (o, x) in out.iter_mut().zip(xs) {
+                *o = scalar::dot(f, w, *x);
+            }
+        }
+    }
+}

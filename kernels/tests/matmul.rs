@@ -1,0 +1,213 @@
+//! The kernels against a plain reference: dequantize the weights and the
+//! quantized activations, multiply in f64. Both paths, every format, odd
+//! shapes; and the portable path bit-identical to the SIMD one.
+
+use anjeon_kernels::{
+    dequantize_row, force_path, matmul, path, quantize_acts, Format, KernelError, Path,
+};
+use half::f16;
+use std::sync::Mutex;
+
+/// Tests that switch the path must not interleave.
+static PATH_LOCK: Mutex<()> = Mutex::new(());
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E3779B97F4A7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
+        z ^ (z >> 31)
+    }
+    fn unit(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32
+    }
+}
+
+fn put_f16(b: &mut [u8], at: usize, v: f32) {
+    b[at..at + 2].copy_from_slice(&f16::from_f32(v).to_le_bytes());
+}
+
+/// Random blocks: random quant bytes, sane f16 scales.
+fn weights(f: Format, n: usize, k: usize, rng: &mut Rng) -> Vec<u8> {
+    let bb = f.block_bytes();
+    let mut w: Vec<u8> = (0..n * f.row_bytes(k)).map(|_| rng.next() as u8).collect();
+    for b in w.chunks_exact_mut(bb) {
+        let s = 0.002 + 0.02 * rng.unit();
+        match f {
+            Format::Q4_0 | Format::Q5_0 | Format::Q8_0 => put_f16(b, 0, s),
+            Format::Q4_1 | Format::Q5_1 => {
+                put_f16(b, 0, s);
+                put_f16(b, 2, -0.1 + 0.2 * rng.unit());
+            }
+            Format::Q4K | Format::Q5K => {
+                put_f16(b, 0, s / 8.0);
+                put_f16(b, 2, s / 16.0);
+            }
+            Format::Q6K => put_f16(b, 208, s / 16.0),
+        }
+    }
+    w
+}
+
+fn acts(m: usize, k: usize, rng: &mut Rng) -> Vec<f32> {
+    (0..m * k).map(|_| (rng.unit() - 0.5) * 4.0).collect()
+}
+
+/// Reference: dequantized weights · dequantized activations, in f64.
+fn reference(f: Format, w: &[u8], n: usize, k: usize, x: &[f32]) -> Vec<f64> {
+    let q = quantize_acts(f, x, k).unwrap();
+    let xd = q.dequantize();
+    let m = x.len() / k;
+    let mut wd = vec![0f32; n * k];
+    let rb = f.row_bytes(k);
+    for j in 0..n {
+        dequantize_row(f, &w[j * rb..(j + 1) * rb], &mut wd[j * k..(j + 1) * k]);
+    }
+    let mut y = vec![0f64; m * n];
+    for r in 0..m {
+        for j in 0..n {
+            y[r * n + j] = (0..k)
+                .map(|e| xd[r * k + e] as f64 * wd[j * k + e] as f64)
+                .sum();
+        }
+    }
+    y
+}
+
+fn check(f: Format, m: usize, n: usize, k: usize, seed: u64) {
+    let mut rng = Rng(seed);
+    let w = weights(f, n, k, &mut rng);
+    let x = acts(m, k, &mut rng);
+    let want = reference(f, &w, n, k, &x);
+    let _g = PATH_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut outs = Vec::new();
+    for p in Path::ALL.into_iter().filter(|p| p.available()) {
+        assert!(force_path(Some(p)));
+        let mut y = vec![0f32; m * n];
+        matmul(f, &w, n, k, &x, &mut y).unwrap();
+        let scale = want.iter().fold(0f64, |a, v| a.max(v.abs())).max(1e-3);
+        for (i, (&g, &e)) in y.iter().zip(&want).enumerate() {
+            let err = (g as f64 - e).abs() / scale;
+            assert!(
+                err < 2e-5,
+                "{} {} m={m} n={n} k={k}: y[{i}] = {g}, reference {e} (rel. err {err:.2e})",
+                f.name(),
+                path().name()
+            );
+        }
+        outs.push(y);
+    }
+    force_path(None);
+    let paths: Vec<Path> = Path::ALL.into_iter().filter(|p| p.available()).collect();
+    for (o, p) in outs.iter().zip(&paths).skip(1) {
+        for (i, (a, b)) in outs[0].iter().zip(o).enumerate() {
+            assert_eq!(
+                a.to_bits(),
+                b.to_bits(),
+                "{}: scalar and {} differ at {i}: {a} vs {b}",
+                f.name(),
+                p.name()
+            );
+        }
+    }
+}
+
+#[test]
+fn every_format_small_and_odd_shapes() {
+    for (s, f) in Format::ALL.into_iter().enumerate() {
+        let k = f.block_elems() * 3;
+        for (m, n) in [(1, 1), (1, 7), (3, 5), (4, 4), (5, 9), (13, 3)] {
+            check(f, m, n, k, 1000 + s as u64 * 31 + m as u64);
+        }
+    }
+}
+
+#[test]
+fn every_format_prompt_sized() {
+    for (s, f) in Format::ALL.into_iter().enumerate() {
+        check(f, 512, 19, 512, 77 + s as u64);
+        check(f, 37, 129, 1024, 78 + s as u64);
+    }
+}
+
+#[test]
+fn close_to_unquantized_activations() {
+    // The 8-bit activations cost little: against f32 activations.
+    let mut rng = Rng(5);
+    let (m, n, k) = (4, 16, 256);
+    for f in Format::ALL {
+        let w = weights(f, n, k, &mut rng);
+        let x = acts(m, k, &mut rng);
+        let mut wd = vec![0f32; n * k];
+        dequantize_row(f, &w, &mut wd);
+        let mut y = vec![0f32; m * n];
+        matmul(f, &w, n, k, &x, &mut y).unwrap();
+        for r in 0..m {
+            for j in 0..n {
+                let e: f64 = (0..k)
+                    .map(|i| x[r * k + i] as f64 * wd[j * k + i] as f64)
+                    .sum();
+                let norm: f64 = (0..k)
+                    .map(|i| (x[r * k + i] as f64 * wd[j * k + i] as f64).abs())
+                    .sum();
+                assert!(
+                    ((y[r * n + j] as f64) - e).abs() <= 0.01 * norm,
+                    "{}: {} vs {e}",
+                    f.name(),
+                    y[r * n + j]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn shape_errors_name_the_problem() {
+    let w = vec![0u8; 18];
+    let mut y = vec![0f32; 1];
+    let e = matmul(Format::Q4_0, &w, 1, 33, &[0.0; 33], &mut y).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            KernelError::RowNotBlocks {
+                k: 33,
+                block: 32,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("Q4_0"));
+    let e = matmul(Format::Q4_0, &w, 2, 32, &[0.0; 32], &mut y).unwrap_err();
+    assert!(e.to_string().contains("weight bytes: expected 36"), "{e}");
+    let e = matmul(Format::Q4_0, &w, 1, 32, &[0.0; 32], &mut [0f32; 2]).unwrap_err();
+    assert!(e.to_string().contains("output values"), "{e}");
+}
+
+#[test]
+fn zero_activations_give_zero() {
+    for f in Format::ALL {
+        let mut rng = Rng(9);
+        let k = f.block_elems();
+        let w = weights(f, 3, k, &mut rng);
+        let mut y = vec![1f32; 6];
+        matmul(f, &w, 3, k, &vec![0.0; 2 * k], &mut y).unwrap();
+        assert!(y.iter().all(|v| *v == 0.0), "{}: {y:?}", f.name());
+    }
+}
+
+#[test]
+fn paths_this_machine_runs() {
+    // Printed so a CI log shows which paths were compared.
+    let paths: Vec<&str> = Path::ALL
+        .into_iter()
+        .filter(|p| p.available())
+        .map(|p| p.name())
+        .collect();
+    eprintln!("kernel paths available here: {paths:?}");
+    assert!(Path::Scalar.available());
+    assert!(!force_path(Some(Path::ALL[2])) || Path::ALL[2].available());
+    force_path(None);
+}

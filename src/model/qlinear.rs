@@ -1,0 +1,205 @@
+//! Quantized linear layers and token embeddings for the GGUF models, on
+//! anjeon's own kernels (`anjeon-kernels`) when the tensors live on the CPU
+//! in a format they cover, and on candle's `QMatMul` otherwise (GPU devices,
+//! f16/f32 tensors, and the formats the kernels lack — with a warning naming
+//! the tensor, so a slow or unusual path is never silent).
+//!
+//! The weights are not copied: the kernels read the bytes candle loaded.
+
+use std::sync::Arc;
+
+use anjeon_kernels::Format;
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Result, Storage, Tensor};
+
+/// The kernels' format for a GGUF tensor type, if they cover it.
+pub fn kernel_format(d: GgmlDType) -> Option<Format> {
+    Some(match d {
+        GgmlDType::Q4_0 => Format::Q4_0,
+        GgmlDType::Q4_1 => Format::Q4_1,
+        GgmlDType::Q5_0 => Format::Q5_0,
+        GgmlDType::Q5_1 => Format::Q5_1,
+        GgmlDType::Q8_0 => Format::Q8_0,
+        GgmlDType::Q4K => Format::Q4K,
+        GgmlDType::Q5K => Format::Q5K,
+        GgmlDType::Q6K => Format::Q6K,
+        _ => None?,
+    })
+}
+
+/// `ANJEON_KERNELS=off`: every layer on candle's `QMatMul` (to compare, or
+/// to rule the kernels out when something looks wrong).
+pub fn kernels_off() -> bool {
+    std::env::var("ANJEON_KERNELS").is_ok_and(|v| v == "off")
+}
+
+/// Whether a GGUF tensor type is a plain float type (candle's f32 GEMM runs
+/// those, with its own run-time SIMD selection).
+fn is_float(d: GgmlDType) -> bool {
+    matches!(d, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16)
+}
+
+/// `kernels` when this tensor runs on anjeon's kernels.
+#[derive(Clone)]
+struct Kernel {
+    format: Format,
+    q: Arc<QTensor>,
+    n: usize,
+    k: usize,
+}
+
+impl Kernel {
+    fn new(q: &Arc<QTensor>, name: &str) -> Option<Kernel> {
+        let (n, k) = q.shape().dims2().ok()?;
+        if !matches!(q.device(), Device::Cpu) || kernels_off() {
+            return None;
+        }
+        let format = match kernel_format(q.dtype()) {
+            Some(f) if k % f.block_elems() == 0 => f,
+            _ => {
+                if !is_float(q.dtype()) {
+                    eprintln!(
+                        "warning: {name}: {:?} has no anjeon kernel; using candle's slower path",
+                        q.dtype()
+                    );
+                }
+                return None;
+            }
+        };
+        Some(Kernel {
+            format,
+            q: q.clone(),
+            n,
+            k,
+        })
+    }
+
+    fn bytes(&self) -> Result<&[u8]> {
+        match self.q.data()? {
+            std::borrow::Cow::Borrowed(b) => Ok(b),
+            // CPU storage is always borrowed; anything else is a bug here.
+            std::borrow::Cow::Owned(_) => candle_core::bail!("kernel weights are not on the CPU"),
+        }
+    }
+}
+
+/// `y = x · Wᵀ` with `W` a GGUF tensor `[out, in]`.
+#[derive(Clone)]
+pub struct QLinear {
+    kernel: Option<Kernel>,
+    fallback: QMatMul,
+}
+
+impl QLinear {
+    /// `name` is only used in the warning for formats without a kernel.
+    pub fn new(q: QTensor, name: &str) -> Result<QLinear> {
+        Self::from_arc(Arc::new(q), name)
+    }
+
+    pub fn from_arc(q: Arc<QTensor>, name: &str) -> Result<QLinear> {
+        let kernel = Kernel::new(&q, name);
+        let fallback = if kernel.is_some() {
+            // Keeps the same Arc: no copy of the weights.
+            QMatMul::QTensor(q)
+        } else {
+            QMatMul::from_arc(q)?
+        };
+        Ok(QLinear { kernel, fallback })
+    }
+
+    /// Whether anjeon's kernels run this layer.
+    pub fn on_kernels(&self) -> bool {
+        self.kernel.is_some()
+    }
+}
+
+/// The f32 values of a contiguous CPU tensor, without a copy.
+fn with_cpu_f32<T>(x: &Tensor, f: impl FnOnce(&[f32]) -> Result<T>) -> Result<T> {
+    let (storage, layout) = x.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(cpu) => {
+            let all = cpu.as_slice::<f32>()?;
+            let start = layout.start_offset();
+            f(&all[start..start + layout.shape().elem_count()])
+        }
+        _ => candle_core::bail!("expected a CPU tensor"),
+    }
+}
+
+impl Module for QLinear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let Some(kn) = &self.kernel else {
+            return self.fallback.forward(x);
+        };
+        if !matches!(x.device(), Device::Cpu) {
+            return self.fallback.forward(x);
+        }
+        let dims = x.dims().to_vec();
+        let Some((&k, lead)) = dims.split_last() else {
+            candle_core::bail!("QLinear: a scalar input");
+        };
+        if k != kn.k {
+            candle_core::bail!("QLinear: input has {k} features, the weight {}", kn.k);
+        }
+        let x = x.to_dtype(DType::F32)?.contiguous()?;
+        let m: usize = lead.iter().product();
+        let mut y = vec![0f32; m * kn.n];
+        with_cpu_f32(&x, |xs| {
+            anjeon_kernels::matmul(kn.format, kn.bytes()?, kn.n, kn.k, xs, &mut y)
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))
+        })?;
+        let mut shape = lead.to_vec();
+        shape.push(kn.n);
+        Tensor::from_vec(y, shape, &Device::Cpu)
+    }
+}
+
+/// A token-embedding table that stays quantized: only the rows looked up are
+/// dequantized (a 150k-token vocabulary in f32 would be 0.5–1 GB).
+#[derive(Clone)]
+pub struct QEmbedding {
+    table: Table,
+    hidden: usize,
+}
+
+#[derive(Clone)]
+enum Table {
+    Quantized(Format, Arc<QTensor>),
+    Dense(candle_nn::Embedding),
+}
+
+impl QEmbedding {
+    pub fn new(q: Arc<QTensor>, hidden: usize) -> Result<QEmbedding> {
+        let table = match (kernel_format(q.dtype()), q.device()) {
+            (Some(f), Device::Cpu) if hidden % f.block_elems() == 0 => Table::Quantized(f, q),
+            _ => Table::Dense(candle_nn::Embedding::new(
+                q.dequantize(&q.device())?,
+                hidden,
+            )),
+        };
+        Ok(QEmbedding { table, hidden })
+    }
+
+    /// `ids` `[b, l]` (u32) → `[b, l, hidden]` f32.
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let (f, q) = match &self.table {
+            Table::Dense(e) => return e.forward(ids),
+            Table::Quantized(f, q) => (*f, q),
+        };
+        let rows = q.shape().dims2()?.0;
+        let idx = ids.flatten_all()?.to_vec1::<u32>()?;
+        let data = q.data()?;
+        let rb = f.row_bytes(self.hidden);
+        let mut out = vec![0f32; idx.len() * self.hidden];
+        for (o, &t) in out.chunks_exact_mut(self.hidden).zip(&idx) {
+            let t = t as usize;
+            if t >= rows {
+                candle_core::bail!("token id {t} is outside the embedding table ({rows} rows)");
+            }
+            anjeon_kernels::dequantize_row(f, &data[t * rb..(t + 1) * rb], o);
+        }
+        let mut shape = ids.dims().to_vec();
+        shape.push(self.hidden);
+        Tensor::from_vec(out, shape, &Device::Cpu)
+    }
+}
