@@ -59,7 +59,7 @@ enum Cmd {
         seed: u64,
         #[arg(long, default_value = "cpu")]
         device: String,
-        #[arg(long, value_enum, default_value = "auto")]
+        #[arg(long, value_enum, default_value = "off")]
         requantize: anjeon::model::Requantize,
     },
     /// Measure prefill and decode tokens/s and peak memory of a model.
@@ -75,7 +75,7 @@ enum Cmd {
         threads: Option<usize>,
         #[arg(long, default_value = "cpu")]
         device: String,
-        #[arg(long, value_enum, default_value = "auto")]
+        #[arg(long, value_enum, default_value = "off")]
         requantize: anjeon::model::Requantize,
         #[arg(long)]
         json: bool,
@@ -461,8 +461,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&b)?);
             } else {
-                println!("{} ({}), {} threads{}: prefill {:.1} tok/s ({} tokens), decode {:.1} tok/s ({} tokens), peak RSS {:.0} MiB, load {:.1} s",
-                    b.model, b.architecture, b.threads, if b.requantized { ", Q8_0 re-quantized" } else { "" }, b.prefill_tok_s, b.prompt_tokens, b.decode_tok_s, b.decode_tokens, b.peak_rss_mb, b.load_s);
+                println!("{} ({}), {} threads, kernels {}{}: prefill {:.1} tok/s ({} tokens), decode {:.1} tok/s ({} tokens), peak RSS {:.0} MiB (file {:.0} MiB), load {:.1} s",
+                    b.model, b.architecture, b.threads, b.kernels, if b.requantized { ", Q8_0 re-quantized" } else { "" }, b.prefill_tok_s, b.prompt_tokens, b.decode_tok_s, b.decode_tokens, b.peak_rss_mb, b.model_file_mb, b.load_s);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -712,7 +712,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     l.response.push_str(&a);
                 }
             }
-            let mut judge = judge_args.load(&device, fetch, anjeon::model::Requantize::Auto)?;
+            let mut judge = judge_args.load(&device, fetch, anjeon::model::Requantize::Off)?;
             if let (true, Judge::Model(_)) = (calibrate, &judge) {
                 // The harm threshold from the development split, then report on --split.
                 let dev = eval::evaluate(&labels, &mut judge, &items, eval::Split::Dev, limit)?;
@@ -753,7 +753,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 for spec in &compare {
                     let mut a = judge_args.clone();
                     a.judge = spec.clone();
-                    let mut j = a.load(&device, fetch, anjeon::model::Requantize::Auto)?;
+                    let mut j = a.load(&device, fetch, anjeon::model::Requantize::Off)?;
                     j.persist_embeddings();
                     reps.push(eval::evaluate(&labels, &mut j, &items, split, limit)?);
                 }

@@ -457,7 +457,7 @@ pub fn score(args: &ScoreArgs) -> Result<Outcome> {
     let (ds, mut failures, root) = load_dataset(&args.dataset, &opts)?;
     let mut judge = args
         .judge
-        .load("cpu", false, crate::model::Requantize::Auto)?;
+        .load("cpu", false, crate::model::Requantize::Off)?;
     let by_id: HashMap<&str, &Sample> = ds.samples.iter().map(|s| (s.id.as_str(), s)).collect();
 
     let mut responses = if responses_arg == "reference" {
@@ -562,7 +562,7 @@ fn rescore(args: &ScoreArgs, dir: &Path) -> Result<Outcome> {
     }
     let mut judge = args
         .judge
-        .load("cpu", false, crate::model::Requantize::Auto)?;
+        .load("cpu", false, crate::model::Requantize::Off)?;
     let mut by_id: HashMap<&str, &Sample> = ds.samples.iter().map(|s| (s.id.as_str(), s)).collect();
     // The attack variants of a `run --attacks` are made again (deterministic).
     let variants = match (
@@ -925,7 +925,7 @@ pub struct RunArgs {
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Re-quantize GGUF formats without fast CPU kernels (Q4_1, Q5_0, Q5_1) to Q8_0 at load.
-    #[arg(long, value_enum, default_value = "auto")]
+    #[arg(long, value_enum, default_value = "off")]
     pub requantize: crate::model::Requantize,
     /// A system prompt put before every item.
     #[arg(long)]

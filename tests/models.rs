@@ -731,3 +731,94 @@ fn base_models_stop_before_writing_the_next_user_turn() {
         "the stop string ended it"
     );
 }
+
+/// anjeon's kernels against candle's independent implementation of the GGUF
+/// block formats: the dequantized weights bit for bit, and a layer's output
+/// (both quantize activations to 8 bits, with different block scales for
+/// the k-quants) within 1% of the output's scale. No model needed.
+#[test]
+fn kernels_match_candles_block_formats() {
+    use anjeon::model::qlinear::{kernel_format, QLinear};
+    use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QMatMul};
+    use candle_core::{Device, Module, Tensor};
+    let mut state = 0x1234_5678_9abc_def0u64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for dt in [
+        GgmlDType::Q4_0,
+        GgmlDType::Q4_1,
+        GgmlDType::Q5_0,
+        GgmlDType::Q5_1,
+        GgmlDType::Q8_0,
+        GgmlDType::Q4K,
+        GgmlDType::Q5K,
+        GgmlDType::Q6K,
+    ] {
+        let f = kernel_format(dt).unwrap();
+        let (n, k) = (24, 512);
+        // Real quantized weights: candle quantizes random values.
+        let w: Vec<f32> = (0..n * k)
+            .map(|_| ((next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.2)
+            .collect();
+        let wt = Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap();
+        let q = candle_core::quantized::QTensor::quantize(&wt, dt).unwrap();
+        let bytes = q.data().unwrap().to_vec();
+        let theirs = q
+            .dequantize(&Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let mut ours = vec![0f32; n * k];
+        anjeon_kernels::dequantize_row(f, &bytes, &mut ours);
+        for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+            assert_eq!(
+                a.to_bits(),
+                b.to_bits(),
+                "{dt:?} weight {i}: ours {a}, candle {b}"
+            );
+        }
+        let x: Vec<f32> = (0..3 * k)
+            .map(|_| ((next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0)
+            .collect();
+        let xt = Tensor::from_vec(x, (3, k), &Device::Cpu).unwrap();
+        let ours = QLinear::new(
+            qtensor_from_ggml(dt, &bytes, vec![n, k], &Device::Cpu).unwrap(),
+            "t",
+        )
+        .unwrap();
+        assert!(ours.on_kernels() || std::env::var("ANJEON_KERNELS").is_ok_and(|v| v == "off"));
+        let theirs =
+            QMatMul::from_qtensor(qtensor_from_ggml(dt, &bytes, vec![n, k], &Device::Cpu).unwrap())
+                .unwrap();
+        let a = ours
+            .forward(&xt)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let b = theirs
+            .forward(&xt)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let worst = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            worst <= 0.01 * scale,
+            "{dt:?}: layer outputs differ by {worst} (scale {scale})"
+        );
+    }
+}

@@ -14,6 +14,8 @@ pub struct Acts {
     pub(crate) qs: Vec<i8>,
     pub(crate) d: Vec<f32>,
     pub(crate) sums: Vec<i32>,
+    /// Per 32-value block: `d · Σq` (ggml's Q8_1 `s`), for Q4_1/Q5_1 minimums.
+    pub(crate) s: Vec<f32>,
 }
 
 /// One row of an [`Acts`].
@@ -22,6 +24,7 @@ pub(crate) struct ActRow<'a> {
     pub qs: &'a [i8],
     pub d: &'a [f32],
     pub sums: &'a [i32],
+    pub s: &'a [f32],
 }
 
 impl Acts {
@@ -49,7 +52,13 @@ impl Acts {
                 sums[b * (unit / sum_unit) + s] = qc.iter().map(|&q| q as i32).sum();
             }
         }
+        let s = if unit == 32 {
+            d.iter().zip(&sums).map(|(d, &q)| d * q as f32).collect()
+        } else {
+            Vec::new()
+        };
         Acts {
+            s,
             k,
             unit,
             sum_unit,
@@ -69,6 +78,11 @@ impl Acts {
             qs: &self.qs[r * k..(r + 1) * k],
             d: &self.d[r * k / self.unit..(r + 1) * k / self.unit],
             sums: &self.sums[r * k / self.sum_unit..(r + 1) * k / self.sum_unit],
+            s: if self.s.is_empty() {
+                &[]
+            } else {
+                &self.s[r * k / 32..(r + 1) * k / 32]
+            },
         }
     }
 }

@@ -130,7 +130,7 @@ macro_rules! kernels {
             let bb = f.block_bytes();
             let nb = w.len() / bb;
             let mut acc = [_mm256_setzero_ps(); R];
-            let mut bacc = [0f32; R];
+            let mut bvec = [_mm256_setzero_ps(); R];
             let m10 = _mm256_set1_epi8(0x10);
             for i in 0..nb {
                 let b = w.as_ptr().add(i * bb);
@@ -152,19 +152,30 @@ macro_rules! kernels {
                     _ => _mm256_loadu_si256(b.add(2) as *const __m256i),
                 };
                 if matches!(f, Format::Q4_1 | Format::Q5_1) {
-                    let m = f16(b.add(2));
                     for r in 0..R {
                         let x = load(xs[r].qs, 32 * i);
                         let lanes = dot4!(u, x);
-                        epilogue(
-                            &mut acc[r],
-                            &mut bacc[r],
-                            lanes,
-                            d,
-                            m,
-                            xs[r].sums[i],
-                            xs[r].d[i],
+                        acc[r] = _mm256_fmadd_ps(
+                            _mm256_cvtepi32_ps(lanes),
+                            _mm256_set1_ps(d * xs[r].d[i]),
+                            acc[r],
                         );
+                    }
+                    // Minimums: eight blocks at a time, lane = block number % 8.
+                    if i % 8 == 7 || i + 1 == nb {
+                        let g0 = i - i % 8;
+                        let cnt = i + 1 - g0;
+                        let mut mh = [0u16; 8];
+                        for (t, v) in mh.iter_mut().take(cnt).enumerate() {
+                            let p = w.as_ptr().add((g0 + t) * bb + 2);
+                            *v = u16::from_le_bytes([*p, *p.add(1)]);
+                        }
+                        let mv = _mm256_cvtph_ps(_mm_loadu_si128(mh.as_ptr() as *const __m128i));
+                        for r in 0..R {
+                            let mut sv = [0f32; 8];
+                            sv[..cnt].copy_from_slice(&xs[r].s[g0..g0 + cnt]);
+                            bvec[r] = _mm256_fmadd_ps(mv, _mm256_loadu_ps(sv.as_ptr()), bvec[r]);
+                        }
                     }
                 } else {
                     let au = _mm256_sign_epi8(u, u);
@@ -180,7 +191,7 @@ macro_rules! kernels {
                 }
             }
             for r in 0..R {
-                out[r] = hsum(acc[r]) + bacc[r];
+                out[r] = hsum(acc[r]) + hsum(bvec[r]);
             }
         }
 

@@ -129,8 +129,13 @@ pub fn dequantize_block(f: Format, b: &[u8], out: &mut [f32]) {
                 let h1 = ((qh >> (j + 16)) & 1) << 4;
                 let v0 = ((qs[j] & 0xF) as u32 | h0) as i32 - off;
                 let v1 = ((qs[j] >> 4) as u32 | h1) as i32 - off;
-                out[j] = v0 as f32 * d + m;
-                out[j + 16] = v1 as f32 * d + m;
+                if f == Format::Q5_0 {
+                    out[j] = v0 as f32 * d;
+                    out[j + 16] = v1 as f32 * d;
+                } else {
+                    out[j] = v0 as f32 * d + m;
+                    out[j + 16] = v1 as f32 * d + m;
+                }
             }
         }
         Format::Q8_0 => {

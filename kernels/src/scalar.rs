@@ -111,6 +111,7 @@ pub(crate) fn dot(f: Format, w: &[u8], x: ActRow<'_>) -> f32 {
     let (be, bb) = (f.block_elems(), f.block_bytes());
     let mut acc = [0f32; 8];
     let mut bacc = 0f32;
+    let mut bl = [0f32; 8];
     let mut u = [0i32; 256];
     for (i, b) in w.chunks_exact(bb).enumerate() {
         let xq = &x.qs[i * be..(i + 1) * be];
@@ -120,8 +121,15 @@ pub(crate) fn dot(f: Format, w: &[u8], x: ActRow<'_>) -> f32 {
         let mut lanes = [0i32; 8];
         let (ws, bw, bint) = match f {
             Format::Q4_1 | Format::Q5_1 => {
+                // The minimum times the activation block's `d·Σq`, in eight
+                // lanes by block number (the SIMD paths do eight blocks at once).
                 lanes_of(u, xq, |_| 1, &mut lanes);
-                (f16_at(b, 0), f16_at(b, 2), x.sums[i])
+                let sw = f16_at(b, 0) * dx;
+                for l in 0..8 {
+                    acc[l] = (lanes[l] as f32).mul_add(sw, acc[l]);
+                }
+                bl[i % 8] = f16_at(b, 2).mul_add(x.s[i], bl[i % 8]);
+                continue;
             }
             Format::Q4_0 | Format::Q5_0 | Format::Q8_0 => {
                 // Signed weights, no offset: the SIMD paths skip the sum.
@@ -152,6 +160,9 @@ pub(crate) fn dot(f: Format, w: &[u8], x: ActRow<'_>) -> f32 {
             }
         };
         epilogue(&mut acc, &mut bacc, &lanes, ws, bw, bint, dx);
+    }
+    if matches!(f, Format::Q4_1 | Format::Q5_1) {
+        return hsum8(&acc) + hsum8(&bl);
     }
     hsum8(&acc) + bacc
 }

@@ -71,7 +71,7 @@ impl Default for LoadArgs {
         LoadArgs {
             device: "cpu".into(),
             fetch: false,
-            requantize: crate::model::Requantize::Auto,
+            requantize: crate::model::Requantize::Off,
             max_response_tokens: model::DEFAULT_MAX_RESPONSE_TOKENS,
             format: None,
             rubrics: None,

@@ -15,7 +15,14 @@ pub struct BenchResult {
     pub model: String,
     pub architecture: String,
     pub threads: usize,
+    /// Sequences per forward pass (generation runs one prompt at a time).
+    pub batch: usize,
+    /// anjeon's CPU kernel path on this machine (`scalar`, `avx2`,
+    /// `avx-vnni`), or `off` (ANJEON_KERNELS=off: candle's QMatMul).
+    pub kernels: String,
     pub requantized: bool,
+    /// Size of the model's weight files, MiB.
+    pub model_file_mb: f64,
     pub load_s: f64,
     pub prompt_tokens: usize,
     pub prefill_tok_s: f64,
@@ -81,7 +88,19 @@ pub fn run(
         model: model.name.clone(),
         architecture: model.architecture.clone(),
         threads,
+        batch: 1,
+        kernels: if super::qlinear::kernels_off() {
+            "off".into()
+        } else {
+            anjeon_kernels::path().name().into()
+        },
         requantized,
+        model_file_mb: model
+            .files
+            .iter()
+            .filter_map(|(p, _)| std::fs::metadata(p).ok())
+            .map(|m| m.len() as f64 / (1024.0 * 1024.0))
+            .sum(),
         load_s,
         prompt_tokens: prompt.len(),
         prefill_tok_s: prompt.len() as f64 / prefill_s,

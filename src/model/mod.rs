@@ -180,7 +180,8 @@ fn resolve_card(c: card::Card) -> Result<Resolved> {
 /// The weights of one supported architecture.
 enum Arch {
     QLlama(tm::quantized_llama::ModelWeights),
-    QQwen2(qwen2::ModelWeights),
+    /// Llama (dense) and Qwen2 GGUF files on anjeon's kernels.
+    QDecoder(qwen2::ModelWeights),
     QQwen3(tm::quantized_qwen3::ModelWeights),
     QGemma3(gemma3::ModelWeights),
     Llama(tm::llama::Llama, tm::llama::Cache, tm::llama::Config, DType),
@@ -196,7 +197,7 @@ impl Arch {
     fn forward(&mut self, ids: &Tensor, pos: usize) -> candle_core::Result<Tensor> {
         let logits = match self {
             Arch::QLlama(m) => m.forward(ids, pos)?,
-            Arch::QQwen2(m) => m.forward(ids, pos)?,
+            Arch::QDecoder(m) => m.forward(ids, pos)?,
             Arch::QQwen3(m) => m.forward(ids, pos)?,
             Arch::QGemma3(m) => m.forward(ids, pos)?,
             Arch::Llama(m, cache, _, _) => m.forward(ids, pos, cache)?,
@@ -214,7 +215,7 @@ impl Arch {
     fn snapshot(&self) -> Option<Arch> {
         match self {
             Arch::QLlama(m) => Some(Arch::QLlama(m.clone())),
-            Arch::QQwen2(m) => Some(Arch::QQwen2(m.clone())),
+            Arch::QDecoder(m) => Some(Arch::QDecoder(m.clone())),
             Arch::QGemma3(m) => Some(Arch::QGemma3(m.clone())),
             Arch::Qwen3Vl(m) => Some(Arch::Qwen3Vl(m.clone())),
             Arch::Gemma4(m) => Some(Arch::Gemma4(m.clone())),
@@ -225,7 +226,7 @@ impl Arch {
     fn clear(&mut self, device: &Device) -> candle_core::Result<()> {
         match self {
             Arch::QLlama(m) => m.clear_kv_cache(),
-            Arch::QQwen2(m) => m.clear_kv_cache(),
+            Arch::QDecoder(m) => m.clear_kv_cache(),
             Arch::QQwen3(m) => m.clear_kv_cache(),
             Arch::QGemma3(m) => m.clear_kv_cache(),
             Arch::Llama(_, cache, cfg, dtype) => {
@@ -306,10 +307,10 @@ fn cerr(path: &Path, what: &str) -> impl Fn(candle_core::Error) -> Error {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Requantize {
-    /// Re-quantize Q4_1/Q5_0/Q5_1 GGUF tensors to Q8_0 on CPU (candle has no SIMD kernels for them).
-    #[default]
+    /// Re-quantize Q4_1/Q5_0/Q5_1 GGUF tensors to Q8_0 on CPU (what anjeon did before its own kernels; changes the weights slightly).
     Auto,
-    /// Keep the file's formats exactly.
+    /// Keep the file's formats exactly (the default: anjeon's kernels run every GGUF block format these models use).
+    #[default]
     Off,
 }
 
@@ -332,13 +333,22 @@ fn gguf_arch<R: std::io::Read + std::io::Seek>(
     path: &Path,
 ) -> Result<Arch> {
     Ok(match arch_name {
-        "llama" => Arch::QLlama(
-            tm::quantized_llama::ModelWeights::from_gguf(ct, r, device)
-                .map_err(cerr(path, "loading llama weights"))?,
-        ),
-        "qwen2" => Arch::QQwen2(
+        "llama"
+            if ct
+                .metadata
+                .get("llama.expert_count")
+                .and_then(|v| v.to_u32().ok())
+                .unwrap_or(0)
+                > 0 =>
+        {
+            Arch::QLlama(
+                tm::quantized_llama::ModelWeights::from_gguf(ct, r, device)
+                    .map_err(cerr(path, "loading llama weights"))?,
+            )
+        }
+        "llama" | "qwen2" => Arch::QDecoder(
             qwen2::ModelWeights::from_gguf(ct, r, device)
-                .map_err(cerr(path, "loading qwen2 weights"))?,
+                .map_err(cerr(path, "loading llama/qwen2 weights"))?,
         ),
         "qwen3" => Arch::QQwen3(
             tm::quantized_qwen3::ModelWeights::from_gguf(ct, r, device)

@@ -1,4 +1,10 @@
-//! Qwen2 / Qwen2.5 text model from a quantized GGUF file.
+//! Llama-family decoder from a quantized GGUF file: Qwen2 / Qwen2.5 (q/k/v
+//! biases, NeoX rotary pairs) and dense Llama (SmolLM2, no biases,
+//! interleaved rotary pairs as llama.cpp's GGUF conversion stores q/k).
+//!
+//! The Llama side follows candle-transformers 0.11.1's `quantized_llama`
+//! (same computation, checked against llama.cpp's logits in tests/models.rs);
+//! mixture-of-experts Llama files stay on candle's implementation.
 //!
 //! Written for anjeon after candle-transformers 0.11.1's `quantized_qwen2`
 //! (MIT OR Apache-2.0, Copyright the Candle authors). The computation is the
@@ -35,9 +41,11 @@ struct Layer {
     wq: QLinear,
     wk: QLinear,
     wv: QLinear,
-    bq: Tensor,
-    bk: Tensor,
-    bv: Tensor,
+    bq: Option<Tensor>,
+    bk: Option<Tensor>,
+    bv: Option<Tensor>,
+    /// NeoX rotary pairs `(i, i + d/2)` (Qwen2) or interleaved `(2i, 2i+1)` (Llama).
+    neox: bool,
     wo: QLinear,
     attn_norm: Norm,
     ffn_norm: Norm,
@@ -60,13 +68,25 @@ impl Layer {
                 .transpose(1, 2)?
                 .contiguous()
         };
-        let q = heads(self.wq.forward(x)?.broadcast_add(&self.bq)?, self.n_head)?;
-        let k = heads(self.wk.forward(x)?.broadcast_add(&self.bk)?, self.n_kv)?;
-        let v = heads(self.wv.forward(x)?.broadcast_add(&self.bv)?, self.n_kv)?;
+        let lin = |w: &QLinear, b: &Option<Tensor>| -> Result<Tensor> {
+            let y = w.forward(x)?;
+            match b {
+                Some(b) => y.broadcast_add(b),
+                None => Ok(y),
+            }
+        };
+        let q = heads(lin(&self.wq, &self.bq)?, self.n_head)?;
+        let k = heads(lin(&self.wk, &self.bk)?, self.n_kv)?;
+        let v = heads(lin(&self.wv, &self.bv)?, self.n_kv)?;
         let cos = self.cos.narrow(0, pos, seq)?;
         let sin = self.sin.narrow(0, pos, seq)?;
-        let q = candle_nn::rotary_emb::rope(&q, &cos, &sin)?;
-        let k = candle_nn::rotary_emb::rope(&k, &cos, &sin)?;
+        let rope = if self.neox {
+            candle_nn::rotary_emb::rope
+        } else {
+            candle_nn::rotary_emb::rope_i
+        };
+        let q = rope(&q, &cos, &sin)?;
+        let k = rope(&k, &cos, &sin)?;
         let (k, v) = match (&self.cache, pos) {
             (Some((kc, vc)), p) if p > 0 => {
                 (Tensor::cat(&[kc, &k], 2)?, Tensor::cat(&[vc, &v], 2)?)
@@ -123,10 +143,21 @@ impl ModelWeights {
         r: &mut R,
         dev: &Device,
     ) -> Result<Self> {
+        let arch = ct
+            .metadata
+            .get("general.architecture")
+            .and_then(|v| v.to_string().ok())
+            .cloned()
+            .unwrap_or_else(|| "qwen2".into());
+        let neox = match arch.as_str() {
+            "qwen2" => true,
+            "llama" => false,
+            other => candle_core::bail!("architecture {other} is not a Llama/Qwen2 decoder"),
+        };
         let get = |k: &str| {
             ct.metadata
-                .get(&format!("qwen2.{k}"))
-                .ok_or_else(|| candle_core::Error::Msg(format!("GGUF metadata qwen2.{k} missing")))
+                .get(&format!("{arch}.{k}"))
+                .ok_or_else(|| candle_core::Error::Msg(format!("GGUF metadata {arch}.{k} missing")))
         };
         let n_head = get("attention.head_count")?.to_u32()? as usize;
         let n_kv = get("attention.head_count_kv")?.to_u32()? as usize;
@@ -139,7 +170,17 @@ impl ModelWeights {
         let ctx = get("context_length")
             .and_then(|v| v.to_u32())
             .unwrap_or(32_768) as usize;
+        if n_head == 0 || n_kv == 0 || n_head % n_kv != 0 || hidden % n_head != 0 {
+            candle_core::bail!(
+                "GGUF metadata: {n_head} attention heads and {n_kv} key/value heads do not fit {hidden} features"
+            );
+        }
         let head_dim = hidden / n_head;
+        if let Ok(rd) = get("rope.dimension_count").and_then(|v| v.to_u32()) {
+            if rd as usize != head_dim {
+                candle_core::bail!("GGUF metadata: rotary dimension {rd} differs from the head size {head_dim} (partial rotary is not supported)");
+            }
+        }
         let positions = ctx.min(MAX_POSITIONS);
         let inv: Vec<f32> = (0..head_dim)
             .step_by(2)
@@ -173,8 +214,12 @@ impl ModelWeights {
                 let name = format!("{p}.{n}.weight");
                 QLinear::new(ct.tensor(r, &name, dev)?, &name)
             };
-            let bias = |r: &mut R, n: &str| -> Result<Tensor> {
-                ct.tensor(r, &format!("{p}.{n}.bias"), dev)?.dequantize(dev)
+            let bias = |r: &mut R, n: &str| -> Result<Option<Tensor>> {
+                let name = format!("{p}.{n}.bias");
+                if !ct.tensor_infos.contains_key(&name) {
+                    return Ok(None);
+                }
+                Ok(Some(ct.tensor(r, &name, dev)?.dequantize(dev)?))
             };
             layers.push(Layer {
                 wq: qm(r, "attn_q")?,
@@ -183,6 +228,7 @@ impl ModelWeights {
                 bq: bias(r, "attn_q")?,
                 bk: bias(r, "attn_k")?,
                 bv: bias(r, "attn_v")?,
+                neox,
                 wo: qm(r, "attn_output")?,
                 attn_norm: norm(r, &format!("{p}.attn_norm.weight"))?,
                 ffn_norm: norm(r, &format!("{p}.ffn_norm.weight"))?,
