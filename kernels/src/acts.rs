@@ -31,7 +31,7 @@ impl Acts {
     /// Quantize `x` (`m × k`, row-major) in blocks of `unit` (32 or 256).
     pub fn quantize(x: &[f32], k: usize, unit: usize) -> Acts {
         assert!(unit == 32 || unit == 256);
-        assert!(k % unit == 0 && x.len() % k == 0);
+        assert!(k.is_multiple_of(unit) && x.len().is_multiple_of(k));
         let sum_unit = if unit == 256 { 16 } else { 32 };
         let mut qs = vec![0i8; x.len()];
         let mut d = vec![0f32; x.len() / unit];

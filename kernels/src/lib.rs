@@ -135,7 +135,7 @@ unsafe impl Sync for Out {}
 /// Quantize `x` (`m × k`) for weights of format `f`.
 pub fn quantize_acts(f: Format, x: &[f32], k: usize) -> Result<Acts, KernelError> {
     check_k(f, k)?;
-    if x.len() % k != 0 {
+    if !x.len().is_multiple_of(k) {
         return Err(KernelError::Size {
             what: "activations (a multiple of k)",
             expected: x.len().div_ceil(k) * k,
@@ -146,7 +146,7 @@ pub fn quantize_acts(f: Format, x: &[f32], k: usize) -> Result<Acts, KernelError
 }
 
 fn check_k(f: Format, k: usize) -> Result<(), KernelError> {
-    if k == 0 || k % f.block_elems() != 0 {
+    if k == 0 || !k.is_multiple_of(f.block_elems()) {
         return Err(KernelError::RowNotBlocks {
             format: f.name(),
             k,
@@ -215,6 +215,8 @@ pub fn matmul_acts(
     let tasks = n.div_ceil(cs);
     let out = Out(y.as_mut_ptr());
     let run = |t: usize| {
+        // Capture the whole `Out` (Send), not its raw-pointer field.
+        #[allow(clippy::redundant_locals)]
         let out = out;
         let (j0, j1) = (t * cs, ((t + 1) * cs).min(n));
         let mut rows = [acts.row(0); 4];
