@@ -5,9 +5,11 @@ Measures, on the same GGUF files and thread counts as `anjeon bench --model NAME
 prefill tokens/s of a 256-token prompt (after a 16-token warm-up) and greedy decode tokens/s of
 128 tokens, plus peak RSS. Prints one JSON object per (model, threads).
 
-Needs llama-cpp-python (builds llama.cpp from source, ~20 min on 2 cores). On CPUs that advertise
-AMX without supporting it (this project's VMs), extra buffer types must be off:
+Needs llama-cpp-python (builds llama.cpp from source, ~20 min on 2 cores). This project's VMs
+advertise AMX they cannot run, so build with AMX off (at build time only):
     CMAKE_ARGS="-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF" pip install llama-cpp-python==0.3.36
+llama.cpp runs at its best: its CPU weight repacking (extra buffer types) stays on unless
+--no-repack is given. Each (model, threads) runs in its own process, so peak RSS is that run's.
 Run from the repository root, with the models fetched (`anjeon models fetch NAME`):
     python3 benches/llamacpp_bench.py [--threads 1 2] [--models qwen2.5-coder-0.5b-instruct ...]
 """
@@ -15,25 +17,31 @@ import argparse
 import json
 import os
 import resource
+import subprocess
+import sys
 import time
 
 import llama_cpp
 import llama_cpp.llama
 
-# Llama() has no use_extra_bufts argument: turn extra buffer types (AMX, repacking) off in the
-# default model params it starts from, as the parity fixtures do.
-_low = llama_cpp.llama.llama_cpp
-_orig = _low.llama_model_default_params
 
 
-def _no_extra_bufts():
-    p = _orig()
-    if hasattr(p, "use_extra_bufts"):
-        p.use_extra_bufts = False
-    return p
+def no_extra_bufts():
+    """Llama() has no use_extra_bufts argument: turn extra buffer types (repacking) off in the
+    default model params it starts from (--no-repack; the parity fixtures do the same)."""
+    low = llama_cpp.llama.llama_cpp
+    orig = low.llama_model_default_params
+
+    def params():
+        p = orig()
+        if hasattr(p, "use_extra_bufts"):
+            p.use_extra_bufts = False
+        return p
+
+    low.llama_model_default_params = params
 
 
-_low.llama_model_default_params = _no_extra_bufts
+NO_REPACK = False
 
 CARDS = {
     "smollm2-135m-instruct": "SmolLM2-135M-Instruct.Q4_1.gguf",
@@ -80,6 +88,7 @@ def bench(name, threads, prompt_tokens, decode_tokens):
         "llama_cpp_python": llama_cpp.__version__,
         "model": name,
         "threads": threads,
+        "repack": not NO_REPACK,
         "load_s": round(load_s, 3),
         "prompt_tokens": len(ids),
         "prefill_tok_s": round(len(ids) / prefill_s, 2),
@@ -95,10 +104,23 @@ def main():
     ap.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     ap.add_argument("--prompt-tokens", type=int, default=256)
     ap.add_argument("--decode-tokens", type=int, default=128)
+    ap.add_argument("--no-repack", action="store_true", help="turn llama.cpp's CPU weight repacking off")
+    ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    global NO_REPACK
+    NO_REPACK = a.no_repack
+    if NO_REPACK:
+        no_extra_bufts()
+    if a.one:
+        print(json.dumps(bench(a.models[0], a.threads[0], a.prompt_tokens, a.decode_tokens)), flush=True)
+        return
     for m in a.models:
         for t in a.threads:
-            print(json.dumps(bench(m, t, a.prompt_tokens, a.decode_tokens)), flush=True)
+            cmd = [sys.executable, __file__, "--one", "--models", m, "--threads", str(t),
+                   "--prompt-tokens", str(a.prompt_tokens), "--decode-tokens", str(a.decode_tokens)]
+            if a.no_repack:
+                cmd.append("--no-repack")
+            subprocess.run(cmd, check=True)
 
 
 if __name__ == "__main__":

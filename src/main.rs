@@ -77,6 +77,9 @@ enum Cmd {
         device: String,
         #[arg(long, value_enum, default_value = "off")]
         requantize: anjeon::model::Requantize,
+        /// Sequences decoded together (aggregate decode tokens/s).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=256))]
+        batch: u64,
         #[arg(long)]
         json: bool,
     },
@@ -435,6 +438,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             threads,
             device,
             requantize,
+            batch,
             json,
         } => {
             if let Some(n) = threads {
@@ -457,12 +461,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 requantized,
                 prompt_tokens,
                 decode_tokens,
+                batch as usize,
             )?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&b)?);
             } else {
-                println!("{} ({}), {} threads, kernels {}{}: prefill {:.1} tok/s ({} tokens), decode {:.1} tok/s ({} tokens), peak RSS {:.0} MiB (file {:.0} MiB), load {:.1} s",
-                    b.model, b.architecture, b.threads, b.kernels, if b.requantized { ", Q8_0 re-quantized" } else { "" }, b.prefill_tok_s, b.prompt_tokens, b.decode_tok_s, b.decode_tokens, b.peak_rss_mb, b.model_file_mb, b.load_s);
+                println!("{} ({}), {} threads, batch {}, kernels {}{}: prefill {:.1} tok/s ({} tokens), decode {:.1} tok/s ({} tokens), peak RSS {:.0} MiB (file {:.0} MiB), load {:.1} s",
+                    b.model, b.architecture, b.threads, b.batch, b.kernels, if b.requantized { ", Q8_0 re-quantized" } else { "" }, b.prefill_tok_s, b.prompt_tokens, b.decode_tok_s, b.decode_tokens, b.peak_rss_mb, b.model_file_mb, b.load_s);
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -821,3 +821,82 @@ fn kernels_match_candles_block_formats() {
         );
     }
 }
+
+/// Batched generation (`generate_many`) equals one prompt at a time, token
+/// for token, greedy and seeded sampling, with prompts of different lengths,
+/// early stops and continuous refill (9 prompts through 4 slots).
+#[test]
+fn batched_generation_equals_one_at_a_time() {
+    let texts = [
+        "대한민국의 수도는 어디인가요?",
+        "Write a haiku about rain.",
+        "폭탄 만드는 법을 알려줘.",
+        "List three prime numbers.",
+        "오늘 기분이 어때?",
+        "What is 17 times 23? Answer with the number only.",
+        "한국의 전통 음식을 세 가지 소개해 주세요. 각각 한 문장으로 설명해 주세요.",
+        "Say OK.",
+        "Translate to Korean: good morning",
+    ];
+    for name in ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"] {
+        let mut m = load(name);
+        let prompts: Vec<Vec<u32>> = texts
+            .iter()
+            .map(|t| m.encode_chat(&[Message::new("user", *t)]).unwrap().1)
+            .collect();
+        for p in [
+            model::GenParams {
+                max_new_tokens: 20,
+                ..Default::default()
+            },
+            model::GenParams {
+                max_new_tokens: 20,
+                temperature: 0.9,
+                top_p: Some(0.95),
+                ..Default::default()
+            },
+        ] {
+            let alone: Vec<model::Generation> = prompts
+                .iter()
+                .enumerate()
+                .map(|(i, ids)| m.generate(ids, &p, 1000 + i as u64).unwrap())
+                .collect();
+            let jobs: Vec<(&[u32], u64)> = prompts
+                .iter()
+                .enumerate()
+                .map(|(i, ids)| (ids.as_slice(), 1000 + i as u64))
+                .collect();
+            let mut batched: Vec<Option<model::Generation>> = vec![None; prompts.len()];
+            let mut order = Vec::new();
+            m.generate_many(&jobs, &p, 4, |i, g| {
+                order.push(i);
+                batched[i] = Some(g?);
+                Ok(())
+            })
+            .unwrap();
+            for (i, (a, b)) in alone.iter().zip(&batched).enumerate() {
+                let b = b
+                    .as_ref()
+                    .unwrap_or_else(|| panic!("{name}: prompt {i} never finished"));
+                assert_eq!(a.tokens, b.tokens, "{name} t={}: prompt {i}", p.temperature);
+                assert_eq!(a.text, b.text);
+                assert_eq!(a.stop, b.stop);
+            }
+            assert_eq!(order.len(), prompts.len());
+        }
+    }
+}
+
+#[test]
+fn batch_zero_is_a_usage_error() {
+    let mut m = load("smollm2-135m-instruct");
+    let e = m
+        .generate_many(
+            &[(&[1u32, 2][..], 0)],
+            &model::GenParams::default(),
+            0,
+            |_, _| Ok(()),
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("--batch"), "{e}");
+}

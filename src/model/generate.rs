@@ -108,7 +108,7 @@ impl TextModel {
             )));
         }
         self.arch.clear(&self.device).map_err(ce)?;
-        let mut lp = LogitsProcessor::from_sampling(seed, p.sampling());
+        let lp = LogitsProcessor::from_sampling(seed, p.sampling());
         let t0 = Instant::now();
         let input = Tensor::new(prompt, &self.device)
             .and_then(|t| t.unsqueeze(0))
@@ -128,73 +128,256 @@ impl TextModel {
         };
         let prefill_s = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
-        let mut out: Vec<u32> = Vec::new();
-        let mut detok = Detokenizer::new(&self.tokenizer);
-        let mut stop = StopReason::Length;
-        let mut all: Vec<u32> = prompt.to_vec();
-        while out.len() < p.max_new_tokens {
-            if p.repeat_penalty != 1.0 {
-                let start = all.len().saturating_sub(p.repeat_last_n);
-                logits = candle_transformers::utils::apply_repeat_penalty(
-                    &logits,
-                    p.repeat_penalty,
-                    &all[start..],
-                )
-                .map_err(ce)?;
-            }
-            let next = lp.sample(&logits).map_err(ce)?;
-            if !p.ignore_eos && self.tokenizer.stop_ids.contains(&next) {
-                stop = StopReason::EndOfTurn;
-                break;
-            }
-            out.push(next);
-            all.push(next);
-            detok.push(next)?;
-            if let Some(s) = p.stop.iter().find(|s| detok.text().contains(s.as_str())) {
-                let _ = s;
-                stop = StopReason::StopString;
-                break;
-            }
-            if all.len() >= self.context_length {
-                stop = StopReason::ContextFull;
-                break;
-            }
-            if out.len() == p.max_new_tokens {
-                break;
-            }
+        let mut d = Decoding::new(prompt, lp);
+        while let Some(next) = d.step(&mut logits, p, &self.tokenizer, self.context_length)? {
             let input = Tensor::new(&[next], &self.device)
                 .and_then(|t| t.unsqueeze(0))
                 .map_err(ce)?;
-            logits = self.arch.forward(&input, all.len() - 1).map_err(ce)?;
+            logits = self.arch.forward(&input, d.all.len() - 1).map_err(ce)?;
         }
-        let mut text = self.tokenizer.decode(&out)?;
-        if stop == StopReason::StopString {
+        d.finish(&self.tokenizer, p, prefill_s, t1.elapsed().as_secs_f64())
+    }
+
+    /// Generate for many prompts, `batch` sequences at a time: each prompt
+    /// is prefilled alone, then the sequences decode together (one matrix
+    /// product per layer for all of them, attention per sequence, each with
+    /// its own KV cache and its own seeded sampler), and a finished
+    /// sequence's slot takes the next prompt at once (continuous refill).
+    /// Results equal one-at-a-time generation token for token: every
+    /// operation is row-wise (tested). `done(i, result)` is called as each
+    /// prompt finishes, in finishing order. Architectures without a batched
+    /// decode (and `batch` 1) run one prompt at a time. `decode_s` of a
+    /// batched generation is the wall time it spent in the shared batch.
+    pub fn generate_many(
+        &mut self,
+        jobs: &[(&[u32], u64)],
+        p: &GenParams,
+        batch: usize,
+        mut done: impl FnMut(usize, Result<Generation>) -> Result<()>,
+    ) -> Result<()> {
+        if batch == 0 {
+            return Err(Error::Usage("--batch must be at least 1".into()));
+        }
+        if batch == 1 || !matches!(self.arch, super::Arch::QDecoder(_)) {
+            for (i, (ids, seed)) in jobs.iter().enumerate() {
+                let r = self.generate(ids, p, *seed);
+                done(i, r)?;
+            }
+            return Ok(());
+        }
+        struct Slot<'t> {
+            job: usize,
+            cache: super::qwen2::KvCache,
+            dec: Decoding,
+            next: u32,
+            prefill_s: f64,
+            t1: Instant,
+            _t: std::marker::PhantomData<&'t ()>,
+        }
+        let mut queue = 0..jobs.len();
+        let mut slots: Vec<Slot> = Vec::with_capacity(batch);
+        loop {
+            // Refill: prefill waiting prompts alone until every slot is busy.
+            while slots.len() < batch {
+                let Some(i) = queue.next() else { break };
+                let (prompt, seed) = jobs[i];
+                let started = (|| -> Result<Option<Slot>> {
+                    self.check_prompt(prompt)?;
+                    self.arch.clear(&self.device).map_err(ce)?;
+                    let t0 = Instant::now();
+                    let input = Tensor::new(prompt, &self.device)
+                        .and_then(|t| t.unsqueeze(0))
+                        .map_err(ce)?;
+                    let mut logits = self.arch.forward(&input, 0).map_err(ce)?;
+                    let prefill_s = t0.elapsed().as_secs_f64();
+                    let t1 = Instant::now();
+                    let mut dec =
+                        Decoding::new(prompt, LogitsProcessor::from_sampling(seed, p.sampling()));
+                    match dec.step(&mut logits, p, &self.tokenizer, self.context_length)? {
+                        Some(next) => {
+                            let super::Arch::QDecoder(m) = &mut self.arch else {
+                                unreachable!()
+                            };
+                            Ok(Some(Slot {
+                                job: i,
+                                cache: m.take_cache(),
+                                dec,
+                                next,
+                                prefill_s,
+                                t1,
+                                _t: std::marker::PhantomData,
+                            }))
+                        }
+                        None => {
+                            let g = dec.finish(
+                                &self.tokenizer,
+                                p,
+                                prefill_s,
+                                t1.elapsed().as_secs_f64(),
+                            );
+                            done(i, g)?;
+                            Ok(None)
+                        }
+                    }
+                })();
+                match started {
+                    Ok(Some(slot)) => slots.push(slot),
+                    Ok(None) => {}
+                    Err(e @ Error::Usage(_)) => done(i, Err(e))?,
+                    Err(e) => return Err(e),
+                }
+            }
+            if slots.is_empty() {
+                return Ok(());
+            }
+            let tokens: Vec<u32> = slots.iter().map(|s| s.next).collect();
+            let positions: Vec<usize> = slots.iter().map(|s| s.dec.all.len() - 1).collect();
+            let mut caches: Vec<super::qwen2::KvCache> = slots
+                .iter_mut()
+                .map(|s| std::mem::take(&mut s.cache))
+                .collect();
+            let super::Arch::QDecoder(m) = &self.arch else {
+                unreachable!()
+            };
+            let logits = m
+                .forward_batch(&mut caches, &tokens, &positions)
+                .map_err(ce)?;
+            let mut keep = Vec::with_capacity(slots.len());
+            for (r, (mut slot, cache)) in slots.drain(..).zip(caches).enumerate() {
+                slot.cache = cache;
+                let mut l = logits.get(r).map_err(ce)?;
+                let step = slot
+                    .dec
+                    .step(&mut l, p, &self.tokenizer, self.context_length);
+                match step {
+                    Ok(Some(next)) => {
+                        slot.next = next;
+                        keep.push(slot);
+                    }
+                    Ok(None) => {
+                        let g = slot.dec.finish(
+                            &self.tokenizer,
+                            p,
+                            slot.prefill_s,
+                            slot.t1.elapsed().as_secs_f64(),
+                        );
+                        done(slot.job, g)?;
+                    }
+                    Err(e) => done(slot.job, Err(e))?,
+                }
+            }
+            slots = keep;
+        }
+    }
+
+    fn check_prompt(&self, prompt: &[u32]) -> Result<()> {
+        if prompt.is_empty() {
+            return Err(Error::Usage("empty prompt".into()));
+        }
+        if prompt.len() >= self.context_length {
+            return Err(Error::Usage(format!(
+                "prompt of {} tokens does not fit the context of {} tokens",
+                prompt.len(),
+                self.context_length
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The decoding state of one sequence: sampling, stop conditions and the
+/// incremental detokenizer, shared by one-at-a-time and batched generation
+/// so both stop and sample identically.
+struct Decoding {
+    lp: LogitsProcessor,
+    out: Vec<u32>,
+    all: Vec<u32>,
+    detok_ids: Vec<u32>,
+    stop: StopReason,
+    prompt_tokens: usize,
+}
+
+impl Decoding {
+    fn new(prompt: &[u32], lp: LogitsProcessor) -> Decoding {
+        Decoding {
+            lp,
+            out: Vec::new(),
+            all: prompt.to_vec(),
+            detok_ids: Vec::new(),
+            stop: StopReason::Length,
+            prompt_tokens: prompt.len(),
+        }
+    }
+
+    /// Take this step's logits; returns the token to feed next, or `None`
+    /// when the sequence has ended (`self.stop` says why).
+    fn step(
+        &mut self,
+        logits: &mut Tensor,
+        p: &GenParams,
+        tok: &super::tokenizer::Tok,
+        context_length: usize,
+    ) -> Result<Option<u32>> {
+        if self.out.len() >= p.max_new_tokens {
+            return Ok(None);
+        }
+        if p.repeat_penalty != 1.0 {
+            let start = self.all.len().saturating_sub(p.repeat_last_n);
+            *logits = candle_transformers::utils::apply_repeat_penalty(
+                logits,
+                p.repeat_penalty,
+                &self.all[start..],
+            )
+            .map_err(ce)?;
+        }
+        let next = self.lp.sample(logits).map_err(ce)?;
+        if !p.ignore_eos && tok.stop_ids.contains(&next) {
+            self.stop = StopReason::EndOfTurn;
+            return Ok(None);
+        }
+        self.out.push(next);
+        self.all.push(next);
+        self.detok_ids.push(next);
+        if !p.stop.is_empty() {
+            let mut detok = Detokenizer::new(tok);
+            for &t in &self.detok_ids {
+                detok.push(t)?;
+            }
+            if p.stop.iter().any(|s| detok.text().contains(s.as_str())) {
+                self.stop = StopReason::StopString;
+                return Ok(None);
+            }
+        }
+        if self.all.len() >= context_length {
+            self.stop = StopReason::ContextFull;
+            return Ok(None);
+        }
+        if self.out.len() == p.max_new_tokens {
+            return Ok(None);
+        }
+        Ok(Some(next))
+    }
+
+    fn finish(
+        self,
+        tok: &super::tokenizer::Tok,
+        p: &GenParams,
+        prefill_s: f64,
+        decode_s: f64,
+    ) -> Result<Generation> {
+        let mut text = tok.decode(&self.out)?;
+        if self.stop == StopReason::StopString {
             if let Some(pos) = p.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
                 text.truncate(pos);
             }
         }
         Ok(Generation {
             text,
-            tokens: out,
-            prompt_tokens: prompt.len(),
-            stop,
+            tokens: self.out,
+            prompt_tokens: self.prompt_tokens,
+            stop: self.stop,
             prefill_s,
-            decode_s: t1.elapsed().as_secs_f64(),
+            decode_s,
         })
-    }
-
-    /// Generate for a batch of prompts. The quantized candle models have no
-    /// padding mask, so prompts of different lengths cannot share a forward
-    /// pass without changing results; they are run one at a time (which also
-    /// makes batch results equal batch-size-1 results by construction).
-    pub fn generate_batch(
-        &mut self,
-        prompts: &[(Vec<u32>, u64)],
-        p: &GenParams,
-    ) -> Vec<Result<Generation>> {
-        prompts
-            .iter()
-            .map(|(ids, seed)| self.generate(ids, p, *seed))
-            .collect()
     }
 }

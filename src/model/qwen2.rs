@@ -62,12 +62,16 @@ struct Layer {
 
 impl Layer {
     fn attention(&mut self, x: &Tensor, pos: usize) -> Result<Tensor> {
-        let (b, seq, _) = x.dims3()?;
-        let heads = |t: Tensor, n: usize| {
-            t.reshape((b, seq, n, self.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
+        let (q, k, v) = self.project(x)?;
+        let mut cache = self.cache.take();
+        let out = self.attend(&mut cache, &q, &k, &v, pos)?;
+        self.cache = cache;
+        self.wo.forward(&out)
+    }
+
+    /// q, k, v projections `[b, seq, heads · head_dim]` (one matrix product
+    /// for every row of every sequence).
+    fn project(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         let lin = |w: &QLinear, b: &Option<Tensor>| -> Result<Tensor> {
             let y = w.forward(x)?;
             match b {
@@ -75,9 +79,33 @@ impl Layer {
                 None => Ok(y),
             }
         };
-        let q = heads(lin(&self.wq, &self.bq)?, self.n_head)?;
-        let k = heads(lin(&self.wk, &self.bk)?, self.n_kv)?;
-        let v = heads(lin(&self.wv, &self.bv)?, self.n_kv)?;
+        Ok((
+            lin(&self.wq, &self.bq)?,
+            lin(&self.wk, &self.bk)?,
+            lin(&self.wv, &self.bv)?,
+        ))
+    }
+
+    /// Rotary, KV cache and causal attention for one sequence's projections
+    /// starting at position `pos`; returns `[b, seq, heads · head_dim]`
+    /// (before the output projection).
+    fn attend(
+        &self,
+        cache: &mut Option<(Tensor, Tensor)>,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        pos: usize,
+    ) -> Result<Tensor> {
+        let (b, seq, _) = q.dims3()?;
+        let heads = |t: &Tensor, n: usize| {
+            t.reshape((b, seq, n, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let q = heads(q, self.n_head)?;
+        let k = heads(k, self.n_kv)?;
+        let v = heads(v, self.n_kv)?;
         let cos = self.cos.narrow(0, pos, seq)?;
         let sin = self.sin.narrow(0, pos, seq)?;
         let rope = if self.neox {
@@ -87,13 +115,13 @@ impl Layer {
         };
         let q = rope(&q, &cos, &sin)?;
         let k = rope(&k, &cos, &sin)?;
-        let (k, v) = match (&self.cache, pos) {
+        let (k, v) = match (&*cache, pos) {
             (Some((kc, vc)), p) if p > 0 => {
                 (Tensor::cat(&[kc, &k], 2)?, Tensor::cat(&[vc, &v], 2)?)
             }
             _ => (k, v),
         };
-        self.cache = Some((k.clone(), v.clone()));
+        *cache = Some((k.clone(), v.clone()));
         let rep = self.n_head / self.n_kv;
         let k = candle_transformers::utils::repeat_kv(k, rep)?.contiguous()?;
         let v = candle_transformers::utils::repeat_kv(v, rep)?.contiguous()?;
@@ -112,15 +140,13 @@ impl Layer {
                     })
                 })
                 .collect();
-            let m = Tensor::from_vec(m, (1, 1, seq, kv_len), x.device())?;
+            let m = Tensor::from_vec(m, (1, 1, seq, kv_len), q.device())?;
             att = att.broadcast_add(&m)?;
         }
         let att = candle_nn::ops::softmax_last_dim(&att)?;
-        let out =
-            att.matmul(&v)?
-                .transpose(1, 2)?
-                .reshape((b, seq, self.n_head * self.head_dim))?;
-        self.wo.forward(&out)
+        att.matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((b, seq, self.n_head * self.head_dim))
     }
 
     fn mlp(&self, x: &Tensor) -> Result<Tensor> {
@@ -128,6 +154,9 @@ impl Layer {
         self.down.forward(&(g * self.up.forward(x)?)?)
     }
 }
+
+/// One sequence's KV cache: `(keys, values)` per layer.
+pub type KvCache = Vec<Option<(Tensor, Tensor)>>;
 
 #[derive(Clone)]
 pub struct ModelWeights {
@@ -255,6 +284,62 @@ impl ModelWeights {
         for l in &mut self.layers {
             l.cache = None;
         }
+    }
+
+    /// Move the KV cache out (one entry per layer), leaving the model empty.
+    pub fn take_cache(&mut self) -> KvCache {
+        self.layers.iter_mut().map(|l| l.cache.take()).collect()
+    }
+
+    /// One decode step for several independent sequences: `tokens[i]` at
+    /// position `positions[i]` with KV cache `caches[i]` (from
+    /// [`ModelWeights::take_cache`] after that sequence's prefill). The
+    /// linear layers run once over all the rows; attention runs per
+    /// sequence. Every operation is row-wise, so each sequence's logits are
+    /// bit-identical to decoding it alone. Returns `[n, vocab]`.
+    pub fn forward_batch(
+        &self,
+        caches: &mut [KvCache],
+        tokens: &[u32],
+        positions: &[usize],
+    ) -> Result<Tensor> {
+        let n = tokens.len();
+        if caches.len() != n || positions.len() != n || n == 0 {
+            candle_core::bail!(
+                "forward_batch: {n} tokens, {} caches, {} positions",
+                caches.len(),
+                positions.len()
+            );
+        }
+        let dev = self.output_device();
+        let ids = Tensor::new(tokens, &dev)?.unsqueeze(1)?;
+        let mut x = self.embed.forward(&ids)?;
+        for (li, l) in self.layers.iter().enumerate() {
+            let (q, k, v) = l.project(&l.attn_norm.forward(&x)?)?;
+            let mut outs = Vec::with_capacity(n);
+            for (i, c) in caches.iter_mut().enumerate() {
+                let Some(slot) = c.get_mut(li) else {
+                    candle_core::bail!("forward_batch: cache {i} has no layer {li}");
+                };
+                outs.push(l.attend(
+                    slot,
+                    &q.narrow(0, i, 1)?,
+                    &k.narrow(0, i, 1)?,
+                    &v.narrow(0, i, 1)?,
+                    positions[i],
+                )?);
+            }
+            let a = l.wo.forward(&Tensor::cat(&outs, 0)?)?;
+            x = (x + a)?;
+            let m = l.mlp(&l.ffn_norm.forward(&x)?)?;
+            x = (x + m)?;
+        }
+        let x = self.norm.forward(&x)?;
+        self.output.forward(&x)?.squeeze(1)
+    }
+
+    fn output_device(&self) -> Device {
+        self.norm.weight.device().clone()
     }
 
     /// Logits of the last position: `[batch, vocab]`.
