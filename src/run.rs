@@ -1346,11 +1346,13 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
     if generated > 0 {
         let wall = t_gen.elapsed().as_secs_f64();
         eprintln!(
-            "generated {generated} responses in {wall:.1} s: {:.2} items/s, prefill {:.1} tokens/s, decode {:.1} tokens/s",
+            "generated {generated} responses in {wall:.1} s (batch {}): {:.2} items/s, prefill {:.1} tokens/s, decode {:.1} tokens/s (all sequences together)",
+            args.batch,
             generated as f64 / wall,
             prompt_tokens as f64 / prefill_s.max(1e-9),
-            new_tokens as f64 / decode_s.max(1e-9)
+            new_tokens as f64 / (wall - prefill_s).max(1e-9)
         );
+        let _ = decode_s;
     }
     skipped.sort();
     judge_and_report(

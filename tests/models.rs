@@ -838,7 +838,11 @@ fn batched_generation_equals_one_at_a_time() {
         "Say OK.",
         "Translate to Korean: good morning",
     ];
-    for name in ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"] {
+    for name in [
+        "smollm2-135m-instruct",
+        "qwen2.5-coder-0.5b-instruct",
+        "gemma-3-270m",
+    ] {
         let mut m = load(name);
         let prompts: Vec<Vec<u32>> = texts
             .iter()
@@ -899,4 +903,61 @@ fn batch_zero_is_a_usage_error() {
         )
         .unwrap_err();
     assert!(e.to_string().contains("--batch"), "{e}");
+}
+
+/// `run --batch N` changes speed only: the same generations and a
+/// byte-identical report.json as `--batch 1`.
+#[test]
+fn run_batch_size_changes_nothing_but_speed() {
+    ensure("smollm2-135m-instruct");
+    let dir = tempfile::tempdir().unwrap();
+    let run = |batch: &str| {
+        let out = dir.path().join(format!("b{batch}"));
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_anjeon"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args([
+                "run",
+                "--dataset",
+                "data/sample",
+                "--target",
+                "smollm2-135m-instruct",
+                "--limit",
+                "7",
+                "--max-new-tokens",
+                "10",
+                "--seed",
+                "3",
+                "--judge",
+                "refusal",
+                "--batch",
+                batch,
+                "--out",
+                out.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let mut gens: Vec<(String, String)> =
+            std::fs::read_to_string(out.join("generations.jsonl"))
+                .unwrap()
+                .lines()
+                .map(|l| {
+                    let v: Value = serde_json::from_str(l).unwrap();
+                    (
+                        v["key"].as_str().unwrap().to_string(),
+                        v["response"].as_str().unwrap().to_string(),
+                    )
+                })
+                .collect();
+        gens.sort();
+        (gens, std::fs::read(out.join("report.json")).unwrap())
+    };
+    let (g1, r1) = run("1");
+    let (g3, r3) = run("3");
+    assert_eq!(g1.len(), 7);
+    assert_eq!(g1, g3);
+    assert!(
+        r1 == r3,
+        "report.json differs between --batch 1 and --batch 3"
+    );
 }

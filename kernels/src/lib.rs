@@ -238,7 +238,9 @@ pub fn matmul_acts(
             r0 += nr;
         }
     };
-    if tasks == 1 || m * n * k < 64 * 1024 {
+    // One thread, one task or a tiny product: stay on the calling thread
+    // (handing work to rayon's pool costs a wake-up per call).
+    if threads == 1 || tasks == 1 || m * n * k < 64 * 1024 {
         (0..tasks).for_each(run);
     } else {
         (0..tasks).into_par_iter().for_each(run);

@@ -107,18 +107,41 @@ struct Layer {
 
 impl Layer {
     fn attention(&mut self, x: &Tensor, pos: usize) -> Result<Tensor> {
-        let (b, seq, _) = x.dims3()?;
-        let heads = |t: Tensor, n: usize| {
+        let (q, k, v) = (
+            self.wq.forward(x)?,
+            self.wk.forward(x)?,
+            self.wv.forward(x)?,
+        );
+        let mut cache = self.cache.take();
+        let out = self.attend(&mut cache, &q, &k, &v, pos)?;
+        self.cache = cache;
+        self.wo.forward(&out)
+    }
+
+    /// q/k norms, rotary, KV cache (trimmed to the window on sliding
+    /// layers) and masked attention for one sequence's projections starting
+    /// at `pos`; returns `[b, seq, heads · head_dim]` before the output
+    /// projection.
+    fn attend(
+        &self,
+        cache: &mut Option<(Tensor, Tensor)>,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        pos: usize,
+    ) -> Result<Tensor> {
+        let (b, seq, _) = q.dims3()?;
+        let heads = |t: &Tensor, n: usize| {
             t.reshape((b, seq, n, self.head_dim))?
                 .transpose(1, 2)?
                 .contiguous()
         };
-        let q = heads(self.wq.forward(x)?, self.n_head)?;
-        let k = heads(self.wk.forward(x)?, self.n_kv)?;
-        let v = heads(self.wv.forward(x)?, self.n_kv)?;
+        let q = heads(q, self.n_head)?;
+        let k = heads(k, self.n_kv)?;
+        let v = heads(v, self.n_kv)?;
         let q = self.rope.apply(&self.q_norm.forward(&q)?, pos)?;
         let k = self.rope.apply(&self.k_norm.forward(&k)?, pos)?;
-        let (mut k, mut v) = match (&self.cache, pos) {
+        let (mut k, mut v) = match (&*cache, pos) {
             (Some((kc, vc)), p) if p > 0 => {
                 (Tensor::cat(&[kc, &k], 2)?, Tensor::cat(&[vc, &v], 2)?)
             }
@@ -136,7 +159,7 @@ impl Layer {
                 first += len - keep;
             }
         }
-        self.cache = Some((k.clone(), v.clone()));
+        *cache = Some((k.clone(), v.clone()));
         let rep = self.n_head / self.n_kv;
         let k = candle_transformers::utils::repeat_kv(k, rep)?.contiguous()?;
         let v = candle_transformers::utils::repeat_kv(v, rep)?.contiguous()?;
@@ -158,15 +181,13 @@ impl Layer {
                     }
                 }
             }
-            let m = Tensor::from_vec(m, (1, 1, seq, kv_len), x.device())?;
+            let m = Tensor::from_vec(m, (1, 1, seq, kv_len), q.device())?;
             att = att.broadcast_add(&m)?;
         }
         let att = candle_nn::ops::softmax_last_dim(&att)?;
-        let out =
-            att.matmul(&v)?
-                .transpose(1, 2)?
-                .reshape((b, seq, self.n_head * self.head_dim))?;
-        self.wo.forward(&out)
+        att.matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((b, seq, self.n_head * self.head_dim))
     }
 
     fn mlp(&self, x: &Tensor) -> Result<Tensor> {
@@ -274,6 +295,57 @@ impl ModelWeights {
         for l in &mut self.layers {
             l.cache = None;
         }
+    }
+
+    /// Move the KV cache out (one entry per layer).
+    pub fn take_cache(&mut self) -> super::qwen2::KvCache {
+        self.layers.iter_mut().map(|l| l.cache.take()).collect()
+    }
+
+    /// One decode step for several independent sequences, as
+    /// [`super::qwen2::ModelWeights::forward_batch`]: row-wise, so each
+    /// sequence's logits are bit-identical to decoding it alone.
+    pub fn forward_batch(
+        &self,
+        caches: &mut [super::qwen2::KvCache],
+        tokens: &[u32],
+        positions: &[usize],
+    ) -> Result<Tensor> {
+        let n = tokens.len();
+        if caches.len() != n || positions.len() != n || n == 0 {
+            candle_core::bail!(
+                "forward_batch: {n} tokens, {} caches, {} positions",
+                caches.len(),
+                positions.len()
+            );
+        }
+        let dev = self.norm.weight.device().clone();
+        let ids = Tensor::new(tokens, &dev)?.unsqueeze(1)?;
+        let mut x = (self.embed.forward(&ids)? * (self.hidden as f64).sqrt())?;
+        for (li, l) in self.layers.iter().enumerate() {
+            let h = l.attn_norm.forward(&x)?;
+            let (q, k, v) = (l.wq.forward(&h)?, l.wk.forward(&h)?, l.wv.forward(&h)?);
+            let mut outs = Vec::with_capacity(n);
+            for (i, c) in caches.iter_mut().enumerate() {
+                let Some(slot) = c.get_mut(li) else {
+                    candle_core::bail!("forward_batch: cache {i} has no layer {li}");
+                };
+                outs.push(l.attend(
+                    slot,
+                    &q.narrow(0, i, 1)?,
+                    &k.narrow(0, i, 1)?,
+                    &v.narrow(0, i, 1)?,
+                    positions[i],
+                )?);
+            }
+            let a = l.wo.forward(&Tensor::cat(&outs, 0)?)?;
+            let h = l.post_attn_norm.forward(&a)?;
+            x = (x + h)?;
+            let h = l.post_ffn_norm.forward(&l.mlp(&l.ffn_norm.forward(&x)?)?)?;
+            x = (x + h)?;
+        }
+        let x = self.norm.forward(&x)?;
+        self.output.forward(&x)?.squeeze(1)
     }
 
     /// Logits of the last position: `[batch, vocab]`.

@@ -158,7 +158,12 @@ impl TextModel {
         if batch == 0 {
             return Err(Error::Usage("--batch must be at least 1".into()));
         }
-        if batch == 1 || !matches!(self.arch, super::Arch::QDecoder(_)) {
+        if batch == 1
+            || !matches!(
+                self.arch,
+                super::Arch::QDecoder(_) | super::Arch::QGemma3(_)
+            )
+        {
             for (i, (ids, seed)) in jobs.iter().enumerate() {
                 let r = self.generate(ids, p, *seed);
                 done(i, r)?;
@@ -195,12 +200,14 @@ impl TextModel {
                         Decoding::new(prompt, LogitsProcessor::from_sampling(seed, p.sampling()));
                     match dec.step(&mut logits, p, &self.tokenizer, self.context_length)? {
                         Some(next) => {
-                            let super::Arch::QDecoder(m) = &mut self.arch else {
-                                unreachable!()
+                            let cache = match &mut self.arch {
+                                super::Arch::QDecoder(m) => m.take_cache(),
+                                super::Arch::QGemma3(m) => m.take_cache(),
+                                _ => unreachable!("checked above"),
                             };
                             Ok(Some(Slot {
                                 job: i,
-                                cache: m.take_cache(),
+                                cache,
                                 dec,
                                 next,
                                 prefill_s,
@@ -236,12 +243,12 @@ impl TextModel {
                 .iter_mut()
                 .map(|s| std::mem::take(&mut s.cache))
                 .collect();
-            let super::Arch::QDecoder(m) = &self.arch else {
-                unreachable!()
-            };
-            let logits = m
-                .forward_batch(&mut caches, &tokens, &positions)
-                .map_err(ce)?;
+            let logits = match &self.arch {
+                super::Arch::QDecoder(m) => m.forward_batch(&mut caches, &tokens, &positions),
+                super::Arch::QGemma3(m) => m.forward_batch(&mut caches, &tokens, &positions),
+                _ => unreachable!("checked above"),
+            }
+            .map_err(ce)?;
             let mut keep = Vec::with_capacity(slots.len());
             for (r, (mut slot, cache)) in slots.drain(..).zip(caches).enumerate() {
                 slot.cache = cache;
