@@ -4,6 +4,22 @@
 //! scale `d = max|x| / 127` and integer sums (per 32 values, or per 16 for
 //! the k-quants) that the formats with an offset or a minimum need.
 
+/// `t.round()` (half away from zero) without a libm call on baseline
+/// x86-64 (no SSE4.1 `roundss`): truncate, then adjust. Exact for
+/// |t| < 2^31; activations here are within ±127.5.
+#[inline]
+fn round_half_away(t: f32) -> i32 {
+    let i = t as i32;
+    let frac = t - i as f32;
+    if frac >= 0.5 {
+        i + 1
+    } else if frac <= -0.5 {
+        i - 1
+    } else {
+        i
+    }
+}
+
 /// A quantized `m × k` activation matrix.
 pub struct Acts {
     pub(crate) k: usize,
@@ -45,7 +61,7 @@ impl Acts {
             let scale = amax / 127.0;
             let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
             for (q, v) in qb.iter_mut().zip(xb) {
-                *q = (v * inv).round().clamp(-127.0, 127.0) as i8;
+                *q = round_half_away(v * inv).clamp(-127, 127) as i8;
             }
             d[b] = scale;
             for (s, qc) in qb.chunks_exact(sum_unit).enumerate() {
@@ -95,5 +111,29 @@ impl Acts {
             .enumerate()
             .map(|(i, &q)| q as f32 * self.d[i / self.unit])
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rounding_matches_f32_round() {
+        for i in -300_000..300_000 {
+            let t = i as f32 / 2048.0;
+            assert_eq!(super::round_half_away(t), t.round() as i32, "{t}");
+        }
+        for t in [
+            0.5f32,
+            -0.5,
+            1.5,
+            -1.5,
+            126.5,
+            -126.5,
+            0.49999997,
+            -0.49999997,
+            f32::MIN_POSITIVE,
+        ] {
+            assert_eq!(super::round_half_away(t), t.round() as i32, "{t}");
+        }
     }
 }

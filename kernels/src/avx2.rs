@@ -161,22 +161,6 @@ macro_rules! kernels {
                             acc[r],
                         );
                     }
-                    // Minimums: eight blocks at a time, lane = block number % 8.
-                    if i % 8 == 7 || i + 1 == nb {
-                        let g0 = i - i % 8;
-                        let cnt = i + 1 - g0;
-                        let mut mh = [0u16; 8];
-                        for (t, v) in mh.iter_mut().take(cnt).enumerate() {
-                            let p = w.as_ptr().add((g0 + t) * bb + 2);
-                            *v = u16::from_le_bytes([*p, *p.add(1)]);
-                        }
-                        let mv = _mm256_cvtph_ps(_mm_loadu_si128(mh.as_ptr() as *const __m128i));
-                        for r in 0..R {
-                            let mut sv = [0f32; 8];
-                            sv[..cnt].copy_from_slice(&xs[r].s[g0..g0 + cnt]);
-                            bvec[r] = _mm256_fmadd_ps(mv, _mm256_loadu_ps(sv.as_ptr()), bvec[r]);
-                        }
-                    }
                 } else {
                     let au = _mm256_sign_epi8(u, u);
                     for r in 0..R {
@@ -187,6 +171,25 @@ macro_rules! kernels {
                             _mm256_set1_ps(d * xs[r].d[i]),
                             acc[r],
                         );
+                    }
+                }
+            }
+            // Minimums, in a second pass (kept out of the main loop so its
+            // accumulators stay in registers): eight blocks at a time, lane =
+            // block number % 8, the same order as the portable path.
+            if matches!(f, Format::Q4_1 | Format::Q5_1) {
+                for g0 in (0..nb).step_by(8) {
+                    let cnt = (nb - g0).min(8);
+                    let mut mh = [0u16; 8];
+                    for (t, v) in mh.iter_mut().take(cnt).enumerate() {
+                        let p = w.as_ptr().add((g0 + t) * bb + 2);
+                        *v = u16::from_le_bytes([*p, *p.add(1)]);
+                    }
+                    let mv = _mm256_cvtph_ps(_mm_loadu_si128(mh.as_ptr() as *const __m128i));
+                    for r in 0..R {
+                        let mut sv = [0f32; 8];
+                        sv[..cnt].copy_from_slice(&xs[r].s[g0..g0 + cnt]);
+                        bvec[r] = _mm256_fmadd_ps(mv, _mm256_loadu_ps(sv.as_ptr()), bvec[r]);
                     }
                 }
             }
@@ -341,7 +344,7 @@ macro_rules! kernels {
             }
         }
 
-        /// `out[r] = w · xs[r]` for up to four rows.
+        /// `out[r] = w · xs[r]` for up to eight rows.
         ///
         /// # Safety
         /// The CPU must have AVX2, FMA and F16C; `w` is whole blocks of `f` and
@@ -366,6 +369,10 @@ macro_rules! kernels {
                 2 => go!(2),
                 3 => go!(3),
                 4 => go!(4),
+                5 => go!(5),
+                6 => go!(6),
+                7 => go!(7),
+                8 => go!(8),
                 n => unreachable!("{n} rows"),
             }
         }

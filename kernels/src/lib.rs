@@ -4,7 +4,7 @@
 //! the layout GGUF files store: one row per output) by `m` activation rows,
 //! as llama.cpp does: the activations are quantized per row to 8 bits
 //! ([`Acts`]), each weight block is unpacked once and multiplied against up to
-//! four activation rows with exact integer sums, and threads (rayon) take
+//! eight activation rows with exact integer sums, and threads (rayon) take
 //! cache-sized tiles of output columns.
 //!
 //! The SIMD path is chosen at run time ([`Path`]), so one binary runs on any
@@ -126,6 +126,10 @@ pub enum KernelError {
     },
 }
 
+/// Activation rows per pass over a weight row (each unpacked weight block
+/// is multiplied against this many rows).
+const ROWS: usize = 8;
+
 /// Raw pointer that may be sent to threads writing disjoint elements.
 #[derive(Clone, Copy)]
 struct Out(*mut f32);
@@ -219,11 +223,11 @@ pub fn matmul_acts(
         #[allow(clippy::redundant_locals)]
         let out = out;
         let (j0, j1) = (t * cs, ((t + 1) * cs).min(n));
-        let mut rows = [acts.row(0); 4];
-        let mut dots = [0f32; 4];
+        let mut rows = [acts.row(0); ROWS];
+        let mut dots = [0f32; ROWS];
         let mut r0 = 0;
         while r0 < m {
-            let nr = (m - r0).min(4);
+            let nr = (m - r0).min(ROWS);
             for (i, row) in rows.iter_mut().take(nr).enumerate() {
                 *row = acts.row(r0 + i);
             }
