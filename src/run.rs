@@ -946,7 +946,7 @@ pub struct RunArgs {
     /// replaced by the next item at once. Results do not depend on N (tested);
     /// only speed does. GGUF Llama/Qwen2 targets; other targets run one item
     /// at a time.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=256))]
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=256))]
     pub batch: u64,
     /// Speech recogniser for audio items when the target does not take
     /// audio: the item's audio is transcribed (language forced to the
