@@ -944,7 +944,7 @@ pub struct RunArgs {
     /// Text prompts generated together: up to N sequences decode in one
     /// pass, each with its own KV cache and seeded sampler, a finished one
     /// replaced by the next item at once. Results do not depend on N (tested);
-    /// only speed does. GGUF Llama/Qwen2 targets; other targets run one item
+    /// only speed does. GGUF Llama/Qwen2/Gemma 3 targets; other targets run one item
     /// at a time.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=256))]
     pub batch: u64,
