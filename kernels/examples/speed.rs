@@ -1,5 +1,5 @@
 //! Quick timing of one matrix shape per format: `cargo run --release --example speed -- M N K`.
-use anjeon_kernels::{matmul, path, Format};
+use anjeon_kernels::{matmul, path, repackable, Format, Packed};
 use std::time::Instant;
 
 fn main() {
@@ -31,6 +31,22 @@ fn main() {
             matmul(f, &w, n, k, &x, &mut y).unwrap();
         }
         let s = t.elapsed().as_secs_f64() / reps as f64;
+        if repackable(f) {
+            let p = Packed::new(f, &w, n, k).unwrap();
+            p.matmul(&x, &mut y).unwrap();
+            let t = Instant::now();
+            for _ in 0..reps {
+                p.matmul(&x, &mut y).unwrap();
+            }
+            let s = t.elapsed().as_secs_f64() / reps as f64;
+            println!(
+                "{} {} repacked: {:.2} ms, {:.1} GMAC/s",
+                f.name(),
+                path().name(),
+                s * 1e3,
+                (m * n * k) as f64 / s / 1e9
+            );
+        }
         println!(
             "{} {}: {:.2} ms, {:.1} GMAC/s, {:.1} GB/s weights",
             f.name(),

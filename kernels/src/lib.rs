@@ -16,6 +16,7 @@ mod acts;
 mod avx2;
 mod format;
 mod scalar;
+mod x8;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
@@ -24,6 +25,7 @@ use rayon::prelude::*;
 
 pub use acts::Acts;
 pub use format::{dequantize_block, dequantize_row, Format};
+pub use x8::supported as repackable;
 
 /// Which implementation runs. `ANJEON_KERNELS=scalar` or `=avx2` in the
 /// environment caps the choice.
@@ -266,5 +268,159 @@ fn dot_rows(path: Path, f: Format, w: &[u8], xs: &[acts::ActRow<'_>], out: &mut 
                 *o = scalar::dot(f, w, *x);
             }
         }
+    }
+}
+
+/// A weight matrix repacked into interleaved groups of 8 rows (see the
+/// `x8` module): the same bytes as the file's tensor, reordered at load, so
+/// one instruction serves 8 weight rows. The 32-weight formats only.
+pub struct Packed {
+    format: Format,
+    n: usize,
+    k: usize,
+    data: Vec<u8>,
+}
+
+impl Packed {
+    /// Repack `n` rows of `k` weights (GGUF layout).
+    pub fn new(f: Format, w: &[u8], n: usize, k: usize) -> Result<Packed, KernelError> {
+        check_k(f, k)?;
+        if !x8::supported(f) {
+            return Err(KernelError::Size {
+                what: "repackable format (the 32-weight formats)",
+                expected: 32,
+                got: f.block_elems(),
+            });
+        }
+        if w.len() != n * f.row_bytes(k) {
+            return Err(KernelError::Size {
+                what: "weight bytes",
+                expected: n * f.row_bytes(k),
+                got: w.len(),
+            });
+        }
+        Ok(Packed {
+            format: f,
+            n,
+            k,
+            data: x8::repack(f, w, n, k),
+        })
+    }
+
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    pub fn rows(&self) -> usize {
+        self.n
+    }
+
+    pub fn cols(&self) -> usize {
+        self.k
+    }
+
+    /// `y = x · wᵀ` (`x`: `m × k`, `y`: `m × n`).
+    pub fn matmul(&self, x: &[f32], y: &mut [f32]) -> Result<(), KernelError> {
+        let acts = quantize_acts(self.format, x, self.k)?;
+        self.matmul_acts(&acts, y)
+    }
+
+    pub fn matmul_acts(&self, acts: &Acts, y: &mut [f32]) -> Result<(), KernelError> {
+        let (f, n, k) = (self.format, self.n, self.k);
+        if acts.k != k || acts.unit != 32 {
+            return Err(KernelError::Size {
+                what: "activation row length",
+                expected: k,
+                got: acts.k,
+            });
+        }
+        let m = acts.rows();
+        if y.len() != m * n {
+            return Err(KernelError::Size {
+                what: "output values",
+                expected: m * n,
+                got: y.len(),
+            });
+        }
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        let path = path();
+        let gb = (k / 32) * x8::group_block_bytes(f);
+        let groups = n.div_ceil(8);
+        let threads = rayon::current_num_threads().max(1);
+        let cs = (192 * 1024 / gb).clamp(1, groups.div_ceil(threads * 4).max(1));
+        let tasks = groups.div_ceil(cs);
+        let out = Out(y.as_mut_ptr());
+        let run = |task: usize| {
+            // Capture the whole `Out` (Send), not its raw-pointer field.
+            #[allow(clippy::redundant_locals)]
+            let out = out;
+            let (g0, g1) = (task * cs, ((task + 1) * cs).min(groups));
+            let mut rows = [acts.row(0); ROWS];
+            let mut dots = [[0f32; 8]; ROWS];
+            let mut r0 = 0;
+            while r0 < m {
+                let nr = (m - r0).min(ROWS);
+                for (i, row) in rows.iter_mut().take(nr).enumerate() {
+                    *row = acts.row(r0 + i);
+                }
+                for g in g0..g1 {
+                    let gw = &self.data[g * gb..(g + 1) * gb];
+                    dot_group(path, f, gw, &rows[..nr], &mut dots[..nr]);
+                    let cols = (n - 8 * g).min(8);
+                    for (i, d) in dots[..nr].iter().enumerate() {
+                        for (c, &v) in d[..cols].iter().enumerate() {
+                            // SAFETY: inside y; column 8g + c belongs to this task only.
+                            unsafe { *out.0.add((r0 + i) * n + 8 * g + c) = v };
+                        }
+                    }
+                }
+                r0 += nr;
+            }
+        };
+        if threads == 1 || tasks == 1 || m * n * k < 64 * 1024 {
+            (0..tasks).for_each(run);
+        } else {
+            (0..tasks).into_par_iter().for_each(run);
+        }
+        Ok(())
+    }
+}
+
+fn dot_group(path: Path, f: Format, gw: &[u8], xs: &[acts::ActRow<'_>], out: &mut [[f32; 8]]) {
+    #[cfg(target_arch = "x86_64")]
+    if path != Path::Scalar {
+        macro_rules! go {
+            ($r:literal) => {{
+                let a: &[acts::ActRow<'_>; $r] = xs.try_into().unwrap();
+                let o: &mut [[f32; 8]; $r] = out.try_into().unwrap();
+                // SAFETY: the path was chosen because the CPU has its features;
+                // gw is whole group-blocks and every row holds k values.
+                unsafe {
+                    if path == Path::AvxVnni {
+                        x8::simd::vnni::dot_group::<$r>(f, gw, a, o)
+                    } else {
+                        x8::simd::plain::dot_group::<$r>(f, gw, a, o)
+                    }
+                }
+            }};
+        }
+        match xs.len() {
+            1 => go!(1),
+            2 => go!(2),
+            3 => go!(3),
+            4 => go!(4),
+            5 => go!(5),
+            6 => go!(6),
+            7 => go!(7),
+            8 => go!(8),
+            n => unreachable!("{n} rows"),
+        }
+        return;
+    }
+    let _ = path;
+    for (o, x) in out.iter_mut().zip(xs) {
+        x8::dot_group_scalar(f, gw, *x, o);
     }
 }

@@ -3,7 +3,8 @@
 //! shapes; and the portable path bit-identical to the SIMD one.
 
 use anjeon_kernels::{
-    dequantize_row, force_path, matmul, path, quantize_acts, Format, KernelError, Path,
+    dequantize_row, force_path, matmul, path, quantize_acts, repackable, Format, KernelError,
+    Packed, Path,
 };
 use half::f16;
 use std::sync::Mutex;
@@ -210,4 +211,60 @@ fn paths_this_machine_runs() {
     assert!(Path::Scalar.available());
     assert!(!force_path(Some(Path::ALL[2])) || Path::ALL[2].available());
     force_path(None);
+}
+
+/// The interleaved (repacked) layout: against the same reference, every
+/// path, n not a multiple of 8, and the paths bit-identical.
+#[test]
+fn repacked_formats_match_the_reference() {
+    for (s, f) in Format::ALL
+        .into_iter()
+        .filter(|f| repackable(*f))
+        .enumerate()
+    {
+        for (m, n, k) in [
+            (1, 1, 32),
+            (1, 13, 96),
+            (5, 8, 64),
+            (9, 21, 128),
+            (64, 37, 512),
+            (3, 16, 4864),
+        ] {
+            let mut rng = Rng(500 + s as u64 * 7 + n as u64);
+            let w = weights(f, n, k, &mut rng);
+            let x = acts(m, k, &mut rng);
+            let want = reference(f, &w, n, k, &x);
+            let p = Packed::new(f, &w, n, k).unwrap();
+            let _g = PATH_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+            let mut outs = Vec::new();
+            for pa in Path::ALL.into_iter().filter(|p| p.available()) {
+                assert!(force_path(Some(pa)));
+                let mut y = vec![0f32; m * n];
+                p.matmul(&x, &mut y).unwrap();
+                let scale = want.iter().fold(0f64, |a, v| a.max(v.abs())).max(1e-3);
+                for (i, (&g, &e)) in y.iter().zip(&want).enumerate() {
+                    let err = (g as f64 - e).abs() / scale;
+                    assert!(
+                        err < 2e-5,
+                        "{} {} repacked m={m} n={n} k={k}: y[{i}] = {g}, reference {e}",
+                        f.name(),
+                        pa.name()
+                    );
+                }
+                outs.push((pa, y));
+            }
+            force_path(None);
+            for (pa, y) in &outs[1..] {
+                for (i, (a, b)) in outs[0].1.iter().zip(y).enumerate() {
+                    assert_eq!(
+                        a.to_bits(),
+                        b.to_bits(),
+                        "{} repacked: scalar and {} differ at {i}",
+                        f.name(),
+                        pa.name()
+                    );
+                }
+            }
+        }
+    }
 }

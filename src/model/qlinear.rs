@@ -87,15 +87,33 @@ impl Kernel {
 #[derive(Clone)]
 pub struct QLinear {
     kernel: Option<Kernel>,
-    fallback: QMatMul,
+    /// The 32-weight formats, repacked at load into interleaved groups of 8
+    /// rows (same bytes, reordered; the file's tensor is then dropped).
+    packed: Option<Arc<anjeon_kernels::Packed>>,
+    fallback: Option<QMatMul>,
 }
 
 impl QLinear {
     /// `name` is only used in the warning for formats without a kernel.
+    /// A tensor this layer owns alone is repacked where the format allows.
     pub fn new(q: QTensor, name: &str) -> Result<QLinear> {
-        Self::from_arc(Arc::new(q), name)
+        let q = Arc::new(q);
+        if let Some(kn) = Kernel::new(&q, name) {
+            if anjeon_kernels::repackable(kn.format) && !kernels_unpacked() {
+                let p = anjeon_kernels::Packed::new(kn.format, kn.bytes()?, kn.n, kn.k)
+                    .map_err(|e| candle_core::Error::Msg(format!("{name}: {e}")))?;
+                return Ok(QLinear {
+                    kernel: None,
+                    packed: Some(Arc::new(p)),
+                    fallback: None,
+                });
+            }
+        }
+        Self::from_arc(q, name)
     }
 
+    /// A tensor shared with the token embeddings (tied weights): kept in the
+    /// file's row layout, so it is not held twice.
     pub fn from_arc(q: Arc<QTensor>, name: &str) -> Result<QLinear> {
         let kernel = Kernel::new(&q, name);
         let fallback = if kernel.is_some() {
@@ -104,13 +122,22 @@ impl QLinear {
         } else {
             QMatMul::from_arc(q)?
         };
-        Ok(QLinear { kernel, fallback })
+        Ok(QLinear {
+            kernel,
+            packed: None,
+            fallback: Some(fallback),
+        })
     }
 
     /// Whether anjeon's kernels run this layer.
     pub fn on_kernels(&self) -> bool {
-        self.kernel.is_some()
+        self.kernel.is_some() || self.packed.is_some()
     }
+}
+
+/// `ANJEON_KERNELS=rows`: the row-by-row kernels only, no repacking.
+fn kernels_unpacked() -> bool {
+    std::env::var("ANJEON_KERNELS").is_ok_and(|v| v == "rows")
 }
 
 /// The f32 values of a contiguous CPU tensor, without a copy.
@@ -128,28 +155,43 @@ fn with_cpu_f32<T>(x: &Tensor, f: impl FnOnce(&[f32]) -> Result<T>) -> Result<T>
 
 impl Module for QLinear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let Some(kn) = &self.kernel else {
-            return self.fallback.forward(x);
+        let (wn, wk) = match (&self.packed, &self.kernel, &self.fallback) {
+            (Some(p), _, _) => (p.rows(), p.cols()),
+            (None, Some(kn), _) if matches!(x.device(), Device::Cpu) => (kn.n, kn.k),
+            (_, _, Some(f)) => return f.forward(x),
+            _ => candle_core::bail!(
+                "QLinear: repacked CPU weights given a {:?} input",
+                x.device()
+            ),
         };
         if !matches!(x.device(), Device::Cpu) {
-            return self.fallback.forward(x);
+            candle_core::bail!(
+                "QLinear: repacked CPU weights given a {:?} input",
+                x.device()
+            );
         }
         let dims = x.dims().to_vec();
         let Some((&k, lead)) = dims.split_last() else {
             candle_core::bail!("QLinear: a scalar input");
         };
-        if k != kn.k {
-            candle_core::bail!("QLinear: input has {k} features, the weight {}", kn.k);
+        if k != wk {
+            candle_core::bail!("QLinear: input has {k} features, the weight {wk}");
         }
         let x = x.to_dtype(DType::F32)?.contiguous()?;
         let m: usize = lead.iter().product();
-        let mut y = vec![0f32; m * kn.n];
+        let mut y = vec![0f32; m * wn];
         with_cpu_f32(&x, |xs| {
-            anjeon_kernels::matmul(kn.format, kn.bytes()?, kn.n, kn.k, xs, &mut y)
-                .map_err(|e| candle_core::Error::Msg(e.to_string()))
+            let r = match (&self.packed, &self.kernel) {
+                (Some(p), _) => p.matmul(xs, &mut y),
+                (None, Some(kn)) => {
+                    anjeon_kernels::matmul(kn.format, kn.bytes()?, kn.n, kn.k, xs, &mut y)
+                }
+                _ => unreachable!("matched above"),
+            };
+            r.map_err(|e| candle_core::Error::Msg(e.to_string()))
         })?;
         let mut shape = lead.to_vec();
-        shape.push(kn.n);
+        shape.push(wn);
         Tensor::from_vec(y, shape, &Device::Cpu)
     }
 }
