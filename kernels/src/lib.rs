@@ -132,6 +132,11 @@ pub enum KernelError {
 /// is multiplied against this many rows).
 const ROWS: usize = 8;
 
+/// Products smaller than this (multiply-adds) run on the calling thread:
+/// below it, handing work to the pool costs more than it saves (measured:
+/// SmolLM2 decode at 2 threads was slower than at 1 with 64Ki).
+const SERIAL_MACS: usize = 1 << 20;
+
 /// Raw pointer that may be sent to threads writing disjoint elements.
 #[derive(Clone, Copy)]
 struct Out(*mut f32);
@@ -246,7 +251,7 @@ pub fn matmul_acts(
     };
     // One thread, one task or a tiny product: stay on the calling thread
     // (handing work to rayon's pool costs a wake-up per call).
-    if threads == 1 || tasks == 1 || m * n * k < 64 * 1024 {
+    if threads == 1 || tasks == 1 || m * n * k < SERIAL_MACS {
         (0..tasks).for_each(run);
     } else {
         (0..tasks).into_par_iter().for_each(run);
@@ -319,6 +324,22 @@ impl Packed {
         self.k
     }
 
+    /// Row `row` (`k` values), exactly as [`dequantize_row`] gives it from
+    /// the file's layout: a repacked table can serve token embeddings too.
+    pub fn dequantize_row(&self, row: usize, out: &mut [f32]) -> Result<(), KernelError> {
+        if row >= self.n || out.len() != self.k {
+            return Err(KernelError::Size {
+                what: "row index or row length",
+                expected: self.n,
+                got: row,
+            });
+        }
+        let gb = (self.k / 32) * x8::group_block_bytes(self.format);
+        let g = row / 8;
+        x8::dequantize_group_row(self.format, &self.data[g * gb..(g + 1) * gb], row % 8, out);
+        Ok(())
+    }
+
     /// `y = x · wᵀ` (`x`: `m × k`, `y`: `m × n`).
     pub fn matmul(&self, x: &[f32], y: &mut [f32]) -> Result<(), KernelError> {
         let acts = quantize_acts(self.format, x, self.k)?;
@@ -379,7 +400,7 @@ impl Packed {
                 r0 += nr;
             }
         };
-        if threads == 1 || tasks == 1 || m * n * k < 64 * 1024 {
+        if threads == 1 || tasks == 1 || m * n * k < SERIAL_MACS {
             (0..tasks).for_each(run);
         } else {
             (0..tasks).into_par_iter().for_each(run);

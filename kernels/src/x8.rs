@@ -138,6 +138,27 @@ fn weights(f: Format, o: &[u8], j: usize) -> [i32; 32] {
     w
 }
 
+/// Row `j` of a group's blocks, dequantized exactly as
+/// [`crate::dequantize_row`] does for the file's layout.
+pub(crate) fn dequantize_group_row(f: Format, gw: &[u8], j: usize, out: &mut [f32]) {
+    let gbb = group_block_bytes(f);
+    let (mo, _, _) = offsets(f);
+    for (blk, o) in gw.chunks_exact(gbb).zip(out.chunks_exact_mut(32)) {
+        let w = weights(f, blk, j);
+        let d = f16_at(blk, 2 * j);
+        if has_min(f) {
+            let m = f16_at(blk, mo + 2 * j);
+            for (v, &q) in o.iter_mut().zip(&w) {
+                *v = q as f32 * d + m;
+            }
+        } else {
+            for (v, &q) in o.iter_mut().zip(&w) {
+                *v = q as f32 * d;
+            }
+        }
+    }
+}
+
 /// Portable path: outputs `8g..8g+8` of activation row `x` into `out`.
 pub(crate) fn dot_group_scalar(f: Format, gw: &[u8], x: ActRow<'_>, out: &mut [f32; 8]) {
     let gbb = group_block_bytes(f);

@@ -268,3 +268,25 @@ fn repacked_formats_match_the_reference() {
         }
     }
 }
+
+#[test]
+fn repacked_rows_dequantize_like_the_file() {
+    for f in Format::ALL.into_iter().filter(|f| repackable(*f)) {
+        let (n, k) = (19, 96);
+        let w = weights(f, n, k, &mut Rng(77));
+        let p = Packed::new(f, &w, n, k).unwrap();
+        let rb = f.row_bytes(k);
+        for r in 0..n {
+            let mut a = vec![0f32; k];
+            let mut b = vec![0f32; k];
+            dequantize_row(f, &w[r * rb..(r + 1) * rb], &mut a);
+            p.dequantize_row(r, &mut b).unwrap();
+            assert!(
+                a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{} row {r}",
+                f.name()
+            );
+        }
+        assert!(p.dequantize_row(n, &mut vec![0f32; k]).is_err());
+    }
+}

@@ -240,11 +240,27 @@ impl ModelWeights {
         let rope_global = Arc::new(Rope::new(head_dim, base_global, positions, dev)?);
         let rope_local = Arc::new(Rope::new(head_dim, base_local, positions, dev)?);
 
-        let embed_q = Arc::new(ct.tensor(r, "token_embd.weight", dev)?);
-        let embed = QEmbedding::new(embed_q.clone(), hidden)?;
-        let output = match ct.tensor(r, "output.weight", dev) {
-            Ok(t) => QLinear::new(t, "output.weight")?,
-            Err(_) => QLinear::from_arc(embed_q, "token_embd.weight")?, // tied embeddings
+        let (embed, output) = match ct.tensor(r, "output.weight", dev) {
+            Ok(t) => (
+                QEmbedding::new(Arc::new(ct.tensor(r, "token_embd.weight", dev)?), hidden)?,
+                QLinear::new(t, "output.weight")?,
+            ),
+            // Tied embeddings: one table serves both; when the output layer
+            // is repacked, the embedding reads its rows from the repacked copy.
+            Err(_) => {
+                let out =
+                    QLinear::new(ct.tensor(r, "token_embd.weight", dev)?, "token_embd.weight")?;
+                match out.packed() {
+                    Some(p) => (QEmbedding::from_packed(p), out),
+                    None => {
+                        let q = Arc::new(ct.tensor(r, "token_embd.weight", dev)?);
+                        (
+                            QEmbedding::new(q.clone(), hidden)?,
+                            QLinear::from_arc(q, "token_embd.weight")?,
+                        )
+                    }
+                }
+            }
         };
         let norm = Norm::load(&ct, r, "output_norm.weight", eps, dev)?;
         let mut layers = Vec::with_capacity(n_layer);

@@ -129,6 +129,12 @@ impl QLinear {
         })
     }
 
+    /// The repacked weights, when this layer has them (a tied token
+    /// embedding reads its rows from them).
+    pub fn packed(&self) -> Option<Arc<anjeon_kernels::Packed>> {
+        self.packed.clone()
+    }
+
     /// Whether anjeon's kernels run this layer.
     pub fn on_kernels(&self) -> bool {
         self.kernel.is_some() || self.packed.is_some()
@@ -207,6 +213,7 @@ pub struct QEmbedding {
 #[derive(Clone)]
 enum Table {
     Quantized(Format, Arc<QTensor>),
+    Packed(Arc<anjeon_kernels::Packed>),
     Dense(candle_nn::Embedding),
 }
 
@@ -222,10 +229,37 @@ impl QEmbedding {
         Ok(QEmbedding { table, hidden })
     }
 
+    /// Token embeddings tied to an output layer that was repacked: rows
+    /// are read from the repacked table (bit-identical), one copy in memory.
+    pub fn from_packed(p: Arc<anjeon_kernels::Packed>) -> QEmbedding {
+        let hidden = p.cols();
+        QEmbedding {
+            table: Table::Packed(p),
+            hidden,
+        }
+    }
+
     /// `ids` `[b, l]` (u32) → `[b, l, hidden]` f32.
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         let (f, q) = match &self.table {
             Table::Dense(e) => return e.forward(ids),
+            Table::Packed(p) => {
+                let idx = ids.flatten_all()?.to_vec1::<u32>()?;
+                let mut out = vec![0f32; idx.len() * self.hidden];
+                for (o, &t) in out.chunks_exact_mut(self.hidden).zip(&idx) {
+                    if t as usize >= p.rows() {
+                        candle_core::bail!(
+                            "token id {t} is outside the embedding table ({} rows)",
+                            p.rows()
+                        );
+                    }
+                    p.dequantize_row(t as usize, o)
+                        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+                }
+                let mut shape = ids.dims().to_vec();
+                shape.push(self.hidden);
+                return Tensor::from_vec(out, shape, &Device::Cpu);
+            }
             Table::Quantized(f, q) => (*f, q),
         };
         let rows = q.shape().dims2()?.0;
