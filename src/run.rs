@@ -1336,7 +1336,6 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
     model.generate_many(&jobs, &params, args.batch as usize, |i, g| {
         record(&text_only[i], g)
     })?;
-    drop(record);
     gen_failures.sort_by_key(|(slot, _)| *slot);
     failures.extend(gen_failures.into_iter().map(|(_, f)| f));
     let plan_keys: Vec<String> = plan_slots.into_iter().flatten().collect();

@@ -220,7 +220,9 @@ enum Table {
 impl QEmbedding {
     pub fn new(q: Arc<QTensor>, hidden: usize) -> Result<QEmbedding> {
         let table = match (kernel_format(q.dtype()), q.device()) {
-            (Some(f), Device::Cpu) if hidden % f.block_elems() == 0 => Table::Quantized(f, q),
+            (Some(f), Device::Cpu) if hidden.is_multiple_of(f.block_elems()) => {
+                Table::Quantized(f, q)
+            }
             _ => Table::Dense(candle_nn::Embedding::new(
                 q.dequantize(&q.device())?,
                 hidden,

@@ -199,7 +199,11 @@ impl ModelWeights {
         let ctx = get("context_length")
             .and_then(|v| v.to_u32())
             .unwrap_or(32_768) as usize;
-        if n_head == 0 || n_kv == 0 || n_head % n_kv != 0 || hidden % n_head != 0 {
+        if n_head == 0
+            || n_kv == 0
+            || !n_head.is_multiple_of(n_kv)
+            || !hidden.is_multiple_of(n_head)
+        {
             candle_core::bail!(
                 "GGUF metadata: {n_head} attention heads and {n_kv} key/value heads do not fit {hidden} features"
             );
