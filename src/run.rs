@@ -1162,8 +1162,8 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
     let mut plan_slots: Vec<Option<String>> = Vec::new();
     let mut pending: Vec<Pending> = Vec::new();
     let pb = crate::progress::bar(runnable.len() as u64, "generating");
-    let (mut new_tokens, mut decode_s, mut prompt_tokens, mut prefill_s, mut generated) =
-        (0usize, 0f64, 0usize, 0f64, 0usize);
+    let (mut new_tokens, mut prompt_tokens, mut prefill_s, mut generated) =
+        (0usize, 0usize, 0f64, 0usize);
     let t_gen = std::time::Instant::now();
     for s in runnable {
         // Spoken prompts for a text-only target: transcribe first. The
@@ -1292,7 +1292,6 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
         match g {
             Ok(g) => {
                 new_tokens += g.tokens.len();
-                decode_s += g.decode_s;
                 prompt_tokens += g.prompt_tokens;
                 prefill_s += g.prefill_s;
                 generated += 1;
@@ -1351,7 +1350,6 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
             prompt_tokens as f64 / prefill_s.max(1e-9),
             new_tokens as f64 / (wall - prefill_s).max(1e-9)
         );
-        let _ = decode_s;
     }
     skipped.sort();
     judge_and_report(

@@ -913,29 +913,25 @@ fn run_batch_size_changes_nothing_but_speed() {
     let dir = tempfile::tempdir().unwrap();
     let run = |batch: &str| {
         let out = dir.path().join(format!("b{batch}"));
-        let o = std::process::Command::new(env!("CARGO_BIN_EXE_anjeon"))
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args([
-                "run",
-                "--dataset",
-                "data/sample",
-                "--target",
-                "smollm2-135m-instruct",
-                "--limit",
-                "7",
-                "--max-new-tokens",
-                "10",
-                "--seed",
-                "3",
-                "--judge",
-                "refusal",
-                "--batch",
-                batch,
-                "--out",
-                out.to_str().unwrap(),
-            ])
-            .output()
-            .unwrap();
+        let o = anjeon(&[
+            "run",
+            "--dataset",
+            "data/sample",
+            "--target",
+            "smollm2-135m-instruct",
+            "--limit",
+            "7",
+            "--max-new-tokens",
+            "10",
+            "--seed",
+            "3",
+            "--judge",
+            "refusal",
+            "--batch",
+            batch,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let mut gens: Vec<(String, String)> =
             std::fs::read_to_string(out.join("generations.jsonl"))

@@ -207,6 +207,36 @@ pub fn matmul_acts(
             got: w.len(),
         });
     }
+    let path = path();
+    tiled(acts, n, 1, row_bytes, y, |j, rows, dots| {
+        let mut d = [0f32; ROWS];
+        dot_rows(
+            path,
+            f,
+            &w[j * row_bytes..(j + 1) * row_bytes],
+            rows,
+            &mut d[..rows.len()],
+        );
+        for (o, v) in dots.iter_mut().zip(d) {
+            o[0] = v;
+        }
+    })
+}
+
+/// The shared driver. The `n` output columns come in units of `per_unit`
+/// columns (1: a weight row; 8: a repacked group) of `unit_bytes` weight
+/// bytes; `dot(unit, rows, out)` fills `out[i][..per_unit]` for up to
+/// [`ROWS`] activation rows. Threads take tiles of units that stay in L2
+/// while every activation row passes over them; small products stay on the
+/// calling thread (handing work to rayon's pool costs a wake-up per call).
+fn tiled(
+    acts: &Acts,
+    n: usize,
+    per_unit: usize,
+    unit_bytes: usize,
+    y: &mut [f32],
+    dot: impl Fn(usize, &[acts::ActRow<'_>], &mut [[f32; 8]]) + Sync,
+) -> Result<(), KernelError> {
     let m = acts.rows();
     if y.len() != m * n {
         return Err(KernelError::Size {
@@ -218,40 +248,39 @@ pub fn matmul_acts(
     if m == 0 || n == 0 {
         return Ok(());
     }
-    let path = path();
-    // Weight rows per task: a tile that stays in L2 while every activation
-    // row passes over it, and enough tiles that the threads share the work.
+    let units = n.div_ceil(per_unit);
     let threads = rayon::current_num_threads().max(1);
-    let cs = (192 * 1024 / row_bytes).clamp(1, n.div_ceil(threads * 4).max(1));
-    let tasks = n.div_ceil(cs);
+    let cs = (192 * 1024 / unit_bytes).clamp(1, units.div_ceil(threads * 4).max(1));
+    let tasks = units.div_ceil(cs);
     let out = Out(y.as_mut_ptr());
-    let run = |t: usize| {
+    let run = |task: usize| {
         // Capture the whole `Out` (Send), not its raw-pointer field.
         #[allow(clippy::redundant_locals)]
         let out = out;
-        let (j0, j1) = (t * cs, ((t + 1) * cs).min(n));
+        let (u0, u1) = (task * cs, ((task + 1) * cs).min(units));
         let mut rows = [acts.row(0); ROWS];
-        let mut dots = [0f32; ROWS];
+        let mut dots = [[0f32; 8]; ROWS];
         let mut r0 = 0;
         while r0 < m {
             let nr = (m - r0).min(ROWS);
             for (i, row) in rows.iter_mut().take(nr).enumerate() {
                 *row = acts.row(r0 + i);
             }
-            for j in j0..j1 {
-                let wr = &w[j * row_bytes..(j + 1) * row_bytes];
-                dot_rows(path, f, wr, &rows[..nr], &mut dots[..nr]);
-                for (i, &v) in dots[..nr].iter().enumerate() {
-                    // SAFETY: (r0 + i, j) is inside y and j belongs to this task only.
-                    unsafe { *out.0.add((r0 + i) * n + j) = v };
+            for u in u0..u1 {
+                dot(u, &rows[..nr], &mut dots[..nr]);
+                let (c0, cols) = (u * per_unit, (n - u * per_unit).min(per_unit));
+                for (i, d) in dots[..nr].iter().enumerate() {
+                    for (c, &v) in d[..cols].iter().enumerate() {
+                        // SAFETY: (r0 + i, c0 + c) is inside y, and the
+                        // column belongs to this task's units only.
+                        unsafe { *out.0.add((r0 + i) * n + c0 + c) = v };
+                    }
                 }
             }
             r0 += nr;
         }
     };
-    // One thread, one task or a tiny product: stay on the calling thread
-    // (handing work to rayon's pool costs a wake-up per call).
-    if threads == 1 || tasks == 1 || m * n * k < SERIAL_MACS {
+    if threads == 1 || tasks == 1 || m * n * acts.k < SERIAL_MACS {
         (0..tasks).for_each(run);
     } else {
         (0..tasks).into_par_iter().for_each(run);
@@ -355,57 +384,11 @@ impl Packed {
                 got: acts.k,
             });
         }
-        let m = acts.rows();
-        if y.len() != m * n {
-            return Err(KernelError::Size {
-                what: "output values",
-                expected: m * n,
-                got: y.len(),
-            });
-        }
-        if m == 0 || n == 0 {
-            return Ok(());
-        }
         let path = path();
         let gb = (k / 32) * x8::group_block_bytes(f);
-        let groups = n.div_ceil(8);
-        let threads = rayon::current_num_threads().max(1);
-        let cs = (192 * 1024 / gb).clamp(1, groups.div_ceil(threads * 4).max(1));
-        let tasks = groups.div_ceil(cs);
-        let out = Out(y.as_mut_ptr());
-        let run = |task: usize| {
-            // Capture the whole `Out` (Send), not its raw-pointer field.
-            #[allow(clippy::redundant_locals)]
-            let out = out;
-            let (g0, g1) = (task * cs, ((task + 1) * cs).min(groups));
-            let mut rows = [acts.row(0); ROWS];
-            let mut dots = [[0f32; 8]; ROWS];
-            let mut r0 = 0;
-            while r0 < m {
-                let nr = (m - r0).min(ROWS);
-                for (i, row) in rows.iter_mut().take(nr).enumerate() {
-                    *row = acts.row(r0 + i);
-                }
-                for g in g0..g1 {
-                    let gw = &self.data[g * gb..(g + 1) * gb];
-                    dot_group(path, f, gw, &rows[..nr], &mut dots[..nr]);
-                    let cols = (n - 8 * g).min(8);
-                    for (i, d) in dots[..nr].iter().enumerate() {
-                        for (c, &v) in d[..cols].iter().enumerate() {
-                            // SAFETY: inside y; column 8g + c belongs to this task only.
-                            unsafe { *out.0.add((r0 + i) * n + 8 * g + c) = v };
-                        }
-                    }
-                }
-                r0 += nr;
-            }
-        };
-        if threads == 1 || tasks == 1 || m * n * k < SERIAL_MACS {
-            (0..tasks).for_each(run);
-        } else {
-            (0..tasks).into_par_iter().for_each(run);
-        }
-        Ok(())
+        tiled(acts, n, 8, gb, y, |g, rows, dots| {
+            dot_group(path, f, &self.data[g * gb..(g + 1) * gb], rows, dots)
+        })
     }
 }
 

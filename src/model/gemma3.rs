@@ -18,6 +18,7 @@ use candle_core::quantized::{gguf_file, QTensor};
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
 
 use super::qlinear::{QEmbedding, QLinear};
+use super::qwen2::{attend_each, check_batch};
 
 /// Longest context anjeon prepares rotary tables for.
 pub const MAX_POSITIONS: usize = 32_768;
@@ -240,28 +241,7 @@ impl ModelWeights {
         let rope_global = Arc::new(Rope::new(head_dim, base_global, positions, dev)?);
         let rope_local = Arc::new(Rope::new(head_dim, base_local, positions, dev)?);
 
-        let (embed, output) = match ct.tensor(r, "output.weight", dev) {
-            Ok(t) => (
-                QEmbedding::new(Arc::new(ct.tensor(r, "token_embd.weight", dev)?), hidden)?,
-                QLinear::new(t, "output.weight")?,
-            ),
-            // Tied embeddings: one table serves both; when the output layer
-            // is repacked, the embedding reads its rows from the repacked copy.
-            Err(_) => {
-                let out =
-                    QLinear::new(ct.tensor(r, "token_embd.weight", dev)?, "token_embd.weight")?;
-                match out.packed() {
-                    Some(p) => (QEmbedding::from_packed(p), out),
-                    None => {
-                        let q = Arc::new(ct.tensor(r, "token_embd.weight", dev)?);
-                        (
-                            QEmbedding::new(q.clone(), hidden)?,
-                            QLinear::from_arc(q, "token_embd.weight")?,
-                        )
-                    }
-                }
-            }
-        };
+        let (embed, output) = super::qlinear::embeddings_and_output(&ct, r, dev, hidden)?;
         let norm = Norm::load(&ct, r, "output_norm.weight", eps, dev)?;
         let mut layers = Vec::with_capacity(n_layer);
         for i in 0..n_layer {
@@ -327,34 +307,17 @@ impl ModelWeights {
         tokens: &[u32],
         positions: &[usize],
     ) -> Result<Tensor> {
-        let n = tokens.len();
-        if caches.len() != n || positions.len() != n || n == 0 {
-            candle_core::bail!(
-                "forward_batch: {n} tokens, {} caches, {} positions",
-                caches.len(),
-                positions.len()
-            );
-        }
+        check_batch(caches, tokens, positions)?;
         let dev = self.norm.weight.device().clone();
         let ids = Tensor::new(tokens, &dev)?.unsqueeze(1)?;
         let mut x = (self.embed.forward(&ids)? * (self.hidden as f64).sqrt())?;
         for (li, l) in self.layers.iter().enumerate() {
             let h = l.attn_norm.forward(&x)?;
             let (q, k, v) = (l.wq.forward(&h)?, l.wk.forward(&h)?, l.wv.forward(&h)?);
-            let mut outs = Vec::with_capacity(n);
-            for (i, c) in caches.iter_mut().enumerate() {
-                let Some(slot) = c.get_mut(li) else {
-                    candle_core::bail!("forward_batch: cache {i} has no layer {li}");
-                };
-                outs.push(l.attend(
-                    slot,
-                    &q.narrow(0, i, 1)?,
-                    &k.narrow(0, i, 1)?,
-                    &v.narrow(0, i, 1)?,
-                    positions[i],
-                )?);
-            }
-            let a = l.wo.forward(&Tensor::cat(&outs, 0)?)?;
+            let o = attend_each(caches, li, (&q, &k, &v), positions, |c, q, k, v, p| {
+                l.attend(c, q, k, v, p)
+            })?;
+            let a = l.wo.forward(&o)?;
             let h = l.post_attn_norm.forward(&a)?;
             x = (x + h)?;
             let h = l.post_ffn_norm.forward(&l.mlp(&l.ffn_norm.forward(&x)?)?)?;

@@ -97,16 +97,7 @@ impl TextModel {
         p: &GenParams,
         seed: u64,
     ) -> Result<Generation> {
-        if prompt.is_empty() {
-            return Err(Error::Usage("empty prompt".into()));
-        }
-        if prompt.len() >= self.context_length {
-            return Err(Error::Usage(format!(
-                "prompt of {} tokens does not fit the context of {} tokens",
-                prompt.len(),
-                self.context_length
-            )));
-        }
+        self.check_prompt(prompt)?;
         self.arch.clear(&self.device).map_err(ce)?;
         let lp = LogitsProcessor::from_sampling(seed, p.sampling());
         let t0 = Instant::now();
@@ -170,14 +161,13 @@ impl TextModel {
             }
             return Ok(());
         }
-        struct Slot<'t> {
+        struct Slot {
             job: usize,
             cache: super::qwen2::KvCache,
             dec: Decoding,
             next: u32,
             prefill_s: f64,
             t1: Instant,
-            _t: std::marker::PhantomData<&'t ()>,
         }
         let mut queue = 0..jobs.len();
         let mut slots: Vec<Slot> = Vec::with_capacity(batch);
@@ -212,7 +202,6 @@ impl TextModel {
                                 next,
                                 prefill_s,
                                 t1,
-                                _t: std::marker::PhantomData,
                             }))
                         }
                         None => {

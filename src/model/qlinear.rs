@@ -95,10 +95,16 @@ pub struct QLinear {
 
 impl QLinear {
     /// `name` is only used in the warning for formats without a kernel.
-    /// A tensor this layer owns alone is repacked where the format allows.
+    /// The tensor is repacked where the format allows (and then dropped).
     pub fn new(q: QTensor, name: &str) -> Result<QLinear> {
-        let q = Arc::new(q);
-        if let Some(kn) = Kernel::new(&q, name) {
+        Self::new_shared(Arc::new(q), name)
+    }
+
+    /// As [`QLinear::new`]; a tensor that is not repacked stays shared with
+    /// the caller's `Arc` (no copy).
+    pub fn new_shared(q: Arc<QTensor>, name: &str) -> Result<QLinear> {
+        let kernel = Kernel::new(&q, name);
+        if let Some(kn) = &kernel {
             if anjeon_kernels::repackable(kn.format) && !kernels_unpacked() {
                 let p = anjeon_kernels::Packed::new(kn.format, kn.bytes()?, kn.n, kn.k)
                     .map_err(|e| candle_core::Error::Msg(format!("{name}: {e}")))?;
@@ -109,13 +115,6 @@ impl QLinear {
                 });
             }
         }
-        Self::from_arc(q, name)
-    }
-
-    /// A tensor shared with the token embeddings (tied weights): kept in the
-    /// file's row layout, so it is not held twice.
-    pub fn from_arc(q: Arc<QTensor>, name: &str) -> Result<QLinear> {
-        let kernel = Kernel::new(&q, name);
         let fallback = if kernel.is_some() {
             // Keeps the same Arc: no copy of the weights.
             QMatMul::QTensor(q)
@@ -243,41 +242,62 @@ impl QEmbedding {
 
     /// `ids` `[b, l]` (u32) → `[b, l, hidden]` f32.
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
-        let (f, q) = match &self.table {
-            Table::Dense(e) => return e.forward(ids),
-            Table::Packed(p) => {
-                let idx = ids.flatten_all()?.to_vec1::<u32>()?;
-                let mut out = vec![0f32; idx.len() * self.hidden];
-                for (o, &t) in out.chunks_exact_mut(self.hidden).zip(&idx) {
-                    if t as usize >= p.rows() {
-                        candle_core::bail!(
-                            "token id {t} is outside the embedding table ({} rows)",
-                            p.rows()
-                        );
-                    }
-                    p.dequantize_row(t as usize, o)
-                        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let gather = |rows: usize,
+                      row: &dyn Fn(usize, &mut [f32]) -> Result<()>|
+         -> Result<Tensor> {
+            let idx = ids.flatten_all()?.to_vec1::<u32>()?;
+            let mut out = vec![0f32; idx.len() * self.hidden];
+            for (o, &t) in out.chunks_exact_mut(self.hidden).zip(&idx) {
+                let t = t as usize;
+                if t >= rows {
+                    candle_core::bail!("token id {t} is outside the embedding table ({rows} rows)");
                 }
-                let mut shape = ids.dims().to_vec();
-                shape.push(self.hidden);
-                return Tensor::from_vec(out, shape, &Device::Cpu);
+                row(t, o)?;
             }
-            Table::Quantized(f, q) => (*f, q),
+            let mut shape = ids.dims().to_vec();
+            shape.push(self.hidden);
+            Tensor::from_vec(out, shape, &Device::Cpu)
         };
-        let rows = q.shape().dims2()?.0;
-        let idx = ids.flatten_all()?.to_vec1::<u32>()?;
-        let data = q.data()?;
-        let rb = f.row_bytes(self.hidden);
-        let mut out = vec![0f32; idx.len() * self.hidden];
-        for (o, &t) in out.chunks_exact_mut(self.hidden).zip(&idx) {
-            let t = t as usize;
-            if t >= rows {
-                candle_core::bail!("token id {t} is outside the embedding table ({rows} rows)");
+        match &self.table {
+            Table::Dense(e) => e.forward(ids),
+            Table::Packed(p) => gather(p.rows(), &|t, o| {
+                p.dequantize_row(t, o)
+                    .map_err(|e| candle_core::Error::Msg(e.to_string()))
+            }),
+            Table::Quantized(f, q) => {
+                let data = q.data()?;
+                let rb = f.row_bytes(self.hidden);
+                gather(q.shape().dims2()?.0, &|t, o| {
+                    anjeon_kernels::dequantize_row(*f, &data[t * rb..(t + 1) * rb], o);
+                    Ok(())
+                })
             }
-            anjeon_kernels::dequantize_row(f, &data[t * rb..(t + 1) * rb], o);
         }
-        let mut shape = ids.dims().to_vec();
-        shape.push(self.hidden);
-        Tensor::from_vec(out, shape, &Device::Cpu)
     }
+}
+
+/// Token embeddings and output layer of a GGUF decoder. With an
+/// `output.weight` each has its own tensor; with tied embeddings one table
+/// serves both, and when the output layer is repacked the embedding reads its
+/// rows from the repacked copy (one table in memory either way).
+pub fn embeddings_and_output<R: std::io::Read + std::io::Seek>(
+    ct: &candle_core::quantized::gguf_file::Content,
+    r: &mut R,
+    dev: &Device,
+    hidden: usize,
+) -> Result<(QEmbedding, QLinear)> {
+    const EMBD: &str = "token_embd.weight";
+    if ct.tensor_infos.contains_key("output.weight") {
+        let embed = QEmbedding::new(Arc::new(ct.tensor(r, EMBD, dev)?), hidden)?;
+        return Ok((
+            embed,
+            QLinear::new(ct.tensor(r, "output.weight", dev)?, "output.weight")?,
+        ));
+    }
+    let q = Arc::new(ct.tensor(r, EMBD, dev)?);
+    let out = QLinear::new_shared(q.clone(), EMBD)?;
+    Ok(match out.packed() {
+        Some(p) => (QEmbedding::from_packed(p), out),
+        None => (QEmbedding::new(q, hidden)?, out),
+    })
 }

@@ -14,8 +14,6 @@
 //! the prefix tensors, and appending creates new tensors), and that the
 //! causal mask also covers a chunk that starts after cached positions.
 
-use std::sync::Arc;
-
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
 
@@ -158,6 +156,51 @@ impl Layer {
 /// One sequence's KV cache: `(keys, values)` per layer.
 pub type KvCache = Vec<Option<(Tensor, Tensor)>>;
 
+/// Checks a batched step's inputs (`forward_batch` of Qwen2/Llama and Gemma 3).
+pub(crate) fn check_batch(caches: &[KvCache], tokens: &[u32], positions: &[usize]) -> Result<()> {
+    let n = tokens.len();
+    if caches.len() != n || positions.len() != n || n == 0 {
+        candle_core::bail!(
+            "forward_batch: {n} tokens, {} caches, {} positions",
+            caches.len(),
+            positions.len()
+        );
+    }
+    Ok(())
+}
+
+/// Layer `li`'s attention for each sequence of a batched step: row `i` of
+/// the projections `q`, `k`, `v` with sequence `i`'s cache and position;
+/// the outputs stacked again as `[n, 1, ·]`.
+pub(crate) fn attend_each(
+    caches: &mut [KvCache],
+    li: usize,
+    (q, k, v): (&Tensor, &Tensor, &Tensor),
+    positions: &[usize],
+    mut attend: impl FnMut(
+        &mut Option<(Tensor, Tensor)>,
+        &Tensor,
+        &Tensor,
+        &Tensor,
+        usize,
+    ) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let mut outs = Vec::with_capacity(caches.len());
+    for (i, c) in caches.iter_mut().enumerate() {
+        let Some(slot) = c.get_mut(li) else {
+            candle_core::bail!("forward_batch: cache {i} has no layer {li}");
+        };
+        outs.push(attend(
+            slot,
+            &q.narrow(0, i, 1)?,
+            &k.narrow(0, i, 1)?,
+            &v.narrow(0, i, 1)?,
+            positions[i],
+        )?);
+    }
+    Tensor::cat(&outs, 0)
+}
+
 #[derive(Clone)]
 pub struct ModelWeights {
     embed: QEmbedding,
@@ -227,28 +270,7 @@ impl ModelWeights {
             .matmul(&inv)?;
         let (cos, sin) = (freqs.cos()?, freqs.sin()?);
 
-        let (embed, output) = match ct.tensor(r, "output.weight", dev) {
-            Ok(t) => (
-                QEmbedding::new(Arc::new(ct.tensor(r, "token_embd.weight", dev)?), hidden)?,
-                QLinear::new(t, "output.weight")?,
-            ),
-            // Tied embeddings: one table serves both; when the output layer
-            // is repacked, the embedding reads its rows from the repacked copy.
-            Err(_) => {
-                let out =
-                    QLinear::new(ct.tensor(r, "token_embd.weight", dev)?, "token_embd.weight")?;
-                match out.packed() {
-                    Some(p) => (QEmbedding::from_packed(p), out),
-                    None => {
-                        let q = Arc::new(ct.tensor(r, "token_embd.weight", dev)?);
-                        (
-                            QEmbedding::new(q.clone(), hidden)?,
-                            QLinear::from_arc(q, "token_embd.weight")?,
-                        )
-                    }
-                }
-            }
-        };
+        let (embed, output) = super::qlinear::embeddings_and_output(&ct, r, dev, hidden)?;
         let norm = |r: &mut R, name: &str| -> Result<Norm> {
             Ok(Norm {
                 weight: ct.tensor(r, name, dev)?.dequantize(dev)?,
@@ -323,33 +345,16 @@ impl ModelWeights {
         tokens: &[u32],
         positions: &[usize],
     ) -> Result<Tensor> {
-        let n = tokens.len();
-        if caches.len() != n || positions.len() != n || n == 0 {
-            candle_core::bail!(
-                "forward_batch: {n} tokens, {} caches, {} positions",
-                caches.len(),
-                positions.len()
-            );
-        }
+        check_batch(caches, tokens, positions)?;
         let dev = self.output_device();
         let ids = Tensor::new(tokens, &dev)?.unsqueeze(1)?;
         let mut x = self.embed.forward(&ids)?;
         for (li, l) in self.layers.iter().enumerate() {
             let (q, k, v) = l.project(&l.attn_norm.forward(&x)?)?;
-            let mut outs = Vec::with_capacity(n);
-            for (i, c) in caches.iter_mut().enumerate() {
-                let Some(slot) = c.get_mut(li) else {
-                    candle_core::bail!("forward_batch: cache {i} has no layer {li}");
-                };
-                outs.push(l.attend(
-                    slot,
-                    &q.narrow(0, i, 1)?,
-                    &k.narrow(0, i, 1)?,
-                    &v.narrow(0, i, 1)?,
-                    positions[i],
-                )?);
-            }
-            let a = l.wo.forward(&Tensor::cat(&outs, 0)?)?;
+            let o = attend_each(caches, li, (&q, &k, &v), positions, |c, q, k, v, p| {
+                l.attend(c, q, k, v, p)
+            })?;
+            let a = l.wo.forward(&o)?;
             x = (x + a)?;
             let m = l.mlp(&l.ffn_norm.forward(&x)?)?;
             x = (x + m)?;
