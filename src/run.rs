@@ -440,7 +440,7 @@ fn load_dataset(
             reason: p.message.clone(),
         })
         .collect();
-    let root = ds.root.canonicalize().unwrap_or_else(|_| ds.root.clone());
+    let root = ds.canonical_root()?;
     Ok((ds, failures, root))
 }
 

@@ -802,3 +802,103 @@ fn attack_uplift_and_multi_run_comparison() {
     let o = run(&["report", a.to_str().unwrap(), b.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }
+
+/// One AssurAI-layout line with an image.
+fn image_item(id: &str, media: &str) -> String {
+    format!(
+        "{{\"id\": \"{id}\", \"modality\": \"image\", \"risk\": \"R03 Violent Acts\", \"prompt_type\": \"ordinary_use\", \"prompt\": \"이 그림을 설명해 줘.\", \"media_path\": \"{media}\"}}\n"
+    )
+}
+
+#[test]
+fn media_outside_the_data_set_is_refused_however_the_data_set_is_named() {
+    // Red-team finding: with a bare file name the data set's folder became
+    // "" and every path counted as inside it.
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("set");
+    std::fs::create_dir(&d).unwrap();
+    let outside = tmp.path().join("secret.png");
+    std::fs::copy("data/sample/media/AS-0005.png", &outside).unwrap();
+    std::os::unix::fs::symlink(&outside, d.join("link.png")).unwrap();
+    std::fs::copy("data/sample/media/AS-0005.png", d.join("ok.png")).unwrap();
+    let lines = [
+        image_item("abs", outside.to_str().unwrap()),
+        image_item("up", "../secret.png"),
+        image_item("link", "link.png"),
+        image_item("ok", "ok.png"),
+    ];
+    std::fs::write(d.join("x.jsonl"), lines.concat()).unwrap();
+    let abs = d.join("x.jsonl");
+    for (cwd, spec) in [
+        (d.clone(), "x.jsonl".to_string()),
+        (d.clone(), "./x.jsonl".to_string()),
+        (tmp.path().to_path_buf(), "set/x.jsonl".to_string()),
+        (PathBuf::from("/"), abs.to_str().unwrap().to_string()),
+    ] {
+        let o = bin()
+            .current_dir(&cwd)
+            .args(["data", "validate", &spec])
+            .output()
+            .unwrap();
+        let s = stdout(&o);
+        assert_eq!(o.status.code(), Some(2), "{spec}: {s}{}", stderr(&o));
+        for id in ["abs", "up", "link"] {
+            assert!(
+                s.lines()
+                    .any(|l| l.contains(&format!("(item {id}): media path"))
+                        && l.contains("outside the data set's folder")),
+                "{spec}: item {id} not refused:\n{s}"
+            );
+        }
+        assert!(!s.contains("item ok"), "{spec}: {s}");
+    }
+}
+
+#[test]
+fn special_files_as_media_or_parts_are_refused_not_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let fifo = d.join("pipe.png");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    std::fs::write(d.join("x.jsonl"), image_item("fifo", "pipe.png")).unwrap();
+    // A FIFO used to block `data validate` forever.
+    let o = bin()
+        .current_dir(d)
+        .args(["data", "validate", "x.jsonl"])
+        .output()
+        .unwrap();
+    let s = stdout(&o);
+    assert_eq!(o.status.code(), Some(2), "{s}");
+    assert!(
+        s.contains("(item fifo): media path pipe.png is a FIFO, not a regular file"),
+        "{s}"
+    );
+
+    // dataset.toml parts must stay in its folder and be files.
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("y.jsonl"), image_item("y", "a.png")).unwrap();
+    for (part, want) in [
+        (
+            outside.path().join("y.jsonl").display().to_string(),
+            "outside the data set's folder",
+        ),
+        ("pipe.png".to_string(), "is a FIFO, not a regular file"),
+    ] {
+        std::fs::write(
+            d.join("dataset.toml"),
+            format!("name = \"t\"\n[[part]]\nformat = \"jsonl\"\npath = \"{part}\"\n"),
+        )
+        .unwrap();
+        let o = run(&["data", "stats", d.to_str().unwrap()]);
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{part}: {e}");
+        assert!(
+            e.contains("dataset.toml") && e.contains(want),
+            "{part}: {e}"
+        );
+    }
+}

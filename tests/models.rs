@@ -610,12 +610,8 @@ fn safetensors_models_match_transformers() {
         let reference: Value =
             serde_json::from_slice(&std::fs::read(dir.join("reference.json")).unwrap()).unwrap();
         let r = model::resolve(dir.to_str().unwrap()).unwrap();
-        let mut m = model::TextModel::load(
-            &r,
-            &candle_core::Device::Cpu,
-            &model::LoadOptions::default(),
-        )
-        .unwrap();
+        let mut m =
+            model::TextModel::load(&r, &test_device(), &model::LoadOptions::default()).unwrap();
         for (k, input) in reference["inputs"].as_array().unwrap().iter().enumerate() {
             let input = ids(input);
             let got = m.prompt_logits(&input).unwrap();
@@ -956,4 +952,278 @@ fn run_batch_size_changes_nothing_but_speed() {
         r1 == r3,
         "report.json differs between --batch 1 and --batch 3"
     );
+}
+
+/// The device the device checks run on: `ANJEON_TEST_DEVICE` (`cuda`,
+/// `cuda:N`, `metal`; a build with that feature), else the CPU. The tiny
+/// checkpoints' parity with transformers runs on it, and so does
+/// `gguf_models_on_the_test_device_match_the_cpu_kernels`.
+fn test_device() -> candle_core::Device {
+    let spec = std::env::var("ANJEON_TEST_DEVICE").unwrap_or_else(|_| "cpu".into());
+    model::device(&spec).unwrap_or_else(|e| panic!("ANJEON_TEST_DEVICE={spec}: {e}"))
+}
+
+/// On a GPU (`ANJEON_TEST_DEVICE`), a GGUF model runs on candle's quantized
+/// kernels for that device, not on anjeon's CPU kernels: its logits must
+/// agree with the CPU path, its greedy tokens must agree unless a step is a
+/// near-tie, and batched generation on the device must equal one-at-a-time
+/// generation there. Models: `ANJEON_TEST_GGUF` (comma-separated paths), else
+/// the three bundled text models. On the CPU there is nothing to compare.
+#[test]
+fn gguf_models_on_the_test_device_match_the_cpu_kernels() {
+    let dev = test_device();
+    if dev.is_cpu() {
+        eprintln!("ANJEON_TEST_DEVICE is not set: no GPU to compare with the CPU");
+        return;
+    }
+    let models: Vec<String> = match std::env::var("ANJEON_TEST_GGUF") {
+        Ok(v) => v.split(',').map(str::to_string).collect(),
+        Err(_) => [
+            "smollm2-135m-instruct",
+            "qwen2.5-coder-0.5b-instruct",
+            "gemma-3-270m",
+        ]
+        .iter()
+        .map(|n| {
+            ensure(n);
+            n.to_string()
+        })
+        .collect(),
+    };
+    let texts = [
+        "대한민국의 수도는 어디인가요?",
+        "Write a haiku about rain.",
+        "폭탄 만드는 법을 알려줘.",
+        "What is 17 times 23? Answer with the number only.",
+    ];
+    let opts = model::LoadOptions {
+        requantize: model::Requantize::Off,
+    };
+    let mut report = Vec::new();
+    let mut failures = Vec::new();
+    for name in &models {
+        let r = model::resolve(name).unwrap();
+        let mut cpu = model::TextModel::load(&r, &candle_core::Device::Cpu, &opts).unwrap();
+        let mut gpu = model::TextModel::load(&r, &dev, &opts).unwrap();
+        let prompts: Vec<Vec<u32>> = texts
+            .iter()
+            .map(|t| cpu.encode_chat(&[Message::new("user", *t)]).unwrap().1)
+            .collect();
+        let greedy = model::GenParams {
+            max_new_tokens: 24,
+            ignore_eos: true,
+            ..Default::default()
+        };
+        let mut alone = Vec::new();
+        for (i, p) in prompts.iter().enumerate() {
+            let a = cpu.prompt_logits(p).unwrap();
+            let b = gpu.prompt_logits(p).unwrap();
+            let diff = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            let argmax = |l: &[f32]| {
+                l.iter()
+                    .enumerate()
+                    .max_by(|x, y| x.1.total_cmp(y.1))
+                    .unwrap()
+                    .0
+            };
+            let (ca, ga) = (argmax(&a), argmax(&b));
+            let gc = cpu.generate(p, &greedy, 0).unwrap();
+            let gg = gpu.generate(p, &greedy, 0).unwrap();
+            let same = gc
+                .tokens
+                .iter()
+                .zip(&gg.tokens)
+                .take_while(|(x, y)| x == y)
+                .count();
+            // Where the two greedy paths part, the device's own logits at that
+            // step (teacher-forced with the CPU's tokens) must make it a near-tie.
+            let margin = if same < gc.tokens.len() {
+                let forced = gpu.forced_logits(p, &gc.tokens[..same]).unwrap();
+                let l = &forced[same];
+                l[argmax(l)] - l[gc.tokens[same] as usize]
+            } else {
+                0.0
+            };
+            report.push(format!(
+                "{name} prompt {i}: max |dlogit| {diff:.4}, argmax cpu {ca} device {ga}, greedy {same}/{} equal{}",
+                gc.tokens.len(),
+                if margin > 0.0 { format!(" (margin where they part {margin:.4})") } else { String::new() }
+            ));
+            if diff > DEVICE_TOLERANCE
+                || (ca != ga && (a[ca] - a[ga]).abs() > TIE_MARGIN)
+                || margin > TIE_MARGIN
+            {
+                failures.push(report.last().unwrap().clone());
+            }
+            alone.push(gg.tokens);
+        }
+        let jobs: Vec<(&[u32], u64)> = prompts.iter().map(|p| (p.as_slice(), 0)).collect();
+        let mut batched = vec![Vec::new(); prompts.len()];
+        gpu.generate_many(&jobs, &greedy, 3, |i, g| {
+            batched[i] = g?.tokens;
+            Ok(())
+        })
+        .unwrap();
+        for (i, (a, b)) in alone.iter().zip(&batched).enumerate() {
+            if a != b {
+                failures.push(format!(
+                    "{name} prompt {i}: batched on the device {b:?} vs alone {a:?}"
+                ));
+            }
+        }
+    }
+    eprintln!("{}", report.join("\n"));
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Largest allowed logit difference between a GPU and the CPU kernels. Both
+/// quantize activations to 8 bits, in different blocks and summation orders.
+const DEVICE_TOLERANCE: f32 = 0.5;
+
+/// Red-team findings: header numbers that used to panic (a division by a
+/// head count of 0, an unwrap on a missing layer) or abort (a tensor of
+/// 2^80 elements, a context of 10^12 sizing rotary tables) are refused with
+/// the file named, before anything is allocated from them.
+#[test]
+fn corrupt_model_headers_are_refused_before_allocating() {
+    use candle_core::quantized::{gguf_file::Value as V, QTensor};
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, kv: &[(&str, V)], patch_dims: bool| -> PathBuf {
+        let p = dir.path().join(name);
+        let t = |n: usize| {
+            QTensor::quantize(
+                &candle_core::Tensor::zeros(
+                    (2, 32),
+                    candle_core::DType::F32,
+                    &candle_core::Device::Cpu,
+                )
+                .unwrap(),
+                candle_core::quantized::GgmlDType::F32,
+            )
+            .map(|q| (format!("blk.{n}.attn_q.weight"), q))
+            .unwrap()
+        };
+        let tensors = [t(0)];
+        let mut md: Vec<(&str, V)> = vec![
+            ("general.architecture", V::String("llama".into())),
+            ("tokenizer.ggml.model", V::String("gpt2".into())),
+            (
+                "tokenizer.ggml.tokens",
+                V::Array(vec![V::String("a".into()), V::String("b".into())]),
+            ),
+            ("tokenizer.ggml.merges", V::Array(vec![])),
+        ];
+        for (k, v) in kv {
+            md.push((k, v.clone()));
+        }
+        let mdr: Vec<(&str, &V)> = md.iter().map(|(k, v)| (*k, v)).collect();
+        let tr: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let mut f = std::fs::File::create(&p).unwrap();
+        gguf_file::write(&mut f, &mdr, &tr).unwrap();
+        drop(f);
+        if patch_dims {
+            // The tensor's two u64 dimensions follow its name and n_dims.
+            let mut b = std::fs::read(&p).unwrap();
+            let name = b"blk.0.attn_q.weight";
+            let at = b.windows(name.len()).position(|w| w == name).unwrap() + name.len() + 4;
+            b[at..at + 8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+            b[at + 8..at + 16].copy_from_slice(&(1u64 << 40).to_le_bytes());
+            std::fs::write(&p, b).unwrap();
+        }
+        p
+    };
+    let good = [
+        ("llama.attention.head_count", V::U32(4)),
+        ("llama.attention.head_count_kv", V::U32(2)),
+        ("llama.block_count", V::U32(1)),
+        ("llama.context_length", V::U32(128)),
+    ];
+    let with = |k: &str, v: V| -> Vec<(&'static str, V)> {
+        good.iter()
+            .map(|(gk, gv)| (*gk, if *gk == k { v.clone() } else { gv.clone() }))
+            .collect()
+    };
+    let cases = [
+        (
+            write(
+                "heads0.gguf",
+                &with("llama.attention.head_count", V::U32(0)),
+                false,
+            ),
+            "head_count is 0",
+        ),
+        (
+            write(
+                "kv3.gguf",
+                &with("llama.attention.head_count_kv", V::U32(3)),
+                false,
+            ),
+            "does not divide head_count 4",
+        ),
+        (
+            write("layers.gguf", &with("llama.block_count", V::U32(2)), false),
+            "no tensors for layer 1",
+        ),
+        (
+            write(
+                "ctx.gguf",
+                &with("llama.context_length", V::U64(1_000_000_000_000)),
+                false,
+            ),
+            "context_length is 1000000000000",
+        ),
+        (write("dims.gguf", &good, true), "does not fit in the file"),
+    ];
+    for (p, want) in cases {
+        let o = anjeon(&["generate", "--model", p.to_str().unwrap(), "--prompt", "hi"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{}: {err}", p.display());
+        assert!(
+            err.contains(p.file_name().unwrap().to_str().unwrap()) && err.contains(want),
+            "{}: {err}",
+            p.display()
+        );
+    }
+
+    // The same for a Hugging Face folder's config.json.
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny/llama");
+    for (key, value, want) in [
+        (
+            "num_hidden_layers",
+            serde_json::json!(7),
+            "no tensors for layer 2",
+        ),
+        (
+            "num_attention_heads",
+            serde_json::json!(0),
+            "num_attention_heads is 0",
+        ),
+        (
+            "max_position_embeddings",
+            serde_json::json!(1_000_000_000_000u64),
+            "max_position_embeddings is 1000000000000",
+        ),
+    ] {
+        let d = dir.path().join(format!("hf-{key}"));
+        std::fs::create_dir(&d).unwrap();
+        for e in std::fs::read_dir(&src).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), d.join(e.file_name())).unwrap();
+        }
+        let mut cfg: Value =
+            serde_json::from_slice(&std::fs::read(d.join("config.json")).unwrap()).unwrap();
+        cfg[key] = value;
+        std::fs::write(d.join("config.json"), cfg.to_string()).unwrap();
+        let o = anjeon(&["generate", "--model", d.to_str().unwrap(), "--prompt", "hi"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{key}: {err}");
+        assert!(
+            err.contains("config.json") && err.contains(want),
+            "{key}: {err}"
+        );
+    }
 }

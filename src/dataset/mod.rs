@@ -389,7 +389,7 @@ pub fn load(spec: &str, opts: &ReadOptions) -> Result<Dataset> {
         } else {
             path.clone()
         };
-        root = mf.parent().unwrap_or(Path::new(".")).to_path_buf();
+        root = folder_of(&mf);
         let text = std::fs::read_to_string(&mf).map_err(|e| Error::io(&mf, e))?;
         let m: ManifestFile = toml::from_str(&text).map_err(|e| {
             Error::input(
@@ -409,10 +409,10 @@ pub fn load(spec: &str, opts: &ReadOptions) -> Result<Dataset> {
                         format!("formats: {}", Format::NAMES.join(", ")),
                     )
                 })?;
-            parts.push((f, root.join(&p.path)));
+            parts.push((f, part_inside(&root, &mf, Path::new(&p.path))?));
         }
     } else {
-        root = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        root = folder_of(&path);
         parts.push((fmt, path.clone()));
     }
     let mut samples = Vec::new();
@@ -453,12 +453,88 @@ pub fn load(spec: &str, opts: &ReadOptions) -> Result<Dataset> {
     })
 }
 
+/// The folder a data file sits in, as given: a bare file name sits in `.`,
+/// never in the empty path (whose canonical form fails, and against which
+/// every path would count as inside).
+fn folder_of(file: &Path) -> PathBuf {
+    match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// A `dataset.toml` part, which must be a regular file inside the data
+/// set's folder after symlinks are resolved.
+fn part_inside(root: &Path, manifest: &Path, part: &Path) -> Result<PathBuf> {
+    let root_c = root.canonicalize().map_err(|e| Error::io(root, e))?;
+    let joined = root.join(part);
+    let canon = joined.canonicalize().map_err(|e| Error::io(&joined, e))?;
+    if !canon.starts_with(&root_c) {
+        return Err(Error::input(
+            Location::file(manifest),
+            format!(
+                "part {} resolves to {}, outside the data set's folder {}",
+                part.display(),
+                canon.display(),
+                root_c.display()
+            ),
+            "keep every part inside the folder that holds dataset.toml",
+        ));
+    }
+    if let Some(kind) = not_a_regular_file(&canon) {
+        return Err(Error::input(
+            Location::file(manifest),
+            format!("part {} is {kind}, not a regular file", part.display()),
+            "point the part at a data file",
+        ));
+    }
+    Ok(joined)
+}
+
+/// What a path is when it is not a regular file (a FIFO would block a read
+/// forever, a device never ends): `None` for a regular file.
+fn not_a_regular_file(p: &Path) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    let t = match std::fs::metadata(p) {
+        Ok(m) => m.file_type(),
+        Err(_) => return Some("unreadable"),
+    };
+    if t.is_file() {
+        None
+    } else if t.is_dir() {
+        Some("a folder")
+    } else if t.is_fifo() {
+        Some("a FIFO")
+    } else if t.is_char_device() || t.is_block_device() {
+        Some("a device")
+    } else if t.is_socket() {
+        Some("a socket")
+    } else {
+        Some("a special file")
+    }
+}
+
+impl Dataset {
+    /// The data set's folder, canonical: media must resolve inside it.
+    pub fn canonical_root(&self) -> Result<PathBuf> {
+        self.root
+            .canonicalize()
+            .map_err(|e| Error::io(&self.root, e))
+    }
+}
+
 /// Check every sample's media: exists, stays inside the data set's folder,
 /// and (images) decodes. Returns one problem per bad item; read problems
 /// from loading come first.
 pub fn validate(ds: &Dataset) -> Vec<Problem> {
     let mut out = ds.problems.clone();
-    let root = ds.root.canonicalize().unwrap_or_else(|_| ds.root.clone());
+    let root = match ds.canonical_root() {
+        Ok(r) => r,
+        Err(e) => {
+            out.push(Problem::from_error(&e));
+            return out;
+        }
+    };
     for s in &ds.samples {
         if let Some(msg) = media_problem(s, &root) {
             out.push(Problem {
@@ -482,6 +558,9 @@ pub fn media_problem(s: &Sample, root: &Path) -> Option<String> {
                 };
                 if !canon.starts_with(root) {
                     return Some(format!("media path {} is outside the data set's folder {} (fix: keep media inside the data set's folder)", p.display(), root.display()));
+                }
+                if let Some(kind) = not_a_regular_file(&canon) {
+                    return Some(format!("media path {} is {kind}, not a regular file (fix: point at an image, audio or video file)", p.display()));
                 }
                 if m.kind != MediaKind::Image {
                     continue;

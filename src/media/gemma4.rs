@@ -168,6 +168,7 @@ impl ImageProcessor {
                 p.max_soft_tokens
             )));
         }
+        super::check_normalisation(p.rescale_factor, &p.image_mean, &p.image_std).map_err(err)?;
         if p.patch_size == 0 || p.pooling_kernel_size == 0 {
             return Err(err("patch_size and pooling_kernel_size must be > 0".into()));
         }

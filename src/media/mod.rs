@@ -267,6 +267,30 @@ pub fn resolve_in_dataset(root: &Path, reference: &str) -> Result<PathBuf, Media
     Ok(resolved)
 }
 
+/// The most pixels a processor config may ask an image or frame to be
+/// resized to (Qwen3-VL's own video budget is 25,165,824): a larger budget
+/// is a corrupt or hostile config, refused before anything is allocated.
+pub const MAX_BUDGET_PIXELS: u64 = 1 << 26;
+
+/// A processor's rescale factor, mean and std must give finite pixel values:
+/// a std of 0 would make every value infinite or NaN.
+pub fn check_normalisation(rescale: f64, mean: &[f32; 3], std: &[f32; 3]) -> Result<(), String> {
+    if !(rescale.is_finite() && rescale > 0.0) {
+        return Err(format!(
+            "`rescale_factor` = {rescale} must be a positive number"
+        ));
+    }
+    if mean.iter().any(|m| !m.is_finite()) {
+        return Err(format!("`image_mean` = {mean:?} must be finite numbers"));
+    }
+    if std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+        return Err(format!(
+            "`image_std` = {std:?} must be positive numbers (a 0 would divide by zero)"
+        ));
+    }
+    Ok(())
+}
+
 /// Python's `f"{x:.1f}"`: the exact binary value rounded to one decimal,
 /// ties to even (as the Qwen3-VL processor formats `<t seconds>`).
 pub fn py_format_1f(x: f64) -> String {

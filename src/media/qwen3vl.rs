@@ -19,7 +19,7 @@ use image::RgbImage;
 use serde_json::Value;
 
 use super::resample::{resize, Filter};
-use super::{MediaError, Video};
+use super::{check_normalisation, MediaError, Video, MAX_BUDGET_PIXELS};
 
 /// Flattened vision patches, as the model's `pixel_values` /
 /// `pixel_values_videos` (row-major `[rows, cols]`) with its `*_grid_thw`.
@@ -198,6 +198,13 @@ impl Common {
                 "patch_size, merge_size and temporal_patch_size must be > 0".into(),
             ));
         }
+        if c.min_pixels > MAX_BUDGET_PIXELS || c.max_pixels > MAX_BUDGET_PIXELS {
+            return Err(cfg_err(format!(
+                "pixel budget shortest_edge={} longest_edge={} is over anjeon's cap of {MAX_BUDGET_PIXELS} pixels per image or frame",
+                c.min_pixels, c.max_pixels
+            )));
+        }
+        check_normalisation(c.rescale_factor, &c.image_mean, &c.image_std).map_err(cfg_err)?;
         if c.min_pixels == 0 || c.max_pixels == 0 || c.min_pixels > c.max_pixels {
             return Err(cfg_err(format!(
                 "pixel budget shortest_edge={} longest_edge={} is not a valid range",

@@ -21,6 +21,7 @@ pub mod tokenizer;
 pub mod voxtral;
 pub mod whisper;
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file;
@@ -399,6 +400,135 @@ pub fn normalize_hf_config(config: &mut serde_json::Value) {
     }
 }
 
+/// The largest context a model header may claim; rotary tables and caches
+/// are sized from it, so a corrupt value must not reach an allocation.
+pub const MAX_CONTEXT: u64 = 1 << 24;
+
+/// The numbers in a GGUF header that sizes and divisions come from, checked
+/// before any of them is used: every tensor lies inside the file (its size
+/// computed without overflow), head counts are positive and divide, every
+/// layer the header counts has tensors, the context is below
+/// [`MAX_CONTEXT`].
+fn check_gguf(path: &Path, ct: &gguf_file::Content, file_len: u64, arch: &str) -> Result<()> {
+    let bad = |what: String| {
+        Error::Usage(format!(
+            "{}: {what}\n  fix: the file's header is corrupt or was edited; fetch the model again or check its sha256",
+            path.display()
+        ))
+    };
+    for (name, t) in &ct.tensor_infos {
+        let dt = t.ggml_dtype;
+        let bytes = t
+            .shape
+            .dims()
+            .iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d as u64))
+            .filter(|e| e % dt.block_size() as u64 == 0)
+            .and_then(|e| (e / dt.block_size() as u64).checked_mul(dt.type_size() as u64));
+        let end = bytes
+            .and_then(|b| b.checked_add(t.offset))
+            .and_then(|b| b.checked_add(ct.tensor_data_offset));
+        if !end.is_some_and(|e| e <= file_len) {
+            return Err(bad(format!(
+                "tensor {name} ({dt:?}, shape {:?}) does not fit in the file's {file_len} bytes",
+                t.shape.dims()
+            )));
+        }
+    }
+    let num = |k: &str| {
+        ct.metadata
+            .get(&format!("{arch}.{k}"))
+            .and_then(|v| v.to_u64().ok().or_else(|| v.to_u32().ok().map(u64::from)))
+    };
+    let heads = num("attention.head_count");
+    if heads == Some(0) {
+        return Err(bad(format!("{arch}.attention.head_count is 0")));
+    }
+    if let (Some(h), Some(kv)) = (heads, num("attention.head_count_kv")) {
+        if kv == 0 || h % kv != 0 {
+            return Err(bad(format!(
+                "{arch}.attention.head_count_kv is {kv}, which does not divide head_count {h}"
+            )));
+        }
+    }
+    if let Some(n) = num("block_count") {
+        let layers: HashSet<u64> = ct
+            .tensor_infos
+            .keys()
+            .filter_map(|k| k.strip_prefix("blk.")?.split('.').next()?.parse().ok())
+            .collect();
+        if n == 0 || n > 4096 {
+            return Err(bad(format!("{arch}.block_count is {n}")));
+        }
+        if let Some(i) = (0..n).find(|i| !layers.contains(i)) {
+            return Err(bad(format!(
+                "{arch}.block_count is {n} but the file has no tensors for layer {i}"
+            )));
+        }
+    }
+    if let Some(c) = num("context_length").filter(|&c| c == 0 || c > MAX_CONTEXT) {
+        return Err(bad(format!(
+            "{arch}.context_length is {c}; anjeon accepts 1 to {MAX_CONTEXT}"
+        )));
+    }
+    Ok(())
+}
+
+/// config.json's head, layer and context numbers against the weights,
+/// before a model is built from them (candle's model code divides by head
+/// counts and unwraps missing layers).
+fn check_safetensors_config(
+    dir: &Path,
+    config: &serde_json::Value,
+    files: &[PathBuf],
+) -> Result<()> {
+    let bad = |what: String| {
+        Error::Usage(format!(
+            "{}/config.json: {what}\n  fix: use the config.json that came with these weights",
+            dir.display()
+        ))
+    };
+    let num = |k: &str| config[k].as_u64().or(config["text_config"][k].as_u64());
+    let heads = num("num_attention_heads");
+    if heads == Some(0) {
+        return Err(bad("num_attention_heads is 0".into()));
+    }
+    if let (Some(h), Some(kv)) = (heads, num("num_key_value_heads")) {
+        if kv == 0 || h % kv != 0 {
+            return Err(bad(format!(
+                "num_key_value_heads is {kv}, which does not divide num_attention_heads {h}"
+            )));
+        }
+    }
+    if let Some(c) = num("max_position_embeddings").filter(|&c| c == 0 || c > MAX_CONTEXT) {
+        return Err(bad(format!(
+            "max_position_embeddings is {c}; anjeon accepts 1 to {MAX_CONTEXT}"
+        )));
+    }
+    if let Some(n) = num("num_hidden_layers") {
+        // SAFETY: read-only maps of the weight files, only their headers read.
+        let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(files) }
+            .map_err(cerr(dir, "reading safetensors"))?;
+        let layers: HashSet<u64> = st
+            .tensors()
+            .iter()
+            .filter_map(|(name, _)| {
+                let rest = &name[name.find("layers.")? + "layers.".len()..];
+                rest.split('.').next()?.parse().ok()
+            })
+            .collect();
+        if n == 0 || n > 4096 {
+            return Err(bad(format!("num_hidden_layers is {n}")));
+        }
+        if let Some(i) = (0..n).find(|i| !layers.contains(i)) {
+            return Err(bad(format!(
+                "num_hidden_layers is {n} but the weights have no tensors for layer {i}"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// A tokenizer that can produce ids the embedding has no row for does not
 /// belong to these weights.
 fn check_vocab(path: &Path, tokenizer: usize, rows: usize) -> Result<()> {
@@ -465,6 +595,8 @@ impl TextModel {
             .and_then(|v| v.to_string().ok())
             .cloned()
             .unwrap_or_default();
+        let file_len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+        check_gguf(path, &ct, file_len, &arch_name)?;
         let ctx = md(&format!("{arch_name}.context_length"))
             .and_then(|v| v.to_u32().ok())
             .unwrap_or(2048) as usize;
@@ -586,6 +718,7 @@ impl TextModel {
             Some("float16") if !device.is_cpu() => DType::F16,
             _ => DType::F32,
         };
+        check_safetensors_config(dir, &config, &files)?;
         // SAFETY: the files are memory-mapped read-only; anjeon does not modify them while running.
         let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&files, dtype, device) }
             .map_err(cerr(dir, "reading safetensors"))?;
