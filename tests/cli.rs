@@ -96,6 +96,11 @@ fn parquet_readers_keep_images_and_unknown_fields() {
     assert_eq!(a["by_benchmark"]["assurai"], 2);
     assert_eq!(a["reference_answers"], 4);
     assert_eq!(a["by_risk_factor"]["R03 Violent Acts"], 1);
+    // Red-team finding: the sample's own KSAFE-MM parquet (which carries
+    // reference risk scores) was detected as AssurAI.
+    let s = stats("data/sample/ksafe_mm_sample.parquet");
+    assert!(s["by_benchmark"]["ksafe-mm"].as_u64().unwrap() > 0, "{s}");
+    assert!(s["by_benchmark"].get("assurai").is_none(), "{s}");
 }
 
 #[test]

@@ -233,11 +233,15 @@ pub fn detect(path: &Path) -> Result<Format> {
         "parquet" => {
             let cols = record::parquet_columns(path)?;
             let has = |c: &str| cols.iter().any(|x| x == c);
-            if has("risk") || has("ref_output_risk_score") {
+            // Each format's required column decides first (KSAFE-MM files
+            // may carry reference risk scores too); then the optional ones.
+            if has("risk") {
                 Ok(Format::Assurai)
             } else if has("category") || has("image") {
                 // KSAFE-MM: image + text; missing columns are reported by the reader.
                 Ok(Format::KsafeMm)
+            } else if has("ref_output_risk_score") {
+                Ok(Format::Assurai)
             } else {
                 Err(Error::input(
                     Location::file(path),
