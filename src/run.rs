@@ -330,6 +330,7 @@ fn read_responses(
     }
     let source = format!("imported:{}", path.display());
     let mut out = Vec::new();
+    let mut seen: HashMap<(String, String), String> = HashMap::new();
     for r in recs {
         // `sample_id` lets a run's own generations.jsonl be re-scored.
         let id = r
@@ -356,6 +357,17 @@ fn read_responses(
             .and_then(|v| v.as_str())
             .unwrap_or(&args.model)
             .to_string();
+        let loc = r.loc.to_string();
+        if let Some(first) = seen.get(&(id.clone(), model.clone())) {
+            failures.push(Failure {
+                location: loc,
+                id: id.clone(),
+                stage: "responses".into(),
+                reason: format!("a second response for id {id:?} from model {model:?}; the first, at {first}, is the one scored (fix: keep one response per id and model)"),
+            });
+            continue;
+        }
+        seen.insert((id.clone(), model.clone()), loc);
         out.push(Response {
             sample_id: id,
             model,

@@ -251,7 +251,10 @@ pub fn detect(path: &Path) -> Result<Format> {
             }
         }
         "jsonl" | "ndjson" => {
-            let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+            // The first non-empty line decides; a line that is not UTF-8 is
+            // the reader's to report, with its number.
+            let bytes = crate::error::read_file(path)?;
+            let text = String::from_utf8_lossy(&bytes);
             let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
             let v: serde_json::Value =
                 serde_json::from_str(first.trim_start_matches('\u{feff}')).unwrap_or_default();

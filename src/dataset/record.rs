@@ -39,16 +39,22 @@ impl Record {
 /// other lines are still read. An empty file is an error.
 pub fn read_jsonl(path: &Path, bad: &mut Vec<Error>) -> Result<Vec<Record>> {
     let bytes = crate::error::read_file(path)?;
-    let text = std::str::from_utf8(&bytes).map_err(|e| {
-        Error::input(
-            Location::file(path),
-            format!("not UTF-8 ({e})"),
-            "re-encode the file as UTF-8",
-        )
-    })?;
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
+    // Line by line, so that one line that is not UTF-8 is reported with its
+    // number and the others are still read.
+    for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
         let lineno = i + 1;
+        let line = match std::str::from_utf8(raw) {
+            Ok(l) => l,
+            Err(e) => {
+                bad.push(Error::input(
+                    Location::line(path, lineno),
+                    format!("line is not UTF-8 ({e})"),
+                    "re-encode the line as UTF-8 or delete it; the other lines were read",
+                ));
+                continue;
+            }
+        };
         let line = line.trim_start_matches('\u{feff}').trim();
         if line.is_empty() {
             continue;

@@ -733,17 +733,24 @@ mod tests {
     fn hostile_processor_numbers_are_refused() {
         // Red-team findings: a shortest_edge with no cap asked resample for
         // 3 TB; image_std 0 gave all-NaN pixel values with exit 0.
-        let e = ImageProcessor::from_json_str(r#"{"size": {"shortest_edge": 1000000000000, "longest_edge": 2000000000000}}"#)
-            .unwrap_err()
-            .to_string();
+        let e = ImageProcessor::from_json_str(
+            r#"{"size": {"shortest_edge": 1000000000000, "longest_edge": 2000000000000}}"#,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("over anjeon's cap"), "{e}");
         let e = ImageProcessor::from_json_str(r#"{"image_std": [0.5, 0.0, 0.5]}"#)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("image_std") && e.contains("divide by zero"), "{e}");
-        let e = crate::media::gemma4::ImageProcessor::from_json_str(r#"{"image_std": [0, 0, 0], "do_normalize": true}"#)
-            .unwrap_err()
-            .to_string();
+        assert!(
+            e.contains("image_std") && e.contains("divide by zero"),
+            "{e}"
+        );
+        let e = crate::media::gemma4::ImageProcessor::from_json_str(
+            r#"{"image_std": [0, 0, 0], "do_normalize": true}"#,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("image_std"), "{e}");
     }
 
