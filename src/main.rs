@@ -830,17 +830,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Report { dirs, out } => {
-            match (dirs.as_slice(), out) {
-                ([dir], None) => {
-                    anjeon::report::render_dir(dir)
-                        .with_context(|| format!("re-rendering reports in {}", dir.display()))?;
-                }
-                (_, Some(out)) => {
-                    anjeon::report::compare(&dirs, &out)?;
-                }
+            let rep = match (dirs.as_slice(), out) {
+                ([dir], None) => anjeon::report::render_dir(dir)
+                    .with_context(|| format!("re-rendering reports in {}", dir.display()))?,
+                (_, Some(out)) => anjeon::report::compare(&dirs, &out)?,
                 (_, None) => anyhow::bail!(anjeon::error::Error::Usage(
                     "several run directories need --out DIR for the comparison report".into()
                 )),
+            };
+            let unusable = rep
+                .failures
+                .iter()
+                .filter(|f| f.stage == anjeon::report::UNUSABLE)
+                .count();
+            if unusable > 0 {
+                eprintln!("{unusable} planned records could not be used; they are listed under item failures in report.md");
+                return Ok(ExitCode::from(1));
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -3,7 +3,7 @@
 //! Reports are a pure function of the store and `plan.json`, so a killed and
 //! resumed run gives the same `report.json` as an uninterrupted one.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -594,6 +594,10 @@ fn dataset_ref(manifest: &serde_json::Value) -> DatasetRef {
     }
 }
 
+/// The stage of a failure that is a record `report` could not use (a torn
+/// or edited run directory): such a report exits 1, not 0.
+pub const UNUSABLE: &str = "report";
+
 /// The planned records of one run directory.
 struct Loaded {
     dir: std::path::PathBuf,
@@ -630,11 +634,54 @@ fn load_records(run: &RunDir) -> Result<Loaded> {
         .collect::<Result<_>>()?;
     let gens: Stage<GenerationRecord> = run.stage("generations.jsonl")?;
     let judgments: Stage<JudgmentRecord> = run.stage("judgments.jsonl")?;
-    let planned: Vec<GenerationRecord> = plan
-        .generations
-        .iter()
-        .filter_map(|k| gens.get(k).cloned())
-        .collect();
+    let mut plan = plan;
+    let mut planned: Vec<GenerationRecord> = Vec::with_capacity(plan.generations.len());
+    let mut unusable = Vec::new();
+    let known: HashSet<&str> = items.iter().map(|i| i.id.as_str()).collect();
+    let fp = plan.judge_fingerprints.first().cloned().unwrap_or_default();
+    let fix = "run the same `anjeon run` or `anjeon score` command with this --out again: it recomputes what is missing";
+    for k in &plan.generations {
+        let Some(g) = gens.get(k) else {
+            unusable.push(Failure {
+                location: run.file("generations.jsonl").display().to_string(),
+                id: k.clone(),
+                stage: UNUSABLE.into(),
+                reason: format!("the plan lists generation {k} but generations.jsonl has no such record (torn or edited run directory; fix: {fix})"),
+            });
+            continue;
+        };
+        if !known.contains(g.sample_id.as_str()) {
+            unusable.push(Failure {
+                location: items_path.display().to_string(),
+                id: g.sample_id.clone(),
+                stage: UNUSABLE.into(),
+                reason: format!(
+                    "generation {k} is for item {:?}, which samples.jsonl lacks (fix: {fix})",
+                    g.sample_id
+                ),
+            });
+            continue;
+        }
+        if !fp.is_empty()
+            && judgments
+                .get(&crate::run::judgment_key(
+                    &fp,
+                    &g.sample_id,
+                    &g.response_sha256,
+                ))
+                .is_none()
+        {
+            unusable.push(Failure {
+                location: run.file("judgments.jsonl").display().to_string(),
+                id: g.sample_id.clone(),
+                stage: UNUSABLE.into(),
+                reason: format!("generation {k} has no judgment by the run's judge (fix: {fix})"),
+            });
+            continue;
+        }
+        planned.push(g.clone());
+    }
+    plan.failures.extend(unusable);
     Ok(Loaded {
         dir: run.path.clone(),
         plan,
@@ -651,6 +698,17 @@ fn load_records(run: &RunDir) -> Result<Loaded> {
 /// safety vs over-refusal chart. A model name that occurs in two runs is
 /// suffixed with its run directory's name.
 pub fn compare(dirs: &[std::path::PathBuf], out: &Path) -> Result<Report> {
+    let mut canon: HashMap<std::path::PathBuf, &Path> = HashMap::new();
+    for d in dirs {
+        let c = d.canonicalize().map_err(|e| Error::io(d, e))?;
+        if let Some(first) = canon.insert(c, d) {
+            return Err(Error::Usage(format!(
+                "{} and {} are the same run directory; it would be counted twice\n  fix: name each run once",
+                first.display(),
+                d.display()
+            )));
+        }
+    }
     let runs: Vec<Loaded> = dirs.iter().map(|d| load_run(d)).collect::<Result<_>>()?;
     let first = &runs[0];
     let ds_hash = first.manifest["dataset"]["sha256"]

@@ -525,6 +525,43 @@ fn report_command_rerenders_identically() {
     let o = run(&["report", dir.path().to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("not a run directory"));
+
+    // Red-team findings: one run named twice was counted twice; a torn or
+    // edited record left items out of the metrics with exit 0.
+    let twice = dir.path().join("cmp");
+    let o = run(&[
+        "report",
+        out.to_str().unwrap(),
+        &format!("{}/", out.display()),
+        "--out",
+        twice.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("are the same run directory"),
+        "{}",
+        stderr(&o)
+    );
+    let gens = std::fs::read_to_string(out.join("generations.jsonl")).unwrap();
+    let kept: Vec<&str> = gens.lines().collect();
+    std::fs::write(
+        out.join("generations.jsonl"),
+        kept[..kept.len() - 1].join("\n") + "\n",
+    )
+    .unwrap();
+    let o = run(&["report", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("1 planned records could not be used"),
+        "{}",
+        stderr(&o)
+    );
+    let rep = read_json(&out.join("report.json"));
+    let text = serde_json::to_string(&rep["failures"]).unwrap();
+    assert!(
+        text.contains("generations.jsonl has no such record"),
+        "{text}"
+    );
 }
 
 #[test]
