@@ -49,7 +49,7 @@ impl fmt::Display for Location {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{path}: {source}", path = .path.display())]
+    #[error("{}: {source}{}", .path.display(), io_fix(.source))]
     Io {
         path: PathBuf,
         source: std::io::Error,
@@ -118,4 +118,39 @@ impl Error {
 /// Read a whole file, naming it in the error.
 pub fn read_file(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| Error::io(path, e))
+}
+
+/// `println!` that returns an [`Error::Io`] naming stdout instead of
+/// panicking when stdout cannot be written (a full disk, a closed pipe).
+/// For functions that return this crate's `Result` (or `anyhow`'s).
+#[macro_export]
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($t)*)
+            .map_err(|e| $crate::error::Error::io("<stdout>", e))?
+    }};
+}
+
+/// `print!` with the same error handling as [`outln!`].
+#[macro_export]
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout().lock(), $($t)*)
+            .map_err(|e| $crate::error::Error::io("<stdout>", e))?
+    }};
+}
+
+/// The fix line for an I/O error, by kind.
+fn io_fix(e: &std::io::Error) -> &'static str {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::NotFound => "\n  fix: check the path",
+        K::PermissionDenied => "\n  fix: check the file's or folder's permissions",
+        K::StorageFull => "\n  fix: free disk space (or write elsewhere) and run the command again; finished records are kept",
+        K::ReadOnlyFilesystem => "\n  fix: write to a writable folder",
+        K::InvalidData => "\n  fix: the file is not valid UTF-8 or is corrupt; re-export it",
+        _ => "",
+    }
 }

@@ -296,17 +296,27 @@ fn main() -> ExitCode {
                 .downcast_ref::<anjeon::Error>()
                 .map(|e| e.is_user_error())
                 .unwrap_or(false);
-            eprintln!("{} {e:#}", anjeon::progress::paint("error:", "31"));
+            // The chain of causes, each once (an I/O error's text is already
+            // part of the message that wraps it).
+            let mut msg = e.to_string();
+            for c in e.chain().skip(1) {
+                let t = c.to_string();
+                if !msg.contains(&t) {
+                    msg = format!("{msg}: {t}");
+                }
+            }
+            eprintln!("{} {msg}", anjeon::progress::paint("error:", "31"));
             ExitCode::from(if user { 2 } else { 1 })
         }
     }
 }
 
-fn print_map(title: &str, m: &std::collections::BTreeMap<String, usize>) {
-    println!("{title}:");
+fn print_map(title: &str, m: &std::collections::BTreeMap<String, usize>) -> anjeon::Result<()> {
+    anjeon::outln!("{title}:");
     for (k, v) in m {
-        println!("  {k:<50} {v:>7}");
+        anjeon::outln!("  {k:<50} {v:>7}");
     }
+    Ok(())
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -325,27 +335,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("warning: {}: {}", p.location, p.message);
             }
             if json {
-                println!("{}", serde_json::to_string_pretty(&st)?);
+                anjeon::outln!("{}", serde_json::to_string_pretty(&st)?);
             } else {
-                println!(
+                anjeon::outln!(
                     "data set {spec}: {} items (sha256 {})",
                     st.total,
                     &ds.hash[..16]
                 );
-                print_map("by benchmark", &st.by_benchmark);
-                print_map("by modality", &st.by_modality);
-                print_map("by expected behaviour", &st.by_expected);
-                print_map("by language", &st.by_language);
-                print_map("by group", &st.by_group);
-                print_map("by risk factor", &st.by_risk_factor);
-                print_map("by prompt type", &st.by_prompt_type);
-                print_map("by attack", &st.by_attack);
-                println!(
+                print_map("by benchmark", &st.by_benchmark)?;
+                print_map("by modality", &st.by_modality)?;
+                print_map("by expected behaviour", &st.by_expected)?;
+                print_map("by language", &st.by_language)?;
+                print_map("by group", &st.by_group)?;
+                print_map("by risk factor", &st.by_risk_factor)?;
+                print_map("by prompt type", &st.by_prompt_type)?;
+                print_map("by attack", &st.by_attack)?;
+                anjeon::outln!(
                     "reference answers: {} on {} items",
-                    st.reference_answers, st.with_reference_answers
+                    st.reference_answers,
+                    st.with_reference_answers
                 );
                 if st.problems > 0 {
-                    println!(
+                    anjeon::outln!(
                         "items that could not be read: {} (see `anjeon data validate`)",
                         st.problems
                     );
@@ -363,7 +374,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let ds = dataset::load(&spec, &read.options()?)?;
             let problems = dataset::validate(&ds);
             for p in &problems {
-                println!("{}: {}", p.location, p.message);
+                anjeon::outln!("{}: {}", p.location, p.message);
             }
             if problems.is_empty() {
                 eprintln!("{spec}: {} items, no problems", ds.samples.len());
@@ -420,7 +431,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ..Default::default()
             };
             let g = m.generate(&ids, &p, seed)?;
-            println!("{}", g.text);
+            anjeon::outln!("{}", g.text);
             eprintln!(
                 "{} prompt tokens, {} new ({:?}); prefill {:.1} tok/s, decode {:.1} tok/s",
                 g.prompt_tokens,
@@ -464,9 +475,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 batch as usize,
             )?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&b)?);
+                anjeon::outln!("{}", serde_json::to_string_pretty(&b)?);
             } else {
-                println!("{} ({}), {} threads, batch {}, kernels {}{}: prefill {:.1} tok/s ({} tokens), decode {:.1} tok/s ({} tokens), peak RSS {:.0} MiB (file {:.0} MiB), load {:.1} s",
+                anjeon::outln!("{} ({}), {} threads, batch {}, kernels {}{}: prefill {:.1} tok/s ({} tokens), decode {:.1} tok/s ({} tokens), peak RSS {:.0} MiB (file {:.0} MiB), load {:.1} s",
                     b.model, b.architecture, b.threads, b.batch, b.kernels, if b.requantized { ", Q8_0 re-quantized" } else { "" }, b.prefill_tok_s, b.prompt_tokens, b.decode_tok_s, b.decode_tokens, b.peak_rss_mb, b.model_file_mb, b.load_s);
             }
             Ok(ExitCode::SUCCESS)
@@ -502,9 +513,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 t.elapsed_s / t.seconds.max(1e-9)
             );
             if json {
-                println!("{}", serde_json::to_string(&t)?);
+                anjeon::outln!("{}", serde_json::to_string(&t)?);
             } else {
-                println!("{}", t.text);
+                anjeon::outln!("{}", t.text);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -534,7 +545,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &Default::default(),
             )?;
             if json {
-                println!(
+                anjeon::outln!(
                     "{}",
                     serde_json::to_string_pretty(
                         &serde_json::json!({"model": asr.name, "items": rows, "summary": summary})
@@ -542,7 +553,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             } else {
                 for s in &summary {
-                    println!(
+                    anjeon::outln!(
                         "{} {}: {} {:.1}% over {} clips, language detected right {}/{}, real-time factor {:.3}",
                         asr.name,
                         s.lang,
@@ -567,7 +578,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 } else {
                     "not fetched"
                 };
-                println!(
+                anjeon::outln!(
                     "{:<30} {:<8} {:<6} {:<12} {}",
                     c.name,
                     c.architecture,
@@ -595,7 +606,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Attacks {
             cmd: AttacksCmd::List { json },
         } => {
-            print!("{}", anjeon::attack::list(json)?);
+            anjeon::out!("{}", anjeon::attack::list(json)?);
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Attacks {
@@ -673,19 +684,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             std::fs::write(&report, serde_json::to_string_pretty(&h.spec)?)
                 .with_context(|| format!("writing {}", report.display()))?;
             let t = &h.spec.training;
-            println!(
+            anjeon::outln!(
                 "# head {} ({} task, {} features)\n",
-                h.spec.name, h.spec.task, features
+                h.spec.name,
+                h.spec.task,
+                features
             );
-            println!("trained on {} development-split examples from {}; classes {:?} = {:?}; languages {:?}", t.n, t.labels.join(", "), h.spec.classes, t.per_class, t.per_language);
-            println!("chosen by {}-fold grouped cross-validation: L2 {}, class weights {}; temperature {:.1} (out-of-fold NLL {:.4} → {:.4})\n", t.folds, t.l2, t.class_weights, h.spec.temperature, t.oof_nll_before_temperature, t.oof_nll_after_temperature);
-            println!(
+            anjeon::outln!("trained on {} development-split examples from {}; classes {:?} = {:?}; languages {:?}", t.n, t.labels.join(", "), h.spec.classes, t.per_class, t.per_language);
+            anjeon::outln!("chosen by {}-fold grouped cross-validation: L2 {}, class weights {}; temperature {:.1} (out-of-fold NLL {:.4} → {:.4})\n", t.folds, t.l2, t.class_weights, h.spec.temperature, t.oof_nll_before_temperature, t.oof_nll_after_temperature);
+            anjeon::outln!(
                 "| language | n | accuracy | macro-F1 | Cohen's κ |\n|---|---:|---:|---:|---:|"
             );
             for r in &t.cv {
-                println!(
+                anjeon::outln!(
                     "| {} | {} | {:.3} | {:.3} | {:.3} |",
-                    r.language, r.n, r.accuracy, r.macro_f1, r.cohen_kappa
+                    r.language,
+                    r.n,
+                    r.accuracy,
+                    r.macro_f1,
+                    r.cohen_kappa
                 );
             }
             eprintln!(
@@ -763,10 +780,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     reps.push(eval::evaluate(&labels, &mut j, &items, split, limit)?);
                 }
                 if json {
-                    println!("{}", serde_json::to_string_pretty(&reps)?);
+                    anjeon::outln!("{}", serde_json::to_string_pretty(&reps)?);
                 } else {
-                    println!("judges on {labels}, split {split:?} (95% bootstrap intervals, 1000 resamples)\n");
-                    println!("| judge | language | label kind | n | accuracy | macro-F1 | Cohen's κ | unscored | items/s |\n|---|---|---|---:|---|---|---|---:|---:|");
+                    anjeon::outln!("judges on {labels}, split {split:?} (95% bootstrap intervals, 1000 resamples)\n");
+                    anjeon::outln!("| judge | language | label kind | n | accuracy | macro-F1 | Cohen's κ | unscored | items/s |\n|---|---|---|---:|---|---|---|---:|---:|");
                     for r in &reps {
                         for k in r
                             .by_language
@@ -777,7 +794,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             let (lang, k) = k;
                             let a = &k.agreement;
                             let c = &k.ci95;
-                            println!(
+                            anjeon::outln!(
                                 "| {} | {lang} | {} | {} | {:.3} [{:.3}, {:.3}] | {:.3} [{:.3}, {:.3}] | {:.3} [{:.3}, {:.3}] | {} | {:.2} |",
                                 r.judge, k.label_kind, a.n, a.accuracy, c.accuracy[0], c.accuracy[1], a.macro_f1, c.macro_f1[0], c.macro_f1[1], a.cohen_kappa, c.cohen_kappa[0], c.cohen_kappa[1], k.unscored, r.items_per_s
                             );
@@ -795,25 +812,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 std::fs::write(p, out).with_context(|| format!("writing {}", p.display()))?;
             }
             if json {
-                println!("{}", serde_json::to_string_pretty(&rep)?);
+                anjeon::outln!("{}", serde_json::to_string_pretty(&rep)?);
             } else {
-                println!(
+                anjeon::outln!(
                     "judge {} ({}) on {labels}, split {:?}",
-                    rep.judge, rep.judge_fingerprint, rep.split
+                    rep.judge,
+                    rep.judge_fingerprint,
+                    rep.split
                 );
                 for k in &rep.by_kind {
-                    println!(
+                    anjeon::outln!(
                         "  {:<14} n={:<5} accuracy={:.3} macro-F1={:.3} kappa={:.3} unscored={}  [{}]",
                         k.label_kind, k.items, k.agreement.accuracy, k.agreement.macro_f1, k.agreement.cohen_kappa, k.unscored, k.compared_as
                     );
-                    println!(
+                    anjeon::outln!(
                         "    confusion (rows human, cols judge) {:?}: {:?}",
-                        k.agreement.labels, k.agreement.confusion
+                        k.agreement.labels,
+                        k.agreement.confusion
                     );
                 }
-                println!("  {:.2} items/s", rep.items_per_s);
+                anjeon::outln!("  {:.2} items/s", rep.items_per_s);
                 if let Some(st) = &rep.judge_stats {
-                    println!(
+                    anjeon::outln!(
                         "  rubric prefix: {} tokens in {:.1} s; items: {} tokens computed, {} from the rubric cache, {:.1} s ({:.0}% of judge time on the rubric)",
                         st.rubric_tokens, st.rubric_s, st.item_tokens, st.cached_tokens, st.item_s,
                         100.0 * st.rubric_s / (st.rubric_s + st.item_s).max(1e-9)

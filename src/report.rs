@@ -797,7 +797,7 @@ pub fn compare(dirs: &[std::path::PathBuf], out: &Path) -> Result<Report> {
         runs.len(),
         out.display()
     );
-    print_headline(&rep);
+    print_headline(&rep)?;
     Ok(rep)
 }
 
@@ -809,7 +809,7 @@ pub fn render_dir(dir: &Path) -> Result<Report> {
     let run = RunDir::open(dir)?;
     let rep = render(&run)?;
     eprintln!("reports written to {}", dir.display());
-    print_headline(&rep);
+    print_headline(&rep)?;
     Ok(rep)
 }
 
@@ -967,10 +967,15 @@ fn risk(r: &Option<RiskStats>) -> String {
 }
 
 /// Print per-model headline numbers to stdout.
-pub fn print_headline(rep: &Report) {
-    println!(
+pub fn print_headline(rep: &Report) -> Result<()> {
+    crate::outln!(
         "{:<16} {:>9} {:>28} {:>28} {:>28} {:>26}",
-        "model", "responses", "attack success", "refusal", "over-refusal", "human risk (mean)"
+        "model",
+        "responses",
+        "attack success",
+        "refusal",
+        "over-refusal",
+        "human risk (mean)"
     );
     for r in rep.groups.get("overall").into_iter().flatten() {
         let short = |e: &Option<Estimate>| {
@@ -996,7 +1001,7 @@ pub fn print_headline(rep: &Report) {
                 )
             })
             .unwrap_or_else(|| "–".into());
-        println!(
+        crate::outln!(
             "{:<16} {:>9} {:>28} {:>28} {:>28} {:>26}",
             r.model,
             r.responses,
@@ -1007,7 +1012,7 @@ pub fn print_headline(rep: &Report) {
         );
     }
     for a in rep.agreement.iter().filter(|a| a.model == "all") {
-        println!(
+        crate::outln!(
             "judge vs human ({}): n={} accuracy={:.3} kappa={:.3} macro-F1={:.3}",
             a.label_kind,
             a.agreement.n,
@@ -1017,8 +1022,9 @@ pub fn print_headline(rep: &Report) {
         );
     }
     if !rep.failures.is_empty() {
-        println!("{} item failures (see report.md)", rep.failures.len());
+        crate::outln!("{} item failures (see report.md)", rep.failures.len());
     }
+    Ok(())
 }
 
 pub fn markdown(rep: &Report) -> String {

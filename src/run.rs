@@ -791,7 +791,7 @@ fn judge_and_report(
         plan.generations.len(),
         run.path.display()
     );
-    report::print_headline(&rep);
+    report::print_headline(&rep)?;
     Ok(Outcome {
         failures: plan.failures.len(),
         judged,

@@ -989,3 +989,30 @@ fn a_bad_byte_loses_one_line_and_a_repeated_response_is_not_counted_twice() {
         "{text}"
     );
 }
+
+#[test]
+fn a_full_disk_on_stdout_is_an_error_not_a_panic() {
+    // Red-team finding: `data stats` and the run headline panicked (exit 101).
+    for args in [
+        vec!["data", "stats", "data/sample"],
+        vec!["attacks", "list"],
+    ] {
+        let o = bin()
+            .args(&args)
+            .stdout(std::fs::File::create("/dev/full").unwrap())
+            .output()
+            .unwrap();
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {e}");
+        assert!(
+            e.contains("<stdout>: No space left on device") && e.contains("fix: free disk space"),
+            "{args:?}: {e}"
+        );
+        assert!(!e.contains("panicked"), "{e}");
+        assert_eq!(
+            e.matches("os error 28").count(),
+            1,
+            "the OS error once: {e}"
+        );
+    }
+}

@@ -591,7 +591,7 @@ pub fn show(args: &ShowArgs) -> Result<()> {
     if let Some(it) = v.metadata.get("attack_image_text").and_then(|x| x.as_str()) {
         eprintln!("image text:\n{it}");
     }
-    println!("{}", v.prompt_text());
+    crate::outln!("{}", v.prompt_text());
     if let Some(m) = v.media().next() {
         let data = m.load()?;
         match &args.image_out {
