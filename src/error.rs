@@ -85,7 +85,7 @@ pub enum Error {
     #[error(transparent)]
     Audio(#[from] crate::audio::AudioError),
 
-    #[error("{path}:{line}: corrupt store record: {msg}\n  fix: the run directory was edited or damaged; move the file aside and re-run to recompute", path = .path.display())]
+    #[error("{path}:{line}: corrupt store record: {msg}\n  fix: the run directory was edited or damaged; delete line {line} of that file and run the same command again: the other records are kept and only that one is recomputed", path = .path.display())]
     Store {
         path: PathBuf,
         line: usize,
@@ -109,9 +109,18 @@ impl Error {
             fix: fix.into(),
         }
     }
-    /// True for errors caused by what the user passed in (exit code 2).
+    /// True for errors caused by what the user passed in or left on disk
+    /// (exit code 2): a bad flag, bad input, a damaged run directory. False
+    /// for failures of the machine (exit code 1): out of space, a device
+    /// error.
     pub fn is_user_error(&self) -> bool {
-        !matches!(self, Error::Store { .. })
+        match self {
+            Error::Io { source, .. } => !matches!(
+                source.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::OutOfMemory
+            ),
+            _ => true,
+        }
     }
 }
 

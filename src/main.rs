@@ -306,7 +306,7 @@ fn main() -> ExitCode {
                 }
             }
             eprintln!("{} {msg}", anjeon::progress::paint("error:", "31"));
-            ExitCode::from(if user { 2 } else { 1 })
+            ExitCode::from(if user { 2 } else { 3 })
         }
     }
 }

@@ -562,6 +562,19 @@ fn report_command_rerenders_identically() {
         text.contains("generations.jsonl has no such record"),
         "{text}"
     );
+
+    // A corrupt record: exit 2, and the fix keeps the good records (it used
+    // to say to move the whole file aside).
+    let mut lines: Vec<String> = gens.lines().map(str::to_string).collect();
+    lines[0] = "{\"not\": \"a record\"}".into();
+    std::fs::write(out.join("generations.jsonl"), lines.join("\n") + "\n").unwrap();
+    let o = run(&["report", out.to_str().unwrap()]);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(
+        e.contains("generations.jsonl:1: corrupt store record") && e.contains("delete line 1"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -1003,7 +1016,11 @@ fn a_full_disk_on_stdout_is_an_error_not_a_panic() {
             .output()
             .unwrap();
         let e = stderr(&o);
-        assert_eq!(o.status.code(), Some(2), "{args:?}: {e}");
+        assert_eq!(
+            o.status.code(),
+            Some(3),
+            "{args:?}: a failure of the machine, not of the input: {e}"
+        );
         assert!(
             e.contains("<stdout>: No space left on device") && e.contains("fix: free disk space"),
             "{args:?}: {e}"

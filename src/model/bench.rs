@@ -103,10 +103,12 @@ pub fn run(
         architecture: model.architecture.clone(),
         threads,
         batch,
-        kernels: if super::qlinear::kernels_off() {
-            "off".into()
-        } else {
-            anjeon_kernels::path().name().into()
+        // anjeon's kernels run on the CPU only; a GPU runs candle's.
+        kernels: match &model.device {
+            candle_core::Device::Cpu if super::qlinear::kernels_off() => "off".into(),
+            candle_core::Device::Cpu => anjeon_kernels::path().name().into(),
+            candle_core::Device::Cuda(_) => "candle-cuda".into(),
+            candle_core::Device::Metal(_) => "candle-metal".into(),
         },
         requantized,
         model_file_mb: model
