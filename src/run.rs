@@ -442,6 +442,17 @@ fn load_dataset(
     opts: &dataset::ReadOptions,
 ) -> Result<(dataset::Dataset, Vec<Failure>, PathBuf)> {
     let ds = dataset::load(spec, opts)?;
+    if ds.samples.is_empty() {
+        let first = ds
+            .problems
+            .first()
+            .map(|p| format!("{}: {}", p.location, p.message))
+            .unwrap_or_default();
+        return Err(Error::Usage(format!(
+            "{spec}: none of the data set's items could be read ({} problems; the first: {first})\n  fix: run `anjeon data validate {spec}` to list them all",
+            ds.problems.len()
+        )));
+    }
     let failures = ds
         .problems
         .iter()

@@ -1001,6 +1001,28 @@ fn a_bad_byte_loses_one_line_and_a_repeated_response_is_not_counted_twice() {
             && text.contains("r.jsonl:1"),
         "{text}"
     );
+
+    // No readable item at all: a usage error (exit 2), not an empty report.
+    let none = dir.path().join("none.jsonl");
+    std::fs::write(&none, b"{\"id\": 1\n\xff\n").unwrap();
+    let o = run(&[
+        "score",
+        "--dataset",
+        none.to_str().unwrap(),
+        "--responses",
+        resp.to_str().unwrap(),
+        "--judge",
+        "refusal",
+        "--out",
+        dir.path().join("run2").to_str().unwrap(),
+    ]);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(
+        e.contains("none of the data set's items could be read (2 problems")
+            && e.contains("anjeon data validate"),
+        "{e}"
+    );
 }
 
 #[test]
