@@ -1055,3 +1055,27 @@ fn a_full_disk_on_stdout_is_an_error_not_a_panic() {
         );
     }
 }
+
+#[test]
+fn validate_refuses_what_the_media_stage_would_refuse() {
+    // Red-team finding: `data validate` accepted a 324-megapixel image that
+    // the media stage refuses later (18000 x 18000, a 315 KB PNG).
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        "tests/fixtures/bad/huge_324mp.png",
+        tmp.path().join("big.png"),
+    )
+    .unwrap();
+    std::fs::write(tmp.path().join("x.jsonl"), image_item("big", "big.png")).unwrap();
+    let o = bin()
+        .current_dir(tmp.path())
+        .args(["data", "validate", "x.jsonl"])
+        .output()
+        .unwrap();
+    let s = stdout(&o);
+    assert_eq!(o.status.code(), Some(2), "{s}");
+    assert!(
+        s.contains("(item big): image big.png: 18000x18000 = 324000000 pixels is over the limit of 50000000 pixels (fix: downscale"),
+        "{s}"
+    );
+}

@@ -580,25 +580,26 @@ pub fn media_problem(s: &Sample, root: &Path) -> Option<String> {
             MediaSource::Bytes { data, .. } => data.clone(),
         };
         if m.kind == MediaKind::Image {
-            if let Err(e) = check_image(&bytes) {
-                return Some(format!("image {} is corrupt or unsupported: {e} (fix: re-encode the image as PNG or JPEG)", m.describe()));
+            if let Err(e) = check_image(&bytes, &m.describe()) {
+                return Some(format!("image {e}"));
             }
         }
     }
     None
 }
 
-/// Decode an image fully, with limits against decompression bombs.
-pub fn check_image(bytes: &[u8]) -> std::result::Result<(u32, u32), String> {
-    let mut r = image::ImageReader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| e.to_string())?;
-    let mut limits = image::Limits::default();
-    limits.max_image_width = Some(20_000);
-    limits.max_image_height = Some(20_000);
-    limits.max_alloc = Some(1 << 30);
-    r.limits(limits);
-    let img = r.decode().map_err(|e| e.to_string())?;
+/// Decode an image fully, with the media stage's own limits (pixels read
+/// from the header before anything is allocated, decoder allocations), so
+/// that what validation accepts the media stage accepts too.
+/// The error is one line (`… (fix: …)`), as validation prints it.
+pub fn check_image(bytes: &[u8], name: &str) -> std::result::Result<(u32, u32), String> {
+    let img =
+        crate::media::decode_image(bytes, name, &crate::media::Limits::default()).map_err(|e| {
+            match e.to_string().split_once("\n  fix: ") {
+                Some((msg, fix)) => format!("{msg} (fix: {fix})"),
+                None => e.to_string(),
+            }
+        })?;
     Ok((img.width(), img.height()))
 }
 
