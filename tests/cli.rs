@@ -326,6 +326,13 @@ fn score_keeps_good_items_when_others_are_bad() {
     assert!(m["responses"]["sha256"].is_string());
     // stdout has the headline numbers
     assert!(stdout(&o).contains("attack success"), "{}", stdout(&o));
+    // Off a terminal (stderr is a pipe here), progress is printed as lines.
+    let e = stderr(&o);
+    assert!(
+        e.lines()
+            .any(|l| l.starts_with("judging: 2/2 (100%), ") && l.contains("items/s, done")),
+        "{e}"
+    );
 }
 
 #[test]

@@ -284,14 +284,7 @@ pub fn fetch(card: &Card) -> Result<PathBuf> {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok())
             .unwrap_or(0u64);
-        let pb = crate::progress::bar(len, &what);
-        pb.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-            )
-            .expect("template")
-            .progress_chars("=> "),
-        );
+        let pb = crate::progress::bar(len, &what).bytes();
         let mut wheel = Vec::with_capacity(len as usize);
         let mut reader = resp.body_mut().with_config().limit(4 << 30).reader();
         let mut buf = vec![0u8; 1 << 16];
