@@ -14,6 +14,7 @@ pub mod progress;
 pub mod report;
 pub mod run;
 pub mod sample;
+pub mod shard;
 pub mod store;
 pub mod taxonomy;
 

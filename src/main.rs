@@ -29,6 +29,8 @@ enum Cmd {
     },
     /// Generate responses with a target model, judge them, and report.
     Run(anjeon::run::RunArgs),
+    /// Merge the run directories of a sharded run (`run --shard I/N`) into one.
+    Merge(anjeon::run::MergeArgs),
     /// Score given responses with a judge; writes a run directory and reports.
     Score(anjeon::run::ScoreArgs),
     /// Attack variants: list the strategies, or show one item's variant.
@@ -390,6 +392,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Run(args) => {
             let outcome = anjeon::run::run(&args)?;
+            Ok(ExitCode::from(if outcome.failures > 0 { 1 } else { 0 }))
+        }
+        Cmd::Merge(args) => {
+            let outcome = anjeon::run::merge(&args)?;
             Ok(ExitCode::from(if outcome.failures > 0 { 1 } else { 0 }))
         }
         Cmd::Generate {

@@ -12,6 +12,7 @@ use crate::error::{Error, Location, Result};
 use crate::judge::{Judge, Verdict};
 use crate::report;
 use crate::sample::{ReferenceAnswer, Sample};
+use crate::shard::Shard;
 use crate::store::{self, Keyed, RunDir};
 
 #[derive(clap::Args, Debug, Clone, Serialize)]
@@ -378,7 +379,7 @@ fn read_responses(
     Ok(out)
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 struct Manifest {
     schema: String,
     anjeon_version: String,
@@ -393,31 +394,37 @@ struct Manifest {
     judges: Vec<JudgeInfo>,
     config: serde_json::Value,
     seed: u64,
+    /// The shard this directory holds (`--shard`); absent for a whole run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    shard: Option<Shard>,
+    /// The shard directories `anjeon merge` made this one from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    merged_from: Vec<String>,
 }
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 struct Invocation {
     at: String,
     argv: Vec<String>,
 }
-#[derive(Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
 struct DatasetInfo {
     spec: String,
     sha256: String,
     files: Vec<FileInfo>,
     samples: usize,
 }
-#[derive(Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
 struct FileInfo {
     path: String,
     sha256: String,
 }
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 struct ResponsesInfo {
     source: String,
     sha256: Option<String>,
     models: Vec<String>,
 }
-#[derive(Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
 struct JudgeInfo {
     name: String,
     fingerprint: String,
@@ -785,6 +792,10 @@ fn judge_and_report(
     drop((gens, judgments));
     failures.sort();
     failures.dedup();
+    // Sorted, so that shards merged by `anjeon merge` list them as one run does.
+    let mut skipped = skipped;
+    skipped.sort();
+    skipped.dedup();
     let plan = Plan {
         judge_fingerprints: fps,
         generations: plan_keys,
@@ -833,12 +844,22 @@ fn write_manifest(
         models,
     };
     let config = serde_json::json!({ "command": "score", "args": args, "read_options": opts });
-    update_manifest(run, ds, judge, responses_info, None, config, args.seed)
+    update_manifest(
+        run,
+        ds,
+        judge,
+        responses_info,
+        None,
+        config,
+        args.seed,
+        None,
+    )
 }
 
 /// Write or extend `manifest.json`: a new directory gets a full manifest; a
 /// resumed one gets the invocation, judge and model appended. A directory
 /// made from another data set is refused.
+#[allow(clippy::too_many_arguments)]
 fn update_manifest(
     run: &RunDir,
     ds: &dataset::Dataset,
@@ -847,6 +868,7 @@ fn update_manifest(
     model: Option<serde_json::Value>,
     config: serde_json::Value,
     seed: u64,
+    shard: Option<Shard>,
 ) -> Result<()> {
     let path = run.file("manifest.json");
     let files = ds
@@ -880,6 +902,17 @@ fn update_manifest(
                     &dataset.sha256[..16]
                 )));
             }
+            if m.shard != shard {
+                let show = |s: Option<Shard>| {
+                    s.map_or("the whole data set".to_string(), |s| format!("shard {s}"))
+                };
+                return Err(Error::Usage(format!(
+                    "{}: this run directory holds {}, not {}\n  fix: resume it with the same shard, or use a new --out directory",
+                    run.path.display(),
+                    show(m.shard),
+                    show(shard)
+                )));
+            }
             m.invocations.push(invocation);
             if !m.judges.contains(&judge_info) {
                 m.judges.push(judge_info);
@@ -902,6 +935,8 @@ fn update_manifest(
             judges: vec![judge_info],
             config,
             seed,
+            shard,
+            merged_from: Vec::new(),
         },
     };
     store::write_atomic(
@@ -971,6 +1006,14 @@ pub struct RunArgs {
     /// at a time.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=256))]
     pub batch: u64,
+    /// Run one shard of the data set, INDEX/COUNT (0-based); merge the shards' --out
+    /// directories with `anjeon merge`. Without it, a Slurm array task (SLURM_ARRAY_TASK_*)
+    /// or a Kubernetes Indexed Job (JOB_COMPLETION_INDEX with --shards) sets it.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<String>,
+    /// The shard count of a Kubernetes Indexed Job (its completions).
+    #[arg(long, value_name = "N")]
+    pub shards: Option<u64>,
     /// Speech recogniser for audio items when the target does not take
     /// audio: the item's audio is transcribed (language forced to the
     /// item's when Whisper knows it) and the transcript goes to the target
@@ -1049,8 +1092,17 @@ fn messages_of<'a>(
 /// item, judge, and report. Media items are skipped with a recorded reason
 /// until the target takes media.
 pub fn run(args: &RunArgs) -> Result<Outcome> {
+    let shard = Shard::resolve(args.shard.as_deref(), args.shards, &|k| {
+        std::env::var(k).ok()
+    })?;
     let opts = args.read.options()?;
     let (ds, mut failures, root) = load_dataset(&args.dataset, &opts)?;
+    if let Some(sh) = shard {
+        eprintln!(
+            "shard {sh}: the items whose id hashes to {} of {}",
+            sh.index, sh.count
+        );
+    }
     // The judge loads first: a judge that cannot work fails before any generation.
     let mut judge = args.judge.load(&args.device, args.fetch, args.requantize)?;
     let mut by_id: HashMap<&str, &Sample> = ds.samples.iter().map(|s| (s.id.as_str(), s)).collect();
@@ -1173,9 +1225,30 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
         by_id.insert(v.id.as_str(), v);
     }
     failures.extend(attack_failures);
+    if let Some(sh) = shard {
+        // Everything above is the whole run's plan (the limit and the
+        // variants included), so the shards partition it exactly; each
+        // shard keeps its items' work, failures and skips. Variants and
+        // their failures stay with the base item.
+        let owner = |id: &str, location: &str| -> bool {
+            let key = match by_id.get(id).map(|s| &s.variant) {
+                Some(crate::sample::Variant::Attack { base_id, .. }) => base_id.as_str(),
+                Some(_) => id,
+                None => match id.split_once('~') {
+                    Some((base, _)) if by_id.contains_key(base) => base,
+                    _ if id.is_empty() => location,
+                    _ => id,
+                },
+            };
+            sh.owns(key)
+        };
+        runnable.retain(|s| owner(&s.id, ""));
+        failures.retain(|f| owner(&f.id, &f.location));
+        skipped.retain(|f| owner(&f.id, &f.location));
+    }
 
     let run = RunDir::open(&args.out)?;
-    write_run_manifest(&run, args, &opts, &ds, &judge, &model, &params)?;
+    write_run_manifest(&run, args, &opts, &ds, &judge, &model, &params, shard)?;
     write_snapshot(&run, &ds, &variants, &root)?;
     let mut gens = run.stage::<GenerationRecord>("generations.jsonl")?;
     let model_fp = model.fingerprint();
@@ -1419,6 +1492,7 @@ fn transcribe_item(
     ))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn write_run_manifest(
     run: &RunDir,
     args: &RunArgs,
@@ -1427,6 +1501,7 @@ fn write_run_manifest(
     judge: &Judge,
     model: &crate::model::TextModel,
     params: &crate::model::GenParams,
+    shard: Option<Shard>,
 ) -> Result<()> {
     let target = serde_json::json!({
         "role": "target",
@@ -1444,5 +1519,262 @@ fn write_run_manifest(
         models: vec![model.name.clone()],
     };
     let config = serde_json::json!({ "command": "run", "args": args, "read_options": opts });
-    update_manifest(run, ds, judge, responses, Some(target), config, args.seed)
+    update_manifest(
+        run,
+        ds,
+        judge,
+        responses,
+        Some(target),
+        config,
+        args.seed,
+        shard,
+    )
+}
+
+/// `anjeon merge SHARD_DIR… --out DIR`.
+#[derive(clap::Args, Debug)]
+pub struct MergeArgs {
+    /// The shards' --out directories (one per shard of one sharded run).
+    #[arg(required = true)]
+    pub dirs: Vec<PathBuf>,
+    /// The merged run directory (new).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Render the report even if shards are missing; the report lists them.
+    #[arg(long)]
+    pub allow_partial: bool,
+}
+
+/// One shard directory being merged.
+struct ShardDir {
+    dir: PathBuf,
+    run: RunDir,
+    manifest: Manifest,
+    shard: Shard,
+    plan: Plan,
+    samples: Vec<u8>,
+}
+
+/// Merge the run directories of one sharded run into one run directory
+/// whose report is the one a single machine would have written: the same
+/// items, the same plan order (the data set's), sorted failures and skips.
+/// Shards of different runs are refused, naming what differs; an item in
+/// two shards or a missing shard (without `--allow-partial`) too.
+pub fn merge(args: &MergeArgs) -> Result<Outcome> {
+    let mut parts: Vec<ShardDir> = Vec::new();
+    let mut canon: HashMap<PathBuf, &Path> = HashMap::new();
+    for d in &args.dirs {
+        let c = d.canonicalize().map_err(|e| Error::io(d, e))?;
+        if let Some(first) = canon.insert(c, d) {
+            return Err(Error::Usage(format!(
+                "{} and {} are the same shard directory\n  fix: name each shard's directory once",
+                first.display(),
+                d.display()
+            )));
+        }
+    }
+    for d in &args.dirs {
+        if !d.join("plan.json").exists() {
+            return Err(Error::Usage(format!(
+                "{}: not a finished run directory (no plan.json)\n  fix: let that shard's `anjeon run` finish (run it again with the same --out to resume)",
+                d.display()
+            )));
+        }
+        let run = RunDir::open(d)?;
+        let manifest: Manifest = report::read_json(&run.file("manifest.json"))?;
+        let Some(shard) = manifest.shard else {
+            return Err(Error::Usage(format!(
+                "{}: not a shard (its run had no --shard)\n  fix: merge the directories of one sharded run",
+                d.display()
+            )));
+        };
+        let plan: Plan = report::read_json(&run.file("plan.json"))?;
+        let samples = crate::error::read_file(&run.file("samples.jsonl"))?;
+        parts.push(ShardDir {
+            dir: d.clone(),
+            run,
+            manifest,
+            shard,
+            plan,
+            samples,
+        });
+    }
+    let first = &parts[0];
+    // The settings that must be equal: everything but where each shard
+    // wrote and which shard it was.
+    let config_of = |m: &Manifest| {
+        let mut c = m.config.clone();
+        if let Some(a) = c.get_mut("args").and_then(|a| a.as_object_mut()) {
+            for k in ["out", "shard", "shards"] {
+                a.remove(k);
+            }
+        }
+        c
+    };
+    let target_of = |m: &Manifest| {
+        m.models
+            .iter()
+            .map(|t| (t["fingerprint"].clone(), t["generation"].clone()))
+            .collect::<Vec<_>>()
+    };
+    let mut held: std::collections::BTreeMap<u64, &Path> = std::collections::BTreeMap::new();
+    for p in &parts {
+        let differs = |what: &str| {
+            Err(Error::Usage(format!(
+                "{} and {}: {what} differs, so they are not shards of one run\n  fix: merge only the shard directories of one `anjeon run` configuration",
+                first.dir.display(),
+                p.dir.display()
+            )))
+        };
+        if p.shard.count != first.shard.count {
+            return differs("the shard count");
+        }
+        if p.manifest.dataset.sha256 != first.manifest.dataset.sha256 {
+            return differs("the data set (sha256)");
+        }
+        if p.plan.seed != first.plan.seed {
+            return differs("the seed");
+        }
+        if p.plan.judge_fingerprints != first.plan.judge_fingerprints {
+            return differs("the judge (fingerprint)");
+        }
+        if target_of(&p.manifest) != target_of(&first.manifest) {
+            return differs("the target model or its generation settings");
+        }
+        if config_of(&p.manifest) != config_of(&first.manifest) {
+            return differs("the run's settings (manifest config)");
+        }
+        if p.samples != first.samples {
+            return differs("the planned items (samples.jsonl)");
+        }
+        if let Some(other) = held.insert(p.shard.index, &p.dir) {
+            return Err(Error::Usage(format!(
+                "{} and {} both hold shard {}\n  fix: name each shard's directory once",
+                other.display(),
+                p.dir.display(),
+                p.shard
+            )));
+        }
+    }
+    let count = first.shard.count;
+    let missing: Vec<u64> = (0..count).filter(|i| !held.contains_key(i)).collect();
+    if !missing.is_empty() && !args.allow_partial {
+        return Err(Error::Usage(format!(
+            "shards {} of {count} are missing\n  fix: run them (or wait for them) and merge all {count}; --allow-partial renders a report without them",
+            missing.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
+        )));
+    }
+    if args.out.join("plan.json").exists() {
+        return Err(Error::Usage(format!(
+            "{}: already holds a run\n  fix: merge into a new --out directory",
+            args.out.display()
+        )));
+    }
+    let out = RunDir::open(&args.out)?;
+    // The data set's order (samples.jsonl is the whole run's, the same in
+    // every shard) orders the merged plan as a single run orders it.
+    let position: HashMap<String, usize> = first
+        .samples
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_slice::<ItemInfo>(l)
+                .map(|it| (it.id, i))
+                .map_err(|e| Error::Store {
+                    path: first.run.file("samples.jsonl"),
+                    line: i + 1,
+                    msg: e.to_string(),
+                })
+        })
+        .collect::<Result<_>>()?;
+    store::write_atomic(&out.file("samples.jsonl"), &first.samples)?;
+    let mut gens_out = out.stage::<GenerationRecord>("generations.jsonl")?;
+    let mut judgments_out = out.stage::<JudgmentRecord>("judgments.jsonl")?;
+    let mut planned: Vec<(usize, String)> = Vec::new();
+    let mut owner: HashMap<String, &Path> = HashMap::new();
+    let (mut failures, mut skipped) = (Vec::new(), Vec::new());
+    for p in &parts {
+        let gens = p.run.stage::<GenerationRecord>("generations.jsonl")?;
+        let judgments = p.run.stage::<JudgmentRecord>("judgments.jsonl")?;
+        for k in &p.plan.generations {
+            let g = gens.get(k).ok_or_else(|| {
+                Error::Usage(format!(
+                    "{}: the plan lists generation {k} but generations.jsonl lacks it\n  fix: run that shard's `anjeon run` again with the same --out",
+                    p.dir.display()
+                ))
+            })?;
+            if let Some(other) = owner.insert(g.sample_id.clone(), &p.dir) {
+                return Err(Error::Usage(format!(
+                    "item {:?} is in both {} and {}\n  fix: merge the shards of one run (each item belongs to one shard)",
+                    g.sample_id,
+                    other.display(),
+                    p.dir.display()
+                )));
+            }
+            let at = position.get(&g.sample_id).copied().unwrap_or(usize::MAX);
+            planned.push((at, k.clone()));
+            gens_out.append(g.clone())?;
+        }
+        for j in judgments.records() {
+            judgments_out.append(j.clone())?;
+        }
+        failures.extend(p.plan.failures.iter().cloned());
+        skipped.extend(p.plan.skipped.iter().cloned());
+    }
+    gens_out.sync()?;
+    judgments_out.sync()?;
+    drop((gens_out, judgments_out));
+    for i in &missing {
+        failures.push(Failure {
+            location: "anjeon merge --allow-partial".into(),
+            id: String::new(),
+            stage: "merge".into(),
+            reason: format!("shard {i}/{count} is missing: its items are not in this report"),
+        });
+    }
+    planned.sort();
+    failures.sort();
+    failures.dedup();
+    skipped.sort();
+    skipped.dedup();
+    let plan = Plan {
+        judge_fingerprints: first.plan.judge_fingerprints.clone(),
+        generations: planned.into_iter().map(|(_, k)| k).collect(),
+        failures,
+        skipped,
+        seed: first.plan.seed,
+    };
+    let mut manifest = first.manifest.clone();
+    manifest.shard = None;
+    manifest.merged_from = parts.iter().map(|p| p.dir.display().to_string()).collect();
+    manifest.invocations = parts
+        .iter()
+        .flat_map(|p| p.manifest.invocations.iter().cloned())
+        .collect();
+    manifest.invocations.push(Invocation {
+        at: store::now_rfc3339(),
+        argv: std::env::args().collect(),
+    });
+    store::write_atomic(
+        &out.file("manifest.json"),
+        &serde_json::to_vec_pretty(&manifest).expect("serialise manifest"),
+    )?;
+    store::write_atomic(
+        &out.file("plan.json"),
+        &serde_json::to_vec_pretty(&plan).expect("serialise plan"),
+    )?;
+    let rep = report::render(&out)?;
+    eprintln!(
+        "merged {} of {count} shards ({} responses) into {}",
+        parts.len(),
+        plan.generations.len(),
+        out.path.display()
+    );
+    report::print_headline(&rep)?;
+    Ok(Outcome {
+        failures: plan.failures.len(),
+        judged: 0,
+        reused: plan.generations.len(),
+    })
 }

@@ -1231,3 +1231,138 @@ fn corrupt_model_headers_are_refused_before_allocating() {
         );
     }
 }
+
+/// Issue 15: a run split into shards (`--shard I/N`, or a Slurm array's
+/// environment) and merged gives the single run's report.json byte for
+/// byte; shards of another run, a shard twice or a missing shard are
+/// refused, and a shard directory resumes only as the same shard.
+#[test]
+fn sharded_runs_merge_into_the_single_run_report() {
+    ensure("smollm2-135m-instruct");
+    let dir = tempfile::tempdir().unwrap();
+    let d = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    let common = [
+        "run",
+        "--target",
+        "smollm2-135m-instruct",
+        "--judge",
+        "refusal",
+        "--limit",
+        "6",
+        "--max-new-tokens",
+        "4",
+        "--attacks",
+        "prefix-injection,typographic",
+    ];
+    let run = |extra: &[&str], env: &[(&str, &str)]| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_anjeon"));
+        c.current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(common)
+            .args(extra);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    let ok = |o: &std::process::Output| {
+        assert!(
+            o.status.code().is_some_and(|c| c <= 1),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    ok(&run(&["--out", &d("single")], &[]));
+    ok(&run(&["--shard", "0/3", "--out", &d("s0")], &[]));
+    ok(&run(
+        &["--out", &d("s1")],
+        &[
+            ("SLURM_ARRAY_TASK_ID", "2"),
+            ("SLURM_ARRAY_TASK_COUNT", "3"),
+            ("SLURM_ARRAY_TASK_MIN", "1"),
+        ],
+    ));
+    ok(&run(
+        &["--shards", "3", "--out", &d("s2")],
+        &[("JOB_COMPLETION_INDEX", "2")],
+    ));
+    let merge = |args: &[&str]| anjeon(&[&["merge"], args].concat());
+    let err = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+
+    let o = merge(&[&d("s0"), &d("s1"), "--out", &d("partial")]);
+    assert_eq!(o.status.code(), Some(2), "{}", err(&o));
+    assert!(err(&o).contains("shards 2 of 3 are missing"), "{}", err(&o));
+    let o = merge(&[
+        &d("s0"),
+        &d("s1"),
+        &d("s2"),
+        &format!("{}/", d("s0")),
+        "--out",
+        &d("twice"),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", err(&o));
+    assert!(
+        err(&o).contains("are the same shard directory"),
+        "{}",
+        err(&o)
+    );
+    // A copy of a shard is another directory holding the same shard.
+    let copy = dir.path().join("s0-copy");
+    std::fs::create_dir(&copy).unwrap();
+    for e in std::fs::read_dir(dir.path().join("s0")).unwrap() {
+        let e = e.unwrap();
+        if e.file_name() != ".lock" {
+            std::fs::copy(e.path(), copy.join(e.file_name())).unwrap();
+        }
+    }
+    let o = merge(&[&d("s0"), &d("s0-copy"), "--out", &d("twice2")]);
+    assert_eq!(o.status.code(), Some(2), "{}", err(&o));
+    assert!(err(&o).contains("both hold shard 0/3"), "{}", err(&o));
+    let o = merge(&[&d("s0"), &d("single"), "--out", &d("mixed")]);
+    assert!(err(&o).contains("not a shard"), "{}", err(&o));
+
+    let o = merge(&[&d("s0"), &d("s1"), &d("s2"), "--out", &d("merged")]);
+    assert!(o.status.code().is_some_and(|c| c <= 1), "{}", err(&o));
+    let single = std::fs::read(dir.path().join("single/report.json")).unwrap();
+    let merged = std::fs::read(dir.path().join("merged/report.json")).unwrap();
+    assert!(
+        single == merged,
+        "merged report differs from the single run's"
+    );
+    let rep: Value = serde_json::from_slice(&merged).unwrap();
+    assert!(rep["responses"].as_u64().unwrap() >= 6, "{rep}");
+
+    let o = merge(&[
+        &d("s0"),
+        &d("s1"),
+        "--allow-partial",
+        "--out",
+        &d("partial2"),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", err(&o));
+    let rep: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("partial2/report.json")).unwrap())
+            .unwrap();
+    assert!(
+        rep["failures"].to_string().contains("shard 2/3 is missing"),
+        "{rep}"
+    );
+
+    // A shard directory resumes only as the same shard.
+    let o = run(&["--shard", "1/3", "--out", &d("s0")], &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", err(&o));
+    assert!(
+        err(&o).contains("holds shard 0/3, not shard 1/3"),
+        "{}",
+        err(&o)
+    );
+    // Flag and scheduler disagreeing.
+    let o = run(
+        &["--shard", "0/3", "--out", &d("x")],
+        &[
+            ("SLURM_ARRAY_TASK_ID", "1"),
+            ("SLURM_ARRAY_TASK_COUNT", "3"),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", err(&o));
+    assert!(err(&o).contains("disagree"), "{}", err(&o));
+}
