@@ -1166,7 +1166,7 @@ fn corrupt_model_headers_are_refused_before_allocating() {
                 &with("llama.attention.head_count_kv", V::U32(3)),
                 false,
             ),
-            "does not divide head_count 4",
+            "does not divide llama.attention.head_count 4",
         ),
         (
             write("layers.gguf", &with("llama.block_count", V::U32(2)), false),
@@ -1365,4 +1365,110 @@ fn sharded_runs_merge_into_the_single_run_report() {
     );
     assert_eq!(o.status.code(), Some(2), "{}", err(&o));
     assert!(err(&o).contains("disagree"), "{}", err(&o));
+}
+
+/// A run and a score touch no network: inside a network namespace with no
+/// interfaces (`unshare -n`, root) they give the same report as outside,
+/// with the default judge (EmbeddingGemma heads) and a cached target; a
+/// model missing from the cache names `--fetch` instead of connecting, and
+/// the fetch it asks for fails with a clear error there.
+#[test]
+fn runs_touch_no_network() {
+    ensure("smollm2-135m-instruct");
+    ensure("embeddinggemma-300m");
+    let unshare_ok = std::process::Command::new("unshare")
+        .args(["-n", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !unshare_ok {
+        eprintln!("skipped: `unshare -n` is not permitted here (needs root)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_anjeon");
+    let offline = |args: &[&str], home: Option<&std::path::Path>| {
+        let mut c = std::process::Command::new("unshare");
+        c.current_dir(env!("CARGO_MANIFEST_DIR"))
+            .arg("-n")
+            .arg(bin)
+            .args(args);
+        if let Some(h) = home {
+            c.env("ANJEON_HOME", h);
+        }
+        c.output().unwrap()
+    };
+    let out = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    let run_args = |o: &str| {
+        vec![
+            "run",
+            "--target",
+            "smollm2-135m-instruct",
+            "--limit",
+            "4",
+            "--max-new-tokens",
+            "6",
+            "--out",
+        ]
+        .into_iter()
+        .map(str::to_string)
+        .chain([o.to_string()])
+        .collect::<Vec<_>>()
+    };
+    let a = run_args(&out("online"));
+    let o = anjeon(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        o.status.code().is_some_and(|c| c <= 1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let b = run_args(&out("offline"));
+    let o = offline(&b.iter().map(String::as_str).collect::<Vec<_>>(), None);
+    assert!(
+        o.status.code().is_some_and(|c| c <= 1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let report = |n: &str| std::fs::read(dir.path().join(n).join("report.json")).unwrap();
+    assert!(report("online") == report("offline"), "reports differ");
+    let o = offline(
+        &[
+            "score",
+            "--dataset",
+            "data/sample",
+            "--responses",
+            "reference",
+            "--out",
+            &out("score"),
+        ],
+        None,
+    );
+    assert!(
+        o.status.code().is_some_and(|c| c <= 1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    // A model not in the cache: the error names --fetch; with --fetch, the
+    // download fails with a clear error (no network there), exit 2.
+    let empty = tempfile::tempdir().unwrap();
+    let mut c = run_args(&out("missing"));
+    c.extend(["--judge".into(), "refusal".into()]);
+    let o = offline(
+        &c.iter().map(String::as_str).collect::<Vec<_>>(),
+        Some(empty.path()),
+    );
+    let e = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(
+        e.contains("not in the cache") && e.contains("--fetch"),
+        "{e}"
+    );
+    c.push("--fetch".into());
+    let o = offline(
+        &c.iter().map(String::as_str).collect::<Vec<_>>(),
+        Some(empty.path()),
+    );
+    let e = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.code().is_some_and(|c| c >= 2), "{e}");
+    assert!(e.contains("smollm2") && !e.contains("panicked"), "{e}");
 }

@@ -412,7 +412,7 @@ pub const MAX_CONTEXT: u64 = 1 << 24;
 fn check_gguf(path: &Path, ct: &gguf_file::Content, file_len: u64, arch: &str) -> Result<()> {
     let bad = |what: String| {
         Error::Usage(format!(
-            "{}: {what}\n  fix: the file's header is corrupt or was edited; fetch the model again or check its sha256",
+            "{}: {what}\n  fix: the file is truncated or corrupt, or its header was edited; fetch the model again or check its sha256",
             path.display()
         ))
     };
@@ -440,36 +440,61 @@ fn check_gguf(path: &Path, ct: &gguf_file::Content, file_len: u64, arch: &str) -
             .get(&format!("{arch}.{k}"))
             .and_then(|v| v.to_u64().ok().or_else(|| v.to_u32().ok().map(u64::from)))
     };
-    let heads = num("attention.head_count");
+    let layers: HashSet<u64> = ct
+        .tensor_infos
+        .keys()
+        .filter_map(|k| k.strip_prefix("blk.")?.split('.').next()?.parse().ok())
+        .collect();
+    let key = |k: &str| format!("{arch}.{k}");
+    check_model_numbers(
+        [
+            (key("attention.head_count"), num("attention.head_count")),
+            (
+                key("attention.head_count_kv"),
+                num("attention.head_count_kv"),
+            ),
+            (key("block_count"), num("block_count")),
+            (key("context_length"), num("context_length")),
+        ],
+        &layers,
+        "the file",
+    )
+    .map_err(bad)
+}
+
+/// Head counts (positive, the key/value count dividing the query count),
+/// the layer count (every layer has weights) and the context (1 to
+/// [`MAX_CONTEXT`]), each given as (name, value) in that order.
+fn check_model_numbers(
+    [(h_name, heads), (kv_name, kv), (l_name, n_layers), (c_name, context)]: [(String, Option<u64>);
+        4],
+    layers: &HashSet<u64>,
+    weights: &str,
+) -> std::result::Result<(), String> {
     if heads == Some(0) {
-        return Err(bad(format!("{arch}.attention.head_count is 0")));
+        return Err(format!("{h_name} is 0"));
     }
-    if let (Some(h), Some(kv)) = (heads, num("attention.head_count_kv")) {
+    if let (Some(h), Some(kv)) = (heads, kv) {
         if kv == 0 || h % kv != 0 {
-            return Err(bad(format!(
-                "{arch}.attention.head_count_kv is {kv}, which does not divide head_count {h}"
-            )));
+            return Err(format!(
+                "{kv_name} is {kv}, which does not divide {h_name} {h}"
+            ));
         }
     }
-    if let Some(n) = num("block_count") {
-        let layers: HashSet<u64> = ct
-            .tensor_infos
-            .keys()
-            .filter_map(|k| k.strip_prefix("blk.")?.split('.').next()?.parse().ok())
-            .collect();
+    if let Some(n) = n_layers {
         if n == 0 || n > 4096 {
-            return Err(bad(format!("{arch}.block_count is {n}")));
+            return Err(format!("{l_name} is {n}"));
         }
         if let Some(i) = (0..n).find(|i| !layers.contains(i)) {
-            return Err(bad(format!(
-                "{arch}.block_count is {n} but the file has no tensors for layer {i}"
-            )));
+            return Err(format!(
+                "{l_name} is {n} but there are no tensors for layer {i} in {weights}"
+            ));
         }
     }
-    if let Some(c) = num("context_length").filter(|&c| c == 0 || c > MAX_CONTEXT) {
-        return Err(bad(format!(
-            "{arch}.context_length is {c}; anjeon accepts 1 to {MAX_CONTEXT}"
-        )));
+    if let Some(c) = context.filter(|&c| c == 0 || c > MAX_CONTEXT) {
+        return Err(format!(
+            "{c_name} is {c}; anjeon accepts 1 to {MAX_CONTEXT}"
+        ));
     }
     Ok(())
 }
@@ -489,27 +514,12 @@ fn check_safetensors_config(
         ))
     };
     let num = |k: &str| config[k].as_u64().or(config["text_config"][k].as_u64());
-    let heads = num("num_attention_heads");
-    if heads == Some(0) {
-        return Err(bad("num_attention_heads is 0".into()));
-    }
-    if let (Some(h), Some(kv)) = (heads, num("num_key_value_heads")) {
-        if kv == 0 || h % kv != 0 {
-            return Err(bad(format!(
-                "num_key_value_heads is {kv}, which does not divide num_attention_heads {h}"
-            )));
-        }
-    }
-    if let Some(c) = num("max_position_embeddings").filter(|&c| c == 0 || c > MAX_CONTEXT) {
-        return Err(bad(format!(
-            "max_position_embeddings is {c}; anjeon accepts 1 to {MAX_CONTEXT}"
-        )));
-    }
-    if let Some(n) = num("num_hidden_layers") {
+    let mut layers = HashSet::new();
+    if num("num_hidden_layers").is_some() {
         // SAFETY: read-only maps of the weight files, only their headers read.
         let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(files) }
             .map_err(cerr(dir, "reading safetensors"))?;
-        let layers: HashSet<u64> = st
+        layers = st
             .tensors()
             .iter()
             .filter_map(|(name, _)| {
@@ -517,16 +527,19 @@ fn check_safetensors_config(
                 rest.split('.').next()?.parse().ok()
             })
             .collect();
-        if n == 0 || n > 4096 {
-            return Err(bad(format!("num_hidden_layers is {n}")));
-        }
-        if let Some(i) = (0..n).find(|i| !layers.contains(i)) {
-            return Err(bad(format!(
-                "num_hidden_layers is {n} but the weights have no tensors for layer {i}"
-            )));
-        }
     }
-    Ok(())
+    let key = |k: &str| (k.to_string(), num(k));
+    check_model_numbers(
+        [
+            key("num_attention_heads"),
+            key("num_key_value_heads"),
+            key("num_hidden_layers"),
+            key("max_position_embeddings"),
+        ],
+        &layers,
+        "the weights",
+    )
+    .map_err(bad)
 }
 
 /// A tokenizer that can produce ids the embedding has no row for does not
