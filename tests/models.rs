@@ -1437,6 +1437,8 @@ fn runs_touch_no_network() {
             "data/sample",
             "--responses",
             "reference",
+            "--judge",
+            "refusal",
             "--out",
             &out("score"),
         ],
