@@ -697,3 +697,54 @@ fn max_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
         .and_then(|d| d.to_scalar::<f32>())
         .unwrap()
 }
+
+/// Red-team finding: every frame of an animation was held before sampling
+/// (an 8.6 MB GIF of 10,000 frames held 4.2 GB). Limits now count what is
+/// kept: a 600-frame GIF whose decoded frames total 96 MB decodes under a
+/// 4 MB budget when 4 frames are sampled, with the same frames as decoding
+/// it whole; more frames than 8x max_frames is refused by count.
+#[test]
+fn animation_limits_count_the_kept_frames() {
+    use image::codecs::gif::{GifEncoder, Repeat};
+    let (w, h, n) = (200u32, 200u32, 600usize);
+    let mut gif = Vec::new();
+    {
+        let mut enc = GifEncoder::new_with_speed(&mut gif, 30);
+        enc.set_repeat(Repeat::Infinite).unwrap();
+        for i in 0..n {
+            let px = image::Rgba([(i % 251) as u8, (i * 7 % 253) as u8, 90, 255]);
+            let img = image::RgbaImage::from_pixel(w, h, px);
+            enc.encode_frame(image::Frame::from_parts(
+                img,
+                0,
+                0,
+                image::Delay::from_numer_denom_ms(100, 1),
+            ))
+            .unwrap();
+        }
+    }
+    let pick = |total: usize, _fps: f64| vec![0, total / 3, 2 * total / 3, total - 1];
+    let tight = Limits {
+        max_video_bytes: 4 << 20,
+        ..Limits::default()
+    };
+    let v = decode_video_sampled(VideoSource::Bytes(&gif), "many.gif", &tight, &pick).unwrap();
+    assert_eq!(v.total_frames, n);
+    assert_eq!(v.frame_indices, vec![0, 200, 400, 599]);
+    assert!((v.fps - 10.0).abs() < 1e-9, "{}", v.fps);
+    let whole = decode_video(VideoSource::Bytes(&gif), "many.gif", &Limits::default()).unwrap();
+    for (k, &i) in v.frame_indices.iter().enumerate() {
+        assert_eq!(v.frames[k], whole.frames[i], "frame {i}");
+    }
+    let few = Limits {
+        max_frames: 50,
+        ..Limits::default()
+    };
+    let e = decode_video_sampled(VideoSource::Bytes(&gif), "many.gif", &few, &pick)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("more than 400 frames") && e.contains("max_frames"),
+        "{e}"
+    );
+}

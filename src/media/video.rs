@@ -203,52 +203,74 @@ fn decode_animation(
     };
     let mut il = image::Limits::default();
     il.max_alloc = Some(limits.max_alloc);
-    let frames: Vec<image::Frame> = if is_gif(bytes) {
-        let mut d = image::codecs::gif::GifDecoder::new(Cursor::new(bytes)).map_err(bad)?;
-        let (w, h) = image::ImageDecoder::dimensions(&d);
-        limits.check_size(name, w, h)?;
-        image::ImageDecoder::set_limits(&mut d, il).map_err(bad)?;
-        collect_limited(d.into_frames(), name, limits)?
-    } else {
-        let mut d = image::codecs::png::PngDecoder::new(Cursor::new(bytes)).map_err(bad)?;
-        let (w, h) = image::ImageDecoder::dimensions(&d);
-        limits.check_size(name, w, h)?;
-        image::ImageDecoder::set_limits(&mut d, il).map_err(bad)?;
-        if !d.is_apng().map_err(bad)? {
-            return Err(MediaError::Unsupported {
-                name: name.to_string(),
-                reason: "a still PNG is not a video".into(),
-                fix:
-                    "pass it as an image, or use an animated PNG/GIF, an mp4 or a folder of frames"
+    // Two passes over the animation, one frame in memory at a time: the
+    // first counts the frames and their delays (the sampler needs both),
+    // the second keeps only the sampled ones. Limits count what is kept
+    // (a 10,000-frame GIF used to be held whole before sampling).
+    let frames = || -> Result<image::Frames<'_>, MediaError> {
+        if is_gif(bytes) {
+            let mut d = image::codecs::gif::GifDecoder::new(Cursor::new(bytes)).map_err(bad)?;
+            let (w, h) = image::ImageDecoder::dimensions(&d);
+            limits.check_size(name, w, h)?;
+            image::ImageDecoder::set_limits(&mut d, il.clone()).map_err(bad)?;
+            Ok(d.into_frames())
+        } else {
+            let mut d = image::codecs::png::PngDecoder::new(Cursor::new(bytes)).map_err(bad)?;
+            let (w, h) = image::ImageDecoder::dimensions(&d);
+            limits.check_size(name, w, h)?;
+            image::ImageDecoder::set_limits(&mut d, il.clone()).map_err(bad)?;
+            if !d.is_apng().map_err(bad)? {
+                return Err(MediaError::Unsupported {
+                    name: name.to_string(),
+                    reason: "a still PNG is not a video".into(),
+                    fix: "pass it as an image, or use an animated PNG/GIF, an mp4 or a folder of frames"
                         .into(),
+                });
+            }
+            Ok(d.apng().map_err(bad)?.into_frames())
+        }
+    };
+    let frame_err = |e: image::ImageError| MediaError::Decode {
+        name: name.to_string(),
+        reason: e.to_string(),
+        fix: "the file is truncated or corrupt; re-export it".into(),
+    };
+    // Decoding time is bounded too: at most 8x the frames that may be kept.
+    let most = limits.max_frames.max(1) * 8;
+    let (mut total, mut total_ms) = (0usize, 0f64);
+    for f in frames()? {
+        let f = f.map_err(frame_err)?;
+        total += 1;
+        if total > most {
+            return Err(MediaError::Limit {
+                name: name.to_string(),
+                reason: format!("the animation has more than {most} frames (8x max_frames)"),
+                which: "max_frames",
             });
         }
-        collect_limited(d.apng().map_err(bad)?.into_frames(), name, limits)?
-    };
-    if frames.is_empty() {
+        let (n, d) = f.delay().numer_denom_ms();
+        total_ms += n as f64 / d.max(1) as f64;
+    }
+    if total == 0 {
         return Err(MediaError::Decode {
             name: name.to_string(),
             reason: "the animation has no frames".into(),
             fix: "re-export it".into(),
         });
     }
-    let total_ms: f64 = frames
-        .iter()
-        .map(|f| {
-            let (n, d) = f.delay().numer_denom_ms();
-            n as f64 / d.max(1) as f64
-        })
-        .sum();
     let fps = if total_ms > 0.0 {
-        frames.len() as f64 * 1000.0 / total_ms
+        total as f64 * 1000.0 / total_ms
     } else {
         10.0
     };
-    let total = frames.len();
     let wanted: BTreeSet<usize> = sample(total, fps).into_iter().collect();
     let mut keep = Keeper::new(name, limits);
-    for (i, f) in frames.into_iter().enumerate() {
+    for (i, f) in frames()?.enumerate() {
+        if i > *wanted.last().unwrap_or(&0) {
+            break;
+        }
         if wanted.contains(&i) {
+            let f = f.map_err(frame_err)?;
             keep.push(
                 i,
                 to_rgb_like_pil(image::DynamicImage::ImageRgba8(f.into_buffer())),
@@ -256,32 +278,6 @@ fn decode_animation(
         }
     }
     Ok(keep.finish(fps, total))
-}
-
-fn collect_limited(
-    frames: image::Frames<'_>,
-    name: &str,
-    limits: &Limits,
-) -> Result<Vec<image::Frame>, MediaError> {
-    let mut out = Vec::new();
-    let mut bytes = 0u64;
-    for f in frames {
-        let f = f.map_err(|e| MediaError::Decode {
-            name: name.to_string(),
-            reason: e.to_string(),
-            fix: "the file is truncated or corrupt; re-export it".into(),
-        })?;
-        bytes += f.buffer().as_raw().len() as u64;
-        if out.len() >= limits.max_frames.max(1) * 8 || bytes > limits.max_video_bytes * 2 {
-            return Err(MediaError::Limit {
-                name: name.to_string(),
-                reason: "the animation has too many frames".into(),
-                which: "max_frames",
-            });
-        }
-        out.push(f);
-    }
-    Ok(out)
 }
 
 fn decode_folder(
