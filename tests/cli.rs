@@ -1086,3 +1086,71 @@ fn validate_refuses_what_the_media_stage_would_refuse() {
         "{s}"
     );
 }
+
+#[test]
+fn a_parquet_decompression_bomb_is_refused_before_reading() {
+    // Red-team finding: a 67 KB zstd parquet expanded to 9.5 GB. The footer
+    // says how large each column chunk decompresses; over the limit
+    // (--max-decompressed-mb, default 4096) the file is refused unread.
+    use parquet::basic::{Compression, ZstdLevel};
+    use parquet::data_type::{ByteArray, ByteArrayType};
+    use parquet::file::properties::WriterProperties;
+    use parquet::file::writer::SerializedFileWriter;
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bomb.parquet");
+    let schema = Arc::new(
+        parquet::schema::parser::parse_message_type(
+            "message m { required binary id (UTF8); required binary risk (UTF8); required binary prompt (UTF8); }",
+        )
+        .unwrap(),
+    );
+    let props = Arc::new(
+        WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::try_new(19).unwrap()))
+            .set_dictionary_enabled(false)
+            .build(),
+    );
+    let rows = 6;
+    let cols: [Vec<ByteArray>; 3] = [
+        (0..rows)
+            .map(|i| ByteArray::from(format!("b{i}").as_str()))
+            .collect(),
+        (0..rows)
+            .map(|_| ByteArray::from("R03 Violent Acts"))
+            .collect(),
+        (0..rows)
+            .map(|_| ByteArray::from(vec![b'a'; 1 << 20]))
+            .collect(),
+    ];
+    let mut w =
+        SerializedFileWriter::new(std::fs::File::create(&path).unwrap(), schema, props).unwrap();
+    let mut rg = w.next_row_group().unwrap();
+    let mut k = 0;
+    while let Some(mut col) = rg.next_column().unwrap() {
+        col.typed::<ByteArrayType>()
+            .write_batch(&cols[k], None, None)
+            .unwrap();
+        col.close().unwrap();
+        k += 1;
+    }
+    rg.close().unwrap();
+    w.close().unwrap();
+    assert!(
+        std::fs::metadata(&path).unwrap().len() < 64 << 10,
+        "6 MiB of text in a small file"
+    );
+    let spec = format!("assurai:{}", path.display());
+    let o = run(&["data", "stats", &spec, "--max-decompressed-mb", "2"]);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(
+        e.contains("bomb.parquet")
+            && e.contains("column \"prompt\" of row group 0 decompresses to 6 MiB")
+            && e.contains("--max-decompressed-mb"),
+        "{e}"
+    );
+    // Under the default limit the same file reads.
+    let o = run(&["data", "stats", &spec, "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}

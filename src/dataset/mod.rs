@@ -68,13 +68,20 @@ pub struct ReadOptions {
     /// Language column for multi-language sets (MultiJail).
     pub lang: String,
     pub fields: FieldMap,
+    /// Most MiB a parquet column chunk may decompress to (its footer's
+    /// uncompressed size), checked before it is read.
+    pub max_decompressed_mb: u64,
 }
+
+/// The default of `--max-decompressed-mb`.
+pub const MAX_DECOMPRESSED_MB: u64 = 4096;
 
 impl Default for ReadOptions {
     fn default() -> Self {
         ReadOptions {
             lang: "ko".into(),
             fields: FieldMap::default(),
+            max_decompressed_mb: MAX_DECOMPRESSED_MB,
         }
     }
 }
@@ -92,6 +99,10 @@ pub struct ReadArgs {
     /// TOML config with `lang = "ko"` and a `[fields]` table (logical = "column").
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Most MiB one parquet column chunk may decompress to (a zstd bomb of
+    /// 67 KB can expand to gigabytes); refused before reading.
+    #[arg(long, value_name = "MIB", default_value_t = MAX_DECOMPRESSED_MB)]
+    pub max_decompressed_mb: u64,
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -121,6 +132,7 @@ impl ReadArgs {
         Ok(ReadOptions {
             lang,
             fields: FieldMap::parse(&pairs)?,
+            max_decompressed_mb: self.max_decompressed_mb,
         })
     }
 }
@@ -341,7 +353,7 @@ fn read_part(
                     _ => Schema::Generic,
                 };
                 mapped::check_columns(schema, &opts.fields, &record::parquet_columns(path)?, path)?;
-                record::read_parquet(path, bad)?
+                record::read_parquet(path, bad, opts.max_decompressed_mb)?
             } else {
                 record::read_jsonl(path, bad)?
             }

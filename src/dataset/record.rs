@@ -202,8 +202,28 @@ fn open_parquet(path: &Path) -> Result<SerializedFileReader<std::fs::File>> {
 }
 
 /// Read every row of a parquet file. Row numbers are 1-based.
-pub fn read_parquet(path: &Path, bad: &mut Vec<Error>) -> Result<Vec<Record>> {
+pub fn read_parquet(path: &Path, bad: &mut Vec<Error>, max_mb: u64) -> Result<Vec<Record>> {
     let reader = open_parquet(path)?;
+    {
+        let md = reader.metadata();
+        for (g, rg) in md.row_groups().iter().enumerate() {
+            for c in rg.columns() {
+                let size = c.uncompressed_size().max(0) as u64;
+                if size > max_mb << 20 {
+                    return Err(Error::Parquet {
+                        path: path.to_path_buf(),
+                        msg: format!(
+                            "column {} of row group {g} decompresses to {} MiB ({} KiB compressed), over the limit of {max_mb} MiB",
+                            c.column_path(),
+                            size >> 20,
+                            c.compressed_size().max(0) >> 10
+                        ),
+                        fix: "if the file is trusted, raise --max-decompressed-mb; a data set file this large is usually a decompression bomb".into(),
+                    });
+                }
+            }
+        }
+    }
     let iter = reader.get_row_iter(None).map_err(|e| Error::Parquet {
         path: path.to_path_buf(),
         msg: e.to_string(),
