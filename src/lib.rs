@@ -5,6 +5,7 @@
 pub mod attack;
 pub mod audio;
 pub mod dataset;
+pub mod doctor;
 pub mod error;
 pub mod judge;
 pub mod media;

@@ -29,6 +29,12 @@ enum Cmd {
     },
     /// Generate responses with a target model, judge them, and report.
     Run(anjeon::run::RunArgs),
+    /// What this machine and build can do: CPU features, kernels, threads, devices,
+    /// FFmpeg, free disk, cached models; one verdict per line (exit 3 if any fails).
+    Doctor {
+        #[arg(long)]
+        json: bool,
+    },
     /// Merge the run directories of a sharded run (`run --shard I/N`) into one.
     Merge(anjeon::run::MergeArgs),
     /// Score given responses with a judge; writes a run directory and reports.
@@ -393,6 +399,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Run(args) => {
             let outcome = anjeon::run::run(&args)?;
             Ok(ExitCode::from(if outcome.failures > 0 { 1 } else { 0 }))
+        }
+        Cmd::Doctor { json } => {
+            let checks = anjeon::doctor::checks();
+            if json {
+                anjeon::outln!(
+                    "{}",
+                    serde_json::to_string_pretty(&checks).expect("serialise checks")
+                );
+            } else {
+                anjeon::out!("{}", anjeon::doctor::render(&checks));
+            }
+            let failed = checks
+                .iter()
+                .any(|c| c.level == anjeon::doctor::Level::Fail);
+            Ok(ExitCode::from(if failed { 3 } else { 0 }))
         }
         Cmd::Merge(args) => {
             let outcome = anjeon::run::merge(&args)?;

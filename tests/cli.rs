@@ -1154,3 +1154,53 @@ fn a_parquet_decompression_bomb_is_refused_before_reading() {
     let o = run(&["data", "stats", &spec, "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+#[test]
+fn doctor_gives_one_verdict_per_check_and_fails_on_a_damaged_model() {
+    let home = tempfile::tempdir().unwrap();
+    let o = bin()
+        .env("ANJEON_HOME", home.path())
+        .args(["doctor", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let checks: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let find = |what: &str| {
+        checks
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["what"] == what)
+            .unwrap_or_else(|| panic!("no check {what}: {checks}"))
+            .clone()
+    };
+    assert_eq!(find("cpu")["level"], "ok");
+    assert!(find("cpu")["detail"]
+        .as_str()
+        .unwrap()
+        .contains("quantized kernels:"));
+    let q = find("model qwen2.5-coder-0.5b-instruct");
+    assert_eq!(q["level"], "warn", "the default target, not fetched: {q}");
+    assert!(q["fix"]
+        .as_str()
+        .unwrap()
+        .contains("anjeon models fetch qwen2.5-coder-0.5b-instruct"));
+    // A damaged model file: FAIL with the fix, exit 3 (the machine, not the input).
+    let d = home.path().join("models/smollm2-135m-instruct");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("SmolLM2-135M-Instruct.Q4_1.gguf"), b"not the model").unwrap();
+    let o = bin()
+        .env("ANJEON_HOME", home.path())
+        .arg("doctor")
+        .output()
+        .unwrap();
+    let s = stdout(&o);
+    assert_eq!(o.status.code(), Some(3), "{s}");
+    assert!(
+        s.lines()
+            .any(|l| l.starts_with("FAIL  model smollm2-135m-instruct")
+                && l.contains("do not match the card's sha256")
+                && l.contains("fix: anjeon models fetch smollm2-135m-instruct")),
+        "{s}"
+    );
+}
