@@ -45,6 +45,27 @@ pub struct ScoreArgs {
     /// Stop after N responses (for a quick look).
     #[arg(long)]
     pub limit: Option<usize>,
+    /// Score one shard, INDEX/COUNT (as `run --shard`; merge with `anjeon merge`).
+    #[arg(long, value_name = "I/N", conflicts_with = "from")]
+    pub shard: Option<String>,
+    /// The shard count of a Kubernetes Indexed Job (its completions).
+    #[arg(long, value_name = "N", conflicts_with = "from")]
+    pub shards: Option<u64>,
+}
+
+/// Whether a record (item id, or a location when it has none) is the
+/// shard's: attack variants and their failures go with the base item.
+fn owned_by(sh: &Shard, by_id: &HashMap<&str, &Sample>, id: &str, location: &str) -> bool {
+    let key = match by_id.get(id).map(|s| &s.variant) {
+        Some(crate::sample::Variant::Attack { base_id, .. }) => base_id.as_str(),
+        Some(_) => id,
+        None => match id.split_once('~') {
+            Some((base, _)) if by_id.contains_key(base) => base,
+            _ if id.is_empty() => location,
+            _ => id,
+        },
+    };
+    sh.owns(key)
 }
 
 /// How to judge: shared by `run`, `score` and `judge-eval`.
@@ -289,6 +310,10 @@ pub struct Plan {
     #[serde(default)]
     pub skipped: Vec<Failure>,
     pub seed: u64,
+    /// A shard's plan: each generation's place in the whole run's plan, so
+    /// that `anjeon merge` restores the single run's order. Empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub order: Vec<u64>,
 }
 
 pub fn judgment_key(judge_fp: &str, sample_id: &str, response_sha: &str) -> String {
@@ -478,6 +503,9 @@ pub fn score(args: &ScoreArgs) -> Result<Outcome> {
     if let Some(dir) = &args.from {
         return rescore(args, dir);
     }
+    let shard = Shard::resolve(args.shard.as_deref(), args.shards, &|k| {
+        std::env::var(k).ok()
+    })?;
     let responses_arg = args.responses.clone().unwrap_or_default();
     let out = args
         .out
@@ -524,9 +552,27 @@ pub fn score(args: &ScoreArgs) -> Result<Outcome> {
         }
     }
     responses.retain(|r| !media_bad.contains_key(&r.sample_id));
+    // A shard keeps its items' responses and failures; `order` is each
+    // response's place among all of them.
+    let mut order = Vec::new();
+    if let Some(sh) = shard {
+        eprintln!(
+            "shard {sh}: the items whose id hashes to {} of {}",
+            sh.index, sh.count
+        );
+        let mut kept = Vec::new();
+        for (i, r) in responses.into_iter().enumerate() {
+            if owned_by(&sh, &by_id, &r.sample_id, "") {
+                order.push(i as u64);
+                kept.push(r);
+            }
+        }
+        responses = kept;
+        failures.retain(|f| owned_by(&sh, &by_id, &f.id, &f.location));
+    }
 
     let run = RunDir::open(&out)?;
-    write_manifest(&run, args, &opts, &ds, &judge, &responses)?;
+    write_manifest(&run, args, &opts, &ds, &judge, &responses, shard)?;
 
     write_snapshot(&run, &ds, &[], &root)?;
     let mut gens = run.stage::<GenerationRecord>("generations.jsonl")?;
@@ -552,7 +598,7 @@ pub fn score(args: &ScoreArgs) -> Result<Outcome> {
         &run,
         &by_id,
         &mut judge,
-        plan_keys,
+        (plan_keys, order),
         failures,
         vec![],
         args.seed,
@@ -612,7 +658,7 @@ fn rescore(args: &ScoreArgs, dir: &Path) -> Result<Outcome> {
         &run,
         &by_id,
         &mut judge,
-        plan.generations,
+        (plan.generations, plan.order),
         plan.failures,
         plan.skipped,
         args.seed,
@@ -690,7 +736,7 @@ fn judge_and_report(
     run: &RunDir,
     by_id: &HashMap<&str, &Sample>,
     judge: &mut Judge,
-    plan_keys: Vec<String>,
+    (plan_keys, order): (Vec<String>, Vec<u64>),
     mut failures: Vec<Failure>,
     skipped: Vec<Failure>,
     seed: u64,
@@ -802,6 +848,7 @@ fn judge_and_report(
         failures,
         skipped,
         seed,
+        order,
     };
     store::write_atomic(
         &run.file("plan.json"),
@@ -828,6 +875,7 @@ fn write_manifest(
     ds: &dataset::Dataset,
     judge: &Judge,
     responses: &[Response],
+    shard: Option<Shard>,
 ) -> Result<()> {
     let mut models: Vec<String> = responses.iter().map(|r| r.model.clone()).collect();
     models.sort();
@@ -852,7 +900,7 @@ fn write_manifest(
         None,
         config,
         args.seed,
-        None,
+        shard,
     )
 }
 
@@ -1225,23 +1273,18 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
         by_id.insert(v.id.as_str(), v);
     }
     failures.extend(attack_failures);
+    let mut global_pos: HashMap<String, u64> = HashMap::new();
     if let Some(sh) = shard {
         // Everything above is the whole run's plan (the limit and the
         // variants included), so the shards partition it exactly; each
         // shard keeps its items' work, failures and skips. Variants and
         // their failures stay with the base item.
-        let owner = |id: &str, location: &str| -> bool {
-            let key = match by_id.get(id).map(|s| &s.variant) {
-                Some(crate::sample::Variant::Attack { base_id, .. }) => base_id.as_str(),
-                Some(_) => id,
-                None => match id.split_once('~') {
-                    Some((base, _)) if by_id.contains_key(base) => base,
-                    _ if id.is_empty() => location,
-                    _ => id,
-                },
-            };
-            sh.owns(key)
-        };
+        global_pos = runnable
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.id.clone(), i as u64))
+            .collect();
+        let owner = |id: &str, location: &str| owned_by(&sh, &by_id, id, location);
         runnable.retain(|s| owner(&s.id, ""));
         failures.retain(|f| owner(&f.id, &f.location));
         skipped.retain(|f| owner(&f.id, &f.location));
@@ -1255,7 +1298,7 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
     let params_json = serde_json::to_string(&params).expect("serialise params");
     // Phase 1 prepares every item (prompt, cache key); phase 2 generates
     // what the store lacks. A failed item keeps no plan key.
-    let mut plan_slots: Vec<Option<String>> = Vec::new();
+    let mut plan_slots: Vec<Option<(String, Option<u64>)>> = Vec::new();
     let mut pending: Vec<Pending> = Vec::new();
     let pb = crate::progress::bar(runnable.len() as u64, "generating");
     let (mut new_tokens, mut prompt_tokens, mut prefill_s, mut generated) =
@@ -1367,7 +1410,7 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
             (store::key_of(&key_parts), Some((prompt, None)))
         };
         let slot = plan_slots.len();
-        plan_slots.push(Some(key.clone()));
+        plan_slots.push(Some((key.clone(), global_pos.get(&s.id).copied())));
         match (gens.contains(&key), prepared) {
             (false, Some((prompt, asr))) => pending.push(Pending {
                 slot,
@@ -1433,7 +1476,9 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
     })?;
     gen_failures.sort_by_key(|(slot, _)| *slot);
     failures.extend(gen_failures.into_iter().map(|(_, f)| f));
-    let plan_keys: Vec<String> = plan_slots.into_iter().flatten().collect();
+    let (plan_keys, order): (Vec<String>, Vec<Option<u64>>) =
+        plan_slots.into_iter().flatten().unzip();
+    let order: Vec<u64> = order.into_iter().flatten().collect();
     pb.finish_and_clear();
     gens.sync()?;
     drop(gens);
@@ -1449,7 +1494,13 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
     }
     skipped.sort();
     judge_and_report(
-        &run, &by_id, &mut judge, plan_keys, failures, skipped, args.seed,
+        &run,
+        &by_id,
+        &mut judge,
+        (plan_keys, order),
+        failures,
+        skipped,
+        args.seed,
     )
 }
 
@@ -1691,20 +1742,27 @@ pub fn merge(args: &MergeArgs) -> Result<Outcome> {
     store::write_atomic(&out.file("samples.jsonl"), &first.samples)?;
     let mut gens_out = out.stage::<GenerationRecord>("generations.jsonl")?;
     let mut judgments_out = out.stage::<JudgmentRecord>("judgments.jsonl")?;
+    // Each shard's plan says where each of its generations stands in the
+    // whole run's plan; shards made before that was recorded fall back to
+    // the data set's order.
+    let by_order = parts
+        .iter()
+        .all(|p| p.plan.order.len() == p.plan.generations.len());
     let mut planned: Vec<(usize, String)> = Vec::new();
     let mut owner: HashMap<String, &Path> = HashMap::new();
     let (mut failures, mut skipped) = (Vec::new(), Vec::new());
     for p in &parts {
         let gens = p.run.stage::<GenerationRecord>("generations.jsonl")?;
         let judgments = p.run.stage::<JudgmentRecord>("judgments.jsonl")?;
-        for k in &p.plan.generations {
+        for (n, k) in p.plan.generations.iter().enumerate() {
             let g = gens.get(k).ok_or_else(|| {
                 Error::Usage(format!(
                     "{}: the plan lists generation {k} but generations.jsonl lacks it\n  fix: run that shard's `anjeon run` again with the same --out",
                     p.dir.display()
                 ))
             })?;
-            if let Some(other) = owner.insert(g.sample_id.clone(), &p.dir) {
+            let other = *owner.entry(g.sample_id.clone()).or_insert(&p.dir);
+            if other != p.dir.as_path() {
                 return Err(Error::Usage(format!(
                     "item {:?} is in both {} and {}\n  fix: merge the shards of one run (each item belongs to one shard)",
                     g.sample_id,
@@ -1712,7 +1770,11 @@ pub fn merge(args: &MergeArgs) -> Result<Outcome> {
                     p.dir.display()
                 )));
             }
-            let at = position.get(&g.sample_id).copied().unwrap_or(usize::MAX);
+            let at = if by_order {
+                p.plan.order[n] as usize
+            } else {
+                position.get(&g.sample_id).copied().unwrap_or(usize::MAX)
+            };
             planned.push((at, k.clone()));
             gens_out.append(g.clone())?;
         }
@@ -1744,6 +1806,7 @@ pub fn merge(args: &MergeArgs) -> Result<Outcome> {
         failures,
         skipped,
         seed: first.plan.seed,
+        order: Vec::new(),
     };
     let mut manifest = first.manifest.clone();
     manifest.shard = None;

@@ -1204,3 +1204,51 @@ fn doctor_gives_one_verdict_per_check_and_fails_on_a_damaged_model() {
         "{s}"
     );
 }
+
+#[test]
+fn sharded_scoring_merges_into_the_single_score_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    // Responses in an order of their own (reversed), several models per item.
+    let o = run(&[
+        "score",
+        "--responses",
+        "reference",
+        "--judge",
+        "refusal",
+        "--out",
+        &d("ref"),
+    ]);
+    assert!(o.status.code().is_some_and(|c| c <= 1), "{}", stderr(&o));
+    let gens = std::fs::read_to_string(dir.path().join("ref/generations.jsonl")).unwrap();
+    let mut lines: Vec<&str> = gens.lines().collect();
+    lines.reverse();
+    let resp = dir.path().join("responses.jsonl");
+    std::fs::write(&resp, lines.join("\n") + "\n").unwrap();
+    let score = |extra: &[&str]| {
+        let mut a = vec![
+            "score",
+            "--responses",
+            resp.to_str().unwrap(),
+            "--judge",
+            "refusal",
+        ];
+        a.extend_from_slice(extra);
+        let o = run(&a);
+        assert!(o.status.code().is_some_and(|c| c <= 1), "{}", stderr(&o));
+    };
+    score(&["--out", &d("single")]);
+    for i in 0..3 {
+        score(&["--shard", &format!("{i}/3"), "--out", &d(&format!("s{i}"))]);
+    }
+    let o = run(&["merge", &d("s0"), &d("s1"), &d("s2"), "--out", &d("merged")]);
+    assert!(o.status.code().is_some_and(|c| c <= 1), "{}", stderr(&o));
+    let single = std::fs::read(dir.path().join("single/report.json")).unwrap();
+    let merged = std::fs::read(dir.path().join("merged/report.json")).unwrap();
+    assert!(
+        single == merged,
+        "merged score report differs from the single one"
+    );
+    let rep: Value = serde_json::from_slice(&merged).unwrap();
+    assert!(rep["responses"].as_u64().unwrap() > 100, "{rep}");
+}
