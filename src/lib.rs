@@ -4,6 +4,7 @@
 
 pub mod attack;
 pub mod audio;
+pub mod bundle;
 pub mod dataset;
 pub mod doctor;
 pub mod error;

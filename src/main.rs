@@ -29,6 +29,11 @@ enum Cmd {
     },
     /// Generate responses with a target model, judge them, and report.
     Run(anjeon::run::RunArgs),
+    /// Offline bundles: the binary, models and data sets in one checked tar.
+    Bundle {
+        #[command(subcommand)]
+        cmd: BundleCmd,
+    },
     /// What this machine and build can do: CPU features, kernels, threads, devices,
     /// FFmpeg, free disk, cached models; one verdict per line (exit 3 if any fails).
     Doctor {
@@ -258,6 +263,22 @@ enum JudgeCmd {
 }
 
 #[derive(Subcommand)]
+enum BundleCmd {
+    /// Write a tar of the binary, the named cached models, data sets, licences and a
+    /// manifest with every file's sha256.
+    Create(anjeon::bundle::CreateArgs),
+    /// Re-hash every file of a bundle against its manifest; names what is altered,
+    /// missing or unexpected (exit 2 if anything is).
+    Verify { file: std::path::PathBuf },
+    /// Verify, then unpack into a folder (refused if the bundle does not verify).
+    Unpack {
+        file: std::path::PathBuf,
+        #[arg(long)]
+        to: std::path::PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum ModelsCmd {
     /// The bundled model cards and whether each is in the cache.
     List,
@@ -400,6 +421,43 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let outcome = anjeon::run::run(&args)?;
             Ok(ExitCode::from(if outcome.failures > 0 { 1 } else { 0 }))
         }
+        Cmd::Bundle { cmd } => match cmd {
+            BundleCmd::Create(args) => {
+                let m = anjeon::bundle::create(&args)?;
+                let bytes: u64 = m.files.iter().map(|f| f.bytes).sum();
+                eprintln!(
+                    "wrote {}: {} files, {:.1} MiB (models: {}; data sets: {})",
+                    args.out.display(),
+                    m.files.len(),
+                    bytes as f64 / (1u64 << 20) as f64,
+                    m.models.join(", "),
+                    m.datasets.join(", ")
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            BundleCmd::Verify { file } => {
+                let (_, v) = anjeon::bundle::verify(&file)?;
+                if v.ok() {
+                    anjeon::outln!(
+                        "ok: {} files, {:.1} MiB, every sha256 as in the manifest",
+                        v.files,
+                        v.bytes as f64 / (1u64 << 20) as f64
+                    );
+                    Ok(ExitCode::SUCCESS)
+                } else {
+                    anjeon::outln!("{}: {}", file.display(), anjeon::bundle::describe(&v));
+                    Ok(ExitCode::from(2))
+                }
+            }
+            BundleCmd::Unpack { file, to } => {
+                let home = anjeon::bundle::unpack(&file, &to)?;
+                anjeon::outln!(
+                    "verified and unpacked; run with ANJEON_HOME={}",
+                    home.display()
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+        },
         Cmd::Doctor { json } => {
             let checks = anjeon::doctor::checks();
             if json {

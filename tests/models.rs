@@ -1474,3 +1474,105 @@ fn runs_touch_no_network() {
     assert!(o.status.code().is_some_and(|c| c >= 2), "{e}");
     assert!(e.contains("smollm2") && !e.contains("panicked"), "{e}");
 }
+
+/// Issue 15: an offline bundle carries the binary, a model and a data set;
+/// `verify` names a file altered in transit and `unpack` refuses such a
+/// bundle; the unpacked bundle's own binary runs the data set with
+/// `ANJEON_HOME` at the bundle inside a namespace with no network.
+#[test]
+fn a_bundle_runs_across_the_air_gap_and_tampering_is_named() {
+    ensure("smollm2-135m-instruct");
+    let dir = tempfile::tempdir().unwrap();
+    let tar = dir.path().join("b.tar");
+    let o = anjeon(&[
+        "bundle",
+        "create",
+        "--models",
+        "smollm2-135m-instruct",
+        "--datasets",
+        "data/sample",
+        "--out",
+        tar.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = anjeon(&["bundle", "verify", tar.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    let to = dir.path().join("u");
+    let o = anjeon(&[
+        "bundle",
+        "unpack",
+        tar.to_str().unwrap(),
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let root = to.join("anjeon-bundle");
+    let unshare_ok = std::process::Command::new("unshare")
+        .args(["-n", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    let mut c = if unshare_ok {
+        let mut c = std::process::Command::new("unshare");
+        c.arg("-n").arg(root.join("bin/anjeon"));
+        c
+    } else {
+        eprintln!("`unshare -n` is not permitted here: the bundle runs with the network present");
+        std::process::Command::new(root.join("bin/anjeon"))
+    };
+    let o = c
+        .current_dir(dir.path())
+        .env("ANJEON_HOME", root.join("home"))
+        .args([
+            "run",
+            "--dataset",
+            root.join("data/sample").to_str().unwrap(),
+        ])
+        .args([
+            "--target",
+            "smollm2-135m-instruct",
+            "--judge",
+            "refusal",
+            "--limit",
+            "3",
+        ])
+        .args([
+            "--max-new-tokens",
+            "4",
+            "--out",
+            dir.path().join("run").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.code().is_some_and(|c| c <= 1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // One byte of the data set changed in transit.
+    let mut b = std::fs::read(&tar).unwrap();
+    let needle = b"[[part]]";
+    let at = b.windows(needle.len()).position(|w| w == needle).unwrap();
+    b[at] = b'{';
+    std::fs::write(&tar, b).unwrap();
+    let o = anjeon(&["bundle", "verify", tar.to_str().unwrap()]);
+    let s = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(o.status.code(), Some(2), "{s}");
+    assert!(
+        s.contains("altered: anjeon-bundle/data/sample/dataset.toml"),
+        "{s}"
+    );
+    let o = anjeon(&[
+        "bundle",
+        "unpack",
+        tar.to_str().unwrap(),
+        "--to",
+        dir.path().join("u2").to_str().unwrap(),
+    ]);
+    let e = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(
+        e.contains("does not verify") && e.contains("nothing was unpacked"),
+        "{e}"
+    );
+    assert!(!dir.path().join("u2/anjeon-bundle").exists());
+}
