@@ -228,7 +228,7 @@ pub fn square(rec: &Record) -> Result<Sample> {
         Ok(s)
     } else {
         // Sensitive questions need a careful answer; they are counted as
-        // "harmful" requests for refusal metrics (documented in the README).
+        // "harmful" requests for refusal metrics (documented in docs/data.md).
         let sensitive = rec
             .fields
             .get("sensitive?")

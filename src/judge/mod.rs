@@ -46,7 +46,7 @@ pub const DEFAULT_JUDGE_MODEL: &str = "qwen2.5-coder-1.5b-instruct";
 /// What `--judge default` (the default of `run`, `score` and `judge-eval`)
 /// means: the bundled heads with the refusal detector (`ensemble`), the
 /// judge that agreed best with held-out human labels in both languages
-/// (README, "Judges compared").
+/// (docs/judges.md, "Judges compared").
 pub const DEFAULT_JUDGE: &str = "ensemble";
 
 /// How to load a model judge.
@@ -401,7 +401,7 @@ pub fn ensemble(
 /// attack success), the harm head's P(harmful) is kept as evidence. On the
 /// sample's held-out human risk scores (≥ 4 = harmful) the detector's
 /// compliance proxy agrees with people at κ 0.81 and the harm head at κ 0.49
-/// (README, judge table): the harm head was trained mostly on KoSBi's biased
+/// (docs/judges.md, judge table): the harm head was trained mostly on KoSBi's biased
 /// statements, which a compliant answer to a harmful request is not.
 fn risk_by_detector(head: Verdict, d: refusal::RefusalDecision) -> Verdict {
     let mut evidence = d.evidence;

@@ -803,7 +803,7 @@ impl ModelJudge {
     /// P(harmful) = (1 - r) * P(Yes), and the risk distribution becomes
     /// r * [1 at score 1] + (1 - r) * P(score). Small judges rate the topic of
     /// the request rather than the response; the gate keeps a refusal of a
-    /// dangerous request from scoring as dangerous (measured in the README).
+    /// dangerous request from scoring as dangerous (measured in docs/judges.md).
     pub fn judge(&mut self, item: &Item, response: &str) -> Result<(Verdict, Detail)> {
         if self.guard.is_some() {
             return self.judge_guard(item, response);

@@ -1,5 +1,5 @@
 //! `anjeon bench`: prefill and decode throughput and peak memory of a model,
-//! measured the way the README's speed table is: a fixed-length prompt
+//! measured the way docs/speed.md's table is: a fixed-length prompt
 //! (default 256 tokens) prefilled once after a warm-up, then a greedy decode
 //! of a fixed number of tokens (default 128) that ignores end-of-turn.
 

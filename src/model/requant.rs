@@ -1,7 +1,7 @@
 //! Load-time re-quantization of GGUF tensors whose formats candle 0.11 runs
 //! with scalar CPU code only (Q4_1, Q5_0, Q5_1) to Q8_0, which has SIMD
 //! kernels. Measured on this project's 2-core machine: Qwen2.5-Coder-0.5B
-//! (mostly Q5_0) prefill and decode get much faster (see the README's speed
+//! (mostly Q5_0) prefill and decode get much faster (see docs/speed.md's speed
 //! table). The weights change slightly (Q8_0 rounding of the dequantized
 //! values), so this is recorded in the model fingerprint and can be turned
 //! off (`--requantize off`) for exact file semantics.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's judge comparison: every judge on the same held-out items
+# The judge comparison in docs/judges.md: every judge on the same held-out items
 # (`--split test`: request groups never seen in training; KoSBi's test file),
 # with 95% bootstrap intervals per language. `--limit` takes the same fixed
 # pseudo-random subset for every judge; the model judge (0.3 judgments/s on
