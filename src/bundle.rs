@@ -56,13 +56,13 @@ pub struct CreateArgs {
     pub out: PathBuf,
 }
 
-fn sha256_file(p: &Path) -> Result<(String, u64)> {
-    let mut f = std::fs::File::open(p).map_err(|e| Error::io(p, e))?;
+/// sha256 and length of everything `r` yields, read in 1 MiB pieces.
+fn sha256_of(mut r: impl Read) -> std::io::Result<(String, u64)> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut n = 0u64;
     loop {
-        let k = f.read(&mut buf).map_err(|e| Error::io(p, e))?;
+        let k = r.read(&mut buf)?;
         if k == 0 {
             break;
         }
@@ -70,6 +70,11 @@ fn sha256_file(p: &Path) -> Result<(String, u64)> {
         n += k as u64;
     }
     Ok((hex::encode(h.finalize()), n))
+}
+
+fn sha256_file(p: &Path) -> Result<(String, u64)> {
+    let f = std::fs::File::open(p).map_err(|e| Error::io(p, e))?;
+    sha256_of(f).map_err(|e| Error::io(p, e))
 }
 
 /// Files below `dir` (sorted), as (path on disk, path relative to `dir`).
@@ -281,18 +286,7 @@ pub fn verify(path: &Path) -> Result<(BundleManifest, Verified)> {
             .map_err(|e| bad(e.to_string()))?
             .to_string_lossy()
             .to_string();
-        let mut h = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut n = 0u64;
-        loop {
-            let k = e.read(&mut buf).map_err(|e| bad(format!("{p}: {e}")))?;
-            if k == 0 {
-                break;
-            }
-            h.update(&buf[..k]);
-            n += k as u64;
-        }
-        let sha = hex::encode(h.finalize());
+        let (sha, n) = sha256_of(&mut e).map_err(|e| bad(format!("{p}: {e}")))?;
         match want.get(p.as_str()) {
             Some(f) if f.sha256 == sha && f.bytes == n => {}
             Some(_) => v.altered.push(p.clone()),

@@ -53,7 +53,7 @@ impl Progress {
             let mut l = log.lock().unwrap_or_else(|e| e.into_inner());
             l.pos += n;
             // 5% steps of the total (every item when there are fewer than 20).
-            let step = if l.len == 0 { 0 } else { l.pos * 20 / l.len };
+            let step = (l.pos * 20).checked_div(l.len).unwrap_or(0);
             if step > l.last_step || l.last.elapsed() >= LOG_EVERY {
                 l.last_step = step;
                 l.last = std::time::Instant::now();

@@ -428,7 +428,7 @@ fn check_gguf(path: &Path, ct: &gguf_file::Content, file_len: u64, arch: &str) -
         let end = bytes
             .and_then(|b| b.checked_add(t.offset))
             .and_then(|b| b.checked_add(ct.tensor_data_offset));
-        if !end.is_some_and(|e| e <= file_len) {
+        if end.is_none_or(|e| e > file_len) {
             return Err(bad(format!(
                 "tensor {name} ({dt:?}, shape {:?}) does not fit in the file's {file_len} bytes",
                 t.shape.dims()
