@@ -48,13 +48,39 @@ impl Norm {
     }
 }
 
-/// Rotary tables (halves rotated, as transformers' `rotate_half`) for
-/// `positions` positions; also used by the EmbeddingGemma encoder.
-#[derive(Clone)]
+/// Rotary tables (halves rotated, as transformers' `rotate_half`) for up
+/// to `positions` positions; also used by the EmbeddingGemma encoder. Built
+/// for the positions used so far and grown (to the
+/// next power of two, at most the model's context) when a longer sequence
+/// comes: a 32k-position table pair for Gemma 3's 256-wide heads is 67 MB
+/// that short prompts never touch. Each entry is computed on its own, so a
+/// grown table holds the same bits for the positions it had.
 pub(crate) struct Rope {
-    cos: Tensor,
-    sin: Tensor,
+    inv: Vec<f32>,
+    max: usize,
+    dev: Device,
+    /// (cos, sin), each `(positions, head_dim / 2)`.
+    tables: std::sync::RwLock<(Tensor, Tensor)>,
 }
+
+impl Clone for Rope {
+    fn clone(&self) -> Rope {
+        let t = self
+            .tables
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        Rope {
+            inv: self.inv.clone(),
+            max: self.max,
+            dev: self.dev.clone(),
+            tables: std::sync::RwLock::new(t),
+        }
+    }
+}
+
+/// Positions a new table starts with.
+const ROPE_START: usize = 4096;
 
 impl Rope {
     pub(crate) fn new(head_dim: usize, base: f32, positions: usize, dev: &Device) -> Result<Rope> {
@@ -62,22 +88,45 @@ impl Rope {
             .step_by(2)
             .map(|i| 1f32 / base.powf(i as f32 / head_dim as f32))
             .collect();
+        let tables = Self::build(&inv, positions.min(ROPE_START), dev)?;
+        Ok(Rope {
+            inv,
+            max: positions,
+            dev: dev.clone(),
+            tables: std::sync::RwLock::new(tables),
+        })
+    }
+
+    fn build(inv: &[f32], positions: usize, dev: &Device) -> Result<(Tensor, Tensor)> {
         let n = inv.len();
-        let inv = Tensor::from_vec(inv, (1, n), dev)?;
+        let inv = Tensor::from_vec(inv.to_vec(), (1, n), dev)?;
         let t = Tensor::arange(0u32, positions as u32, dev)?
             .to_dtype(DType::F32)?
             .reshape((positions, 1))?;
         let freqs = t.matmul(&inv)?;
-        Ok(Rope {
-            cos: freqs.cos()?,
-            sin: freqs.sin()?,
-        })
+        Ok((freqs.cos()?, freqs.sin()?))
     }
+
     /// `x` `(b, heads, seq, head_dim)` at positions `pos..pos + seq`.
     pub(crate) fn apply(&self, x: &Tensor, pos: usize) -> Result<Tensor> {
         let (_, _, seq, _) = x.dims4()?;
-        let cos = self.cos.narrow(0, pos, seq)?;
-        let sin = self.sin.narrow(0, pos, seq)?;
+        let need = pos + seq;
+        let have = self
+            .tables
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .dim(0)?;
+        if need > have {
+            let mut t = self.tables.write().unwrap_or_else(|e| e.into_inner());
+            if need > t.0.dim(0)? {
+                let grown = need.next_power_of_two().min(self.max.max(need));
+                *t = Self::build(&self.inv, grown, &self.dev)?;
+            }
+        }
+        let t = self.tables.read().unwrap_or_else(|e| e.into_inner());
+        let cos = t.0.narrow(0, pos, seq)?;
+        let sin = t.1.narrow(0, pos, seq)?;
         candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin)
     }
 }
@@ -341,5 +390,45 @@ impl ModelWeights {
         }
         let x = self.norm.forward(&x.i((.., seq - 1..seq, ..))?)?;
         self.output.forward(&x)?.squeeze(1)
+    }
+}
+
+#[cfg(test)]
+mod rope_tests {
+    use super::*;
+
+    #[test]
+    fn rope_tables_grow_on_demand_with_the_same_bits() {
+        let dev = Device::Cpu;
+        let r = Rope::new(8, 10_000.0, 20_000, &dev).unwrap();
+        assert_eq!(r.tables.read().unwrap().0.dim(0).unwrap(), ROPE_START);
+        let x = Tensor::randn(0f32, 1.0, (1, 2, 3, 8), &dev).unwrap();
+        let (cos, sin) = Rope::build(&r.inv, 20_000, &dev).unwrap();
+        let want = |pos: usize| {
+            candle_nn::rotary_emb::rope(
+                &x,
+                &cos.narrow(0, pos, 3).unwrap(),
+                &sin.narrow(0, pos, 3).unwrap(),
+            )
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+        };
+        let got = |pos: usize| {
+            r.apply(&x, pos)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        assert_eq!(got(10), want(10));
+        assert_eq!(got(9_000), want(9_000), "after growing");
+        assert_eq!(r.tables.read().unwrap().0.dim(0).unwrap(), 16_384);
+        assert_eq!(got(19_990), want(19_990), "capped at the context");
+        assert_eq!(r.tables.read().unwrap().0.dim(0).unwrap(), 20_000);
+        assert_eq!(got(10), want(10), "early positions keep their bits");
     }
 }
