@@ -698,17 +698,7 @@ fn load_records(run: &RunDir) -> Result<Loaded> {
 /// safety vs over-refusal chart. A model name that occurs in two runs is
 /// suffixed with its run directory's name.
 pub fn compare(dirs: &[std::path::PathBuf], out: &Path) -> Result<Report> {
-    let mut canon: HashMap<std::path::PathBuf, &Path> = HashMap::new();
-    for d in dirs {
-        let c = d.canonicalize().map_err(|e| Error::io(d, e))?;
-        if let Some(first) = canon.insert(c, d) {
-            return Err(Error::Usage(format!(
-                "{} and {} are the same run directory; it would be counted twice\n  fix: name each run once",
-                first.display(),
-                d.display()
-            )));
-        }
-    }
+    store::distinct_dirs(dirs, "run directory; it would be counted twice")?;
     let runs: Vec<Loaded> = dirs.iter().map(|d| load_run(d)).collect::<Result<_>>()?;
     let first = &runs[0];
     let ds_hash = first.manifest["dataset"]["sha256"]

@@ -1613,17 +1613,7 @@ struct ShardDir {
 /// two shards or a missing shard (without `--allow-partial`) too.
 pub fn merge(args: &MergeArgs) -> Result<Outcome> {
     let mut parts: Vec<ShardDir> = Vec::new();
-    let mut canon: HashMap<PathBuf, &Path> = HashMap::new();
-    for d in &args.dirs {
-        let c = d.canonicalize().map_err(|e| Error::io(d, e))?;
-        if let Some(first) = canon.insert(c, d) {
-            return Err(Error::Usage(format!(
-                "{} and {} are the same shard directory\n  fix: name each shard's directory once",
-                first.display(),
-                d.display()
-            )));
-        }
-    }
+    store::distinct_dirs(&args.dirs, "shard directory")?;
     for d in &args.dirs {
         if !d.join("plan.json").exists() {
             return Err(Error::Usage(format!(
@@ -1722,33 +1712,12 @@ pub fn merge(args: &MergeArgs) -> Result<Outcome> {
         )));
     }
     let out = RunDir::open(&args.out)?;
-    // The data set's order (samples.jsonl is the whole run's, the same in
-    // every shard) orders the merged plan as a single run orders it.
-    let position: HashMap<String, usize> = first
-        .samples
-        .split(|&b| b == b'\n')
-        .filter(|l| !l.is_empty())
-        .enumerate()
-        .map(|(i, l)| {
-            serde_json::from_slice::<ItemInfo>(l)
-                .map(|it| (it.id, i))
-                .map_err(|e| Error::Store {
-                    path: first.run.file("samples.jsonl"),
-                    line: i + 1,
-                    msg: e.to_string(),
-                })
-        })
-        .collect::<Result<_>>()?;
     store::write_atomic(&out.file("samples.jsonl"), &first.samples)?;
     let mut gens_out = out.stage::<GenerationRecord>("generations.jsonl")?;
     let mut judgments_out = out.stage::<JudgmentRecord>("judgments.jsonl")?;
     // Each shard's plan says where each of its generations stands in the
-    // whole run's plan; shards made before that was recorded fall back to
-    // the data set's order.
-    let by_order = parts
-        .iter()
-        .all(|p| p.plan.order.len() == p.plan.generations.len());
-    let mut planned: Vec<(usize, String)> = Vec::new();
+    // whole run's plan: sorting by it gives the single run's order.
+    let mut planned: Vec<(u64, String)> = Vec::new();
     let mut owner: HashMap<String, &Path> = HashMap::new();
     let (mut failures, mut skipped) = (Vec::new(), Vec::new());
     for p in &parts {
@@ -1770,11 +1739,12 @@ pub fn merge(args: &MergeArgs) -> Result<Outcome> {
                     p.dir.display()
                 )));
             }
-            let at = if by_order {
-                p.plan.order[n] as usize
-            } else {
-                position.get(&g.sample_id).copied().unwrap_or(usize::MAX)
-            };
+            let at = p.plan.order.get(n).copied().ok_or_else(|| {
+                Error::Usage(format!(
+                    "{}: plan.json does not say where its generations stand in the whole run\n  fix: run that shard's `anjeon run` or `anjeon score` again with the same --out",
+                    p.dir.display()
+                ))
+            })?;
             planned.push((at, k.clone()));
             gens_out.append(g.clone())?;
         }

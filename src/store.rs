@@ -315,3 +315,21 @@ mod tests {
         assert_eq!(now_rfc3339().len(), 20);
     }
 }
+
+/// Refuse a list of directories that names one directory twice (however
+/// spelt: `a`, `a/`, a symlink to it). `what` ends the message "… are the
+/// same {what}".
+pub fn distinct_dirs(dirs: &[PathBuf], what: &str) -> Result<()> {
+    let mut seen: HashMap<PathBuf, &Path> = HashMap::new();
+    for d in dirs {
+        let c = d.canonicalize().map_err(|e| Error::io(d, e))?;
+        if let Some(first) = seen.insert(c, d) {
+            return Err(Error::Usage(format!(
+                "{} and {} are the same {what}\n  fix: name each one once",
+                first.display(),
+                d.display()
+            )));
+        }
+    }
+    Ok(())
+}
