@@ -195,52 +195,39 @@ pub fn checks() -> Vec<Check> {
         });
     }
 
-    #[cfg(feature = "video-ffmpeg")]
-    {
-        use ffmpeg_next as ff;
-        let _ = ff::init();
-        let v = ff::codec::version();
-        let decoders: Vec<&str> = [
-            ("h264", ff::codec::Id::H264),
-            ("hevc", ff::codec::Id::HEVC),
-            ("vp9", ff::codec::Id::VP9),
-            ("av1", ff::codec::Id::AV1),
-        ]
-        .iter()
-        .filter(|(_, id)| ff::decoder::find(*id).is_some())
-        .map(|(n, _)| *n)
-        .collect();
-        let missing = decoders.len() < 4;
-        out.push(check(
-            if decoders.contains(&"h264") {
-                if missing {
+    match crate::media::video::ffmpeg_decoders(&["h264", "hevc", "vp8", "vp9", "mpeg4", "av1"]) {
+        Some(((major, minor, micro), decoders)) => {
+            let how = if cfg!(feature = "system-ffmpeg") {
+                "system FFmpeg"
+            } else {
+                "built in"
+            };
+            let missing = !decoders.contains(&"av1") || decoders.len() < 6;
+            out.push(check(
+                if !decoders.contains(&"h264") {
+                    Level::Fail
+                } else if missing {
                     Level::Warn
                 } else {
                     Level::Ok
-                }
-            } else {
-                Level::Fail
-            },
+                },
+                "ffmpeg",
+                format!(
+                    "{how}, libavcodec {major}.{minor}.{micro}; decoders: {}",
+                    decoders.join(", ")
+                ),
+                missing.then_some(
+                    "video in a missing codec (e.g. AV1) fails per item naming the codec; re-encode it as H.264, or build with `--no-default-features --features system-ffmpeg` against a fuller FFmpeg",
+                ),
+            ));
+        }
+        None => out.push(check(
+            Level::Warn,
             "ffmpeg",
-            format!(
-                "libavcodec {}.{}.{}; decoders: {}",
-                v >> 16,
-                (v >> 8) & 0xff,
-                v & 0xff,
-                decoders.join(", ")
-            ),
-            missing.then_some(
-                "video in a missing codec fails per item; install a fuller FFmpeg build",
-            ),
-        ));
+            "not in this build: mp4/webm/mkv video items fail (GIF/APNG and frame folders still work)",
+            Some("build with the default features"),
+        )),
     }
-    #[cfg(not(feature = "video-ffmpeg"))]
-    out.push(check(
-        Level::Warn,
-        "ffmpeg",
-        "not in this build: mp4/webm/mkv video items fail (GIF/APNG and frame folders still work)",
-        Some("build with the default features"),
-    ));
 
     let home = crate::model::fetch::home();
     out.push(disk("cache disk", &home));

@@ -748,3 +748,81 @@ fn animation_limits_count_the_kept_frames() {
         "{e}"
     );
 }
+
+/// The built-in FFmpeg against the `ffmpeg` command line (FFmpeg 9.0.2,
+/// x86-64, autorotation on) on fixtures made by
+/// tests/fixtures/media/make_video_fixtures.py: H.264 at a size that is not
+/// a multiple of 8, BT.709-tagged, full range, 4:2:2, HEVC, VP9 WebM (even
+/// and odd size), display-matrix rotations, variable frame rate; and AV1,
+/// which this build does not decode: a per-item error naming the codec.
+#[cfg(feature = "video-ffmpeg")]
+#[test]
+fn videos_decode_like_the_ffmpeg_command_line() {
+    let s = std::fs::read_to_string(fix("video_expected.json")).unwrap();
+    let e: Value = serde_json::from_str(&s).unwrap();
+    let l = Limits::default();
+    let mut checked = 0;
+    for (name, c) in e["cases"].as_object().unwrap() {
+        let path = fix(c["file"].as_str().unwrap());
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(
+            hex::encode(Sha256::digest(&bytes)),
+            c["sha256_file"].as_str().unwrap(),
+            "{name}: the input file changed; re-run make_video_fixtures.py"
+        );
+        let got = decode_video(VideoSource::Path(&path), name, &l);
+        if let Some(codec) = c["error"].as_str() {
+            let codec: &'static str = if codec == "av1" {
+                "av1"
+            } else {
+                panic!("{codec}")
+            };
+            let (_, have) = media::video::ffmpeg_decoders(&[codec]).unwrap();
+            if !have.is_empty() {
+                // A system FFmpeg with libdav1d (feature `system-ffmpeg`).
+                assert!(got.is_ok(), "{name}: this FFmpeg has {codec} but failed");
+                continue;
+            }
+            let Err(err) = got else {
+                panic!("{name}: decoded without a {codec} decoder")
+            };
+            assert!(
+                matches!(err, MediaError::Unsupported { .. }),
+                "{name}: {err}"
+            );
+            let text = err.to_string();
+            assert!(
+                text.contains(codec),
+                "{name}: the error names the codec: {text}"
+            );
+            continue;
+        }
+        let v = got.unwrap_or_else(|err| panic!("{name}: {err}"));
+        let shas: Vec<&str> = c["frame_sha256"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap())
+            .collect();
+        assert_eq!(v.frames.len(), shas.len(), "{name}: frame count");
+        assert_eq!(v.total_frames, shas.len(), "{name}: total frames");
+        let (w, h) = (c["width"].as_u64().unwrap(), c["height"].as_u64().unwrap());
+        for (i, (f, sha)) in v.frames.iter().zip(&shas).enumerate() {
+            assert_eq!(
+                (f.width() as u64, f.height() as u64),
+                (w, h),
+                "{name}: frame {i} size"
+            );
+            assert_eq!(
+                hex::encode(Sha256::digest(f.as_raw())),
+                *sha,
+                "{name}: frame {i} differs from `ffmpeg -pix_fmt rgb24`"
+            );
+        }
+        if let Some(fps) = c["fps"].as_f64() {
+            assert!((v.fps - fps).abs() < 1e-6, "{name}: fps {} vs {fps}", v.fps);
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, 11);
+}

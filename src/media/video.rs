@@ -1,8 +1,11 @@
 //! Video decoding to RGB frames.
 //!
-//! * mp4/webm/mkv/... through the system FFmpeg (`ffmpeg-next`, feature
-//!   `video-ffmpeg`, on by default); frames are converted to RGB24 with
-//!   swscale's default bicubic flags, as `ffmpeg -pix_fmt rgb24` does;
+//! * mp4/webm/mkv/... through FFmpeg (feature `video-ffmpeg`, on by default:
+//!   built from source by build.rs and linked statically; or a system FFmpeg
+//!   with `system-ffmpeg`), called through the small C shim
+//!   src/media/ffshim.c; frames are converted to RGB24 with swscale's bicubic
+//!   flags and turned upright by the stream's display matrix, as
+//!   `ffmpeg -i IN -pix_fmt rgb24` does;
 //! * animated GIF and APNG with the `image` crate (always available);
 //! * a folder of frames: image files sorted by name; the frame rate is read
 //!   from `fps.txt` in the folder, else 24 (transformers' default when a
@@ -339,9 +342,302 @@ fn decode_ffmpeg_path(
 ) -> Result<Video, MediaError> {
     Err(MediaError::Unsupported {
         name: name.to_string(),
-        reason: "this build has no FFmpeg video decoder (feature `video-ffmpeg` is off)".into(),
-        fix: "rebuild with the default features (needs libavcodec-dev, libavformat-dev, libavutil-dev, libswscale-dev, libclang-dev, clang, pkg-config), or pass an animated GIF/APNG or a folder of frames".into(),
+        reason: "this build has no FFmpeg video decoder (it was built with --no-default-features)".into(),
+        fix: "rebuild with the default features (FFmpeg is then built from source inside `cargo build`), or pass an animated GIF/APNG or a folder of frames".into(),
     })
+}
+
+/// The decoders the built-in FFmpeg has (build.rs configures exactly these;
+/// a system FFmpeg may have more). AV1 is not among them: FFmpeg decodes
+/// AV1 in software only through libdav1d or libaom, which are not built.
+pub const BUILT_DECODERS: &[&str] = &[
+    "h264",
+    "hevc",
+    "vp8",
+    "vp9",
+    "mpeg4",
+    "h263",
+    "mpeg1video",
+    "mpeg2video",
+    "mjpeg",
+];
+
+/// The FFmpeg behind video decoding: its libavcodec version and which of
+/// `names` it can decode. `None` in a build without FFmpeg.
+pub fn ffmpeg_decoders(names: &[&'static str]) -> Option<((u32, u32, u32), Vec<&'static str>)> {
+    #[cfg(feature = "video-ffmpeg")]
+    {
+        // SAFETY: plain functions of the shim, NUL-terminated input.
+        let v = unsafe { ffi::anjeon_ffmpeg_avcodec_version() };
+        let have = names
+            .iter()
+            .filter(|n| {
+                let c = std::ffi::CString::new(**n).expect("codec name");
+                unsafe { ffi::anjeon_ffmpeg_has_decoder(c.as_ptr()) == 1 }
+            })
+            .copied()
+            .collect();
+        Some(((v >> 16, (v >> 8) & 0xff, v & 0xff), have))
+    }
+    #[cfg(not(feature = "video-ffmpeg"))]
+    {
+        let _ = names;
+        None
+    }
+}
+
+/// The C side is src/media/ffshim.c (built by build.rs).
+#[cfg(feature = "video-ffmpeg")]
+mod ffi {
+    use std::os::raw::{c_char, c_int};
+
+    /// `AnjeonVideoInfo` in ffshim.c.
+    #[repr(C)]
+    pub struct Info {
+        pub width: i32,
+        pub height: i32,
+        pub header_frames: i64,
+        pub avg_fps: f64,
+        pub r_fps: f64,
+        pub duration_secs: f64,
+        pub has_matrix: i32,
+        pub matrix: [i32; 9],
+        pub rotation: f64,
+        pub codec: [c_char; 32],
+    }
+
+    #[repr(C)]
+    pub struct AnjeonVideo {
+        _opaque: [u8; 0],
+    }
+
+    pub const OK: c_int = 0;
+    pub const NO_VIDEO: c_int = 2;
+    pub const NO_DECODER: c_int = 3;
+    pub const DECODER: c_int = 4;
+    pub const NOMEM: c_int = 5;
+
+    extern "C" {
+        pub fn anjeon_video_open(
+            path: *const c_char,
+            out: *mut *mut AnjeonVideo,
+            info: *mut Info,
+            err: *mut c_char,
+            errlen: usize,
+        ) -> c_int;
+        pub fn anjeon_video_next(v: *mut AnjeonVideo, w: *mut i32, h: *mut i32) -> c_int;
+        pub fn anjeon_video_rgb(
+            v: *mut AnjeonVideo,
+            dst: *mut u8,
+            len: usize,
+            err: *mut c_char,
+            errlen: usize,
+        ) -> c_int;
+        pub fn anjeon_video_packet_errors(v: *const AnjeonVideo) -> i64;
+        pub fn anjeon_video_close(v: *mut AnjeonVideo);
+        pub fn anjeon_ffmpeg_avcodec_version() -> u32;
+        pub fn anjeon_ffmpeg_has_decoder(name: *const c_char) -> c_int;
+    }
+}
+
+/// An open FFmpeg decoder; closed on drop.
+#[cfg(feature = "video-ffmpeg")]
+struct FfVideo {
+    ptr: *mut ffi::AnjeonVideo,
+    info: ffi::Info,
+}
+
+#[cfg(feature = "video-ffmpeg")]
+impl Drop for FfVideo {
+    fn drop(&mut self) {
+        // SAFETY: `ptr` came from anjeon_video_open and is closed once.
+        unsafe { ffi::anjeon_video_close(self.ptr) }
+    }
+}
+
+#[cfg(feature = "video-ffmpeg")]
+fn c_text(buf: &[std::os::raw::c_char]) -> String {
+    let bytes: Vec<u8> = buf
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+#[cfg(feature = "video-ffmpeg")]
+impl FfVideo {
+    fn open(path: &Path, name: &str) -> Result<FfVideo, MediaError> {
+        #[cfg(unix)]
+        let bytes = {
+            use std::os::unix::ffi::OsStrExt;
+            path.as_os_str().as_bytes().to_vec()
+        };
+        #[cfg(not(unix))]
+        let bytes = path.to_string_lossy().into_owned().into_bytes();
+        let cpath = std::ffi::CString::new(bytes).map_err(|_| MediaError::Decode {
+            name: name.to_string(),
+            reason: "the path contains a NUL byte".into(),
+            fix: "rename the file".into(),
+        })?;
+        let mut ptr = std::ptr::null_mut();
+        let mut info: ffi::Info = unsafe { std::mem::zeroed() };
+        let mut err = [0 as std::os::raw::c_char; 256];
+        // SAFETY: valid pointers; the shim writes at most `err.len()` bytes.
+        let r = unsafe {
+            ffi::anjeon_video_open(
+                cpath.as_ptr(),
+                &mut ptr,
+                &mut info,
+                err.as_mut_ptr(),
+                err.len(),
+            )
+        };
+        let reason = c_text(&err);
+        let codec = c_text(&info.codec);
+        match r {
+            ffi::OK => Ok(FfVideo { ptr, info }),
+            ffi::NO_VIDEO => Err(MediaError::NoVideoStream {
+                name: name.to_string(),
+            }),
+            ffi::NO_DECODER | ffi::DECODER => Err(MediaError::Unsupported {
+                name: name.to_string(),
+                reason: format!("{reason} (codec {codec})"),
+                fix: format!(
+                    "re-encode the video as H.264 (ffmpeg -i in -c:v libx264 out.mp4){}",
+                    if cfg!(feature = "system-ffmpeg") {
+                        String::new()
+                    } else {
+                        format!(
+                            ", or build with `--no-default-features --features system-ffmpeg` against a system FFmpeg that decodes {codec}; the built-in FFmpeg decodes {}",
+                            BUILT_DECODERS.join(", ")
+                        )
+                    }
+                ),
+            }),
+            ffi::NOMEM => Err(MediaError::Decode {
+                name: name.to_string(),
+                reason: "out of memory opening the video".into(),
+                fix: "free memory or lower --jobs".into(),
+            }),
+            _ => Err(MediaError::Decode {
+                name: name.to_string(),
+                reason: format!("FFmpeg: {reason}"),
+                fix: "the file is truncated, corrupt or not a video; re-encode or re-download it"
+                    .into(),
+            }),
+        }
+    }
+
+    /// The next decoded frame's size, or `None` at the end.
+    fn next(&mut self) -> Option<(u32, u32)> {
+        let (mut w, mut h) = (0i32, 0i32);
+        // SAFETY: `ptr` is open.
+        let r = unsafe { ffi::anjeon_video_next(self.ptr, &mut w, &mut h) };
+        (r == 1).then_some((w.max(0) as u32, h.max(0) as u32))
+    }
+
+    /// The frame `next` returned, as RGB24 (swscale, bicubic flags).
+    fn rgb(&mut self, w: u32, h: u32, name: &str) -> Result<RgbImage, MediaError> {
+        let mut buf = vec![0u8; w as usize * h as usize * 3];
+        let mut err = [0 as std::os::raw::c_char; 256];
+        // SAFETY: `buf` holds w*h*3 bytes, the frame's size.
+        let r = unsafe {
+            ffi::anjeon_video_rgb(
+                self.ptr,
+                buf.as_mut_ptr(),
+                buf.len(),
+                err.as_mut_ptr(),
+                err.len(),
+            )
+        };
+        if r != 0 {
+            return Err(MediaError::Decode {
+                name: name.to_string(),
+                reason: format!("FFmpeg: {}", c_text(&err)),
+                fix: "re-encode the video as H.264 (ffmpeg -i in -c:v libx264 out.mp4)".into(),
+            });
+        }
+        Ok(RgbImage::from_raw(w, h, buf).expect("w*h*3 bytes"))
+    }
+
+    fn packet_errors(&self) -> usize {
+        // SAFETY: `ptr` is open.
+        unsafe { ffi::anjeon_video_packet_errors(self.ptr) }.max(0) as usize
+    }
+}
+
+/// How a display matrix turns decoded frames upright, as the `ffmpeg`
+/// command line's autorotation does (transpose/hflip/vflip).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Orient {
+    Upright,
+    /// 90° clockwise (`transpose=clock`).
+    Clock,
+    /// 90° counter-clockwise (`transpose=cclock`).
+    CClock,
+    /// Transpose: `transpose=cclock_flip`.
+    CClockFlip,
+    /// Anti-transpose: `transpose=clock_flip`.
+    ClockFlip,
+    /// Flip each of the axes that is set.
+    Flip {
+        h: bool,
+        v: bool,
+    },
+}
+
+impl Orient {
+    /// From a display matrix and `av_display_rotation_get`'s angle.
+    /// `None` when the angle is not a multiple of 90° (left as decoded).
+    pub fn from_matrix(m: &[i32; 9], rotation_get: f64) -> Option<Orient> {
+        let mut theta = -rotation_get.round();
+        theta -= 360.0 * (theta / 360.0 + 0.9 / 360.0).floor();
+        let near = |a: f64| (theta - a).abs() < 1.0;
+        Some(if near(90.0) {
+            if m[3] > 0 {
+                Orient::CClockFlip
+            } else {
+                Orient::Clock
+            }
+        } else if near(180.0) {
+            Orient::Flip {
+                h: m[0] < 0,
+                v: m[4] < 0,
+            }
+        } else if near(270.0) {
+            if m[3] < 0 {
+                Orient::ClockFlip
+            } else {
+                Orient::CClock
+            }
+        } else if theta.abs() > 1.0 {
+            return None;
+        } else if m[4] < 0 {
+            Orient::Flip { h: false, v: true }
+        } else {
+            Orient::Upright
+        })
+    }
+
+    /// Apply to an RGB frame.
+    pub fn apply(self, img: RgbImage) -> RgbImage {
+        let (w, h) = img.dimensions();
+        let px = |x: u32, y: u32| *img.get_pixel(x, y);
+        match self {
+            Orient::Upright | Orient::Flip { h: false, v: false } => img,
+            Orient::Flip { h: fh, v: fv } => RgbImage::from_fn(w, h, |x, y| {
+                px(
+                    if fh { w - 1 - x } else { x },
+                    if fv { h - 1 - y } else { y },
+                )
+            }),
+            Orient::Clock => RgbImage::from_fn(h, w, |x, y| px(y, h - 1 - x)),
+            Orient::CClock => RgbImage::from_fn(h, w, |x, y| px(w - 1 - y, x)),
+            Orient::CClockFlip => RgbImage::from_fn(h, w, |x, y| px(y, x)),
+            Orient::ClockFlip => RgbImage::from_fn(h, w, |x, y| px(w - 1 - y, h - 1 - x)),
+        }
+    }
 }
 
 #[cfg(feature = "video-ffmpeg")]
@@ -371,129 +667,55 @@ fn ffmpeg_pass(
     known_total: Option<usize>,
     sample: &dyn Fn(usize, f64) -> Vec<usize>,
 ) -> Result<(Video, usize), MediaError> {
-    use ffmpeg_next as ff;
-    use std::sync::Once;
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        let _ = ff::init();
-        ff::log::set_level(ff::log::Level::Error);
-    });
-    let corrupt = |e: ff::Error| MediaError::Decode {
-        name: name.to_string(),
-        reason: format!("FFmpeg: {e}"),
-        fix: "the file is truncated, corrupt or not a video; re-encode or re-download it".into(),
-    };
-    let mut ictx = ff::format::input(path).map_err(corrupt)?;
-    let stream =
-        ictx.streams()
-            .best(ff::media::Type::Video)
-            .ok_or_else(|| MediaError::NoVideoStream {
-                name: name.to_string(),
-            })?;
-    let index = stream.index();
-    let rate = |r: ff::Rational| {
-        if r.denominator() != 0 && r.numerator() > 0 {
-            Some(r.numerator() as f64 / r.denominator() as f64)
-        } else {
-            None
-        }
-    };
-    let fps = rate(stream.avg_frame_rate())
-        .or_else(|| rate(stream.rate()))
+    let mut dec = FfVideo::open(path, name)?;
+    let info = &dec.info;
+    let fps = [info.avg_fps, info.r_fps]
+        .into_iter()
+        .find(|f| *f > 0.0 && f.is_finite())
         .unwrap_or(24.0);
-    let header_frames = stream.frames().max(0) as usize;
+    let header_frames = info.header_frames.max(0) as usize;
     // Containers without a frame count (webm/mkv): estimate it from the
     // duration; a wrong estimate is corrected by a second pass.
     let estimated = {
-        let tb = stream.time_base();
-        let secs = if stream.duration() > 0 && tb.denominator() != 0 {
-            stream.duration() as f64 * tb.numerator() as f64 / tb.denominator() as f64
-        } else if ictx.duration() > 0 {
-            ictx.duration() as f64 / 1_000_000.0
-        } else {
-            0.0
-        };
-        let n = (secs * fps).round();
-        (n >= 1.0).then_some(n as usize)
+        let n = (info.duration_secs * fps).round();
+        (n >= 1.0 && n.is_finite()).then_some(n as usize)
     };
-    let ctx = ff::codec::context::Context::from_parameters(stream.parameters()).map_err(corrupt)?;
-    let codec_id = stream.parameters().id();
-    let mut decoder = ctx.decoder().video().map_err(|e| MediaError::Unsupported {
-        name: name.to_string(),
-        reason: format!("no decoder for codec {codec_id:?} in this FFmpeg ({e})"),
-        fix: "re-encode the video as H.264 (ffmpeg -i in -c:v libx264 out.mp4)".into(),
-    })?;
-    let (w, h) = (decoder.width(), decoder.height());
-    limits.check_size(name, w, h)?;
+    let orient = if info.has_matrix == 1 {
+        match Orient::from_matrix(&info.matrix, info.rotation) {
+            Some(o) => o,
+            None => {
+                if known_total.is_none() {
+                    eprintln!(
+                        "warning: {name}: display rotation {:.1}° is not a multiple of 90°; frames are used as decoded",
+                        -info.rotation
+                    );
+                }
+                Orient::Upright
+            }
+        }
+    } else {
+        Orient::Upright
+    };
+    limits.check_size(name, info.width.max(0) as u32, info.height.max(0) as u32)?;
     // Frames to keep; `None` = the frame count is unknown: keep everything
     // and sample afterwards.
     let total_guess = known_total
         .or((header_frames > 0).then_some(header_frames))
         .or(estimated);
     let wanted: Option<BTreeSet<usize>> = total_guess.map(|t| sample(t, fps).into_iter().collect());
-    let mut scaler: Option<(ff::format::Pixel, u32, u32, ff::software::scaling::Context)> = None;
     let mut keep = Keeper::new(name, limits);
     let mut count = 0usize;
-    let mut frame = ff::frame::Video::empty();
-    let mut receive = |decoder: &mut ff::decoder::Video,
-                       keep: &mut Keeper<'_>,
-                       count: &mut usize|
-     -> Result<(), MediaError> {
-        while decoder.receive_frame(&mut frame).is_ok() {
-            let i = *count;
-            *count += 1;
-            if wanted.as_ref().is_some_and(|s| !s.contains(&i)) {
-                continue;
-            }
-            let (fw, fh, fmt) = (frame.width(), frame.height(), frame.format());
-            limits.check_size(name, fw, fh)?;
-            if scaler
-                .as_ref()
-                .is_none_or(|s| (s.0, s.1, s.2) != (fmt, fw, fh))
-            {
-                let sc = ff::software::scaling::Context::get(
-                    fmt,
-                    fw,
-                    fh,
-                    ff::format::Pixel::RGB24,
-                    fw,
-                    fh,
-                    ff::software::scaling::Flags::BICUBIC,
-                )
-                .map_err(corrupt)?;
-                scaler = Some((fmt, fw, fh, sc));
-            }
-            let mut rgb = ff::frame::Video::empty();
-            scaler
-                .as_mut()
-                .expect("scaler")
-                .3
-                .run(&frame, &mut rgb)
-                .map_err(corrupt)?;
-            let stride = rgb.stride(0);
-            let data = rgb.data(0);
-            let row = fw as usize * 3;
-            let mut buf = Vec::with_capacity(row * fh as usize);
-            for y in 0..fh as usize {
-                buf.extend_from_slice(&data[y * stride..y * stride + row]);
-            }
-            keep.push(i, RgbImage::from_raw(fw, fh, buf).expect("size"))?;
-        }
-        Ok(())
-    };
-    let mut packet_errors = 0usize;
-    for (s, packet) in ictx.packets() {
-        if s.index() != index {
+    while let Some((fw, fh)) = dec.next() {
+        let i = count;
+        count += 1;
+        if wanted.as_ref().is_some_and(|s| !s.contains(&i)) {
             continue;
         }
-        if decoder.send_packet(&packet).is_err() {
-            packet_errors += 1;
-            continue;
-        }
-        receive(&mut decoder, &mut keep, &mut count)?;
+        limits.check_size(name, fw, fh)?;
+        let img = dec.rgb(fw, fh, name)?;
+        keep.push(i, orient.apply(img))?;
     }
-    let _ = decoder.send_eof();
-    receive(&mut decoder, &mut keep, &mut count)?;
+    let packet_errors = dec.packet_errors();
     if count == 0 {
         return Err(MediaError::Decode {
             name: name.to_string(),
@@ -503,7 +725,7 @@ fn ffmpeg_pass(
             fix: "re-encode or re-download the video".into(),
         });
     }
-    if packet_errors > 0 {
+    if packet_errors > 0 && known_total.is_none() {
         eprintln!("warning: {name}: {packet_errors} packets could not be decoded");
     }
     let mut v = keep.finish(fps, total_guess.unwrap_or(count));
