@@ -20,6 +20,20 @@ pub enum Label {
     Score(u8),
 }
 
+impl Label {
+    /// The label in the verdicts' own words: a refusal class
+    /// (`full_compliance`, `full_refusal`, `partial_refusal`), `harmful` /
+    /// `unharmful`, or a risk score `1`..`5`.
+    pub fn as_text(&self) -> String {
+        match self {
+            Label::Refusal(c) => c.as_str().to_string(),
+            Label::Harmful(true) => "harmful".into(),
+            Label::Harmful(false) => "unharmful".into(),
+            Label::Score(s) => s.to_string(),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Labeled {
     pub id: String,
@@ -302,6 +316,9 @@ pub struct ItemVerdict {
     pub verdict: Verdict,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<super::model::Detail>,
+    /// The request and the response, whole (to read a disagreement, or to
+    /// run another judge on exactly these items).
+    pub prompt: String,
     pub response: String,
 }
 
@@ -447,10 +464,11 @@ pub fn evaluate(
         for (l, j) in chunk.iter().zip(judge.judge_many(&pairs)) {
             verdicts.push(ItemVerdict {
                 id: l.id.clone(),
-                human: format!("{:?}", l.label),
+                human: l.label.as_text(),
                 verdict: j.verdict.clone(),
                 detail: j.detail,
-                response: l.response.chars().take(300).collect(),
+                prompt: l.prompt.clone(),
+                response: l.response.clone(),
             });
             judged.push((*l, j.verdict));
         }
@@ -668,6 +686,7 @@ mod tests {
                 probability: p,
             },
             detail: None,
+            prompt: String::new(),
             response: String::new(),
         }
     }
