@@ -36,6 +36,10 @@ fn video() {
     };
     let mut shim = cc::Build::new();
     shim.file("src/media/ffshim.c").warnings(true);
+    if cfg!(feature = "av1") {
+        // AV1 packets are handed to rav1d (Rust) when FFmpeg has no AV1 decoder.
+        shim.define("ANJEON_AV1_EXTERNAL", None);
+    }
     for dir in &include {
         shim.include(dir);
     }

@@ -84,7 +84,9 @@ pub fn checks() -> Vec<Check> {
     let features: Vec<&str> = [
         ("cuda", cfg!(feature = "cuda")),
         ("metal", cfg!(feature = "metal")),
-        ("video-ffmpeg", cfg!(feature = "video-ffmpeg")),
+        ("vendored-ffmpeg", cfg!(feature = "vendored-ffmpeg")),
+        ("system-ffmpeg", cfg!(feature = "system-ffmpeg")),
+        ("av1", cfg!(feature = "av1")),
     ]
     .iter()
     .filter(|(_, on)| *on)
@@ -217,7 +219,7 @@ pub fn checks() -> Vec<Check> {
                     decoders.join(", ")
                 ),
                 missing.then_some(
-                    "video in a missing codec (e.g. AV1) fails per item naming the codec; re-encode it as H.264, or build with `--no-default-features --features system-ffmpeg` against a fuller FFmpeg",
+                    "video in a missing codec fails per item naming the codec; re-encode it as H.264, or build with the default features (AV1 through rav1d)",
                 ),
             ));
         }

@@ -753,8 +753,9 @@ fn animation_limits_count_the_kept_frames() {
 /// x86-64, autorotation on) on fixtures made by
 /// tests/fixtures/media/make_video_fixtures.py: H.264 at a size that is not
 /// a multiple of 8, BT.709-tagged, full range, 4:2:2, HEVC, VP9 WebM (even
-/// and odd size), display-matrix rotations, variable frame rate; and AV1,
-/// which this build does not decode: a per-item error naming the codec.
+/// and odd size), display-matrix rotations, variable frame rate, AV1 8- and
+/// 10-bit (rav1d here, libdav1d there); and ProRes, which the built-in
+/// FFmpeg does not decode: a per-item error naming the codec.
 #[cfg(feature = "video-ffmpeg")]
 #[test]
 fn videos_decode_like_the_ffmpeg_command_line() {
@@ -772,14 +773,13 @@ fn videos_decode_like_the_ffmpeg_command_line() {
         );
         let got = decode_video(VideoSource::Path(&path), name, &l);
         if let Some(codec) = c["error"].as_str() {
-            let codec: &'static str = if codec == "av1" {
-                "av1"
-            } else {
-                panic!("{codec}")
+            let codec: &'static str = match codec {
+                "prores" => "prores",
+                other => panic!("no case for {other}"),
             };
             let (_, have) = media::video::ffmpeg_decoders(&[codec]).unwrap();
             if !have.is_empty() {
-                // A system FFmpeg with libdav1d (feature `system-ffmpeg`).
+                // A system FFmpeg that has it (feature `system-ffmpeg`).
                 assert!(got.is_ok(), "{name}: this FFmpeg has {codec} but failed");
                 continue;
             }
@@ -824,5 +824,5 @@ fn videos_decode_like_the_ffmpeg_command_line() {
         }
         checked += 1;
     }
-    assert_eq!(checked, 11);
+    assert_eq!(checked, 13);
 }

@@ -35,6 +35,8 @@ typedef struct AnjeonVideoInfo {
     int32_t matrix[9];
     double rotation;        /* av_display_rotation_get(matrix); 0 without one */
     char codec[32];         /* the codec's short name, e.g. "h264" */
+    int32_t external;       /* 1: AV1 without an FFmpeg decoder; the caller decodes
+                               the packets (`anjeon_video_packet`) */
 } AnjeonVideoInfo;
 
 typedef struct AnjeonVideo {
@@ -140,6 +142,23 @@ int anjeon_video_open(const char *path, AnjeonVideo **out, AnjeonVideoInfo *info
         info->rotation = rot == rot ? rot : 0.0; /* NaN for a degenerate matrix */
     }
     const AVCodec *codec = avcodec_find_decoder(st->codecpar->codec_id);
+#ifdef ANJEON_AV1_EXTERNAL
+    if (!codec && st->codecpar->codec_id == AV_CODEC_ID_AV1) {
+        /* Demux here, decode in Rust (rav1d). */
+        v->pkt = av_packet_alloc();
+        v->frame = av_frame_alloc();
+        v->rgb = av_frame_alloc();
+        if (!v->pkt || !v->frame || !v->rgb) {
+            anjeon_video_close(v);
+            return ANJEON_NOMEM;
+        }
+        info->external = 1;
+        info->width = st->codecpar->width;
+        info->height = st->codecpar->height;
+        *out = v;
+        return ANJEON_OK;
+    }
+#endif
     if (!codec) {
         snprintf(err, errlen, "no decoder for codec %s in this build", info->codec);
         anjeon_video_close(v);
@@ -309,10 +328,72 @@ static const int *frame_matrix(const AVFrame *f) {
     return sws_getCoefficients(cs);
 }
 
+/* The next packet of the video stream (for a stream opened with
+ * `external`): 1 with *data, *size valid until the next call; 0 at the end. */
+int anjeon_video_packet(AnjeonVideo *v, const uint8_t **data, size_t *size) {
+    int read_errors = 0;
+    av_packet_unref(v->pkt);
+    for (;;) {
+        int r = av_read_frame(v->fmt, v->pkt);
+        if (r < 0) {
+            if (r != AVERROR_EOF && ++read_errors < 64)
+                continue;
+            return 0;
+        }
+        read_errors = 0;
+        if (v->pkt->stream_index == v->stream && v->pkt->size > 0) {
+            *data = v->pkt->data;
+            *size = (size_t)v->pkt->size;
+            return 1;
+        }
+        av_packet_unref(v->pkt);
+    }
+}
+
+static int convert(AnjeonVideo *v, const AVFrame *f, uint8_t *dst, size_t len, char *err, size_t errlen);
+
 /* Convert the frame `anjeon_video_next` returned to packed RGB24 in
  * `dst` (w * h * 3 bytes). 0 on success. */
 int anjeon_video_rgb(AnjeonVideo *v, uint8_t *dst, size_t len, char *err, size_t errlen) {
+    return convert(v, v->frame, dst, len, err, errlen);
+}
+
+/* Convert a picture decoded outside FFmpeg: planar YUV (layout 0 = 4:0:0,
+ * 1 = 4:2:0, 2 = 4:2:2, 3 = 4:4:4; 8 or 10/12 bits), with the stream's
+ * matrix coefficients (ISO/IEC 23091-2 codes, as AVColorSpace) and range,
+ * exactly as a frame from FFmpeg's own decoder would be. */
+int anjeon_video_planes_rgb(AnjeonVideo *v, const uint8_t *const planes[3],
+                            const ptrdiff_t strides[3], int32_t w, int32_t h, int32_t layout,
+                            int32_t bpc, int32_t matrix, int32_t full, uint8_t *dst, size_t len,
+                            char *err, size_t errlen) {
+    static const enum AVPixelFormat fmts[3][4] = {
+        {AV_PIX_FMT_GRAY8, AV_PIX_FMT_YUV420P, AV_PIX_FMT_YUV422P, AV_PIX_FMT_YUV444P},
+        {AV_PIX_FMT_GRAY10, AV_PIX_FMT_YUV420P10, AV_PIX_FMT_YUV422P10, AV_PIX_FMT_YUV444P10},
+        {AV_PIX_FMT_GRAY12, AV_PIX_FMT_YUV420P12, AV_PIX_FMT_YUV422P12, AV_PIX_FMT_YUV444P12},
+    };
+    int depth = bpc == 8 ? 0 : bpc == 10 ? 1 : bpc == 12 ? 2 : -1;
+    if (depth < 0 || layout < 0 || layout > 3 || w <= 0 || h <= 0) {
+        snprintf(err, errlen, "unsupported picture: %d bits, layout %d, %dx%d", bpc, layout, w, h);
+        return -1;
+    }
     AVFrame *f = v->frame;
+    av_frame_unref(f);
+    f->format = fmts[depth][layout];
+    f->width = w;
+    f->height = h;
+    for (int i = 0; i < 3; i++) {
+        f->data[i] = (uint8_t *)planes[i];
+        f->linesize[i] = (int)strides[i];
+    }
+    f->colorspace = (enum AVColorSpace)matrix;
+    f->color_range = full ? AVCOL_RANGE_JPEG : AVCOL_RANGE_MPEG;
+    int r = convert(v, f, dst, len, err, errlen);
+    for (int i = 0; i < 3; i++)
+        f->data[i] = NULL;
+    return r;
+}
+
+static int convert(AnjeonVideo *v, const AVFrame *f, uint8_t *dst, size_t len, char *err, size_t errlen) {
     size_t row = (size_t)f->width * 3;
     if (len < row * (size_t)f->height) {
         snprintf(err, errlen, "output buffer too small");

@@ -348,8 +348,9 @@ fn decode_ffmpeg_path(
 }
 
 /// The decoders the built-in FFmpeg has (build.rs configures exactly these;
-/// a system FFmpeg may have more). AV1 is not among them: FFmpeg decodes
-/// AV1 in software only through libdav1d or libaom, which are not built.
+/// a system FFmpeg may have more). AV1 is not among them (FFmpeg decodes
+/// AV1 in software only through libdav1d or libaom): with the `av1` feature
+/// (default) rav1d decodes it.
 pub const BUILT_DECODERS: &[&str] = &[
     "h264",
     "hevc",
@@ -363,7 +364,8 @@ pub const BUILT_DECODERS: &[&str] = &[
 ];
 
 /// The FFmpeg behind video decoding: its libavcodec version and which of
-/// `names` it can decode. `None` in a build without FFmpeg.
+/// `names` this build can decode (AV1 also through rav1d). `None` in a
+/// build without FFmpeg.
 pub fn ffmpeg_decoders(names: &[&'static str]) -> Option<((u32, u32, u32), Vec<&'static str>)> {
     #[cfg(feature = "video-ffmpeg")]
     {
@@ -373,7 +375,8 @@ pub fn ffmpeg_decoders(names: &[&'static str]) -> Option<((u32, u32, u32), Vec<&
             .iter()
             .filter(|n| {
                 let c = std::ffi::CString::new(**n).expect("codec name");
-                unsafe { ffi::anjeon_ffmpeg_has_decoder(c.as_ptr()) == 1 }
+                (cfg!(feature = "av1") && **n == "av1")
+                    || unsafe { ffi::anjeon_ffmpeg_has_decoder(c.as_ptr()) == 1 }
             })
             .copied()
             .collect();
@@ -404,6 +407,7 @@ mod ffi {
         pub matrix: [i32; 9],
         pub rotation: f64,
         pub codec: [c_char; 32],
+        pub external: i32,
     }
 
     #[repr(C)]
@@ -434,6 +438,29 @@ mod ffi {
             errlen: usize,
         ) -> c_int;
         pub fn anjeon_video_packet_errors(v: *const AnjeonVideo) -> i64;
+        #[cfg(feature = "av1")]
+        pub fn anjeon_video_packet(
+            v: *mut AnjeonVideo,
+            data: *mut *const u8,
+            size: *mut usize,
+        ) -> c_int;
+        #[cfg(feature = "av1")]
+        #[allow(clippy::too_many_arguments)]
+        pub fn anjeon_video_planes_rgb(
+            v: *mut AnjeonVideo,
+            planes: *const *const u8,
+            strides: *const isize,
+            w: i32,
+            h: i32,
+            layout: i32,
+            bpc: i32,
+            matrix: i32,
+            full: i32,
+            dst: *mut u8,
+            len: usize,
+            err: *mut c_char,
+            errlen: usize,
+        ) -> c_int;
         pub fn anjeon_video_close(v: *mut AnjeonVideo);
         pub fn anjeon_ffmpeg_avcodec_version() -> u32;
         pub fn anjeon_ffmpeg_has_decoder(name: *const c_char) -> c_int;
@@ -445,6 +472,9 @@ mod ffi {
 struct FfVideo {
     ptr: *mut ffi::AnjeonVideo,
     info: ffi::Info,
+    /// AV1 pictures decoded by rav1d from the packets FFmpeg demuxes.
+    #[cfg(feature = "av1")]
+    av1: Option<av1::Av1>,
 }
 
 #[cfg(feature = "video-ffmpeg")]
@@ -496,7 +526,31 @@ impl FfVideo {
         let reason = c_text(&err);
         let codec = c_text(&info.codec);
         match r {
-            ffi::OK => Ok(FfVideo { ptr, info }),
+            ffi::OK => {
+                #[cfg(feature = "av1")]
+                let av1 = if info.external == 1 {
+                    match av1::Av1::new() {
+                        Ok(a) => Some(a),
+                        Err(reason) => {
+                            // SAFETY: opened above, closed once.
+                            unsafe { ffi::anjeon_video_close(ptr) };
+                            return Err(MediaError::Decode {
+                                name: name.to_string(),
+                                reason,
+                                fix: "re-encode the video as H.264 (ffmpeg -i in -c:v libx264 out.mp4)".into(),
+                            });
+                        }
+                    }
+                } else {
+                    None
+                };
+                Ok(FfVideo {
+                    ptr,
+                    info,
+                    #[cfg(feature = "av1")]
+                    av1,
+                })
+            }
             ffi::NO_VIDEO => Err(MediaError::NoVideoStream {
                 name: name.to_string(),
             }),
@@ -531,6 +585,17 @@ impl FfVideo {
 
     /// The next decoded frame's size, or `None` at the end.
     fn next(&mut self) -> Option<(u32, u32)> {
+        #[cfg(feature = "av1")]
+        if let Some(a) = self.av1.as_mut() {
+            let ptr = self.ptr;
+            return a.next(|| {
+                let (mut data, mut size) = (std::ptr::null(), 0usize);
+                // SAFETY: `ptr` is open; the packet stays valid until the next call.
+                let r = unsafe { ffi::anjeon_video_packet(ptr, &mut data, &mut size) };
+                (r == 1 && !data.is_null())
+                    .then(|| unsafe { std::slice::from_raw_parts(data, size) }.to_vec())
+            });
+        }
         let (mut w, mut h) = (0i32, 0i32);
         // SAFETY: `ptr` is open.
         let r = unsafe { ffi::anjeon_video_next(self.ptr, &mut w, &mut h) };
@@ -541,6 +606,18 @@ impl FfVideo {
     fn rgb(&mut self, w: u32, h: u32, name: &str) -> Result<RgbImage, MediaError> {
         let mut buf = vec![0u8; w as usize * h as usize * 3];
         let mut err = [0 as std::os::raw::c_char; 256];
+        #[cfg(feature = "av1")]
+        if let Some(a) = self.av1.as_ref() {
+            let r = a.to_rgb(self.ptr, &mut buf, &mut err);
+            if r != 0 {
+                return Err(MediaError::Decode {
+                    name: name.to_string(),
+                    reason: format!("AV1 picture to RGB: {}", c_text(&err)),
+                    fix: "re-encode the video as H.264 (ffmpeg -i in -c:v libx264 out.mp4)".into(),
+                });
+            }
+            return Ok(RgbImage::from_raw(w, h, buf).expect("w*h*3 bytes"));
+        }
         // SAFETY: `buf` holds w*h*3 bytes, the frame's size.
         let r = unsafe {
             ffi::anjeon_video_rgb(
@@ -562,8 +639,184 @@ impl FfVideo {
     }
 
     fn packet_errors(&self) -> usize {
+        #[cfg(feature = "av1")]
+        if let Some(a) = self.av1.as_ref() {
+            return a.errors;
+        }
         // SAFETY: `ptr` is open.
         unsafe { ffi::anjeon_video_packet_errors(self.ptr) }.max(0) as usize
+    }
+}
+
+/// AV1 through rav1d (the Rust port of dav1d, bit-exact with it), fed the
+/// packets FFmpeg demuxes; pictures are converted to RGB by the same code
+/// as FFmpeg's own frames, so the result is what `ffmpeg` with libdav1d
+/// gives.
+#[cfg(feature = "av1")]
+mod av1 {
+    use rav1d::include::dav1d::data::Dav1dData;
+    use rav1d::include::dav1d::dav1d::{Dav1dContext, Dav1dSettings};
+    use rav1d::include::dav1d::picture::Dav1dPicture;
+    use rav1d::src::lib::{
+        dav1d_close, dav1d_data_create, dav1d_data_unref, dav1d_default_settings,
+        dav1d_get_picture, dav1d_open, dav1d_picture_unref, dav1d_send_data,
+    };
+    use std::ptr::NonNull;
+
+    /// dav1d's `DAV1D_ERR(EAGAIN)`.
+    #[cfg(unix)]
+    const EAGAIN: i32 = -libc::EAGAIN;
+    #[cfg(not(unix))]
+    const EAGAIN: i32 = -11;
+
+    pub struct Av1 {
+        ctx: Option<Dav1dContext>,
+        pic: Dav1dPicture,
+        has_pic: bool,
+        pending: Dav1dData,
+        eof: bool,
+        /// Packets or pictures the decoder rejected.
+        pub errors: usize,
+    }
+
+    impl Av1 {
+        pub fn new() -> Result<Av1, String> {
+            let mut s = std::mem::MaybeUninit::<Dav1dSettings>::uninit();
+            // SAFETY: dav1d_default_settings writes every field.
+            let mut s = unsafe {
+                dav1d_default_settings(NonNull::new(s.as_mut_ptr()).expect("non-null"));
+                s.assume_init()
+            };
+            // One thread, one frame in flight: the output does not depend on
+            // either, and memory stays small.
+            s.n_threads = 1;
+            s.max_frame_delay = 1;
+            let mut ctx: Option<Dav1dContext> = None;
+            // SAFETY: valid pointers to a settings struct and a context slot.
+            let r = unsafe { dav1d_open(NonNull::new(&mut ctx), NonNull::new(&mut s)) };
+            if r.0 != 0 || ctx.is_none() {
+                return Err(format!("the AV1 decoder (rav1d) did not start ({})", r.0));
+            }
+            Ok(Av1 {
+                ctx,
+                pic: Dav1dPicture::default(),
+                has_pic: false,
+                pending: Dav1dData::default(),
+                eof: false,
+                errors: 0,
+            })
+        }
+
+        /// The next picture's size, feeding packets from `packet` as needed;
+        /// `None` at the end.
+        pub fn next(&mut self, mut packet: impl FnMut() -> Option<Vec<u8>>) -> Option<(u32, u32)> {
+            if self.has_pic {
+                // SAFETY: a picture returned by dav1d_get_picture, released once.
+                unsafe { dav1d_picture_unref(NonNull::new(&mut self.pic)) };
+                self.has_pic = false;
+            }
+            let mut failures = 0;
+            loop {
+                // SAFETY: `ctx` is open; `pic` is an empty picture to fill.
+                let r = unsafe { dav1d_get_picture(self.ctx, NonNull::new(&mut self.pic)) };
+                if r.0 == 0 {
+                    self.has_pic = true;
+                    let p = &self.pic.p;
+                    return Some((p.w.max(0) as u32, p.h.max(0) as u32));
+                }
+                if r.0 != EAGAIN {
+                    self.errors += 1;
+                    failures += 1;
+                    if failures > 64 {
+                        return None;
+                    }
+                    continue;
+                }
+                if self.pending.sz > 0 {
+                    // SAFETY: `pending` holds data from dav1d_data_create.
+                    let r = unsafe { dav1d_send_data(self.ctx, NonNull::new(&mut self.pending)) };
+                    if r.0 != 0 && r.0 != EAGAIN {
+                        self.errors += 1;
+                        // SAFETY: drop the rejected packet.
+                        unsafe { dav1d_data_unref(NonNull::new(&mut self.pending)) };
+                    }
+                    continue;
+                }
+                if self.eof {
+                    return None;
+                }
+                match packet() {
+                    Some(bytes) => {
+                        // SAFETY: dav1d allocates `bytes.len()` bytes for us to fill.
+                        let dst = unsafe {
+                            dav1d_data_create(NonNull::new(&mut self.pending), bytes.len())
+                        };
+                        if dst.is_null() {
+                            self.errors += 1;
+                            continue;
+                        }
+                        // SAFETY: `dst` has room for `bytes.len()` bytes.
+                        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len()) };
+                    }
+                    None => self.eof = true,
+                }
+            }
+        }
+
+        /// The current picture as RGB24 into `buf` (0 on success).
+        pub fn to_rgb(
+            &self,
+            v: *mut super::ffi::AnjeonVideo,
+            buf: &mut [u8],
+            err: &mut [std::os::raw::c_char],
+        ) -> i32 {
+            let p = &self.pic;
+            let planes: [*const u8; 3] = p
+                .data
+                .map(|d| d.map_or(std::ptr::null(), |d| d.as_ptr() as *const u8));
+            let strides: [isize; 3] = [p.stride[0], p.stride[1], p.stride[1]];
+            // SAFETY: `seq_hdr` of a returned picture points to its header.
+            let (matrix, full) = p
+                .seq_hdr
+                .map(|h| unsafe {
+                    let h = h.as_ref();
+                    (h.mtrx as i32, h.color_range as i32)
+                })
+                .unwrap_or((2, 0));
+            // SAFETY: the planes belong to the current picture; `buf` holds w*h*3.
+            unsafe {
+                super::ffi::anjeon_video_planes_rgb(
+                    v,
+                    planes.as_ptr(),
+                    strides.as_ptr(),
+                    p.p.w,
+                    p.p.h,
+                    p.p.layout as i32,
+                    p.p.bpc,
+                    matrix,
+                    full,
+                    buf.as_mut_ptr(),
+                    buf.len(),
+                    err.as_mut_ptr(),
+                    err.len(),
+                )
+            }
+        }
+    }
+
+    impl Drop for Av1 {
+        fn drop(&mut self) {
+            // SAFETY: each released once; dav1d_close takes the context slot.
+            unsafe {
+                if self.has_pic {
+                    dav1d_picture_unref(NonNull::new(&mut self.pic));
+                }
+                if self.pending.sz > 0 {
+                    dav1d_data_unref(NonNull::new(&mut self.pending));
+                }
+                dav1d_close(NonNull::new(&mut self.ctx));
+            }
+        }
     }
 }
 
