@@ -5,6 +5,7 @@
 //    (`system-ffmpeg`). Either way src/media/ffshim.c is compiled against
 //    them: the Rust side calls only that shim, so no bindings are generated
 //    and no libclang is needed.
+#[cfg(feature = "video-ffmpeg")]
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -246,7 +247,10 @@ fn vendored_source() -> PathBuf {
     dir
 }
 
-#[cfg(not(all(feature = "vendored-ffmpeg", not(feature = "system-ffmpeg"))))]
+#[cfg(all(
+    feature = "video-ffmpeg",
+    not(all(feature = "vendored-ffmpeg", not(feature = "system-ffmpeg")))
+))]
 fn vendored_source() -> PathBuf {
     unreachable!("system-ffmpeg does not build FFmpeg")
 }

@@ -198,7 +198,10 @@ pub fn checks() -> Vec<Check> {
     }
 
     match crate::media::video::ffmpeg_decoders(&["h264", "hevc", "vp8", "vp9", "mpeg4", "av1"]) {
-        Some(((major, minor, micro), decoders)) => {
+        Some(crate::media::video::FfmpegDecoders {
+            avcodec: (major, minor, micro),
+            decoders,
+        }) => {
             let how = if cfg!(feature = "system-ffmpeg") {
                 "system FFmpeg"
             } else {

@@ -777,7 +777,7 @@ fn videos_decode_like_the_ffmpeg_command_line() {
                 "prores" => "prores",
                 other => panic!("no case for {other}"),
             };
-            let (_, have) = media::video::ffmpeg_decoders(&[codec]).unwrap();
+            let have = media::video::ffmpeg_decoders(&[codec]).unwrap().decoders;
             if !have.is_empty() {
                 // A system FFmpeg that has it (feature `system-ffmpeg`).
                 assert!(got.is_ok(), "{name}: this FFmpeg has {codec} but failed");

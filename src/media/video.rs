@@ -363,10 +363,19 @@ pub const BUILT_DECODERS: &[&str] = &[
     "mjpeg",
 ];
 
+/// What [`ffmpeg_decoders`] reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FfmpegDecoders {
+    /// libavcodec's major, minor and micro version.
+    pub avcodec: (u32, u32, u32),
+    /// Which of the asked codecs this build decodes.
+    pub decoders: Vec<&'static str>,
+}
+
 /// The FFmpeg behind video decoding: its libavcodec version and which of
 /// `names` this build can decode (AV1 also through rav1d). `None` in a
 /// build without FFmpeg.
-pub fn ffmpeg_decoders(names: &[&'static str]) -> Option<((u32, u32, u32), Vec<&'static str>)> {
+pub fn ffmpeg_decoders(names: &[&'static str]) -> Option<FfmpegDecoders> {
     #[cfg(feature = "video-ffmpeg")]
     {
         // SAFETY: plain functions of the shim, NUL-terminated input.
@@ -380,7 +389,10 @@ pub fn ffmpeg_decoders(names: &[&'static str]) -> Option<((u32, u32, u32), Vec<&
             })
             .copied()
             .collect();
-        Some(((v >> 16, (v >> 8) & 0xff, v & 0xff), have))
+        Some(FfmpegDecoders {
+            avcodec: (v >> 16, (v >> 8) & 0xff, v & 0xff),
+            decoders: have,
+        })
     }
     #[cfg(not(feature = "video-ffmpeg"))]
     {
