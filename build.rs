@@ -229,7 +229,16 @@ fn ffmpeg_source() -> PathBuf {
     vendored_source()
 }
 
-#[cfg(all(feature = "vendored-ffmpeg", not(feature = "system-ffmpeg")))]
+/// Hosts the `ffmpeg-src` crate builds on (Cargo.toml names the same).
+#[cfg(all(
+    feature = "vendored-ffmpeg",
+    not(feature = "system-ffmpeg"),
+    any(
+        all(target_os = "linux", target_arch = "x86_64"),
+        all(target_os = "macos", target_arch = "aarch64"),
+        all(target_os = "windows", target_env = "msvc")
+    )
+))]
 fn vendored_source() -> PathBuf {
     // ffmpeg-src unpacks its pristine release into `<its OUT_DIR>/sources/
     // ffmpeg` next to the small SDK it builds (libavutil only, as asked for
@@ -245,6 +254,21 @@ fn vendored_source() -> PathBuf {
         dir.display()
     );
     dir
+}
+
+#[cfg(all(
+    feature = "vendored-ffmpeg",
+    not(feature = "system-ffmpeg"),
+    not(any(
+        all(target_os = "linux", target_arch = "x86_64"),
+        all(target_os = "macos", target_arch = "aarch64"),
+        all(target_os = "windows", target_env = "msvc")
+    ))
+))]
+fn vendored_source() -> PathBuf {
+    panic!(
+        "the built-in FFmpeg takes its source from the ffmpeg-src crate, which does not build on this host\n  fix: unpack an FFmpeg 9.0 source release (ffmpeg-9.0.2.tar.xz from ffmpeg.org, or the one inside the ffmpeg-src crate) and set ANJEON_FFMPEG_SRC to its folder; or build with `--no-default-features --features system-ffmpeg,av1` against the system's FFmpeg"
+    )
 }
 
 #[cfg(all(
