@@ -267,7 +267,7 @@ fn vendored_source() -> PathBuf {
 ))]
 fn vendored_source() -> PathBuf {
     panic!(
-        "the built-in FFmpeg takes its source from the ffmpeg-src crate, which does not build on this host\n  fix: unpack an FFmpeg 9.0 source release (ffmpeg-9.0.2.tar.xz from ffmpeg.org, or the one inside the ffmpeg-src crate) and set ANJEON_FFMPEG_SRC to its folder; or build with `--no-default-features --features system-ffmpeg,av1` against the system's FFmpeg"
+        "the built-in FFmpeg takes its source from the ffmpeg-src crate, which does not build on this host\n  fix: unpack an FFmpeg 9.0 source release (ffmpeg-9.0.2.tar.xz from ffmpeg.org, or the one inside the ffmpeg-src crate) and set ANJEON_FFMPEG_SRC to its folder; or build with `--no-default-features --features system-ffmpeg` against the system's FFmpeg"
     )
 }
 

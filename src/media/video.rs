@@ -660,6 +660,13 @@ impl FfVideo {
     }
 }
 
+// rav1d exports dav1d's C API under dav1d's own symbol names; a system
+// FFmpeg linked to libdav1d would call those instead of its own library
+// (different struct layouts: measured, a crash). A system FFmpeg decodes AV1
+// through its libdav1d anyway.
+#[cfg(all(feature = "system-ffmpeg", feature = "av1"))]
+compile_error!("features `system-ffmpeg` and `av1` cannot be combined: rav1d's exported dav1d_* symbols would replace the system libdav1d that FFmpeg calls. Use `--no-default-features --features system-ffmpeg` (AV1 through the system's libdav1d) or the default features (built-in FFmpeg + rav1d).");
+
 /// AV1 through rav1d (the Rust port of dav1d, bit-exact with it), fed the
 /// packets FFmpeg demuxes; pictures are converted to RGB by the same code
 /// as FFmpeg's own frames, so the result is what `ffmpeg` with libdav1d
