@@ -753,7 +753,7 @@ fn animation_limits_count_the_kept_frames() {
 /// x86-64, autorotation on) on fixtures made by
 /// tests/fixtures/media/make_video_fixtures.py: H.264 at a size that is not
 /// a multiple of 8, BT.709-tagged, full range, 4:2:2, HEVC, VP9 WebM (even
-/// and odd size), display-matrix rotations, variable frame rate, AV1 8- and
+/// and odd size), display-matrix rotations and flips, variable frame rate, AV1 8- and
 /// 10-bit (rav1d here, libdav1d there); and ProRes, which the built-in
 /// FFmpeg does not decode: a per-item error naming the codec.
 #[cfg(feature = "video-ffmpeg")]
@@ -824,5 +824,5 @@ fn videos_decode_like_the_ffmpeg_command_line() {
         }
         checked += 1;
     }
-    assert_eq!(checked, 13);
+    assert_eq!(checked, 15);
 }
