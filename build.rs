@@ -29,6 +29,7 @@ fn video() {}
 #[cfg(feature = "video-ffmpeg")]
 fn video() {
     println!("cargo:rerun-if-changed=src/media/ffshim.c");
+    println!("cargo:rerun-if-changed=src/media/ffmpeg_components.rs");
     println!("cargo:rerun-if-env-changed=ANJEON_FFMPEG_SRC");
     let include = if cfg!(feature = "system-ffmpeg") {
         system_ffmpeg()
@@ -135,7 +136,11 @@ fn vendored_ffmpeg() -> Vec<PathBuf> {
         "--enable-swscale".into(),
         "--enable-protocol=file".into(),
     ];
-    for (kind, list) in FFMPEG_COMPONENTS {
+    for (kind, list) in [
+        ("demuxer", components::BUILT_DEMUXERS),
+        ("decoder", components::BUILT_DECODERS),
+        ("parser", components::BUILT_PARSERS),
+    ] {
         args.push(format!("--enable-{kind}={}", list.join(",")));
     }
     // Rebuild only when the configuration or the source changes.
@@ -175,45 +180,12 @@ fn vendored_ffmpeg() -> Vec<PathBuf> {
     vec![sdk.join("include")]
 }
 
-/// What the vendored FFmpeg decodes. Keep in step with docs/multimodal.md
-/// and `media::video::BUILT_DECODERS`.
+/// What the vendored FFmpeg is configured with (the same list the library
+/// reports as `media::video::BUILT_DECODERS`).
 #[cfg(feature = "video-ffmpeg")]
-const FFMPEG_COMPONENTS: &[(&str, &[&str])] = &[
-    (
-        "demuxer",
-        &[
-            "mov", "matroska", "avi", "mpegts", "mpegps", "flv", "h264", "hevc", "m4v", "ivf",
-        ],
-    ),
-    (
-        "decoder",
-        &[
-            "h264",
-            "hevc",
-            "vp8",
-            "vp9",
-            "mpeg4",
-            "h263",
-            "mpeg1video",
-            "mpeg2video",
-            "mjpeg",
-        ],
-    ),
-    (
-        "parser",
-        &[
-            "h264",
-            "hevc",
-            "vp8",
-            "vp9",
-            "mpeg4video",
-            "mpegvideo",
-            "h263",
-            "mjpeg",
-            "av1",
-        ],
-    ),
-];
+mod components {
+    include!("src/media/ffmpeg_components.rs");
+}
 
 #[cfg(feature = "video-ffmpeg")]
 fn ffmpeg_source() -> PathBuf {

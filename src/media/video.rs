@@ -347,21 +347,9 @@ fn decode_ffmpeg_path(
     })
 }
 
-/// The decoders the built-in FFmpeg has (build.rs configures exactly these;
-/// a system FFmpeg may have more). AV1 is not among them (FFmpeg decodes
-/// AV1 in software only through libdav1d or libaom): with the `av1` feature
-/// (default) rav1d decodes it.
-pub const BUILT_DECODERS: &[&str] = &[
-    "h264",
-    "hevc",
-    "vp8",
-    "vp9",
-    "mpeg4",
-    "h263",
-    "mpeg1video",
-    "mpeg2video",
-    "mjpeg",
-];
+// BUILT_DEMUXERS, BUILT_DECODERS, BUILT_PARSERS: what build.rs configures
+// the built-in FFmpeg with (a system FFmpeg may have more).
+include!("ffmpeg_components.rs");
 
 /// What [`ffmpeg_decoders`] reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
