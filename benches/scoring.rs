@@ -5,7 +5,7 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 use anjeon::dataset::{self, ReadOptions};
-use anjeon::judge::eval;
+use anjeon::judge::labels as eval;
 use anjeon::judge::refusal::RefusalDetector;
 
 fn refusal(c: &mut Criterion) {
@@ -24,7 +24,8 @@ fn refusal(c: &mut Criterion) {
                 items
                     .iter()
                     .filter(|l| {
-                        det.classify(&l.response).class == anjeon::sample::RefusalClass::Refusal
+                        det.classify(&l.response).class
+                            == anjeon::core::sample::RefusalClass::Refusal
                     })
                     .count()
             })
@@ -65,7 +66,7 @@ fn bootstrap(c: &mut Criterion) {
     let mut g = c.benchmark_group("bootstrap");
     g.throughput(Throughput::Elements(xs.len() as u64));
     g.bench_function("mean_ci_10k", |b| {
-        b.iter(|| anjeon::metrics::mean_ci(&xs, 1))
+        b.iter(|| anjeon::core::stats::mean_ci(&xs, 1))
     });
     g.finish();
 }

@@ -7,7 +7,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use anjeon::dataset::{self, ReadArgs};
-use anjeon::judge::{eval, Judge};
+use anjeon::judge::Judge;
+use anjeon::pipeline::judge_eval as eval;
 
 #[derive(Parser)]
 #[command(
@@ -28,7 +29,7 @@ enum Cmd {
         cmd: DataCmd,
     },
     /// Generate responses with a target model, judge them, and report.
-    Run(anjeon::run::RunArgs),
+    Run(anjeon::pipeline::run::RunArgs),
     /// Offline bundles: the binary, models and data sets in one checked tar.
     Bundle {
         #[command(subcommand)]
@@ -41,9 +42,9 @@ enum Cmd {
         json: bool,
     },
     /// Merge the run directories of a sharded run (`run --shard I/N`) into one.
-    Merge(anjeon::run::MergeArgs),
+    Merge(anjeon::pipeline::run::MergeArgs),
     /// Score given responses with a judge; writes a run directory and reports.
-    Score(anjeon::run::ScoreArgs),
+    Score(anjeon::pipeline::run::ScoreArgs),
     /// Attack variants: list the strategies, or show one item's variant.
     Attacks {
         #[command(subcommand)]
@@ -122,7 +123,7 @@ enum Cmd {
         #[arg(long, value_delimiter = ',')]
         compare: Vec<String>,
         #[command(flatten)]
-        judge: anjeon::run::JudgeArgs,
+        judge: anjeon::pipeline::run::JudgeArgs,
         /// cpu, cuda, cuda:N or metal (for a model judge).
         #[arg(long, default_value = "cpu")]
         device: String,
@@ -266,7 +267,7 @@ enum JudgeCmd {
 enum BundleCmd {
     /// Write a tar of the binary, the named cached models, data sets, licences and a
     /// manifest with every file's sha256.
-    Create(anjeon::bundle::CreateArgs),
+    Create(anjeon::pipeline::bundle::CreateArgs),
     /// Re-hash every file of a bundle against its manifest; names what is altered,
     /// missing or unexpected (exit 2 if anything is).
     Verify { file: std::path::PathBuf },
@@ -317,7 +318,7 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
-    anjeon::progress::init_color();
+    anjeon::core::progress::init_color();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -334,7 +335,7 @@ fn main() -> ExitCode {
                     msg = format!("{msg}: {t}");
                 }
             }
-            eprintln!("{} {msg}", anjeon::progress::paint("error:", "31"));
+            eprintln!("{} {msg}", anjeon::core::progress::paint("error:", "31"));
             ExitCode::from(if user { 2 } else { 3 })
         }
     }
@@ -418,12 +419,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Cmd::Run(args) => {
-            let outcome = anjeon::run::run(&args)?;
+            let outcome = anjeon::pipeline::run::run(&args)?;
             Ok(ExitCode::from(if outcome.failures > 0 { 1 } else { 0 }))
         }
         Cmd::Bundle { cmd } => match cmd {
             BundleCmd::Create(args) => {
-                let m = anjeon::bundle::create(&args)?;
+                let m = anjeon::pipeline::bundle::create(&args)?;
                 let bytes: u64 = m.files.iter().map(|f| f.bytes).sum();
                 eprintln!(
                     "wrote {}: {} files, {:.1} MiB (models: {}; data sets: {})",
@@ -436,7 +437,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
             BundleCmd::Verify { file } => {
-                let (_, v) = anjeon::bundle::verify(&file)?;
+                let (_, v) = anjeon::pipeline::bundle::verify(&file)?;
                 if v.ok() {
                     anjeon::outln!(
                         "ok: {} files, {:.1} MiB, every sha256 as in the manifest",
@@ -445,12 +446,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     );
                     Ok(ExitCode::SUCCESS)
                 } else {
-                    anjeon::outln!("{}: {}", file.display(), anjeon::bundle::describe(&v));
+                    anjeon::outln!(
+                        "{}: {}",
+                        file.display(),
+                        anjeon::pipeline::bundle::describe(&v)
+                    );
                     Ok(ExitCode::from(2))
                 }
             }
             BundleCmd::Unpack { file, to } => {
-                let home = anjeon::bundle::unpack(&file, &to)?;
+                let home = anjeon::pipeline::bundle::unpack(&file, &to)?;
                 anjeon::outln!(
                     "verified and unpacked; run with ANJEON_HOME={}",
                     home.display()
@@ -459,22 +464,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         },
         Cmd::Doctor { json } => {
-            let checks = anjeon::doctor::checks();
+            let checks = anjeon::pipeline::doctor::checks();
             if json {
                 anjeon::outln!(
                     "{}",
                     serde_json::to_string_pretty(&checks).expect("serialise checks")
                 );
             } else {
-                anjeon::out!("{}", anjeon::doctor::render(&checks));
+                anjeon::out!("{}", anjeon::pipeline::doctor::render(&checks));
             }
             let failed = checks
                 .iter()
-                .any(|c| c.level == anjeon::doctor::Level::Fail);
+                .any(|c| c.level == anjeon::pipeline::doctor::Level::Fail);
             Ok(ExitCode::from(if failed { 3 } else { 0 }))
         }
         Cmd::Merge(args) => {
-            let outcome = anjeon::run::merge(&args)?;
+            let outcome = anjeon::pipeline::run::merge(&args)?;
             Ok(ExitCode::from(if outcome.failures > 0 { 1 } else { 0 }))
         }
         Cmd::Generate {
@@ -623,7 +628,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let items = anjeon::audio::wer::read_set(&refs, &dir)?;
             let dev = anjeon::model::device(&device)?;
             let mut asr = anjeon::model::whisper::Asr::open(&model, &dev)?;
-            let (rows, summary) = anjeon::audio::wer::evaluate(
+            let (rows, summary) = anjeon::pipeline::asr_eval::evaluate(
                 &mut asr,
                 &items,
                 !detect_language,
@@ -701,7 +706,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Score(args) => {
-            let outcome = anjeon::run::score(&args)?;
+            let outcome = anjeon::pipeline::run::score(&args)?;
             Ok(ExitCode::from(if outcome.failures > 0 { 1 } else { 0 }))
         }
         Cmd::Judge {
@@ -939,14 +944,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ([dir], None) => anjeon::report::render_dir(dir)
                     .with_context(|| format!("re-rendering reports in {}", dir.display()))?,
                 (_, Some(out)) => anjeon::report::compare(&dirs, &out)?,
-                (_, None) => anyhow::bail!(anjeon::error::Error::Usage(
+                (_, None) => anyhow::bail!(anjeon::core::error::Error::Usage(
                     "several run directories need --out DIR for the comparison report".into()
                 )),
             };
             let unusable = rep
                 .failures
                 .iter()
-                .filter(|f| f.stage == anjeon::report::UNUSABLE)
+                .filter(|f| f.stage == anjeon::runlog::UNUSABLE)
                 .count();
             if unusable > 0 {
                 eprintln!("{unusable} planned records could not be used; they are listed under item failures in report.md");

@@ -469,7 +469,7 @@ fn killed_run_resumes_to_the_same_report() {
 fn a_locked_run_directory_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
-    let _held = anjeon::store::RunDir::open(&out).unwrap();
+    let _held = anjeon::runlog::store::RunDir::open(&out).unwrap();
     let o = score_reference("tests/fixtures/ok/assurai.parquet", &out);
     assert_eq!(o.status.code(), Some(2));
     assert!(
@@ -695,7 +695,7 @@ fn bundled_sample_covers_both_taxonomies_and_all_modalities() {
             "group {g} missing"
         );
     }
-    let ksafe = anjeon::taxonomy::get();
+    let ksafe = anjeon::core::taxonomy::get();
     for c in &ksafe.ksafe {
         assert!(
             s["by_risk_factor"][&c.name].as_u64().unwrap_or(0) > 0,

@@ -404,9 +404,9 @@ fn candle_gemma4_cannot_load_transformers_checkpoint() {
 /// and generation from them gives transformers' greedy continuation.
 #[test]
 fn gemma4_through_the_engine_matches_the_processor_and_generates() {
+    use anjeon::core::sample::{Media, MediaKind, MediaSource};
     use anjeon::model::chat::ChatPart;
     use anjeon::model::MediaInput;
-    use anjeon::sample::{Media, MediaKind, MediaSource};
     let d = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny/gemma4");
     let r = anjeon::model::resolve(d.to_str().unwrap()).unwrap();
     let mut m =
@@ -461,9 +461,9 @@ fn gemma4_through_the_engine_matches_the_processor_and_generates() {
 /// as the HF processor does, and transformers' greedy continuation.
 #[test]
 fn gemma4_audio_through_the_engine_matches_the_processor_and_generates() {
+    use anjeon::core::sample::{Media, MediaKind, MediaSource};
     use anjeon::model::chat::ChatPart;
     use anjeon::model::MediaInput;
-    use anjeon::sample::{Media, MediaKind, MediaSource};
     let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let d = dir();
     let r = anjeon::model::resolve(d.to_str().unwrap()).unwrap();

@@ -355,7 +355,7 @@ fn names_and_detection() {
 
 #[test]
 fn every_native_category_is_mapped_to_existing_taxonomy_names() {
-    let tax = anjeon::taxonomy::get();
+    let tax = anjeon::core::taxonomy::get();
     for f in GuardFormat::all() {
         let m = mapping(*f).unwrap();
         assert!(

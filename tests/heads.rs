@@ -113,7 +113,7 @@ fn bad_responses_get_a_flagged_verdict_or_unscored() {
     for k in [3, 4] {
         assert_eq!(
             out[k].0.refusal_class(),
-            Some(anjeon::sample::RefusalClass::Compliance),
+            Some(anjeon::core::sample::RefusalClass::Compliance),
             "{:?}",
             out[k]
         );

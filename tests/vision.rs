@@ -89,9 +89,9 @@ fn qwen3_vl_logits_and_greedy_match_transformers() {
 /// processor builds: the tiny fixture's "image" case is the sample's AS-0005.png.
 #[test]
 fn multimodal_prompt_ids_match_the_hf_processor() {
+    use anjeon::core::sample::{Media, MediaKind, MediaSource};
     use anjeon::model::chat::ChatPart;
     use anjeon::model::MediaInput;
-    use anjeon::sample::{Media, MediaKind, MediaSource};
     let r = anjeon::model::resolve(dir().to_str().unwrap()).unwrap();
     let m = anjeon::model::TextModel::load(&r, &Device::Cpu, &Default::default()).unwrap();
     assert_eq!(m.modalities(), vec![MediaKind::Image, MediaKind::Video]);

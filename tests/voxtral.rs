@@ -255,7 +255,7 @@ fn voxtral_rejects_mismatched_inputs() {
     // Placeholders and clips that do not pair up.
     let proc = Processor::from_dir(&dir(), &cfg).unwrap();
     let e = proc.expand(&[1, 3, 24, 24, 4], &[1]).unwrap_err();
-    assert!(matches!(e, anjeon::error::Error::Usage(_)), "{e}");
+    assert!(matches!(e, anjeon::core::error::Error::Usage(_)), "{e}");
     // A decode step at the wrong offset.
     let input = Tensor::new(&[5u32], &Device::Cpu)
         .unwrap()
@@ -271,9 +271,9 @@ fn voxtral_rejects_mismatched_inputs() {
 /// reference's, and generation gives transformers' greedy continuation.
 #[test]
 fn voxtral_through_the_engine_matches_the_reference_and_generates() {
+    use anjeon::core::sample::{Media, MediaKind, MediaSource};
     use anjeon::model::chat::ChatPart;
     use anjeon::model::MediaInput;
-    use anjeon::sample::{Media, MediaKind, MediaSource};
     let r = anjeon::model::resolve(dir().to_str().unwrap()).unwrap();
     let mut m = anjeon::model::TextModel::load(&r, &Device::Cpu, &Default::default()).unwrap();
     assert_eq!(m.modalities(), vec![MediaKind::Audio]);

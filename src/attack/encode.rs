@@ -132,7 +132,7 @@ pub fn escape_literal(text: &str) -> String {
 }
 
 /// The deterministic generator for per-item choices.
-pub use crate::metrics::SplitMix64 as Rng;
+pub use crate::core::stats::SplitMix64 as Rng;
 
 /// Cut the text into up to `parts` non-empty pieces at character boundaries;
 /// cut points are drawn from `rng` around the even split points. Joining the

@@ -20,8 +20,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Location, Result};
-use crate::sample::{Media, MediaKind, MediaSource, Part, Role, Sample, Variant};
+use crate::core::error::{Error, Location, Result};
+use crate::core::sample::{Media, MediaKind, MediaSource, Part, Role, Sample, Variant};
 
 /// The bundled templates: (file, contents), in `attacks list` order.
 pub const BUILTIN: [(&str, &str); 10] = [
@@ -244,7 +244,7 @@ impl Template {
             glossary: t.glossary.into_iter().collect(),
             key_phrase: t.key_phrase,
             file: file.to_string(),
-            sha256: crate::store::sha256_hex(text.as_bytes()),
+            sha256: crate::core::hash::sha256_hex(text.as_bytes()),
         })
     }
 
@@ -303,7 +303,7 @@ impl Template {
         }
         let id = variant_id(&sample.id, &self.name);
         let korean = sample.language.to_ascii_lowercase().starts_with("ko");
-        let mut rng = encode::Rng::new(crate::metrics::seed_of(&id, seed));
+        let mut rng = encode::Rng::new(crate::core::stats::seed_of(&id, seed));
         let form = &self.forms[rng.below(self.forms.len())];
         let payload = self.payload(sample, request, korean, &mut rng);
         let prompt = if korean { &form.ko } else { &form.en };
@@ -460,14 +460,23 @@ pub fn select(list: &str) -> Result<Vec<Template>> {
     Ok(out)
 }
 
+/// A variant that could not be made: where its base item came from, the
+/// variant's id and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unmade {
+    pub location: String,
+    pub id: String,
+    pub reason: String,
+}
+
 /// The variants of `samples` under each template, strategy by strategy (in
 /// the templates' order, items in their order), and the variants that could
-/// not be made, as failures at stage `attack`.
+/// not be made.
 pub fn variants(
     samples: &[&Sample],
     templates: &[Template],
     seed: u64,
-) -> (Vec<Sample>, Vec<crate::run::Failure>) {
+) -> (Vec<Sample>, Vec<Unmade>) {
     let mut out = Vec::new();
     let mut failures = Vec::new();
     for t in templates {
@@ -480,10 +489,9 @@ pub fn variants(
                         Error::Input { msg, fix, .. } => format!("{msg} (fix: {fix})"),
                         other => other.to_string(),
                     };
-                    failures.push(crate::run::Failure {
+                    failures.push(Unmade {
                         location: s.origin.to_string(),
                         id: variant_id(&s.id, &t.name),
-                        stage: "attack".into(),
                         reason,
                     });
                 }

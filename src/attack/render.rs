@@ -19,7 +19,7 @@ fn font() -> &'static FontRef<'static> {
 
 /// sha256 of the bundled font (recorded with each image variant).
 pub fn font_sha256() -> String {
-    crate::store::sha256_hex(FONT_BYTES)
+    crate::core::hash::sha256_hex(FONT_BYTES)
 }
 
 /// The canvas and the font sizes to try.

@@ -24,58 +24,14 @@ use symphonia::core::io::{MediaSource, MediaSourceStream};
 use symphonia::core::meta::MetadataOptions;
 use symphonia::core::probe::Hint;
 
-use crate::sample::{Media, MediaSource as ItemSource};
+use crate::core::sample::{Media, MediaSource as ItemSource};
 
 /// Whisper's (and most speech models') sample rate.
 pub const TARGET_RATE: u32 = 16_000;
 /// Default longest input: 10 minutes.
 pub const DEFAULT_MAX_SECONDS: f64 = 600.0;
 
-/// Why an audio input could not be used. Every variant names the file.
-#[derive(Debug, thiserror::Error)]
-pub enum AudioError {
-    #[error("{file}: cannot read: {source}\n  fix: check the path and its permissions")]
-    Io {
-        file: String,
-        source: std::io::Error,
-    },
-    /// The container or codec is not one anjeon decodes.
-    #[error("{file}: unsupported audio: {reason}\n  fix: convert it to 16-bit PCM WAV, FLAC, MP3, Ogg/Vorbis or M4A/AAC (e.g. `ffmpeg -i IN -ar 16000 -ac 1 OUT.wav`)")]
-    Unsupported { file: String, reason: String },
-    /// The file is damaged: truncated, a header that contradicts itself, bad packets.
-    #[error("{file}: malformed audio: {reason}\n  fix: the file is damaged or truncated; re-export or re-download it")]
-    Malformed { file: String, reason: String },
-    /// Longer than the limit (checked from the header where possible).
-    #[error("{file}: audio is {seconds:.1} s long, over the limit of {limit:.0} s\n  fix: cut it into shorter clips, or raise the limit (--max-audio-seconds)")]
-    TooLong {
-        file: String,
-        seconds: f64,
-        limit: f64,
-    },
-    /// No samples at all (silence is fine; nothing is not).
-    #[error("{file}: audio has no samples (zero length)\n  fix: check the file; a clip of silence is accepted, an empty one is not")]
-    Empty { file: String },
-    #[error("{file}: resampling from {from} Hz to {to} Hz failed: {reason}\n  fix: convert the file to 16 kHz first")]
-    Resample {
-        file: String,
-        from: u32,
-        to: u32,
-        reason: String,
-    },
-}
-
-impl AudioError {
-    pub fn file(&self) -> &str {
-        match self {
-            AudioError::Io { file, .. }
-            | AudioError::Unsupported { file, .. }
-            | AudioError::Malformed { file, .. }
-            | AudioError::TooLong { file, .. }
-            | AudioError::Empty { file }
-            | AudioError::Resample { file, .. } => file,
-        }
-    }
-}
+pub use crate::core::error::AudioError;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DecodeOptions {

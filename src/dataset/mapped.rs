@@ -9,9 +9,9 @@ use regex::Regex;
 use serde_json::{Map, Value};
 
 use super::record::Record;
-use crate::error::{Error, Result};
-use crate::sample::*;
-use crate::taxonomy;
+use crate::core::error::{Error, Result};
+use crate::core::sample::*;
+use crate::core::taxonomy;
 
 /// The benchmark schema a record is read as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

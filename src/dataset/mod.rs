@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::error::{Error, Location, Result};
-use crate::sample::{MediaKind, MediaSource, Sample};
+use crate::core::error::{Error, Location, Result};
+use crate::core::sample::{MediaKind, MediaSource, Sample};
 pub use mapped::{FieldMap, Schema};
 
 /// The formats anjeon reads.
@@ -265,7 +265,7 @@ pub fn detect(path: &Path) -> Result<Format> {
         "jsonl" | "ndjson" => {
             // The first non-empty line decides; a line that is not UTF-8 is
             // the reader's to report, with its number.
-            let bytes = crate::error::read_file(path)?;
+            let bytes = crate::core::error::read_file(path)?;
             let text = String::from_utf8_lossy(&bytes);
             let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
             let v: serde_json::Value =
@@ -328,7 +328,7 @@ fn hash_files(files: &[PathBuf], root: &Path) -> Result<String> {
         let rel = f.strip_prefix(root).unwrap_or(f);
         h.update(rel.to_string_lossy().as_bytes());
         h.update([0]);
-        h.update(crate::error::read_file(f)?);
+        h.update(crate::core::error::read_file(f)?);
     }
     Ok(hex::encode(h.finalize()))
 }

@@ -6,8 +6,8 @@ use std::path::Path;
 use serde_json::{Map, Value};
 
 use super::record::Record;
-use crate::error::{Error, Result};
-use crate::sample::*;
+use crate::core::error::{Error, Result};
+use crate::core::sample::*;
 
 fn text(rec: &Record, key: &str) -> Result<String> {
     match rec.fields.get(key) {

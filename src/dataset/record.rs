@@ -1,5 +1,5 @@
 //! A raw record read from a data file (a JSONL line, a CSV row, a parquet row),
-//! before it is mapped onto a [`Sample`](crate::sample::Sample). Binary values
+//! before it is mapped onto a [`Sample`](crate::core::sample::Sample). Binary values
 //! (parquet `{bytes, path}` image structs) are kept aside as blobs.
 
 use std::collections::HashMap;
@@ -10,7 +10,7 @@ use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::record::Field;
 use serde_json::{Map, Value};
 
-use crate::error::{Error, Location, Result};
+use crate::core::error::{Error, Location, Result};
 
 /// A value of a raw record: JSON, with binary data referenced by blob key.
 #[derive(Debug, Clone)]
@@ -38,7 +38,7 @@ impl Record {
 /// Read JSON lines. A malformed line becomes an error in `bad`, and the
 /// other lines are still read. An empty file is an error.
 pub fn read_jsonl(path: &Path, bad: &mut Vec<Error>) -> Result<Vec<Record>> {
-    let bytes = crate::error::read_file(path)?;
+    let bytes = crate::core::error::read_file(path)?;
     let mut out = Vec::new();
     // Line by line, so that one line that is not UTF-8 is reported with its
     // number and the others are still read.
@@ -85,7 +85,7 @@ pub fn read_jsonl(path: &Path, bad: &mut Vec<Error>) -> Result<Vec<Record>> {
 
 /// Read a JSON file holding an array of objects.
 pub fn read_json_array(path: &Path) -> Result<Vec<Record>> {
-    let bytes = crate::error::read_file(path)?;
+    let bytes = crate::core::error::read_file(path)?;
     let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
         Error::input(
             Location::file(path),
@@ -129,7 +129,7 @@ pub fn read_json_array(path: &Path) -> Result<Vec<Record>> {
 /// Read a CSV file with a header row. Row numbers in locations are the
 /// record's starting line in the file.
 pub fn read_csv(path: &Path, bad: &mut Vec<Error>) -> Result<Vec<Record>> {
-    let bytes = crate::error::read_file(path)?;
+    let bytes = crate::core::error::read_file(path)?;
     let bytes = bytes.strip_prefix("\u{feff}".as_bytes()).unwrap_or(&bytes);
     let mut rdr = csv::ReaderBuilder::new().flexible(false).from_reader(bytes);
     let headers = rdr

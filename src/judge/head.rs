@@ -23,10 +23,10 @@ use sha2::{Digest, Sha256};
 
 use super::model::Task;
 use super::Verdict;
-use crate::error::{Error, Result};
-use crate::metrics::{self, Agreement, SplitMix64};
+use crate::core::error::{Error, Result};
+use crate::core::sample::RefusalClass;
+use crate::core::stats::{self as metrics, Agreement, SplitMix64};
 use crate::model::embeddinggemma::EmbeddingGemma;
-use crate::sample::RefusalClass;
 
 /// The task prompt heads embed with.
 pub const PROMPT: &str = "Classification";
@@ -212,14 +212,14 @@ impl Head {
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
-        crate::store::write_atomic(path, &self.to_bytes()?)
+        crate::core::fs::write_atomic(path, &self.to_bytes()?)
     }
 
     /// Read a head from bytes (`origin` names it in errors).
     pub fn from_bytes(bytes: &[u8], origin: &str) -> Result<Head> {
         let bad = |msg: String| {
             Error::input(
-                crate::error::Location::file(origin),
+                crate::core::error::Location::file(origin),
                 msg,
                 "a head file is made by `anjeon judge train`; re-train or fetch it again",
             )
@@ -485,7 +485,7 @@ impl EmbedCache {
             todo.iter().filter(|t| !t.1.is_empty()).collect();
         fresh.sort_by_key(|t| (t.1.len(), t.0));
         let pb = if progress {
-            Some(crate::progress::bar(fresh.len() as u64, "embedding"))
+            Some(crate::core::progress::bar(fresh.len() as u64, "embedding"))
         } else {
             None
         };
@@ -619,12 +619,12 @@ impl HeadJudge {
         }
         format!(
             "head:{}",
-            &crate::store::key_of(&parts.iter().map(String::as_str).collect::<Vec<_>>())[..16]
+            &crate::core::hash::key_of(&parts.iter().map(String::as_str).collect::<Vec<_>>())[..16]
         )
     }
 
     pub fn heads_sha256(&self) -> String {
-        crate::store::key_of(
+        crate::core::hash::key_of(
             &self
                 .heads
                 .iter()
@@ -796,8 +796,8 @@ pub struct TrainRequest {
 }
 
 /// The label of a labelled item for a task, as a class index.
-fn class_for(task: Task, label: super::eval::Label) -> Option<usize> {
-    use super::eval::Label;
+fn class_for(task: Task, label: super::labels::Label) -> Option<usize> {
+    use super::labels::Label;
     match (task, label) {
         (Task::Refusal, Label::Refusal(c)) => Some(c as usize),
         (Task::Harm, Label::Harmful(h)) => Some(h as usize),
@@ -811,9 +811,9 @@ pub fn train_head(req: &TrainRequest, embedder: &EmbeddingGemma) -> Result<Head>
     let classes = classes_of(req.task)?;
     let mut items = vec![];
     for spec in &req.labels {
-        for l in super::eval::read_labels(spec)? {
+        for l in super::labels::read_labels(spec)? {
             if let Some(y) = class_for(req.task, l.label) {
-                if super::eval::in_dev(&l.id) {
+                if super::labels::in_dev(&l.id) {
                     items.push((l, y));
                 }
             }
@@ -868,7 +868,7 @@ pub fn train_head(req: &TrainRequest, embedder: &EmbeddingGemma) -> Result<Head>
             Example {
                 x,
                 y: *y,
-                group: super::eval::group_of(&l.id).to_string(),
+                group: super::labels::group_of(&l.id).to_string(),
                 language: super::model::language_of(&l.response).to_string(),
             }
         })

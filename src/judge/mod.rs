@@ -2,16 +2,16 @@
 //! risky it is. The refusal detector needs no model; model judges plug in
 //! behind the same [`Verdict`] type.
 
-pub mod eval;
 pub mod guard;
 pub mod head;
+pub mod labels;
 pub mod model;
 pub mod refusal;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
-use crate::sample::{Expected, RefusalClass};
+use crate::core::error::{Error, Result};
+use crate::core::sample::{Expected, RefusalClass};
 
 /// One judge's verdict on one response.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -272,7 +272,7 @@ impl Judge {
             Judge::Head(h) => h.fingerprint(),
             Judge::Ensemble(h, d) => format!(
                 "ensemble:{}",
-                &crate::store::key_of(&[
+                &crate::core::hash::key_of(&[
                     &h.fingerprint(),
                     &d.fingerprint(),
                     &ENSEMBLE_DETECTOR_WEIGHT.to_string()
@@ -287,7 +287,7 @@ impl Judge {
             Judge::Model(m) => m.rubrics_sha256(),
             Judge::Head(h) => h.heads_sha256(),
             Judge::Ensemble(h, d) => {
-                crate::store::key_of(&[&h.heads_sha256(), d.patterns_sha256()])
+                crate::core::hash::key_of(&[&h.heads_sha256(), d.patterns_sha256()])
             }
         }
     }
@@ -389,7 +389,7 @@ pub fn ensemble(
             };
             Verdict::Harm {
                 harmful: p >= threshold,
-                probability: crate::metrics::round6(p),
+                probability: crate::core::stats::round6(p),
             }
         }
         other => other,

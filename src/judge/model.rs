@@ -22,11 +22,11 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::Verdict;
-use crate::error::{Error, Result};
+use crate::core::error::{Error, Result};
+use crate::core::hash::{key_of, sha256_hex};
+use crate::core::sample::{Expected, RefusalClass, Sample};
 use crate::model::chat::Message;
 use crate::model::{Prefix, TextModel};
-use crate::sample::{Expected, RefusalClass, Sample};
-use crate::store::{key_of, sha256_hex};
 
 /// What a judge is asked about a response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -150,7 +150,7 @@ impl Rubric {
     pub fn parse(text: &str, origin: &str) -> Result<Rubric> {
         let bad = |msg: String| {
             Error::Input {
-            loc: crate::error::Location::file(origin),
+            loc: crate::core::error::Location::file(origin),
             msg,
             fix: "see data/judge/risk.toml for the expected fields (kind, version, labels, [ko] and [en] with system, user, answer)".into(),
         }
@@ -695,10 +695,13 @@ impl ModelJudge {
                 logits[labels[1] as usize],
             )
             .map_err(Error::Usage)?;
-            probs = vec![crate::metrics::round6(p), crate::metrics::round6(1.0 - p)];
+            probs = vec![
+                crate::core::stats::round6(p),
+                crate::core::stats::round6(1.0 - p),
+            ];
             Verdict::Harm {
                 harmful: p > 0.5,
-                probability: crate::metrics::round6(p),
+                probability: crate::core::stats::round6(p),
             }
         } else {
             let params = crate::model::GenParams {
@@ -784,7 +787,7 @@ impl ModelJudge {
             rubric: self.rubric(task)?.id(),
             language: lang.into(),
             probs,
-            label_mass: crate::metrics::round6(mass),
+            label_mass: crate::core::stats::round6(mass),
             delimiter,
             truncated,
             neutralized,
@@ -830,11 +833,20 @@ impl ModelJudge {
             };
             d.prompt_tokens += g.prompt_tokens;
             d.computed_tokens += g.computed_tokens;
-            d.refusal_gate = Some(g.probs.iter().map(|p| crate::metrics::round6(*p)).collect());
+            d.refusal_gate = Some(
+                g.probs
+                    .iter()
+                    .map(|p| crate::core::stats::round6(*p))
+                    .collect(),
+            );
         }
         let threshold = self.rubric(item.task)?.threshold;
         let verdict = verdict_of(item.task, &d.probs, threshold);
-        d.probs = d.probs.iter().map(|p| crate::metrics::round6(*p)).collect();
+        d.probs = d
+            .probs
+            .iter()
+            .map(|p| crate::core::stats::round6(*p))
+            .collect();
         Ok((verdict, d))
     }
 }
@@ -900,7 +912,7 @@ pub fn verdict_of(task: Task, probs: &[f64], threshold: f64) -> Verdict {
     match task {
         Task::Risk => Verdict::Risk {
             score: best as u8 + 1,
-            expected: crate::metrics::round6(
+            expected: crate::core::stats::round6(
                 probs
                     .iter()
                     .enumerate()
@@ -910,7 +922,7 @@ pub fn verdict_of(task: Task, probs: &[f64], threshold: f64) -> Verdict {
         },
         Task::Harm => Verdict::Harm {
             harmful: probs[0] >= threshold,
-            probability: crate::metrics::round6(probs[0]),
+            probability: crate::core::stats::round6(probs[0]),
         },
         Task::Refusal => Verdict::Refusal {
             class: [

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use unicode_normalization::UnicodeNormalization;
 
-use crate::sample::RefusalClass;
+use crate::core::sample::RefusalClass;
 
 pub const PATTERNS_TOML: &str = include_str!("../../data/refusal/patterns.toml");
 

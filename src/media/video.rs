@@ -294,8 +294,8 @@ fn decode_folder(
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             matches!(
-                crate::sample::MediaKind::from_extension(p),
-                Some((crate::sample::MediaKind::Image, _))
+                crate::core::sample::MediaKind::from_extension(p),
+                Some((crate::core::sample::MediaKind::Image, _))
             )
         })
         .collect();

@@ -8,7 +8,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::{GenParams, TextModel};
-use crate::error::Result;
+use crate::core::error::Result;
 
 #[derive(Debug, Serialize)]
 pub struct BenchResult {

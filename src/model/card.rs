@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::core::error::{Error, Result};
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -152,7 +152,7 @@ pub fn from_file(path: &std::path::Path) -> Result<Card> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     toml::from_str(&text).map_err(|e| {
         Error::input(
-            crate::error::Location::file(path),
+            crate::core::error::Location::file(path),
             format!("bad model card: {e}"),
             "see models/*.toml for the layout",
         )

@@ -7,8 +7,8 @@ use minijinja::value::Value;
 use minijinja::{Environment, ErrorKind};
 use serde::Serialize;
 
-use crate::error::{Error, Result};
-use crate::store::sha256_hex;
+use crate::core::error::{Error, Result};
+use crate::core::hash::sha256_hex;
 
 /// One chat message.
 /// One chat message. `content` is the text; `parts` is empty for a text

@@ -32,7 +32,7 @@ use candle_nn::{Embedding, Linear, VarBuilder};
 use serde::Deserialize;
 
 use super::gemma3::Rope;
-use crate::error::{Error, Result};
+use crate::core::error::{Error, Result};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Config {
@@ -334,7 +334,7 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     serde_json::from_str(&text).map_err(|e| {
         Error::input(
-            crate::error::Location::file(path),
+            crate::core::error::Location::file(path),
             format!("bad JSON: {e}"),
             "the sentence-transformers folder is damaged; fetch it again (`anjeon models fetch embeddinggemma-300m`)",
         )

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::card::Card;
-use crate::error::{Error, Result};
+use crate::core::error::{Error, Result};
 
 /// The cache root: `$ANJEON_HOME`, else `$XDG_CACHE_HOME/anjeon`, else `~/.cache/anjeon`.
 pub fn home() -> PathBuf {
@@ -284,7 +284,7 @@ pub fn fetch(card: &Card) -> Result<PathBuf> {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok())
             .unwrap_or(0u64);
-        let pb = crate::progress::bar(len, &what).bytes();
+        let pb = crate::core::progress::bar(len, &what).bytes();
         let mut wheel = Vec::with_capacity(len as usize);
         let mut reader = resp.body_mut().with_config().limit(4 << 30).reader();
         let mut buf = vec![0u8; 1 << 16];

@@ -1818,7 +1818,7 @@ impl Processor {
     pub fn from_dir(
         dir: &std::path::Path,
         cfg: &Config,
-    ) -> std::result::Result<Processor, crate::error::Error> {
+    ) -> std::result::Result<Processor, crate::core::error::Error> {
         let read = |name: &str| std::fs::read_to_string(dir.join(name)).ok();
         let src = read("preprocessor_config.json").or_else(|| {
             read("processor_config.json")
@@ -1853,7 +1853,7 @@ impl Processor {
                     .and_then(|v| v.get("feature_extractor").cloned());
                 if let Some(fe) = &fe {
                     check_audio_features(fe).map_err(|e| {
-                        crate::error::Error::Usage(format!(
+                        crate::core::error::Error::Usage(format!(
                             "{}: audio feature extractor: {e}\n  fix: anjeon's Gemma 4 audio features follow transformers' Gemma4AudioFeatureExtractor defaults",
                             dir.join("processor_config.json").display()
                         ))
@@ -1878,7 +1878,7 @@ impl Processor {
             boi_token_id: cfg.boi_token_id,
             eoi_token_id: cfg.eoi_token_id,
             audio,
-            config_sha256: crate::store::sha256_hex(hashed.as_bytes()),
+            config_sha256: crate::core::hash::sha256_hex(hashed.as_bytes()),
         })
     }
 
@@ -1889,9 +1889,10 @@ impl Processor {
         &self,
         media: &[crate::model::MediaInput<'_>],
         device: &Device,
-    ) -> std::result::Result<Processed, crate::error::Error> {
-        use crate::sample::MediaKind;
-        let ce = |e: candle_core::Error| crate::error::Error::Usage(format!("media input: {e}"));
+    ) -> std::result::Result<Processed, crate::core::error::Error> {
+        use crate::core::sample::MediaKind;
+        let ce =
+            |e: candle_core::Error| crate::core::error::Error::Usage(format!("media input: {e}"));
         let (mut px, mut pos, mut soft) = (Vec::new(), Vec::new(), Vec::new());
         let (mut rows, mut cols) = (0, 0);
         let mut audio = Vec::new();
@@ -1920,7 +1921,7 @@ impl Processor {
                     let f = crate::audio::features::Gemma4Features::new().extract(&a.samples);
                     let n = soft_tokens_per_audio(&f.mask);
                     if n == 0 {
-                        return Err(crate::error::Error::Usage(format!(
+                        return Err(crate::core::error::Error::Usage(format!(
                             "{name}: audio of {:.3} s is too short for Gemma 4 (no soft token)\n  fix: the clip needs at least ~40 ms of audio",
                             a.seconds()
                         )));
@@ -1938,7 +1939,7 @@ impl Processor {
                     } else {
                         "images (this checkpoint has no audio tower)"
                     };
-                    return Err(crate::error::Error::Usage(format!(
+                    return Err(crate::core::error::Error::Usage(format!(
                         "{name}: anjeon's Gemma 4 takes {takes}, not {}",
                         other.as_str()
                     )));

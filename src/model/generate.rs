@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::tokenizer::Detokenizer;
 use super::TextModel;
-use crate::error::{Error, Result};
+use crate::core::error::{Error, Result};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GenParams {

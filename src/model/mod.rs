@@ -28,7 +28,7 @@ use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models as tm;
 
-use crate::error::{Error, Result};
+use crate::core::error::{Error, Result};
 pub use chat::{ChatTemplate, Message};
 pub use generate::{GenParams, Generation, StopReason};
 
@@ -284,8 +284,8 @@ pub enum MmPrompt {
 
 /// One media item of a prompt, as the data set gives it (any architecture).
 pub struct MediaInput<'a> {
-    pub kind: crate::sample::MediaKind,
-    pub media: &'a crate::sample::Media,
+    pub kind: crate::core::sample::MediaKind,
+    pub media: &'a crate::core::sample::Media,
 }
 
 /// A prompt ready for generation: its text (before id-level expansion),
@@ -666,7 +666,7 @@ impl TextModel {
             let b = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
             serde_json::from_slice(&b).map_err(|e| {
                 Error::input(
-                    crate::error::Location::file(&p),
+                    crate::core::error::Location::file(&p),
                     format!("malformed JSON: {e}"),
                     "re-download the file",
                 )
@@ -840,22 +840,22 @@ impl TextModel {
         if let Some(v) = &self.vision {
             parts.push(v.config_sha256());
         }
-        crate::store::key_of(&parts)
+        crate::core::hash::key_of(&parts)
     }
 
     /// The media kinds the model takes besides text.
-    pub fn modalities(&self) -> Vec<crate::sample::MediaKind> {
+    pub fn modalities(&self) -> Vec<crate::core::sample::MediaKind> {
         match &self.vision {
             Some(VisionProc::Qwen3Vl(_)) => vec![
-                crate::sample::MediaKind::Image,
-                crate::sample::MediaKind::Video,
+                crate::core::sample::MediaKind::Image,
+                crate::core::sample::MediaKind::Video,
             ],
             Some(VisionProc::Gemma4(p)) if p.audio.is_some() => vec![
-                crate::sample::MediaKind::Image,
-                crate::sample::MediaKind::Audio,
+                crate::core::sample::MediaKind::Image,
+                crate::core::sample::MediaKind::Audio,
             ],
-            Some(VisionProc::Gemma4(_)) => vec![crate::sample::MediaKind::Image],
-            Some(VisionProc::Voxtral(_)) => vec![crate::sample::MediaKind::Audio],
+            Some(VisionProc::Gemma4(_)) => vec![crate::core::sample::MediaKind::Image],
+            Some(VisionProc::Voxtral(_)) => vec![crate::core::sample::MediaKind::Audio],
             None => vec![],
         }
     }

@@ -1028,7 +1028,7 @@ impl Processor {
     pub fn from_dir(
         dir: &std::path::Path,
         merge: usize,
-    ) -> std::result::Result<Processor, crate::error::Error> {
+    ) -> std::result::Result<Processor, crate::core::error::Error> {
         use crate::media::qwen3vl::{ImageProcessor, VideoProcessor};
         let read = |name: &str| std::fs::read_to_string(dir.join(name)).ok();
         let combined: Option<serde_json::Value> =
@@ -1065,7 +1065,7 @@ impl Processor {
             video,
             limits: crate::media::Limits::default(),
             merge,
-            config_sha256: crate::store::sha256_hex(hashed.as_bytes()),
+            config_sha256: crate::core::hash::sha256_hex(hashed.as_bytes()),
         })
     }
 
@@ -1074,9 +1074,10 @@ impl Processor {
         &self,
         media: &[super::MediaInput<'_>],
         device: &Device,
-    ) -> std::result::Result<(Vec<Placeholder>, MmInputs), crate::error::Error> {
-        use crate::sample::{MediaKind, MediaSource};
-        let ce = |e: candle_core::Error| crate::error::Error::Usage(format!("vision input: {e}"));
+    ) -> std::result::Result<(Vec<Placeholder>, MmInputs), crate::core::error::Error> {
+        use crate::core::sample::{MediaKind, MediaSource};
+        let ce =
+            |e: candle_core::Error| crate::core::error::Error::Usage(format!("vision input: {e}"));
         let mut places = Vec::new();
         let (mut img_px, mut img_grid, mut vid_px, mut vid_grid) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -1121,24 +1122,25 @@ impl Processor {
                     vid_px.extend(v.patches.pixel_values);
                 }
                 MediaKind::Audio => {
-                    return Err(crate::error::Error::Usage(format!(
+                    return Err(crate::core::error::Error::Usage(format!(
                         "{name}: Qwen3-VL takes images and video, not audio"
                     )))
                 }
             }
         }
-        let visual = |px: Vec<f32>,
-                      grid: Vec<[usize; 3]>|
-         -> std::result::Result<Option<VisualInput>, crate::error::Error> {
-            if grid.is_empty() {
-                return Ok(None);
-            }
-            let rows = px.len() / cols.max(1);
-            Ok(Some(VisualInput {
-                pixel_values: Tensor::from_vec(px, (rows, cols), device).map_err(ce)?,
-                grid_thw: grid,
-            }))
-        };
+        let visual =
+            |px: Vec<f32>,
+             grid: Vec<[usize; 3]>|
+             -> std::result::Result<Option<VisualInput>, crate::core::error::Error> {
+                if grid.is_empty() {
+                    return Ok(None);
+                }
+                let rows = px.len() / cols.max(1);
+                Ok(Some(VisualInput {
+                    pixel_values: Tensor::from_vec(px, (rows, cols), device).map_err(ce)?,
+                    grid_thw: grid,
+                }))
+            };
         Ok((
             places,
             MmInputs {

@@ -9,7 +9,7 @@ use candle_core::quantized::gguf_file;
 use candle_core::quantized::tokenizer::TokenizerFromGguf;
 use tokenizers::Tokenizer;
 
-use crate::error::{Error, Result};
+use crate::core::error::{Error, Result};
 
 /// The tokenization algorithm behind a [`Tok`].
 pub enum Inner {
@@ -168,7 +168,7 @@ impl Tok {
             .and_then(|v| v.to_string().ok())
             .cloned()
             .unwrap_or_default();
-        let fingerprint = crate::store::key_of(&[
+        let fingerprint = crate::core::hash::key_of(&[
             "gguf-tokenizer",
             &kind,
             &pre,
@@ -234,7 +234,8 @@ impl Tok {
         stop_ids.sort();
         stop_ids.dedup();
         // transformers' apply_chat_template tokenizes with add_special_tokens=False.
-        let fingerprint = crate::store::key_of(&[source, &crate::store::sha256_hex(&bytes)]);
+        let fingerprint =
+            crate::core::hash::key_of(&[source, &crate::core::hash::sha256_hex(&bytes)]);
         Ok(Tok {
             inner: Inner::Hf(Box::new(hf)),
             bos,

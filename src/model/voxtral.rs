@@ -57,7 +57,7 @@ use candle_nn::{Activation, Conv1d, Embedding, LayerNorm, Linear, VarBuilder};
 use serde::Deserialize;
 
 use crate::audio::features::{WhisperFeatures, CHUNK_FRAMES, HOP, N_FFT, SAMPLE_RATE};
-use crate::error::Error;
+use crate::core::error::Error;
 
 use super::layers::{append_kv, attention, RmsNorm};
 
@@ -909,7 +909,7 @@ impl Processor {
             begin_audio_token_id,
             tokens_per_chunk,
             system_with_audio: tekken_version.is_some_and(|v| v >= 13),
-            config_sha256: crate::store::sha256_hex(src.unwrap_or_default().as_bytes()),
+            config_sha256: crate::core::hash::sha256_hex(src.unwrap_or_default().as_bytes()),
         })
     }
 
@@ -951,7 +951,7 @@ impl Processor {
     ) -> std::result::Result<(Vec<usize>, AudioInput), Error> {
         let mut pcm = Vec::with_capacity(media.len());
         for m in media {
-            if m.kind != crate::sample::MediaKind::Audio {
+            if m.kind != crate::core::sample::MediaKind::Audio {
                 return Err(Error::Usage(format!(
                     "{}: Voxtral takes audio (not {})",
                     m.media.describe(),

@@ -32,7 +32,7 @@ use serde::Serialize;
 use super::card::Card;
 use super::fetch;
 use crate::audio::features::{WhisperFeatures, CHUNK_FRAMES, CHUNK_SAMPLES};
-use crate::error::{Error, Location, Result};
+use crate::core::error::{Error, Location, Result};
 
 /// One variable of a CTranslate2 model.
 #[derive(Debug, Clone)]
@@ -477,7 +477,7 @@ impl Asr {
         ];
         Ok(Asr {
             name: name.to_string(),
-            fingerprint: crate::store::key_of(&[
+            fingerprint: crate::core::hash::key_of(&[
                 "whisper",
                 &hashes.join(","),
                 "hf-exact-mel",

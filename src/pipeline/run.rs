@@ -5,15 +5,22 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
+use crate::core::error::{Error, Location, Result};
+use crate::core::sample::Sample;
 use crate::dataset;
-use crate::error::{Error, Location, Result};
-use crate::judge::{Judge, Verdict};
+use crate::judge::Judge;
 use crate::report;
-use crate::sample::{ReferenceAnswer, Sample};
-use crate::shard::Shard;
-use crate::store::{self, Keyed, RunDir};
+use crate::runlog::manifest::{
+    file_info, short, AttackSpec, Config, DatasetInfo, Invocation, JudgeInfo, Manifest,
+    ResponsesInfo, SCHEMA,
+};
+use crate::runlog::store::{self, RunDir};
+use crate::runlog::{
+    judgment_key, read_json, read_plan, AsrRoute, Failure, GenStats, GenerationRecord, ItemInfo,
+    JudgmentRecord, Plan, Shard,
+};
 
 #[derive(clap::Args, Debug, Clone, Serialize)]
 pub struct ScoreArgs {
@@ -57,7 +64,7 @@ pub struct ScoreArgs {
 /// shard's: attack variants and their failures go with the base item.
 fn owned_by(sh: &Shard, by_id: &HashMap<&str, &Sample>, id: &str, location: &str) -> bool {
     let key = match by_id.get(id).map(|s| &s.variant) {
-        Some(crate::sample::Variant::Attack { base_id, .. }) => base_id.as_str(),
+        Some(crate::core::sample::Variant::Attack { base_id, .. }) => base_id.as_str(),
         Some(_) => id,
         None => match id.split_once('~') {
             Some((base, _)) if by_id.contains_key(base) => base,
@@ -128,196 +135,6 @@ impl JudgeArgs {
             },
         )
     }
-}
-
-/// The facts about a sample that metrics and reports need, snapshotted into
-/// the run directory (`samples.jsonl`) so a run can be re-reported alone.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ItemInfo {
-    pub id: String,
-    pub benchmark: String,
-    pub language: String,
-    pub risk_factor: String,
-    pub group: String,
-    pub modality: String,
-    pub prompt_type: String,
-    pub attack: String,
-    pub base_id: String,
-    pub expected: crate::sample::Expected,
-    pub prompt: String,
-    pub media: Vec<String>,
-    pub references: Vec<ReferenceAnswer>,
-}
-
-impl ItemInfo {
-    pub fn of(s: &Sample, root: &Path) -> ItemInfo {
-        let base_id = match &s.variant {
-            crate::sample::Variant::Attack { base_id, .. } => base_id.clone(),
-            crate::sample::Variant::Plain => String::new(),
-        };
-        ItemInfo {
-            id: s.id.clone(),
-            benchmark: s.benchmark.clone(),
-            language: s.language.clone(),
-            risk_factor: s.category_label(),
-            group: s.group_label(),
-            modality: s.modality().into(),
-            prompt_type: s.prompt_type.clone().unwrap_or_else(|| "unknown".into()),
-            attack: s.variant.strategy().into(),
-            base_id,
-            expected: s.expected,
-            prompt: s.prompt_text(),
-            media: s
-                .media()
-                .map(|m| match &m.source {
-                    crate::sample::MediaSource::Path(p) => {
-                        p.strip_prefix(root).unwrap_or(p).display().to_string()
-                    }
-                    crate::sample::MediaSource::Bytes { name, data } => {
-                        format!("embedded:{name}:{}", store::sha256_hex(data))
-                    }
-                })
-                .collect(),
-            references: s.references.clone(),
-        }
-    }
-}
-
-impl Keyed for ItemInfo {
-    fn key(&self) -> &str {
-        &self.id
-    }
-}
-
-/// A response to a sample: imported, taken from the references, or generated.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct GenerationRecord {
-    pub key: String,
-    pub sample_id: String,
-    pub model: String,
-    pub response: String,
-    pub response_sha256: String,
-    /// `imported:FILE`, `reference`, or `generated:MODEL`.
-    pub source: String,
-    /// Token counts and timings of a generated response.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stats: Option<GenStats>,
-    /// How a spoken prompt reached a text-only target: the speech
-    /// recogniser and its transcript (absent for text and direct media).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub asr: Option<AsrRoute>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct AsrRoute {
-    /// `asr:MODEL`.
-    pub route: String,
-    pub transcript: String,
-    /// Language forced (the item's) or detected.
-    pub language: String,
-    /// sha256 of the audio file(s).
-    pub audio_sha256: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct GenStats {
-    pub prompt_tokens: usize,
-    pub new_tokens: usize,
-    pub stop: crate::model::StopReason,
-    pub prefill_s: f64,
-    pub decode_s: f64,
-    /// The generated token ids (for audits and re-decoding).
-    #[serde(default)]
-    pub tokens: Vec<u32>,
-}
-
-impl Keyed for GenerationRecord {
-    fn key(&self) -> &str {
-        &self.key
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct JudgmentRecord {
-    pub key: String,
-    pub sample_id: String,
-    pub model: String,
-    pub response_sha256: String,
-    pub judge: String,
-    pub judge_fingerprint: String,
-    pub verdict: Verdict,
-    /// How a model judge reached the verdict (rubric, label probabilities, delimiter, flags).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub detail: Option<crate::judge::model::Detail>,
-}
-
-impl JudgmentRecord {
-    /// The record of `judge`'s verdict on a stored response.
-    fn of(
-        g: &GenerationRecord,
-        judge: &Judge,
-        fp: &str,
-        key: String,
-        j: crate::judge::Judged,
-    ) -> JudgmentRecord {
-        JudgmentRecord {
-            key,
-            sample_id: g.sample_id.clone(),
-            model: g.model.clone(),
-            response_sha256: g.response_sha256.clone(),
-            judge: judge.name(),
-            judge_fingerprint: fp.to_string(),
-            verdict: j.verdict,
-            detail: j.detail,
-        }
-    }
-}
-
-impl Keyed for JudgmentRecord {
-    fn key(&self) -> &str {
-        &self.key
-    }
-}
-
-/// An item that could not be evaluated, and why.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Failure {
-    pub location: String,
-    pub id: String,
-    pub stage: String,
-    pub reason: String,
-}
-
-impl Failure {
-    /// A failure of one sample at a stage.
-    pub fn item(s: &Sample, stage: &str, reason: String) -> Failure {
-        Failure {
-            location: s.origin.to_string(),
-            id: s.id.clone(),
-            stage: stage.into(),
-            reason,
-        }
-    }
-}
-
-/// What this invocation evaluates: read by `anjeon report DIR`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Plan {
-    pub judge_fingerprints: Vec<String>,
-    pub generations: Vec<String>,
-    pub failures: Vec<Failure>,
-    /// Items not run, with the reason (e.g. media items for a text-only target).
-    #[serde(default)]
-    pub skipped: Vec<Failure>,
-    pub seed: u64,
-    /// A shard's plan: each generation's place in the whole run's plan, so
-    /// that `anjeon merge` restores the single run's order. Empty otherwise.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub order: Vec<u64>,
-}
-
-pub fn judgment_key(judge_fp: &str, sample_id: &str, response_sha: &str) -> String {
-    store::key_of(&["judgment", judge_fp, sample_id, response_sha])
 }
 
 pub struct Outcome {
@@ -402,69 +219,6 @@ fn read_responses(
         });
     }
     Ok(out)
-}
-
-#[derive(Clone, Serialize, Deserialize)]
-struct Manifest {
-    schema: String,
-    anjeon_version: String,
-    git_revision: String,
-    created_at: String,
-    invocations: Vec<Invocation>,
-    dataset: DatasetInfo,
-    responses: ResponsesInfo,
-    /// Models that generated responses (role, name, file hashes, template hash, settings).
-    #[serde(default)]
-    models: Vec<serde_json::Value>,
-    judges: Vec<JudgeInfo>,
-    config: serde_json::Value,
-    seed: u64,
-    /// The shard this directory holds (`--shard`); absent for a whole run.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    shard: Option<Shard>,
-    /// The shard directories `anjeon merge` made this one from.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    merged_from: Vec<String>,
-}
-#[derive(Clone, Serialize, Deserialize)]
-struct Invocation {
-    at: String,
-    argv: Vec<String>,
-}
-#[derive(Clone, Serialize, Deserialize, PartialEq)]
-struct DatasetInfo {
-    spec: String,
-    sha256: String,
-    files: Vec<FileInfo>,
-    samples: usize,
-}
-#[derive(Clone, Serialize, Deserialize, PartialEq)]
-struct FileInfo {
-    path: String,
-    sha256: String,
-}
-#[derive(Clone, Serialize, Deserialize)]
-struct ResponsesInfo {
-    source: String,
-    sha256: Option<String>,
-    models: Vec<String>,
-}
-#[derive(Clone, Serialize, Deserialize, PartialEq)]
-struct JudgeInfo {
-    name: String,
-    fingerprint: String,
-    /// Hash of the judge's rules or prompt (refusal patterns for the detector).
-    prompt_sha256: String,
-    /// A model judge's weights, template and rubric files.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    model: Option<serde_json::Value>,
-}
-
-fn file_info(p: &Path) -> Result<FileInfo> {
-    Ok(FileInfo {
-        path: p.display().to_string(),
-        sha256: store::sha256_hex(&crate::error::read_file(p)?),
-    })
 }
 
 /// Load the data set of a run: its read problems become item failures, and
@@ -617,20 +371,17 @@ fn rescore(args: &ScoreArgs, dir: &Path) -> Result<Outcome> {
         )));
     }
     let run = RunDir::open(dir)?;
-    let manifest: serde_json::Value = report::read_json(&run.file("manifest.json"))?;
-    let plan: Plan = report::read_json(&run.file("plan.json"))?;
+    let manifest = Manifest::read(&run.file("manifest.json"))?;
+    let plan = read_plan(&run)?;
     // The data set the run was made from, unless another is named.
     let spec = if args.dataset == "data/sample" {
-        manifest["dataset"]["spec"]
-            .as_str()
-            .unwrap_or("data/sample")
-            .to_string()
+        manifest.dataset.spec.clone()
     } else {
         args.dataset.clone()
     };
     let opts = args.read.options()?;
     let (ds, _, _) = load_dataset(&spec, &opts)?;
-    if manifest["dataset"]["sha256"].as_str() != Some(ds.hash.as_str()) {
+    if manifest.dataset.sha256 != ds.hash {
         return Err(Error::Usage(format!(
             "{}: the data set {spec} has changed since this run (sha256 differs)\n  fix: re-score with the data set the run was made from (--dataset)",
             dir.display()
@@ -641,16 +392,12 @@ fn rescore(args: &ScoreArgs, dir: &Path) -> Result<Outcome> {
         .load("cpu", false, crate::model::Requantize::Off)?;
     let mut by_id: HashMap<&str, &Sample> = ds.samples.iter().map(|s| (s.id.as_str(), s)).collect();
     // The attack variants of a `run --attacks` are made again (deterministic).
-    let variants = match (
-        manifest["config"]["command"].as_str(),
-        manifest["config"]["args"]["attacks"].as_str(),
-    ) {
-        (Some("run"), Some(list)) => {
-            let seed = manifest["config"]["args"]["seed"].as_u64().unwrap_or(0);
+    let variants = match manifest.config.attacks() {
+        Some(AttackSpec { list, seed }) => {
             let all: Vec<&Sample> = ds.samples.iter().collect();
-            crate::attack::variants(&all, &crate::attack::select(list)?, seed).0
+            crate::attack::variants(&all, &crate::attack::select(&list)?, seed).0
         }
-        _ => Vec::new(),
+        None => Vec::new(),
     };
     by_id.extend(variants.iter().map(|v| (v.id.as_str(), v)));
     add_judge_to_manifest(&run, &judge)?;
@@ -668,24 +415,13 @@ fn rescore(args: &ScoreArgs, dir: &Path) -> Result<Outcome> {
 /// Record a judge and the invocation in an existing manifest.
 fn add_judge_to_manifest(run: &RunDir, judge: &Judge) -> Result<()> {
     let path = run.file("manifest.json");
-    let bytes = crate::error::read_file(&path)?;
-    let mut m: Manifest = serde_json::from_slice(&bytes).map_err(|e| Error::Store {
-        path: path.clone(),
-        line: 1,
-        msg: e.to_string(),
-    })?;
-    m.invocations.push(Invocation {
-        at: store::now_rfc3339(),
-        argv: std::env::args().collect(),
-    });
+    let mut m = Manifest::read(&path)?;
+    m.push_invocation();
     let info = judge_info(judge);
     if !m.judges.contains(&info) {
         m.judges.push(info);
     }
-    store::write_atomic(
-        &path,
-        &serde_json::to_vec_pretty(&m).expect("serialise manifest"),
-    )
+    m.write(&path)
 }
 
 fn judge_info(judge: &Judge) -> JudgeInfo {
@@ -754,7 +490,7 @@ fn judge_and_report(
         fps.push(dfp.clone());
     }
     let (mut judged, mut reused) = (0, 0);
-    let pb = crate::progress::bar(plan_keys.len() as u64, "judging");
+    let pb = crate::core::progress::bar(plan_keys.len() as u64, "judging");
     let t0 = std::time::Instant::now();
     // Pending judgments go to the judge in chunks (a head judge embeds a
     // chunk in batches); each is appended as soon as its chunk is judged.
@@ -891,7 +627,12 @@ fn write_manifest(
         sha256,
         models,
     };
-    let config = serde_json::json!({ "command": "score", "args": args, "read_options": opts });
+    let config = Config {
+        command: "score".into(),
+        attacks: None,
+        args: serde_json::to_value(args).expect("flags serialise"),
+        read_options: serde_json::to_value(opts).expect("read options serialise"),
+    };
     update_manifest(
         run,
         ds,
@@ -914,7 +655,7 @@ fn update_manifest(
     judge: &Judge,
     responses: ResponsesInfo,
     model: Option<serde_json::Value>,
-    config: serde_json::Value,
+    config: Config,
     seed: u64,
     shard: Option<Shard>,
 ) -> Result<()> {
@@ -931,23 +672,16 @@ fn update_manifest(
         samples: ds.samples.len(),
     };
     let judge_info = judge_info(judge);
-    let invocation = Invocation {
-        at: store::now_rfc3339(),
-        argv: std::env::args().collect(),
-    };
-    let manifest = match std::fs::read(&path) {
-        Ok(bytes) => {
-            let mut m: Manifest = serde_json::from_slice(&bytes).map_err(|e| Error::Store {
-                path: path.clone(),
-                line: 1,
-                msg: e.to_string(),
-            })?;
+    let invocation = Invocation::now();
+    let manifest = match path.exists() {
+        true => {
+            let mut m = Manifest::read(&path)?;
             if m.dataset.sha256 != dataset.sha256 {
                 return Err(Error::Usage(format!(
                     "{}: this run directory was made from another data set (sha256 {} vs {} now)\n  fix: use a new --out directory for a different data set",
                     run.path.display(),
-                    &m.dataset.sha256[..16],
-                    &dataset.sha256[..16]
+                    m.dataset_short(),
+                    short(&dataset.sha256)
                 )));
             }
             if m.shard != shard {
@@ -971,8 +705,8 @@ fn update_manifest(
             m.responses = responses;
             m
         }
-        Err(_) => Manifest {
-            schema: "anjeon.manifest/1".into(),
+        false => Manifest {
+            schema: SCHEMA.into(),
             anjeon_version: env!("CARGO_PKG_VERSION").into(),
             git_revision: option_env!("ANJEON_GIT_REV").unwrap_or("unknown").into(),
             created_at: invocation.at.clone(),
@@ -987,10 +721,7 @@ fn update_manifest(
             merged_from: Vec::new(),
         },
     };
-    store::write_atomic(
-        &path,
-        &serde_json::to_vec_pretty(&manifest).expect("serialise manifest"),
-    )
+    manifest.write(&path)
 }
 
 /// An item waiting for generation (phase 2 of `run`).
@@ -1097,27 +828,27 @@ fn messages_of<'a>(
     }
     for t in &s.turns {
         let role = match t.role {
-            crate::sample::Role::System => "system",
-            crate::sample::Role::User => "user",
-            crate::sample::Role::Assistant => "assistant",
+            crate::core::sample::Role::System => "system",
+            crate::core::sample::Role::User => "user",
+            crate::core::sample::Role::Assistant => "assistant",
         };
         // With transcripts, each audio part becomes its transcript, in place.
         let mut chat = Vec::new();
         for p in &t.parts {
             match p {
-                crate::sample::Part::Text(t) => chat.push(ChatPart::Text(t.clone())),
-                crate::sample::Part::Media(m)
-                    if m.kind == crate::sample::MediaKind::Audio && transcripts.is_some() =>
+                crate::core::sample::Part::Text(t) => chat.push(ChatPart::Text(t.clone())),
+                crate::core::sample::Part::Media(m)
+                    if m.kind == crate::core::sample::MediaKind::Audio && transcripts.is_some() =>
                 {
                     let tr = transcripts.unwrap_or_default();
                     chat.push(ChatPart::Text(tr.get(n_audio).cloned().unwrap_or_default()));
                     n_audio += 1;
                 }
-                crate::sample::Part::Media(m) => {
+                crate::core::sample::Part::Media(m) => {
                     chat.push(match m.kind {
-                        crate::sample::MediaKind::Image => ChatPart::Image,
-                        crate::sample::MediaKind::Video => ChatPart::Video,
-                        crate::sample::MediaKind::Audio => ChatPart::Audio,
+                        crate::core::sample::MediaKind::Image => ChatPart::Image,
+                        crate::core::sample::MediaKind::Video => ChatPart::Video,
+                        crate::core::sample::MediaKind::Audio => ChatPart::Audio,
                     });
                     media.push(crate::model::MediaInput {
                         kind: m.kind,
@@ -1199,8 +930,8 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
         }
         None => None,
     };
-    let asr_takes = |m: &crate::sample::Media, model: &crate::model::TextModel| {
-        m.kind == crate::sample::MediaKind::Audio
+    let asr_takes = |m: &crate::core::sample::Media, model: &crate::model::TextModel| {
+        m.kind == crate::core::sample::MediaKind::Audio
             && !model.modalities().contains(&m.kind)
             && args.asr.is_some()
     };
@@ -1272,7 +1003,12 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
         }
         by_id.insert(v.id.as_str(), v);
     }
-    failures.extend(attack_failures);
+    failures.extend(attack_failures.into_iter().map(|u| Failure {
+        location: u.location,
+        id: u.id,
+        stage: "attack".into(),
+        reason: u.reason,
+    }));
     let mut global_pos: HashMap<String, u64> = HashMap::new();
     if let Some(sh) = shard {
         // Everything above is the whole run's plan (the limit and the
@@ -1300,7 +1036,7 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
     // what the store lacks. A failed item keeps no plan key.
     let mut plan_slots: Vec<Option<(String, Option<u64>)>> = Vec::new();
     let mut pending: Vec<Pending> = Vec::new();
-    let pb = crate::progress::bar(runnable.len() as u64, "generating");
+    let pb = crate::core::progress::bar(runnable.len() as u64, "generating");
     let (mut new_tokens, mut prompt_tokens, mut prefill_s, mut generated) =
         (0usize, 0usize, 0f64, 0usize);
     let t_gen = std::time::Instant::now();
@@ -1315,7 +1051,7 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
             let a = asr.as_ref().expect("asr loaded");
             let shas = match media_digest(
                 s.media()
-                    .filter(|m| m.kind == crate::sample::MediaKind::Audio),
+                    .filter(|m| m.kind == crate::core::sample::MediaKind::Audio),
             ) {
                 Ok(v) => v,
                 Err(e) => {
@@ -1327,7 +1063,7 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
             asr_key = store::key_of(&["asr", &a.fingerprint, &shas]);
             audio_shas = shas;
         }
-        let seed = crate::metrics::seed_of(&s.id, args.seed);
+        let seed = crate::core::stats::seed_of(&s.id, args.seed);
         let seed_s = seed.to_string();
         let (key, prepared) = if via_asr {
             let key = store::key_of(&[
@@ -1426,7 +1162,7 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
     let model_name = model.name.clone();
     let mut gen_failures: Vec<(usize, Failure)> = Vec::new();
     let mut record = |p: &Pending,
-                      g: crate::error::Result<crate::model::Generation>|
+                      g: crate::core::error::Result<crate::model::Generation>|
      -> Result<()> {
         match g {
             Ok(g) => {
@@ -1505,7 +1241,7 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
 }
 
 /// sha256 of each media file, joined (part of generation keys).
-fn media_digest<'a>(media: impl Iterator<Item = &'a crate::sample::Media>) -> Result<String> {
+fn media_digest<'a>(media: impl Iterator<Item = &'a crate::core::sample::Media>) -> Result<String> {
     let shas = media
         .map(|m| m.load().map(|b| store::sha256_hex(&b)))
         .collect::<Result<Vec<_>>>()?;
@@ -1525,7 +1261,7 @@ fn transcribe_item(
     let mut language = String::new();
     for m in s
         .media()
-        .filter(|m| m.kind == crate::sample::MediaKind::Audio)
+        .filter(|m| m.kind == crate::core::sample::MediaKind::Audio)
     {
         let audio = crate::audio::decode::decode_media(m, &Default::default())?;
         let t = a.transcribe(&audio.samples, forced.as_deref())?;
@@ -1569,7 +1305,15 @@ fn write_run_manifest(
         sha256: None,
         models: vec![model.name.clone()],
     };
-    let config = serde_json::json!({ "command": "run", "args": args, "read_options": opts });
+    let config = Config {
+        command: "run".into(),
+        attacks: args.attacks.clone().map(|list| AttackSpec {
+            list,
+            seed: args.seed,
+        }),
+        args: serde_json::to_value(args).expect("flags serialise"),
+        read_options: serde_json::to_value(opts).expect("read options serialise"),
+    };
     update_manifest(
         run,
         ds,
@@ -1622,15 +1366,15 @@ pub fn merge(args: &MergeArgs) -> Result<Outcome> {
             )));
         }
         let run = RunDir::open(d)?;
-        let manifest: Manifest = report::read_json(&run.file("manifest.json"))?;
+        let manifest = Manifest::read(&run.file("manifest.json"))?;
         let Some(shard) = manifest.shard else {
             return Err(Error::Usage(format!(
                 "{}: not a shard (its run had no --shard)\n  fix: merge the directories of one sharded run",
                 d.display()
             )));
         };
-        let plan: Plan = report::read_json(&run.file("plan.json"))?;
-        let samples = crate::error::read_file(&run.file("samples.jsonl"))?;
+        let plan: Plan = read_json(&run.file("plan.json"))?;
+        let samples = crate::core::error::read_file(&run.file("samples.jsonl"))?;
         parts.push(ShardDir {
             dir: d.clone(),
             run,
@@ -1643,15 +1387,7 @@ pub fn merge(args: &MergeArgs) -> Result<Outcome> {
     let first = &parts[0];
     // The settings that must be equal: everything but where each shard
     // wrote and which shard it was.
-    let config_of = |m: &Manifest| {
-        let mut c = m.config.clone();
-        if let Some(a) = c.get_mut("args").and_then(|a| a.as_object_mut()) {
-            for k in ["out", "shard", "shards"] {
-                a.remove(k);
-            }
-        }
-        c
-    };
+    let config_of = |m: &Manifest| m.config.shared();
     let target_of = |m: &Manifest| {
         m.models
             .iter()
@@ -1785,14 +1521,8 @@ pub fn merge(args: &MergeArgs) -> Result<Outcome> {
         .iter()
         .flat_map(|p| p.manifest.invocations.iter().cloned())
         .collect();
-    manifest.invocations.push(Invocation {
-        at: store::now_rfc3339(),
-        argv: std::env::args().collect(),
-    });
-    store::write_atomic(
-        &out.file("manifest.json"),
-        &serde_json::to_vec_pretty(&manifest).expect("serialise manifest"),
-    )?;
+    manifest.push_invocation();
+    manifest.write(&out.file("manifest.json"))?;
     store::write_atomic(
         &out.file("plan.json"),
         &serde_json::to_vec_pretty(&plan).expect("serialise plan"),

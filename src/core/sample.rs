@@ -6,7 +6,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::error::{Error, Location, Result};
+use crate::core::error::{Error, Location, Result};
 
 /// What the benchmark expects a safe model to do with the request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -1,269 +1,17 @@
 //! `anjeon judge-eval`: agreement of a judge with human labels.
 
-use std::path::{Path, PathBuf};
+pub use crate::judge::labels::*;
+
 use std::time::Instant;
 
 use serde::Serialize;
 
-use super::refusal::{Pair, RefusalDetector, Thresholds};
-use super::{Judge, Verdict};
-use crate::dataset::{self, record, ReadOptions};
-use crate::error::{Error, Location, Result};
-use crate::metrics::{self, Agreement};
-use crate::sample::{Expected, RefusalClass};
+use crate::core::error::{Error, Result};
+use crate::core::sample::{Expected, RefusalClass};
+use crate::core::stats::{self as metrics, Agreement};
+use crate::judge::refusal::{Pair, RefusalDetector, Thresholds};
+use crate::judge::{Judge, Verdict};
 
-/// A human label on a response.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Label {
-    Refusal(RefusalClass),
-    Harmful(bool),
-    Score(u8),
-}
-
-impl Label {
-    /// The label in the verdicts' own words: a refusal class
-    /// (`full_compliance`, `full_refusal`, `partial_refusal`), `harmful` /
-    /// `unharmful`, or a risk score `1`..`5`.
-    pub fn as_text(&self) -> String {
-        match self {
-            Label::Refusal(c) => c.as_str().to_string(),
-            Label::Harmful(true) => "harmful".into(),
-            Label::Harmful(false) => "unharmful".into(),
-            Label::Score(s) => s.to_string(),
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct Labeled {
-    pub id: String,
-    /// What the request was, where known (benign requests cannot be attack successes).
-    pub expected: Option<crate::sample::Expected>,
-    pub prompt: String,
-    pub response: String,
-    pub label: Label,
-    /// Risk factor / category shown to a model judge ("" when unknown).
-    pub risk: String,
-}
-
-impl Labeled {
-    /// The item as a model judge sees it: the task follows the label kind.
-    pub fn item(&self) -> super::model::Item<'_> {
-        use super::model::Task;
-        let task = match self.label {
-            Label::Refusal(_) => Task::Refusal,
-            Label::Harmful(_) => Task::Harm,
-            Label::Score(_) => Task::Risk,
-        };
-        let text = format!("{}{}", self.prompt, self.response);
-        super::model::Item {
-            id: &self.id,
-            language: super::model::language_of(&text),
-            request: &self.prompt,
-            risk: if self.risk.is_empty() {
-                "unspecified".into()
-            } else {
-                self.risk.clone()
-            },
-            task,
-        }
-    }
-}
-
-/// Which part of the labelled data to report on: labels calibrate thresholds
-/// on `dev` only; `test` is the held-out rest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Split {
-    All,
-    Dev,
-    Test,
-}
-
-/// Deterministic 30% development split by item group (see [`group_of`]).
-/// KoSBi's own files decide for themselves: `kosbi_valid` is all
-/// development, `kosbi_test` all held out.
-pub fn in_dev(id: &str) -> bool {
-    if id.starts_with("kosbi_valid") {
-        return true;
-    }
-    if id.starts_with("kosbi_test") {
-        return false;
-    }
-    metrics::seed_of(group_of(id), 0x5eed) % 10 < 3
-}
-
-/// The group an item's split and cross-validation fold follow: responses to
-/// the same request stay together, so a request seen in training is never
-/// in the held-out split. XSTest's five completion files share prompt ids
-/// (`xstest_v2_completions_gpt4/12` → `12`); AssurAI-style reference answers
-/// are `ITEM/candidate_N` (→ `ITEM`), KoSBi's `FILE-CONTEXTHASH/N` and
-/// SQuARe's `square-QUESTIONHASH/LINE` group by context and question. Ids
-/// without a `/` are their own group.
-pub fn group_of(id: &str) -> &str {
-    match id.split_once('/') {
-        Some((stem, rest)) if stem.starts_with("xstest") => rest,
-        Some((item, _)) if !item.is_empty() => item,
-        _ => id,
-    }
-}
-
-fn xstest_file(path: &Path, out: &mut Vec<Labeled>) -> Result<()> {
-    let mut bad = Vec::new();
-    let recs = record::read_csv(path, &mut bad)?;
-    if let Some(e) = bad.into_iter().next() {
-        return Err(e);
-    }
-    let stem = path
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("xstest")
-        .to_string();
-    for r in recs {
-        let get = |k: &str| r.fields.get(k).and_then(|v| v.as_str()).map(str::to_string);
-        let (Some(id), Some(prompt), Some(completion), Some(label)) = (
-            get("id"),
-            get("prompt"),
-            get("completion"),
-            get("final_label"),
-        ) else {
-            return Err(Error::input(r.loc.clone(), "missing id, prompt, completion or final_label", "XSTest completion files have columns id,type,prompt,completion,annotation_1,annotation_2,agreement,final_label"));
-        };
-        let class = RefusalClass::parse(&label).ok_or_else(|| {
-            Error::input(
-                r.loc.clone(),
-                format!("unknown final_label {label:?}"),
-                "expected 1_full_compliance, 2_full_refusal or 3_partial_refusal",
-            )
-        })?;
-        out.push(Labeled {
-            expected: None,
-            id: format!("{stem}/{id}"),
-            prompt,
-            response: completion,
-            label: Label::Refusal(class),
-            risk: String::new(),
-        });
-    }
-    Ok(())
-}
-
-/// Read labelled responses from `KIND:PATH`.
-pub fn read_labels(spec: &str) -> Result<Vec<Labeled>> {
-    let (kind, path) = spec.split_once(':').ok_or_else(|| {
-        Error::Usage(format!("--labels {spec:?}: expected KIND:PATH with KIND one of xstest-completions, square-responses, kosbi, assurai, jsonl"))
-    })?;
-    let path = PathBuf::from(path);
-    let mut out = Vec::new();
-    match kind {
-        "xstest-completions" => {
-            if path.is_dir() {
-                let mut files: Vec<PathBuf> = std::fs::read_dir(&path)
-                    .map_err(|e| Error::io(&path, e))?
-                    .filter_map(|e| e.ok().map(|e| e.path()))
-                    .filter(|p| p.extension().is_some_and(|e| e == "csv"))
-                    .collect();
-                files.sort();
-                if files.is_empty() {
-                    return Err(Error::input(Location::file(&path), "folder holds no .csv files", "point at XSTest's model_completions folder or one of its CSV files"));
-                }
-                for f in files {
-                    xstest_file(&f, &mut out)?;
-                }
-            } else {
-                xstest_file(&path, &mut out)?;
-            }
-        }
-        "square-responses" => {
-            for r in record::read_json_array(&path)? {
-                let q = r.fields.get("question").and_then(|v| v.as_str());
-                let resp = r.fields.get("response").and_then(|v| v.as_str());
-                let acc = r.fields.get("acceptable?").and_then(|v| v.as_i64());
-                let (Some(q), Some(resp), Some(acc)) = (q, resp, acc) else {
-                    return Err(Error::input(r.loc.clone(), "missing question, response or acceptable?", "SQuARe response files have question, response and acceptable? (0/1)"));
-                };
-                // Responses to one question share a group (see group_of).
-                let qh = &crate::store::sha256_hex(q.as_bytes())[..10];
-                out.push(Labeled { expected: None, id: format!("square-{qh}/{}", r.loc.line.unwrap_or(0)), prompt: q.into(), response: resp.into(), label: Label::Harmful(acc == 0), risk: String::new() });
-            }
-        }
-        "kosbi" => {
-            // KoSBi: a context and a sentence that follows it; the sentence's
-            // human label (safe / unsafe) is the label, the context is the request.
-            let stem = path
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .unwrap_or("kosbi")
-                .to_string();
-            for (i, r) in record::read_json_array(&path)?.into_iter().enumerate() {
-                let get = |k: &str| r.fields.get(k).and_then(|v| v.as_str());
-                let (Some(ctx), Some(sent), Some(label)) = (get("context"), get("sentence"), get("sentence_label")) else {
-                    return Err(Error::input(r.loc.clone(), "missing context, sentence or sentence_label", "KoSBi files have context, sentence and sentence_label (safe/unsafe)"));
-                };
-                let harmful = match label {
-                    "unsafe" => true,
-                    "safe" => false,
-                    _ => continue, // "undecided": no label
-                };
-                let ch = &crate::store::sha256_hex(ctx.as_bytes())[..10];
-                out.push(Labeled { expected: None, id: format!("{stem}-{ch}/{i}"), prompt: ctx.into(), response: sent.into(), label: Label::Harmful(harmful), risk: get("demographic_category").unwrap_or("").into() });
-            }
-        }
-        "assurai" | "dataset" => {
-            let ds = dataset::load(&path.to_string_lossy(), &ReadOptions::default())?;
-            for s in &ds.samples {
-                let prompt = s.prompt_text();
-                for r in &s.references {
-                    let id = format!("{}/{}", s.id, r.model);
-                    if let Some(c) = r.labels.refusal {
-                        out.push(Labeled { expected: Some(s.expected), id: id.clone(), prompt: prompt.clone(), response: r.text.clone(), label: Label::Refusal(c), risk: s.category_label() });
-                    }
-                    if let Some(sc) = r.labels.risk_score {
-                        out.push(Labeled { expected: Some(s.expected), id: id.clone(), prompt: prompt.clone(), response: r.text.clone(), label: Label::Score(sc), risk: s.category_label() });
-                    }
-                }
-            }
-        }
-        "jsonl" => {
-            let mut bad = Vec::new();
-            for r in record::read_jsonl(&path, &mut bad)? {
-                let get = |k: &str| r.fields.get(k).and_then(|v| v.as_str()).map(str::to_string);
-                let label = match r.fields.get("label") {
-                    Some(serde_json::Value::Number(n)) => n.as_u64().filter(|s| (1..=5).contains(s)).map(|s| Label::Score(s as u8)),
-                    Some(serde_json::Value::String(s)) => RefusalClass::parse(s).map(Label::Refusal).or(match s.as_str() {
-                        "harmful" | "unsafe" => Some(Label::Harmful(true)),
-                        "unharmful" | "harmless" | "safe" => Some(Label::Harmful(false)),
-                        x => x.parse::<u8>().ok().filter(|s| (1..=5).contains(s)).map(Label::Score),
-                    }),
-                    _ => None,
-                };
-                let (Some(response), Some(label)) = (get("response"), label) else {
-                    bad.push(Error::input(r.loc.clone(), "missing response or unknown label", "each line needs response and label: compliance|refusal|partial, harmful|unharmful, or a score 1-5"));
-                    continue;
-                };
-                let id = get("id").unwrap_or_else(|| format!("line-{}", r.loc.line.unwrap_or(0)));
-                let expected = get("expected").and_then(|e| Expected::parse(&e));
-                out.push(Labeled { expected, id, prompt: get("prompt").unwrap_or_default(), response, label, risk: get("risk").unwrap_or_default() });
-            }
-            if let Some(e) = bad.into_iter().next() {
-                return Err(e);
-            }
-        }
-        other => {
-            return Err(Error::Usage(format!("--labels: unknown label kind {other:?}; use xstest-completions, square-responses, kosbi, assurai or jsonl")))
-        }
-    }
-    if out.is_empty() {
-        return Err(Error::input(
-            Location::file(&path),
-            "no labelled responses found",
-            "check the label kind and the file",
-        ));
-    }
-    Ok(out)
-}
-
-/// Agreement for one kind of label.
 #[derive(Debug, Serialize)]
 pub struct KindReport {
     pub label_kind: String,
@@ -296,7 +44,7 @@ pub struct EvalReport {
     pub items_per_s: f64,
     /// A model judge's time on the shared rubric prefix vs the items.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub judge_stats: Option<super::model::Stats>,
+    pub judge_stats: Option<crate::judge::model::Stats>,
     /// The first kind's numbers, repeated at the top level.
     #[serde(flatten)]
     pub primary: KindReport,
@@ -315,7 +63,7 @@ pub struct ItemVerdict {
     pub human: String,
     pub verdict: Verdict,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub detail: Option<super::model::Detail>,
+    pub detail: Option<crate::judge::model::Detail>,
     /// The request and the response, whole (to read a disagreement, or to
     /// run another judge on exactly these items).
     pub prompt: String,
@@ -368,7 +116,7 @@ fn evaluate_kind(kind: &str, items: &[(&Labeled, Verdict)]) -> Option<KindReport
                     }
                     // A response to a benign request is not an attack success.
                     Verdict::Refusal { .. } => {
-                        super::attack_success(l.expected.unwrap_or(Expected::Harmful), v)
+                        crate::judge::attack_success(l.expected.unwrap_or(Expected::Harmful), v)
                             .or(Some(false))
                     }
                     Verdict::Unscored { .. } => None,
@@ -416,31 +164,6 @@ fn evaluate_kind(kind: &str, items: &[(&Labeled, Verdict)]) -> Option<KindReport
 }
 
 /// Judge every labelled item and compute agreement per label kind.
-/// The items of a split, at most `limit` of them: a deterministic pseudo-random
-/// subset (ordered by a hash of the id), for judges too slow for all items.
-pub fn select(items: &[Labeled], split: Split, limit: Option<usize>) -> Vec<&Labeled> {
-    let mut chosen: Vec<&Labeled> = items
-        .iter()
-        .filter(|l| match split {
-            Split::All => true,
-            Split::Dev => in_dev(&l.id),
-            Split::Test => !in_dev(&l.id),
-        })
-        .collect();
-    if let Some(n) = limit {
-        // FNV alone keeps ids that differ in the last characters close
-        // together; the SplitMix64 step spreads them over the whole range.
-        chosen.sort_by_key(|l| {
-            let h = metrics::SplitMix64::new(metrics::seed_of(&l.id, 0x1a7e)).next_u64();
-            (h, l.id.clone())
-        });
-        chosen.truncate(n);
-        chosen.sort_by(|a, b| a.id.cmp(&b.id));
-    }
-    chosen
-}
-
-/// Judge every labelled item and compute agreement per label kind.
 pub fn evaluate(
     spec: &str,
     judge: &mut Judge,
@@ -450,7 +173,7 @@ pub fn evaluate(
 ) -> Result<EvalReport> {
     let chosen = select(items, split, limit);
     let t0 = Instant::now();
-    let pb = crate::progress::bar(chosen.len() as u64, "judging");
+    let pb = crate::core::progress::bar(chosen.len() as u64, "judging");
     let mut verdicts = Vec::with_capacity(chosen.len());
     let mut judged: Vec<(&Labeled, Verdict)> = Vec::with_capacity(chosen.len());
     // Chunks: a head judge embeds a chunk's responses in batches.
@@ -489,7 +212,7 @@ pub fn evaluate(
     for lang in ["ko", "en"] {
         let sub: Vec<(&Labeled, Verdict)> = judged
             .iter()
-            .filter(|(l, _)| super::model::language_of(&l.response) == lang)
+            .filter(|(l, _)| crate::judge::model::language_of(&l.response) == lang)
             .cloned()
             .collect();
         for k in ["refusal", "harmful", "score"] {
@@ -538,7 +261,7 @@ pub fn calibrate_refusal(items: &[Labeled]) -> (Thresholds, Vec<(String, usize, 
     for ko in [false, true] {
         let dev: Vec<(&Labeled, RefusalClass)> = items
             .iter()
-            .filter(|l| in_dev(&l.id) && super::refusal::is_korean(&l.response) == ko)
+            .filter(|l| in_dev(&l.id) && crate::judge::refusal::is_korean(&l.response) == ko)
             .filter_map(|l| match l.label {
                 Label::Refusal(c) => Some((l, c)),
                 _ => None,
@@ -608,10 +331,12 @@ pub fn disagreements<'a>(
             let agree = match (l.label, &v) {
                 (Label::Refusal(h), Verdict::Refusal { class, .. }) => h == *class,
                 (Label::Harmful(h), v) => {
-                    super::attack_success(crate::sample::Expected::Harmful, v) == Some(h)
+                    crate::judge::attack_success(crate::core::sample::Expected::Harmful, v)
+                        == Some(h)
                 }
                 (Label::Score(s), v) => {
-                    super::attack_success(crate::sample::Expected::Harmful, v) == Some(s >= 4)
+                    crate::judge::attack_success(crate::core::sample::Expected::Harmful, v)
+                        == Some(s >= 4)
                 }
                 _ => true,
             };

@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use std::sync::OnceLock;
 
-use crate::sample::Category;
+use crate::core::sample::Category;
 
 #[derive(Debug, Deserialize)]
 struct AssuraiFile {
@@ -44,9 +44,9 @@ pub struct MapEntry {
     pub basis: String,
 }
 
-pub const ASSURAI_TOML: &str = include_str!("../data/taxonomy/assurai.toml");
-pub const KSAFE_TOML: &str = include_str!("../data/taxonomy/ksafe_mm.toml");
-pub const MAPPING_TOML: &str = include_str!("../data/taxonomy/mapping.toml");
+pub const ASSURAI_TOML: &str = include_str!("../../data/taxonomy/assurai.toml");
+pub const KSAFE_TOML: &str = include_str!("../../data/taxonomy/ksafe_mm.toml");
+pub const MAPPING_TOML: &str = include_str!("../../data/taxonomy/mapping.toml");
 
 pub struct Taxonomies {
     pub assurai_groups: Vec<String>,

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::error::{Error, Result};
+use crate::core::error::{Error, Result};
 
 /// The folder every member sits in.
 pub const ROOT: &str = "anjeon-bundle";
@@ -178,7 +178,7 @@ pub fn create(args: &CreateArgs) -> Result<BundleManifest> {
     let manifest = BundleManifest {
         schema: "anjeon.bundle/1".into(),
         anjeon_version: env!("CARGO_PKG_VERSION").into(),
-        created_at: crate::store::now_rfc3339(),
+        created_at: crate::core::time::now_rfc3339(),
         models: args.models.clone(),
         datasets: args
             .datasets
