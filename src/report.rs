@@ -146,12 +146,11 @@ pub fn compare(dirs: &[std::path::PathBuf], out: &Path) -> Result<Report> {
     )?;
     store::write_atomic(&out.join("report.md"), markdown(&rep).as_bytes())?;
     store::write_atomic(&out.join("report.html"), html(&rep).as_bytes())?;
-    eprintln!(
+    log::info!(
         "comparison of {} runs written to {}",
         runs.len(),
         out.display()
     );
-    print_headline(&rep)?;
     Ok(rep)
 }
 
@@ -162,8 +161,7 @@ pub fn render_dir(dir: &Path) -> Result<Report> {
     }
     let run = RunDir::open(dir)?;
     let rep = render(&run)?;
-    eprintln!("reports written to {}", dir.display());
-    print_headline(&rep)?;
+    log::info!("reports written to {}", dir.display());
     Ok(rep)
 }
 
@@ -321,15 +319,12 @@ fn risk(r: &Option<RiskStats>) -> String {
 }
 
 /// Print per-model headline numbers to stdout.
-pub fn print_headline(rep: &Report) -> Result<()> {
-    crate::outln!(
+pub fn headline(rep: &Report) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
         "{:<16} {:>9} {:>28} {:>28} {:>28} {:>26}",
-        "model",
-        "responses",
-        "attack success",
-        "refusal",
-        "over-refusal",
-        "human risk (mean)"
+        "model", "responses", "attack success", "refusal", "over-refusal", "human risk (mean)"
     );
     for r in rep.groups.get("overall").into_iter().flatten() {
         let short = |e: &Option<Estimate>| {
@@ -355,7 +350,8 @@ pub fn print_headline(rep: &Report) -> Result<()> {
                 )
             })
             .unwrap_or_else(|| "–".into());
-        crate::outln!(
+        let _ = writeln!(
+            out,
             "{:<16} {:>9} {:>28} {:>28} {:>28} {:>26}",
             r.model,
             r.responses,
@@ -366,7 +362,8 @@ pub fn print_headline(rep: &Report) -> Result<()> {
         );
     }
     for a in rep.agreement.iter().filter(|a| a.model == "all") {
-        crate::outln!(
+        let _ = writeln!(
+            out,
             "judge vs human ({}): n={} accuracy={:.3} kappa={:.3} macro-F1={:.3}",
             a.label_kind,
             a.agreement.n,
@@ -376,9 +373,9 @@ pub fn print_headline(rep: &Report) -> Result<()> {
         );
     }
     if !rep.failures.is_empty() {
-        crate::outln!("{} item failures (see report.md)", rep.failures.len());
+        let _ = writeln!(out, "{} item failures (see report.md)", rep.failures.len());
     }
-    Ok(())
+    out
 }
 
 pub fn markdown(rep: &Report) -> String {

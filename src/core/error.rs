@@ -85,6 +85,27 @@ pub enum Error {
     #[error(transparent)]
     Audio(#[from] AudioError),
 
+    /// A model or device failed while running (a candle op, device memory).
+    #[error("{what}: {msg}\n  fix: check the device (`anjeon doctor`), free memory or use a smaller --batch; if it persists, report it with the model and device")]
+    Backend { what: String, msg: String },
+
+    /// A download or a registry could not be reached or answered wrongly.
+    #[error("{what}: {msg}\n  fix: {fix}")]
+    Network {
+        what: String,
+        msg: String,
+        fix: String,
+    },
+
+    /// A file's bytes are not the ones recorded (model, download, bundle).
+    #[error("{path}: sha256 {actual}, expected {expected}\n  fix: {fix}", path = .path.display())]
+    Integrity {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+        fix: String,
+    },
+
     #[error("{path}:{line}: corrupt store record: {msg}\n  fix: the run directory was edited or damaged; delete line {line} of that file and run the same command again: the other records are kept and only that one is recomputed", path = .path.display())]
     Store {
         path: PathBuf,
@@ -94,6 +115,18 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The kinds of failure, each with its own exit code (see the README).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Bad flags or input, a damaged run directory: the user fixes the input (exit 2).
+    Input,
+    /// The machine, a device, the network: the same command may succeed
+    /// later or elsewhere (exit 3).
+    Environment,
+    /// Bytes that are not the recorded ones (exit 4).
+    Integrity,
+}
 
 impl Error {
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
@@ -109,17 +142,39 @@ impl Error {
             fix: fix.into(),
         }
     }
-    /// True for errors caused by what the user passed in or left on disk
-    /// (exit code 2): a bad flag, bad input, a damaged run directory. False
-    /// for failures of the machine (exit code 1): out of space, a device
-    /// error.
-    pub fn is_user_error(&self) -> bool {
+    /// What kind of failure this is, which decides the exit code.
+    pub fn kind(&self) -> Kind {
         match self {
-            Error::Io { source, .. } => !matches!(
-                source.kind(),
-                std::io::ErrorKind::StorageFull | std::io::ErrorKind::OutOfMemory
-            ),
-            _ => true,
+            Error::Io { source, .. } => match source.kind() {
+                std::io::ErrorKind::StorageFull
+                | std::io::ErrorKind::OutOfMemory
+                | std::io::ErrorKind::Interrupted
+                | std::io::ErrorKind::TimedOut => Kind::Environment,
+                _ => Kind::Input,
+            },
+            Error::Backend { .. } | Error::Network { .. } => Kind::Environment,
+            Error::Integrity { .. } => Kind::Integrity,
+            Error::Input { .. }
+            | Error::Usage(_)
+            | Error::Locked { .. }
+            | Error::Parquet { .. }
+            | Error::Media(_)
+            | Error::Audio(_)
+            | Error::Store { .. } => Kind::Input,
+        }
+    }
+
+    /// True for errors caused by what the user passed in or left on disk.
+    pub fn is_user_error(&self) -> bool {
+        self.kind() == Kind::Input
+    }
+
+    /// A model or device failure (a candle op, out of device memory, a
+    /// kernel), naming what was being done.
+    pub fn backend(what: impl Into<String>, e: impl fmt::Display) -> Self {
+        Error::Backend {
+            what: what.into(),
+            msg: e.to_string(),
         }
     }
 }

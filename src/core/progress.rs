@@ -158,3 +158,10 @@ pub fn bar(len: u64, what: &str) -> Progress {
         }),
     }
 }
+
+/// One line on stderr (a log line); a failed write is ignored, as
+/// `eprintln!` would panic instead.
+pub fn eprint_line(s: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{s}");
+}

@@ -8,7 +8,7 @@ pub mod record;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::core::error::{Error, Location, Result};
@@ -86,23 +86,31 @@ impl Default for ReadOptions {
     }
 }
 
-/// Command-line options for reading a data set (shared by every command).
-#[derive(clap::Args, Debug, Clone, Default, Serialize)]
-pub struct ReadArgs {
+/// How to read a data set: the language, a field mapping (from a config
+/// file and/or pairs) and the decompression limit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReadSpec {
     /// Language column for multi-language sets (MultiJail: ko, en, zh, ...).
-    #[arg(long)]
     pub lang: Option<String>,
     /// Map a logical field to a column: --field prompt=question (repeatable;
     /// overrides the config file).
-    #[arg(long = "field", value_name = "LOGICAL=COLUMN")]
     pub fields: Vec<String>,
     /// TOML config with `lang = "ko"` and a `[fields]` table (logical = "column").
-    #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Most MiB one parquet column chunk may decompress to (a zstd bomb of
     /// 67 KB can expand to gigabytes); refused before reading.
-    #[arg(long, value_name = "MIB", default_value_t = MAX_DECOMPRESSED_MB)]
     pub max_decompressed_mb: u64,
+}
+
+impl Default for ReadSpec {
+    fn default() -> Self {
+        ReadSpec {
+            lang: None,
+            fields: Vec::new(),
+            config: None,
+            max_decompressed_mb: MAX_DECOMPRESSED_MB,
+        }
+    }
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -113,7 +121,7 @@ struct ReadConfig {
     fields: BTreeMap<String, String>,
 }
 
-impl ReadArgs {
+impl ReadSpec {
     pub fn options(&self) -> Result<ReadOptions> {
         let cfg: ReadConfig = match &self.config {
             Some(p) => {

@@ -838,7 +838,7 @@ pub fn train_head(req: &TrainRequest, embedder: &EmbeddingGemma) -> Result<Head>
         let leads: Vec<&str> = items.iter().map(|(l, _)| l.response.as_str()).collect();
         embs.extend(cache.embed(embedder, &leads, LEAD_TOKENS, 8, true)?);
     }
-    eprintln!(
+    log::info!(
         "embedded {} texts ({} new) in {:.1} s",
         texts.len(),
         cache.len() - cached_before,

@@ -71,12 +71,30 @@ impl Labeled {
 
 /// Which part of the labelled data to report on: labels calibrate thresholds
 /// on `dev` only; `test` is the held-out rest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Split {
     All,
     Dev,
     Test,
+}
+
+impl Split {
+    pub const NAMES: [&'static str; 3] = ["all", "dev", "test"];
+}
+
+impl std::str::FromStr for Split {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "all" => Ok(Split::All),
+            "dev" => Ok(Split::Dev),
+            "test" => Ok(Split::Test),
+            _ => Err(Error::Usage(format!(
+                "--split {s:?}\n  fix: use all, dev or test"
+            ))),
+        }
+    }
 }
 
 /// Deterministic 30% development split by item group (see [`group_of`]).

@@ -11,28 +11,21 @@ use super::{gemma4, qwen3vl, Limits, MediaError, VideoSource};
 
 /// The media to inspect: exactly one of the inputs. (Further kinds, e.g.
 /// `--audio`, join the `input` group.)
-#[derive(Debug, Clone, clap::Args)]
-#[command(group(clap::ArgGroup::new("input").required(true).multiple(false)))]
-pub struct InspectArgs {
+#[derive(Debug, Clone)]
+pub struct InspectSpec {
     /// The processor settings: `preprocessor_config.json` (images),
     /// `video_preprocessor_config.json` (videos), or the model folder holding them.
-    #[arg(long, value_name = "CONFIG")]
     pub processor: PathBuf,
     /// An image file (png, jpeg, webp, gif, bmp).
-    #[arg(long, value_name = "FILE", group = "input")]
     pub image: Option<PathBuf>,
     /// A video: mp4/webm/mkv (FFmpeg), animated GIF/APNG, or a folder of frames.
-    #[arg(long, value_name = "FILE", group = "input")]
     pub video: Option<PathBuf>,
     /// An audio file (wav, flac, mp3, ogg, m4a): Whisper (`WhisperFeatureExtractor`)
     /// or Gemma 4 (`Gemma4AudioFeatureExtractor`) features, by the config.
-    #[arg(long, value_name = "FILE", group = "input")]
     pub audio: Option<PathBuf>,
     /// Where the safetensors file is written.
-    #[arg(long, value_name = "OUT.safetensors")]
     pub out: PathBuf,
     /// Largest image or frame in pixels accepted (header check).
-    #[arg(long, default_value_t = Limits::default().max_pixels)]
     pub max_pixels: u64,
 }
 
@@ -63,7 +56,7 @@ fn tensor_err(path: &Path, e: candle_core::Error) -> MediaError {
 }
 
 /// Run the processor and write the safetensors file.
-pub fn run(args: &InspectArgs) -> Result<Summary, MediaError> {
+pub fn run(args: &InspectSpec) -> Result<Summary, MediaError> {
     let limits = Limits {
         max_pixels: args.max_pixels,
         ..Limits::default()

@@ -910,8 +910,8 @@ fn decode_ffmpeg_path(
     let (v, decoded) = ffmpeg_pass(path, name, limits, None, sample)?;
     if v.total_frames != decoded {
         // The header's frame count was wrong: sample again from the real count.
-        eprintln!(
-            "warning: {name}: header says {} frames, {decoded} decoded; sampling from {decoded}",
+        log::warn!(
+            "{name}: header says {} frames, {decoded} decoded; sampling from {decoded}",
             v.total_frames
         );
         return ffmpeg_pass(path, name, limits, Some(decoded), sample).map(|r| r.0);
@@ -945,8 +945,7 @@ fn ffmpeg_pass(
             Some(o) => o,
             None => {
                 if known_total.is_none() {
-                    eprintln!(
-                        "warning: {name}: display rotation {:.1}° is not a multiple of 90°; frames are used as decoded",
+                    log::warn!("{name}: display rotation {:.1}° is not a multiple of 90°; frames are used as decoded",
                         -info.rotation
                     );
                 }
@@ -986,7 +985,7 @@ fn ffmpeg_pass(
         });
     }
     if packet_errors > 0 && known_total.is_none() {
-        eprintln!("warning: {name}: {packet_errors} packets could not be decoded");
+        log::warn!("{name}: {packet_errors} packets could not be decoded");
     }
     let mut v = keep.finish(fps, total_guess.unwrap_or(count));
     if wanted.is_none() {

@@ -244,7 +244,7 @@ pub fn fetch(card: &Card) -> Result<PathBuf> {
     let lock = File::create(&lock_path).map_err(|e| Error::io(&lock_path, e))?;
     lock.lock().map_err(|e| Error::io(&lock_path, e))?;
     if cached(card)? {
-        eprintln!("{}: already in the cache ({})", card.name, dest.display());
+        log::info!("{}: already in the cache ({})", card.name, dest.display());
         return Ok(dest);
     }
     // An archive card assembles the archive (kept across an interrupted
@@ -259,7 +259,7 @@ pub fn fetch(card: &Card) -> Result<PathBuf> {
             unpack_zip(card, a, &assembled)?;
             let _ = std::fs::remove_file(&assembled);
             let _ = std::fs::remove_file(sidecar(&assembled));
-            eprintln!("{}: verified, cached at {}", card.name, dir.display());
+            log::info!("{}: verified, cached at {}", card.name, dir.display());
             return Ok(dest);
         }
     }
@@ -328,7 +328,7 @@ pub fn fetch(card: &Card) -> Result<PathBuf> {
             .map_err(|e| http_err(&what, e))?;
         whole.update(&data);
         out.write_all(&data).map_err(|e| Error::io(&partial, e))?;
-        eprintln!("{what}: {} bytes", data.len());
+        log::info!("{what}: {} bytes", data.len());
     }
     out.sync_all().map_err(|e| Error::io(&partial, e))?;
     drop(out);
@@ -340,11 +340,11 @@ pub fn fetch(card: &Card) -> Result<PathBuf> {
     std::fs::rename(&partial, &assembled).map_err(|e| Error::io(&assembled, e))?;
     let _ = file_sha256(&assembled);
     if let Some(a) = &card.archive {
-        eprintln!("{}: unpacking {}", card.name, assembled.display());
+        log::info!("{}: unpacking {}", card.name, assembled.display());
         unpack_zip(card, a, &assembled)?;
         let _ = std::fs::remove_file(&assembled);
         let _ = std::fs::remove_file(sidecar(&assembled));
     }
-    eprintln!("{}: verified, cached at {}", card.name, dest.display());
+    log::info!("{}: verified, cached at {}", card.name, dest.display());
     Ok(dest)
 }

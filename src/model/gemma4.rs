@@ -1832,8 +1832,8 @@ impl Processor {
         let image = match &src {
             Some(s) => crate::media::gemma4::ImageProcessor::from_json_str(s)?,
             None => {
-                eprintln!(
-                    "warning: {}: no image processor config; using transformers' Gemma 4 defaults",
+                log::warn!(
+                    "{}: no image processor config; using transformers' Gemma 4 defaults",
                     dir.display()
                 );
                 crate::media::gemma4::ImageProcessor::default()
@@ -1913,8 +1913,7 @@ impl Processor {
                     let a = crate::audio::decode::decode_media(m.media, &Default::default())?;
                     if a.seconds() > 30.0 {
                         // transformers' extractor truncates at max_length = 480,000 samples.
-                        eprintln!(
-                            "warning: {name}: {:.1} s of audio; Gemma 4 hears the first 30 s (as transformers' Gemma4AudioFeatureExtractor)",
+                        log::warn!("{name}: {:.1} s of audio; Gemma 4 hears the first 30 s (as transformers' Gemma4AudioFeatureExtractor)",
                             a.seconds()
                         );
                     }

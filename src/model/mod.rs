@@ -305,7 +305,7 @@ fn cerr(path: &Path, what: &str) -> impl Fn(candle_core::Error) -> Error {
 }
 
 /// How to load a model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Requantize {
     /// Re-quantize Q4_1/Q5_0/Q5_1 GGUF tensors to Q8_0 on CPU (what anjeon did before its own kernels; changes the weights slightly).
@@ -313,6 +313,30 @@ pub enum Requantize {
     /// Keep the file's formats exactly (the default: anjeon's kernels run every GGUF block format these models use).
     #[default]
     Off,
+}
+
+impl Requantize {
+    /// The names `FromStr` accepts, with what each does.
+    pub const NAMES: [(&'static str, &'static str); 2] = [
+        (
+            "auto",
+            "re-quantize Q4_1/Q5_0/Q5_1 GGUF tensors to Q8_0 on CPU (changes the weights slightly)",
+        ),
+        ("off", "keep the file's formats exactly (the default)"),
+    ];
+}
+
+impl std::str::FromStr for Requantize {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(Requantize::Auto),
+            "off" => Ok(Requantize::Off),
+            _ => Err(Error::Usage(format!(
+                "--requantize {s:?}\n  fix: use auto or off"
+            ))),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default)]

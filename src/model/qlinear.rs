@@ -58,8 +58,8 @@ impl Kernel {
             Some(f) if k % f.block_elems() == 0 => f,
             _ => {
                 if !is_float(q.dtype()) {
-                    eprintln!(
-                        "warning: {name}: {:?} has no anjeon kernel; using candle's slower path",
+                    log::warn!(
+                        "{name}: {:?} has no anjeon kernel; using candle's slower path",
                         q.dtype()
                     );
                 }

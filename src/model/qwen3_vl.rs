@@ -1049,7 +1049,10 @@ impl Processor {
                 ImageProcessor::from_json_str(s)?
             }
             None => {
-                eprintln!("warning: {}: no preprocessor_config.json; using the released Qwen3-VL image settings", dir.display());
+                log::warn!(
+                    "{}: no preprocessor_config.json; using the released Qwen3-VL image settings",
+                    dir.display()
+                );
                 ImageProcessor::qwen3vl_default()
             }
         };

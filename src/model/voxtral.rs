@@ -837,8 +837,8 @@ impl Processor {
                 v["feature_size"].as_u64().unwrap_or(80) as usize
             }
             None => {
-                eprintln!(
-                    "warning: {}: no preprocessor_config.json; using WhisperFeatureExtractor({} mel bins)",
+                log::warn!(
+                    "{}: no preprocessor_config.json; using WhisperFeatureExtractor({} mel bins)",
                     dir.display(),
                     cfg.audio_config.num_mel_bins
                 );
@@ -897,8 +897,8 @@ impl Processor {
             }
         }
         let begin_audio_token_id = begin.unwrap_or_else(|| {
-            eprintln!(
-                "warning: {}: the tokenizer does not name [BEGIN_AUDIO]; using 25 (Tekken's id)",
+            log::warn!(
+                "{}: the tokenizer does not name [BEGIN_AUDIO]; using 25 (Tekken's id)",
                 dir.display()
             );
             25

@@ -24,9 +24,14 @@ pub fn evaluate(
         } else {
             word_errors(&it.text, &t.text)
         };
-        eprintln!(
+        log::info!(
             "{} [{}→{}] {:.1} s in {:.2} s: {} ({errors}/{units})",
-            it.id, it.lang, t.language, t.seconds, t.elapsed_s, t.text
+            it.id,
+            it.lang,
+            t.language,
+            t.seconds,
+            t.elapsed_s,
+            t.text
         );
         rows.push(EvalRow {
             id: it.id.clone(),

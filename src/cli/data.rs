@@ -1,0 +1,101 @@
+//! `anjeon data`: what a data set holds, and every problem in it.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+
+use anjeon::dataset;
+
+use super::args::ReadArgs;
+
+#[derive(clap::Subcommand)]
+pub enum DataCmd {
+    /// Counts by benchmark, modality, risk factor, language, expected behaviour.
+    Stats {
+        /// FORMAT:PATH or PATH (format detected).
+        dataset: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        read: ReadArgs,
+    },
+    /// List every problem of a data set, with file and line.
+    Validate {
+        dataset: String,
+        #[command(flatten)]
+        read: ReadArgs,
+    },
+}
+
+pub fn run(cmd: DataCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        DataCmd::Stats {
+            dataset: spec,
+            json,
+            read,
+        } => {
+            let ds = dataset::load(&spec, &read.spec().options()?)?;
+            let st = dataset::stats(&ds);
+            for p in &ds.problems {
+                log::warn!("{}: {}", p.location, p.message);
+            }
+            if json {
+                anjeon::outln!("{}", serde_json::to_string_pretty(&st)?);
+            } else {
+                anjeon::outln!(
+                    "data set {spec}: {} items (sha256 {})",
+                    st.total,
+                    anjeon::runlog::manifest::short(&ds.hash)
+                );
+                print_map("by benchmark", &st.by_benchmark)?;
+                print_map("by modality", &st.by_modality)?;
+                print_map("by expected behaviour", &st.by_expected)?;
+                print_map("by language", &st.by_language)?;
+                print_map("by group", &st.by_group)?;
+                print_map("by risk factor", &st.by_risk_factor)?;
+                print_map("by prompt type", &st.by_prompt_type)?;
+                print_map("by attack", &st.by_attack)?;
+                anjeon::outln!(
+                    "reference answers: {} on {} items",
+                    st.reference_answers,
+                    st.with_reference_answers
+                );
+                if st.problems > 0 {
+                    anjeon::outln!(
+                        "items that could not be read: {} (see `anjeon data validate`)",
+                        st.problems
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DataCmd::Validate {
+            dataset: spec,
+            read,
+        } => {
+            let ds = dataset::load(&spec, &read.spec().options()?)?;
+            let problems = dataset::validate(&ds);
+            for p in &problems {
+                anjeon::outln!("{}: {}", p.location, p.message);
+            }
+            if problems.is_empty() {
+                log::info!("{spec}: {} items, no problems", ds.samples.len());
+                Ok(ExitCode::SUCCESS)
+            } else {
+                log::info!(
+                    "{spec}: {} items read, {} problems",
+                    ds.samples.len(),
+                    problems.len()
+                );
+                Ok(ExitCode::from(super::exit::INPUT))
+            }
+        }
+    }
+}
+
+fn print_map(title: &str, m: &BTreeMap<String, usize>) -> anjeon::Result<()> {
+    anjeon::outln!("{title}:");
+    for (k, v) in m {
+        anjeon::outln!("  {k:<50} {v:>7}");
+    }
+    Ok(())
+}
