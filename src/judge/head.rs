@@ -193,8 +193,7 @@ impl Head {
         let d = self.width();
         let dev = Device::Cpu;
         let t = |v: &[f32], shape: &[usize]| {
-            Tensor::from_slice(v, shape, &dev)
-                .map_err(|e| Error::Usage(format!("head tensor: {e}")))
+            Tensor::from_slice(v, shape, &dev).map_err(|e| Error::backend("head tensor", e))
         };
         let tensors = [
             ("weight".to_string(), t(&self.weight, &[k, d])?),
@@ -208,7 +207,7 @@ impl Head {
         )]
         .into();
         safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(meta))
-            .map_err(|e| Error::Usage(format!("head: {e}")))
+            .map_err(|e| Error::backend("head", e))
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
@@ -1141,7 +1140,7 @@ pub fn train(examples: &[Example], classes: &[String], opts: &TrainOptions) -> R
         })
         .collect();
     let y: Vec<usize> = examples.iter().map(|e| e.y).collect();
-    let cerr = |e: candle_core::Error| Error::Usage(format!("judge train: {e}"));
+    let cerr = |e: candle_core::Error| Error::backend("judge train", e);
     let mut grid = vec![];
     let mut best: Option<(f64, f64, String, Vec<Vec<f64>>)> = None;
     for weighting in &opts.weightings {

@@ -504,7 +504,7 @@ impl EmbeddingGemma {
         let enc = self
             .tokenizer
             .encode(text, true)
-            .map_err(|e| Error::Usage(format!("tokenizer: {e}")))?;
+            .map_err(|e| Error::backend("tokenizer", e))?;
         Ok(enc.get_ids().to_vec())
     }
 
@@ -515,14 +515,14 @@ impl EmbeddingGemma {
         let enc = self
             .tokenizer
             .encode(text, false)
-            .map_err(|e| Error::Usage(format!("tokenizer: {e}")))?;
+            .map_err(|e| Error::backend("tokenizer", e))?;
         Ok((enc.get_ids().to_vec(), enc.get_offsets().to_vec()))
     }
 
     /// Embeddings of already tokenized texts, run as one padded batch.
     pub fn embed_ids(&self, batch: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
         self.embed_ids_inner(batch)
-            .map_err(|e| Error::Usage(format!("EmbeddingGemma forward: {e}")))
+            .map_err(|e| Error::backend("EmbeddingGemma forward", e))
     }
 
     fn embed_ids_inner(&self, batch: &[Vec<u32>]) -> candle_core::Result<Vec<Vec<f32>>> {
@@ -565,7 +565,7 @@ impl EmbeddingGemma {
             let h = self.encoder.forward(&t, &[ids.len()])?;
             h.mean(1)?.squeeze(0)?.to_vec1::<f32>()
         };
-        go().map_err(|e| Error::Usage(format!("EmbeddingGemma forward: {e}")))
+        go().map_err(|e| Error::backend("EmbeddingGemma forward", e))
     }
 
     /// Embed texts with a task prompt (a name from the model's prompts, or

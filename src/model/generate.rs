@@ -62,7 +62,7 @@ pub struct Generation {
 }
 
 fn ce(e: candle_core::Error) -> Error {
-    Error::Usage(format!("generation: {e}"))
+    Error::backend("generation", e)
 }
 
 impl GenParams {

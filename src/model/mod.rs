@@ -621,7 +621,15 @@ impl TextModel {
         let sha = fetch::file_sha256(path)?;
         if let Some(c) = &r.card {
             if c.sha256 != sha {
-                return Err(Error::Usage(format!("{}: sha256 {sha} does not match the model card's {}\n  fix: the file is truncated or corrupt; run `anjeon models fetch {}` again", path.display(), c.sha256, c.name)));
+                return Err(Error::Integrity {
+                    path: path.to_path_buf(),
+                    expected: c.sha256.clone(),
+                    actual: sha,
+                    fix: format!(
+                        "the file is truncated or corrupt; run `anjeon models fetch {}` again",
+                        c.name
+                    ),
+                });
             }
         }
         let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
@@ -971,7 +979,7 @@ impl TextModel {
     /// `forced` one token at a time; returns the logits before each forced
     /// token and after the last (`forced.len() + 1` rows). For parity checks.
     pub fn forced_logits(&mut self, prompt: &[u32], forced: &[u32]) -> Result<Vec<Vec<f32>>> {
-        let ce = |e: candle_core::Error| Error::Usage(format!("forward: {e}"));
+        let ce = |e: candle_core::Error| Error::backend("forward", e);
         self.arch.clear(&self.device).map_err(ce)?;
         let input = Tensor::new(prompt, &self.device)
             .and_then(|t| t.unsqueeze(0))
@@ -1042,7 +1050,7 @@ impl TextModel {
                     .arch
                     .forward(&input, pids.len())
                     .and_then(|l| l.to_vec1::<f32>())
-                    .map_err(|e| Error::Usage(format!("forward: {e}")))?;
+                    .map_err(|e| Error::backend("forward", e))?;
                 return Ok((logits, rest.len()));
             }
         }
@@ -1053,14 +1061,14 @@ impl TextModel {
     pub fn prompt_logits(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
         self.arch
             .clear(&self.device)
-            .map_err(|e| Error::Usage(format!("clearing cache: {e}")))?;
+            .map_err(|e| Error::backend("clearing cache", e))?;
         let input = Tensor::new(ids, &self.device)
             .and_then(|t| t.unsqueeze(0))
             .map_err(|e| Error::Usage(e.to_string()))?;
         let logits = self
             .arch
             .forward(&input, 0)
-            .map_err(|e| Error::Usage(format!("forward: {e}")))?;
+            .map_err(|e| Error::backend("forward", e))?;
         logits
             .to_vec1::<f32>()
             .map_err(|e| Error::Usage(e.to_string()))

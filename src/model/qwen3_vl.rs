@@ -1079,8 +1079,7 @@ impl Processor {
         device: &Device,
     ) -> std::result::Result<(Vec<Placeholder>, MmInputs), crate::core::error::Error> {
         use crate::core::sample::{MediaKind, MediaSource};
-        let ce =
-            |e: candle_core::Error| crate::core::error::Error::Usage(format!("vision input: {e}"));
+        let ce = |e: candle_core::Error| crate::core::error::Error::backend("vision input", e);
         let mut places = Vec::new();
         let (mut img_px, mut img_grid, mut vid_px, mut vid_grid) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());

@@ -69,7 +69,7 @@ fn fix_pre_tokenizer(t: &mut Tokenizer, pre: &str) {
 }
 
 fn tok_err(e: impl std::fmt::Display) -> Error {
-    Error::Usage(format!("tokenizer: {e}"))
+    Error::backend("tokenizer", e)
 }
 
 impl Tok {

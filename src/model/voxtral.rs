@@ -938,7 +938,7 @@ impl Processor {
         }
         let n: usize = chunks.iter().sum();
         let t = Tensor::from_vec(data, (n, self.features.n_mels, CHUNK_FRAMES), device)
-            .map_err(|e| Error::Usage(format!("audio input: {e}")))?;
+            .map_err(|e| Error::backend("audio input", e))?;
         Ok((chunks, AudioInput { input_features: t }))
     }
 

@@ -387,7 +387,12 @@ impl Asr {
         }
         let sha = fetch::file_sha256(&model)?;
         if sha != card.sha256 {
-            return Err(Error::Usage(format!("{}: sha256 {sha} does not match the model card's {}\n  fix: run `anjeon models fetch {}` again", model.display(), card.sha256, card.name)));
+            return Err(Error::Integrity {
+                path: model.clone(),
+                expected: card.sha256.clone(),
+                actual: sha,
+                fix: format!("run `anjeon models fetch {}` again", card.name),
+            });
         }
         let dir = model.parent().expect("cache folder").to_path_buf();
         Self::load(&card.name, &model, &dir, device)
@@ -519,7 +524,7 @@ impl Asr {
 
     /// Logits of the next token after `tokens`, given the encoder output.
     fn next_logits(&mut self, tokens: &[u32], audio: &Tensor, first: bool) -> Result<Vec<f32>> {
-        let ce = |e: candle_core::Error| Error::Usage(format!("whisper decoder: {e}"));
+        let ce = |e: candle_core::Error| Error::backend("whisper decoder", e);
         let input = Tensor::new(tokens, &self.device)
             .and_then(|t| t.unsqueeze(0))
             .map_err(ce)?;
@@ -539,7 +544,7 @@ impl Asr {
     }
 
     fn encode(&mut self, mel: Vec<f32>) -> Result<Tensor> {
-        let ce = |e: candle_core::Error| Error::Usage(format!("whisper encoder: {e}"));
+        let ce = |e: candle_core::Error| Error::backend("whisper encoder", e);
         let n_mels = self.features.n_mels;
         let t = Tensor::from_vec(mel, (1, n_mels, CHUNK_FRAMES), &self.device).map_err(ce)?;
         self.model.encoder.forward(&t, true).map_err(ce)
@@ -618,7 +623,7 @@ impl Asr {
             let text = self
                 .tokenizer
                 .decode(text_tokens, true)
-                .map_err(|e| Error::Usage(format!("whisper tokenizer: {e}")))?;
+                .map_err(|e| Error::backend("whisper tokenizer", e))?;
             let text = text.trim().to_string();
             if !text.is_empty() {
                 texts.push(text);

@@ -3,7 +3,7 @@
 //! tests do). Fixtures: tests/fixtures/embeddinggemma/make_fixtures.py
 //! (sentence-transformers 6.2.0, transformers 5.24.0, torch 2.15 CPU, f32).
 
-mod common;
+use crate::common;
 
 use anjeon::model::card;
 use anjeon::model::embeddinggemma::EmbeddingGemma;

@@ -1,27 +1,10 @@
 //! Integration tests: run the real `anjeon` binary.
 
+use crate::common::{anjeon as run, bin, stderr, stdout};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::Value;
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_anjeon"));
-    c.current_dir(env!("CARGO_MANIFEST_DIR"));
-    c.env("NO_COLOR", "1");
-    c
-}
-
-fn run(args: &[&str]) -> Output {
-    bin().args(args).output().expect("run anjeon")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 fn stats(spec: &str) -> Value {
     let o = run(&["data", "stats", spec, "--json"]);

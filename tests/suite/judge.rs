@@ -4,18 +4,17 @@
 //! Qwen2.5-Coder-0.5B (fetched on first use) so the suite stays fast; the
 //! default judge (1.5B) uses the same code.
 
-use std::process::Command;
+use crate::common::bin;
 
 use anjeon::judge::model::{Item, ModelJudge, Rubric, Task};
 use anjeon::judge::Verdict;
-use anjeon::model::{self, card, fetch, LoadOptions, TextModel};
+use anjeon::model::{self, LoadOptions, TextModel};
 use serde_json::Value;
 
 const JUDGE: &str = "qwen2.5-coder-0.5b-instruct";
 
 fn load(name: &str) -> TextModel {
-    let c = card::find(name).expect("bundled card");
-    fetch::fetch(&c).unwrap_or_else(|e| panic!("fetching {name}: {e}"));
+    crate::common::model_file(name);
     let r = model::resolve(name).unwrap();
     TextModel::load(&r, &model::device("cpu").unwrap(), &LoadOptions::default()).unwrap()
 }
@@ -220,12 +219,6 @@ answer = "Answer:"
         msg.contains("distinct token") && msg.contains("custom.toml"),
         "{msg}"
     );
-}
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_anjeon"));
-    c.current_dir(env!("CARGO_MANIFEST_DIR"));
-    c
 }
 
 #[test]

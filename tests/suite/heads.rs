@@ -2,7 +2,7 @@
 //! fetched from the package registry on first use): agreement with held-out
 //! human labels, bad input, and heads that do not fit.
 
-mod common;
+use crate::common;
 
 use anjeon::judge::head::{self, HeadJudge};
 use anjeon::judge::model::Task;

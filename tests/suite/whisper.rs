@@ -5,12 +5,10 @@ use std::path::{Path, PathBuf};
 
 use anjeon::audio::{decode_file, DecodeOptions};
 use anjeon::model::whisper::{ct2_to_hf, Asr, Ct2Model};
-use anjeon::model::{card, fetch};
 use candle_core::Device;
 
 fn ensure() -> PathBuf {
-    let c = card::find("whisper-base").expect("bundled card");
-    fetch::fetch(&c).unwrap_or_else(|e| panic!("fetching whisper-base: {e}"))
+    crate::common::model_file("whisper-base")
 }
 
 fn clip(name: &str) -> Vec<f32> {

@@ -2,6 +2,7 @@
 //! request (decoded where it is encoded), the jamo round trip, the typographic
 //! images, bad templates and bad image text, and the `attacks` command line.
 
+use crate::common::anjeon;
 use anjeon::attack::{self, encode, Modality, Template};
 use anjeon::core::error::Location;
 use anjeon::core::sample::{
@@ -457,14 +458,6 @@ fn strategy_lists() {
     );
     assert!(attack::select("jamo,jamo").is_err());
     assert!(attack::select(",").is_err());
-}
-
-fn anjeon(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_anjeon"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap()
 }
 
 #[test]

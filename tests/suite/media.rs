@@ -1,9 +1,9 @@
 //! Media decoding and preprocessing against transformers / Pillow references
 //! (made by tests/fixtures/media/make_media_fixtures.py; no Python needed here).
 
+use crate::common::bin;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anjeon::media::{
     self, decode_image, decode_video, decode_video_sampled, gemma4, qwen3vl, resample, Limits,
@@ -546,13 +546,6 @@ fn config_spellings_and_errors() {
         (704, 1280),
         "22.5 rounds to 22 (half to even)"
     );
-}
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_anjeon"));
-    c.current_dir(env!("CARGO_MANIFEST_DIR"));
-    c.env("NO_COLOR", "1");
-    c
 }
 
 #[test]

@@ -1,0 +1,21 @@
+//! The integration tests: one binary (one link of candle, FFmpeg and
+//! parquet) with a module per area. Tests that run the real binary use
+//! `common::bin`/`common::anjeon`; tests that need a bundled model read it
+//! from the cache through `common::model_file` (see `.ci/run`).
+
+mod common;
+
+mod attacks;
+mod audio;
+mod cli;
+mod embedding;
+mod gemma4;
+mod guard;
+mod heads;
+mod judge;
+mod media;
+mod models;
+mod tekken;
+mod vision;
+mod voxtral;
+mod whisper;
