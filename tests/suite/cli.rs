@@ -1235,3 +1235,39 @@ fn sharded_scoring_merges_into_the_single_score_report() {
     let rep: Value = serde_json::from_slice(&merged).unwrap();
     assert!(rep["responses"].as_u64().unwrap() > 100, "{rep}");
 }
+
+/// Exit codes by the kind of failure (README "Exit codes"): 2 input, 3
+/// environment (here an unreachable package registry), 4 integrity (a
+/// cached model file whose sha256 is not its card's).
+#[test]
+fn exit_codes_follow_the_kind_of_failure() {
+    let home = tempfile::tempdir().unwrap();
+    let o = run(&["data", "validate", "no/such/data"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+
+    let o = bin()
+        .args(["models", "fetch", "smollm2-135m-instruct"])
+        .env("ANJEON_HOME", home.path())
+        .env("ANJEON_PYPI_INDEX", "http://127.0.0.1:9/simple")
+        .output()
+        .unwrap();
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(3), "{e}");
+    assert!(e.contains("package registry"), "{e}");
+
+    let card = anjeon::model::card::find("smollm2-135m-instruct").unwrap();
+    let dir = home.path().join("models").join(&card.name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(&card.file), b"GGUF but not the card's bytes").unwrap();
+    let o = bin()
+        .args(["generate", "--model", &card.name, "--prompt", "hi"])
+        .env("ANJEON_HOME", home.path())
+        .output()
+        .unwrap();
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(4), "{e}");
+    assert!(
+        e.contains(&card.sha256) && e.contains("models fetch"),
+        "{e}"
+    );
+}

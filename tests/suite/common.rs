@@ -87,8 +87,7 @@ pub fn model_file(name: &str) -> std::path::PathBuf {
         return anjeon::model::fetch::model_path(&c);
     }
     if std::env::var("ANJEON_TEST_FETCH").map_or(true, |v| v != "0") {
-        return anjeon::model::fetch::fetch(&c)
-            .unwrap_or_else(|e| panic!("fetching {name}: {e}"));
+        return anjeon::model::fetch::fetch(&c).unwrap_or_else(|e| panic!("fetching {name}: {e}"));
     }
     panic!("model {name} is not in the cache and ANJEON_TEST_FETCH=0: run `anjeon models fetch {name}` on a connected machine")
 }

@@ -5,6 +5,7 @@
 
 mod common;
 
+mod architecture;
 mod attacks;
 mod audio;
 mod cli;
