@@ -82,8 +82,12 @@ pub fn compare(dirs: &[std::path::PathBuf], out: &Path) -> Result<Report> {
                 "{} and {}: the runs were judged by different judges (fingerprints {} vs {})\n  fix: re-score one with the other's judge: `anjeon score --from DIR --judge …`",
                 first.dir.display(),
                 r.dir.display(),
-                fps.first().map(|f| &f[..12]).unwrap_or("-"),
-                r.plan.judge_fingerprints.first().map(|f| &f[..12]).unwrap_or("-")
+                fps.first().map(|f| f.get(..12).unwrap_or(f)).unwrap_or("-"),
+                r.plan
+                    .judge_fingerprints
+                    .first()
+                    .map(|f| f.get(..12).unwrap_or(f))
+                    .unwrap_or("-")
             )));
         }
     }

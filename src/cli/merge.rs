@@ -19,8 +19,8 @@ pub struct MergeArgs {
 
 impl MergeArgs {
     /// The settings these flags give.
-    pub fn spec(self) -> anjeon::pipeline::run::MergeSpec {
-        anjeon::pipeline::run::MergeSpec {
+    pub fn spec(self) -> anjeon::pipeline::merge::MergeSpec {
+        anjeon::pipeline::merge::MergeSpec {
             dirs: self.dirs,
             out: self.out,
             allow_partial: self.allow_partial,
@@ -29,6 +29,6 @@ impl MergeArgs {
 }
 
 pub fn run(args: MergeArgs) -> anyhow::Result<ExitCode> {
-    let outcome = anjeon::pipeline::run::merge(&args.spec())?;
+    let outcome = anjeon::pipeline::merge::merge(&args.spec())?;
     super::print_headline(&outcome)
 }

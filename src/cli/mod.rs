@@ -170,7 +170,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// After `run`, `score` or `merge`: the headline table on stdout; exit 1
 /// when items failed.
-fn print_headline(outcome: &anjeon::pipeline::run::Outcome) -> anyhow::Result<ExitCode> {
+fn print_headline(outcome: &anjeon::pipeline::Outcome) -> anyhow::Result<ExitCode> {
     anjeon::out!("{}", anjeon::report::headline(&outcome.report));
     Ok(if outcome.failures > 0 {
         ExitCode::from(exit::ITEM_FAILURES)

@@ -45,8 +45,8 @@ pub struct ScoreArgs {
 
 impl ScoreArgs {
     /// The settings these flags give.
-    pub fn spec(self) -> anjeon::pipeline::run::ScoreSpec {
-        anjeon::pipeline::run::ScoreSpec {
+    pub fn spec(self) -> anjeon::pipeline::score::ScoreSpec {
+        anjeon::pipeline::score::ScoreSpec {
             dataset: self.dataset,
             responses: self.responses,
             from: self.from,
@@ -63,6 +63,6 @@ impl ScoreArgs {
 }
 
 pub fn run(args: ScoreArgs) -> anyhow::Result<ExitCode> {
-    let outcome = anjeon::pipeline::run::score(&args.spec())?;
+    let outcome = anjeon::pipeline::score::score(&args.spec())?;
     super::print_headline(&outcome)
 }

@@ -6,4 +6,9 @@ pub mod asr_eval;
 pub mod bundle;
 pub mod doctor;
 pub mod judge_eval;
+pub mod merge;
 pub mod run;
+pub mod score;
+mod stages;
+
+pub use stages::Outcome;
