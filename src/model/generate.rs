@@ -98,24 +98,18 @@ impl TextModel {
         seed: u64,
     ) -> Result<Generation> {
         self.check_prompt(prompt)?;
-        self.arch.clear(&self.device).map_err(ce)?;
+        self.arch.clear().map_err(ce)?;
         let lp = LogitsProcessor::from_sampling(seed, p.sampling());
         let t0 = Instant::now();
         let input = Tensor::new(prompt, &self.device)
             .and_then(|t| t.unsqueeze(0))
             .map_err(ce)?;
-        let mut logits = match (mm, &mut self.arch) {
-            (None, arch) => arch.forward(&input, 0).map_err(ce)?,
-            (Some(super::MmPrompt::Qwen3Vl(mm)), super::Arch::Qwen3Vl(m)) => {
-                m.prefill(prompt, mm).map_err(ce)?
-            }
-            (Some(super::MmPrompt::Gemma4(mm)), super::Arch::Gemma4(m)) => {
-                m.prefill_mm(prompt, mm).map_err(ce)?
-            }
-            (Some(super::MmPrompt::Voxtral(a)), super::Arch::Voxtral(m)) => {
-                m.prefill(prompt, Some(a)).map_err(ce)?
-            }
-            (Some(_), _) => return Err(Error::Usage(format!("{} takes text only", self.name))),
+        let mut logits = match mm {
+            None => self.arch.logits(&input, 0).map_err(ce)?,
+            Some(mm) => match self.arch.prefill_media(prompt, mm) {
+                Some(l) => l.map_err(ce)?,
+                None => return Err(Error::Usage(format!("{} takes text only", self.name))),
+            },
         };
         let prefill_s = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
@@ -124,7 +118,7 @@ impl TextModel {
             let input = Tensor::new(&[next], &self.device)
                 .and_then(|t| t.unsqueeze(0))
                 .map_err(ce)?;
-            logits = self.arch.forward(&input, d.all.len() - 1).map_err(ce)?;
+            logits = self.arch.logits(&input, d.all.len() - 1).map_err(ce)?;
         }
         d.finish(&self.tokenizer, p, prefill_s, t1.elapsed().as_secs_f64())
     }
@@ -149,12 +143,7 @@ impl TextModel {
         if batch == 0 {
             return Err(Error::Usage("--batch must be at least 1".into()));
         }
-        if batch == 1
-            || !matches!(
-                self.arch,
-                super::Arch::QDecoder(_) | super::Arch::QGemma3(_)
-            )
-        {
+        if batch == 1 || self.arch.batch().is_none() {
             for (i, (ids, seed)) in jobs.iter().enumerate() {
                 let r = self.generate(ids, p, *seed);
                 done(i, r)?;
@@ -178,23 +167,23 @@ impl TextModel {
                 let (prompt, seed) = jobs[i];
                 let started = (|| -> Result<Option<Slot>> {
                     self.check_prompt(prompt)?;
-                    self.arch.clear(&self.device).map_err(ce)?;
+                    self.arch.clear().map_err(ce)?;
                     let t0 = Instant::now();
                     let input = Tensor::new(prompt, &self.device)
                         .and_then(|t| t.unsqueeze(0))
                         .map_err(ce)?;
-                    let mut logits = self.arch.forward(&input, 0).map_err(ce)?;
+                    let mut logits = self.arch.logits(&input, 0).map_err(ce)?;
                     let prefill_s = t0.elapsed().as_secs_f64();
                     let t1 = Instant::now();
                     let mut dec =
                         Decoding::new(prompt, LogitsProcessor::from_sampling(seed, p.sampling()));
                     match dec.step(&mut logits, p, &self.tokenizer, self.context_length)? {
                         Some(next) => {
-                            let cache = match &mut self.arch {
-                                super::Arch::QDecoder(m) => m.take_cache(),
-                                super::Arch::QGemma3(m) => m.take_cache(),
-                                _ => unreachable!("checked above"),
-                            };
+                            let cache = self
+                                .arch
+                                .batch()
+                                .expect("a batched architecture (checked above)")
+                                .take_cache();
                             Ok(Some(Slot {
                                 job: i,
                                 cache,
@@ -219,7 +208,7 @@ impl TextModel {
                 match started {
                     Ok(Some(slot)) => slots.push(slot),
                     Ok(None) => {}
-                    Err(e @ Error::Usage(_)) => done(i, Err(e))?,
+                    Err(e @ (Error::Usage(_) | Error::Backend { .. })) => done(i, Err(e))?,
                     Err(e) => return Err(e),
                 }
             }
@@ -232,12 +221,12 @@ impl TextModel {
                 .iter_mut()
                 .map(|s| std::mem::take(&mut s.cache))
                 .collect();
-            let logits = match &self.arch {
-                super::Arch::QDecoder(m) => m.forward_batch(&mut caches, &tokens, &positions),
-                super::Arch::QGemma3(m) => m.forward_batch(&mut caches, &tokens, &positions),
-                _ => unreachable!("checked above"),
-            }
-            .map_err(ce)?;
+            let logits = self
+                .arch
+                .batch()
+                .expect("a batched architecture (checked above)")
+                .forward_batch(&mut caches, &tokens, &positions)
+                .map_err(ce)?;
             let mut keep = Vec::with_capacity(slots.len());
             for (r, (mut slot, cache)) in slots.drain(..).zip(caches).enumerate() {
                 slot.cache = cache;

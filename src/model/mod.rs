@@ -2,6 +2,7 @@
 //! Hugging Face folder, hub id from the local cache, bundled model card),
 //! tokenizers, chat templates and generation.
 
+pub mod arch;
 pub mod bench;
 pub mod card;
 pub mod chat;
@@ -29,6 +30,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_transformers::models as tm;
 
 use crate::core::error::{Error, Result};
+pub use arch::{CausalLm, Processor};
 pub use chat::{ChatTemplate, Message};
 pub use generate::{GenParams, Generation, StopReason};
 
@@ -178,101 +180,19 @@ fn resolve_card(c: card::Card) -> Result<Resolved> {
     })
 }
 
-/// The weights of one supported architecture.
-enum Arch {
-    QLlama(tm::quantized_llama::ModelWeights),
-    /// Llama (dense) and Qwen2 GGUF files on anjeon's kernels.
-    QDecoder(qwen2::ModelWeights),
-    QQwen3(tm::quantized_qwen3::ModelWeights),
-    QGemma3(gemma3::ModelWeights),
-    Llama(tm::llama::Llama, tm::llama::Cache, tm::llama::Config, DType),
-    Qwen2(tm::qwen2::ModelForCausalLM),
-    Qwen3(tm::qwen3::ModelForCausalLM),
-    Qwen3Vl(Box<qwen3_vl::Qwen3Vl>),
-    Gemma4(Box<gemma4::Gemma4>),
-    Voxtral(Box<voxtral::Voxtral>),
-}
-
-impl Arch {
-    /// Logits of the last position, `[vocab]`, f32.
-    fn forward(&mut self, ids: &Tensor, pos: usize) -> candle_core::Result<Tensor> {
-        let logits = match self {
-            Arch::QLlama(m) => m.forward(ids, pos)?,
-            Arch::QDecoder(m) => m.forward(ids, pos)?,
-            Arch::QQwen3(m) => m.forward(ids, pos)?,
-            Arch::QGemma3(m) => m.forward(ids, pos)?,
-            Arch::Llama(m, cache, _, _) => m.forward(ids, pos, cache)?,
-            Arch::Qwen2(m) => m.forward(ids, pos)?,
-            Arch::Qwen3(m) => m.forward(ids, pos)?,
-            Arch::Qwen3Vl(m) => m.forward(ids, pos)?,
-            Arch::Gemma4(m) => m.forward(ids, pos)?,
-            Arch::Voxtral(m) => m.forward(ids, pos)?,
-        };
-        logits.flatten_all()?.to_dtype(DType::F32)
-    }
-    /// A copy of the model with its KV cache, for architectures whose cache
-    /// is never written in place (appending makes new tensors), so the copy
-    /// stays valid while the original goes on. Weights are shared.
-    fn snapshot(&self) -> Option<Arch> {
-        match self {
-            Arch::QLlama(m) => Some(Arch::QLlama(m.clone())),
-            Arch::QDecoder(m) => Some(Arch::QDecoder(m.clone())),
-            Arch::QGemma3(m) => Some(Arch::QGemma3(m.clone())),
-            Arch::Qwen3Vl(m) => Some(Arch::Qwen3Vl(m.clone())),
-            Arch::Gemma4(m) => Some(Arch::Gemma4(m.clone())),
-            Arch::Voxtral(m) => Some(Arch::Voxtral(m.clone())),
-            _ => None,
-        }
-    }
-    fn clear(&mut self, device: &Device) -> candle_core::Result<()> {
-        match self {
-            Arch::QLlama(m) => m.clear_kv_cache(),
-            Arch::QDecoder(m) => m.clear_kv_cache(),
-            Arch::QQwen3(m) => m.clear_kv_cache(),
-            Arch::QGemma3(m) => m.clear_kv_cache(),
-            Arch::Llama(_, cache, cfg, dtype) => {
-                *cache = tm::llama::Cache::new(true, *dtype, cfg, device)?
-            }
-            Arch::Qwen2(m) => m.clear_kv_cache(),
-            Arch::Qwen3(m) => m.clear_kv_cache(),
-            Arch::Qwen3Vl(m) => m.clear_kv_cache(),
-            Arch::Gemma4(m) => m.clear_kv_cache(),
-            Arch::Voxtral(m) => m.clear_kv_cache(),
-        }
-        Ok(())
-    }
-}
-
 /// A loaded text model with its tokenizer and chat template.
 pub struct TextModel {
     pub name: String,
     pub architecture: String,
-    arch: Arch,
+    arch: Box<dyn CausalLm>,
     pub tokenizer: tokenizer::Tok,
     pub template: ChatTemplate,
     pub device: Device,
     /// sha256 of the weights file(s).
     pub files: Vec<(PathBuf, String)>,
     pub context_length: usize,
-    /// Input processing for images and video (vision-language models).
-    pub vision: Option<VisionProc>,
-}
-
-/// The input processing of a multimodal architecture (images, video, audio).
-pub enum VisionProc {
-    Qwen3Vl(qwen3_vl::Processor),
-    Gemma4(gemma4::Processor),
-    Voxtral(voxtral::Processor),
-}
-
-impl VisionProc {
-    fn config_sha256(&self) -> &str {
-        match self {
-            VisionProc::Qwen3Vl(p) => &p.config_sha256,
-            VisionProc::Gemma4(p) => &p.config_sha256,
-            VisionProc::Voxtral(p) => &p.config_sha256,
-        }
-    }
+    /// Input processing for images, video and audio (multimodal models).
+    pub vision: Option<Box<dyn Processor>>,
 }
 
 /// Media inputs (images, video, audio) that fill a prompt's placeholders.
@@ -356,7 +276,7 @@ fn gguf_arch<R: std::io::Read + std::io::Seek>(
     r: &mut R,
     device: &Device,
     path: &Path,
-) -> Result<Arch> {
+) -> Result<Box<dyn CausalLm>> {
     Ok(match arch_name {
         "llama"
             if ct
@@ -366,20 +286,20 @@ fn gguf_arch<R: std::io::Read + std::io::Seek>(
                 .unwrap_or(0)
                 > 0 =>
         {
-            Arch::QLlama(
+            Box::new(
                 tm::quantized_llama::ModelWeights::from_gguf(ct, r, device)
                     .map_err(cerr(path, "loading llama weights"))?,
             )
         }
-        "llama" | "qwen2" => Arch::QDecoder(
+        "llama" | "qwen2" => Box::new(
             qwen2::ModelWeights::from_gguf(ct, r, device)
                 .map_err(cerr(path, "loading llama/qwen2 weights"))?,
         ),
-        "qwen3" => Arch::QQwen3(
+        "qwen3" => Box::new(
             tm::quantized_qwen3::ModelWeights::from_gguf(ct, r, device)
                 .map_err(cerr(path, "loading qwen3 weights"))?,
         ),
-        "gemma3" => Arch::QGemma3(
+        "gemma3" => Box::new(
             gemma3::ModelWeights::from_gguf(ct, r, device)
                 .map_err(cerr(path, "loading gemma3 weights"))?,
         ),
@@ -775,47 +695,50 @@ impl TextModel {
             .or(config["text_config"]["max_position_embeddings"].as_u64())
             .unwrap_or(2048) as usize;
         let mut vision = None;
-        let arch = match arch_name.as_str() {
+        let arch: Box<dyn CausalLm> = match arch_name.as_str() {
             "LlamaForCausalLM" => {
                 let c: tm::llama::LlamaConfig = serde_json::from_str(&cfg_text).map_err(bad_cfg)?;
                 let c = c.into_config(false);
                 let cache = tm::llama::Cache::new(true, dtype, &c, device)
                     .map_err(cerr(dir, "llama cache"))?;
-                Arch::Llama(
-                    tm::llama::Llama::load(vb, &c).map_err(cerr(dir, "loading llama weights"))?,
+                Box::new(arch::DenseLlama {
+                    model: tm::llama::Llama::load(vb, &c)
+                        .map_err(cerr(dir, "loading llama weights"))?,
                     cache,
-                    c,
+                    config: c,
                     dtype,
-                )
+                    device: device.clone(),
+                })
             }
             "Qwen2ForCausalLM" => {
                 let c: tm::qwen2::Config = serde_json::from_str(&cfg_text).map_err(bad_cfg)?;
-                Arch::Qwen2(
+                Box::new(
                     tm::qwen2::ModelForCausalLM::new(&c, vb)
                         .map_err(cerr(dir, "loading qwen2 weights"))?,
                 )
             }
             "Qwen3ForCausalLM" => {
                 let c: tm::qwen3::Config = serde_json::from_str(&cfg_text).map_err(bad_cfg)?;
-                Arch::Qwen3(
+                Box::new(
                     tm::qwen3::ModelForCausalLM::new(&c, vb)
                         .map_err(cerr(dir, "loading qwen3 weights"))?,
                 )
             }
             "Qwen3VLForConditionalGeneration" => {
                 let c: qwen3_vl::Config = serde_json::from_str(&cfg_text).map_err(bad_cfg)?;
-                vision = Some(VisionProc::Qwen3Vl(qwen3_vl::Processor::from_dir(
+                vision = Some(Box::new(qwen3_vl::Processor::from_dir(
                     dir,
                     c.vision_config.spatial_merge_size,
-                )?));
-                Arch::Qwen3Vl(Box::new(
+                )?) as Box<dyn Processor>);
+                Box::new(
                     qwen3_vl::Qwen3Vl::new(&c, vb)
                         .map_err(cerr(dir, "loading qwen3-vl weights"))?,
-                ))
+                ) as Box<dyn CausalLm>
             }
             "VoxtralForConditionalGeneration" => {
                 let c: voxtral::Config = serde_json::from_str(&cfg_text).map_err(bad_cfg)?;
-                vision = Some(VisionProc::Voxtral(voxtral::Processor::from_dir(dir, &c)?));
+                vision =
+                    Some(Box::new(voxtral::Processor::from_dir(dir, &c)?) as Box<dyn Processor>);
                 if template.origin == "plain" {
                     // Voxtral checkpoints ship no chat template (mistral_common
                     // builds the prompts): anjeon's pinned rendering of that format.
@@ -826,16 +749,15 @@ impl TextModel {
                         &tok.eos_text(),
                     );
                 }
-                Arch::Voxtral(Box::new(
+                Box::new(
                     voxtral::Voxtral::new(&c, vb).map_err(cerr(dir, "loading voxtral weights"))?,
-                ))
+                )
             }
             "Gemma4ForConditionalGeneration" => {
                 let c: gemma4::Config = serde_json::from_str(&cfg_text).map_err(bad_cfg)?;
-                vision = Some(VisionProc::Gemma4(gemma4::Processor::from_dir(dir, &c)?));
-                Arch::Gemma4(Box::new(
-                    gemma4::Gemma4::new(&c, vb).map_err(cerr(dir, "loading gemma4 weights"))?,
-                ))
+                vision =
+                    Some(Box::new(gemma4::Processor::from_dir(dir, &c)?) as Box<dyn Processor>);
+                Box::new(gemma4::Gemma4::new(&c, vb).map_err(cerr(dir, "loading gemma4 weights"))?)
             }
             other => {
                 return Err(Error::Usage(format!(
@@ -877,19 +799,10 @@ impl TextModel {
 
     /// The media kinds the model takes besides text.
     pub fn modalities(&self) -> Vec<crate::core::sample::MediaKind> {
-        match &self.vision {
-            Some(VisionProc::Qwen3Vl(_)) => vec![
-                crate::core::sample::MediaKind::Image,
-                crate::core::sample::MediaKind::Video,
-            ],
-            Some(VisionProc::Gemma4(p)) if p.audio.is_some() => vec![
-                crate::core::sample::MediaKind::Image,
-                crate::core::sample::MediaKind::Audio,
-            ],
-            Some(VisionProc::Gemma4(_)) => vec![crate::core::sample::MediaKind::Image],
-            Some(VisionProc::Voxtral(_)) => vec![crate::core::sample::MediaKind::Audio],
-            None => vec![],
-        }
+        self.vision
+            .as_ref()
+            .map(|p| p.modalities())
+            .unwrap_or_default()
     }
 
     /// Render messages with media items, decode and preprocess the media,
@@ -916,56 +829,20 @@ impl TextModel {
             )));
         };
         let rendered = self.template.render(messages, true)?;
-        match proc {
-            VisionProc::Qwen3Vl(proc) => {
-                let (places, mm) = proc.process(media, &self.device)?;
-                let text = qwen3_vl::expand_placeholders(
-                    &rendered,
-                    &places,
-                    "<|image_pad|>",
-                    "<|video_pad|>",
-                    "<|vision_start|>",
-                    "<|vision_end|>",
-                )
-                .map_err(|e| Error::Usage(format!("{}: {e}", self.name)))?;
-                let ids = self.tokenizer.encode_prompt(&text)?;
-                Ok(PromptInput {
-                    text,
-                    ids,
-                    mm: Some(MmPrompt::Qwen3Vl(mm)),
-                })
-            }
-            VisionProc::Gemma4(proc) => {
-                let processed = proc.process(media, &self.device)?;
-                let ids = self.tokenizer.encode_prompt(&rendered)?;
-                let ids = proc
-                    .expand(&ids, &processed)
-                    .map_err(|e| Error::Usage(format!("{}: {e}", self.name)))?;
-                Ok(PromptInput {
-                    text: rendered,
-                    ids,
-                    mm: Some(MmPrompt::Gemma4(processed.input)),
-                })
-            }
-            VisionProc::Voxtral(proc) => {
-                if !proc.system_with_audio && messages.iter().any(|m| m.role == "system") {
-                    return Err(Error::Usage(format!(
-                        "{}: Voxtral does not take a system prompt together with audio (mistral_common refuses it before tokenizer v13)\n  fix: run audio items on this target without --system",
-                        self.name
-                    )));
-                }
-                let (chunks, input) = proc.process_media(media, &self.device)?;
-                let ids = self.tokenizer.encode_prompt(&rendered)?;
-                let ids = proc
-                    .expand(&ids, &chunks)
-                    .map_err(|e| Error::Usage(format!("{}: {e}", self.name)))?;
-                Ok(PromptInput {
-                    text: rendered,
-                    ids,
-                    mm: Some(MmPrompt::Voxtral(input)),
-                })
-            }
-        }
+        let tokenize = |t: &str| self.tokenizer.encode_prompt(t);
+        let (text, ids, mm) = proc.encode(
+            &self.name,
+            rendered,
+            messages,
+            media,
+            &tokenize,
+            &self.device,
+        )?;
+        Ok(PromptInput {
+            text,
+            ids,
+            mm: Some(mm),
+        })
     }
 
     /// Render messages and tokenize them, without a doubled BOS.
@@ -980,13 +857,13 @@ impl TextModel {
     /// token and after the last (`forced.len() + 1` rows). For parity checks.
     pub fn forced_logits(&mut self, prompt: &[u32], forced: &[u32]) -> Result<Vec<Vec<f32>>> {
         let ce = |e: candle_core::Error| Error::backend("forward", e);
-        self.arch.clear(&self.device).map_err(ce)?;
+        self.arch.clear().map_err(ce)?;
         let input = Tensor::new(prompt, &self.device)
             .and_then(|t| t.unsqueeze(0))
             .map_err(ce)?;
         let mut out = vec![self
             .arch
-            .forward(&input, 0)
+            .logits(&input, 0)
             .and_then(|l| l.to_vec1::<f32>())
             .map_err(ce)?];
         for (i, &t) in forced.iter().enumerate() {
@@ -995,7 +872,7 @@ impl TextModel {
                 .map_err(ce)?;
             out.push(
                 self.arch
-                    .forward(&input, prompt.len() + i)
+                    .logits(&input, prompt.len() + i)
                     .and_then(|l| l.to_vec1::<f32>())
                     .map_err(ce)?,
             );
@@ -1048,7 +925,7 @@ impl TextModel {
                     .map_err(|e| Error::Usage(e.to_string()))?;
                 let logits = self
                     .arch
-                    .forward(&input, pids.len())
+                    .logits(&input, pids.len())
                     .and_then(|l| l.to_vec1::<f32>())
                     .map_err(|e| Error::backend("forward", e))?;
                 return Ok((logits, rest.len()));
@@ -1060,14 +937,14 @@ impl TextModel {
     /// Logits after the prompt (fresh cache), for parity checks and judges.
     pub fn prompt_logits(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
         self.arch
-            .clear(&self.device)
+            .clear()
             .map_err(|e| Error::backend("clearing cache", e))?;
         let input = Tensor::new(ids, &self.device)
             .and_then(|t| t.unsqueeze(0))
             .map_err(|e| Error::Usage(e.to_string()))?;
         let logits = self
             .arch
-            .forward(&input, 0)
+            .logits(&input, 0)
             .map_err(|e| Error::backend("forward", e))?;
         logits
             .to_vec1::<f32>()
@@ -1078,7 +955,7 @@ impl TextModel {
 /// A model state after a shared prompt prefix (see [`TextModel::prefill_prefix`]).
 pub struct Prefix {
     ids: Vec<u32>,
-    state: Option<Arch>,
+    state: Option<Box<dyn CausalLm>>,
 }
 
 impl Prefix {
