@@ -15,6 +15,7 @@ mod guard;
 mod heads;
 mod judge;
 mod media;
+mod metrics;
 mod models;
 mod tekken;
 mod vision;
