@@ -9,6 +9,7 @@ mod architecture;
 mod attacks;
 mod audio;
 mod cli;
+mod dataset;
 mod embedding;
 mod gemma4;
 mod guard;
