@@ -92,114 +92,80 @@ pub trait Processor: Send + Sync {
 
 // --- the architectures ------------------------------------------------------
 
-/// GGUF Llama/Qwen2 (anjeon's kernels) with the batched decode.
-impl CausalLm for qwen2::ModelWeights {
-    fn forward(&mut self, ids: &Tensor, pos: usize) -> CResult<Tensor> {
-        qwen2::ModelWeights::forward(self, ids, pos)
-    }
-    fn clear(&mut self) -> CResult<()> {
-        self.clear_kv_cache();
-        Ok(())
-    }
-    fn snapshot(&self) -> Option<Box<dyn CausalLm>> {
-        Some(Box::new(self.clone()))
-    }
+/// `impl CausalLm` for a model type with inherent `forward(&mut self, ids,
+/// pos)` and `clear_kv_cache(&mut self)`, plus the given methods;
+/// `copyable` adds `snapshot` for a model whose KV cache is never written in
+/// place.
+macro_rules! causal_lm {
+    (@impl $t:ty, [$($snap:tt)*] $(, $extra:item)*) => {
+        impl CausalLm for $t {
+            fn forward(&mut self, ids: &Tensor, pos: usize) -> CResult<Tensor> {
+                <$t>::forward(self, ids, pos)
+            }
+            fn clear(&mut self) -> CResult<()> {
+                self.clear_kv_cache();
+                Ok(())
+            }
+            $($snap)*
+            $($extra)*
+        }
+    };
+    ($t:ty, copyable $(, $extra:item)* $(,)?) => {
+        causal_lm!(@impl $t, [
+            fn snapshot(&self) -> Option<Box<dyn CausalLm>> {
+                Some(Box::new(self.clone()))
+            }
+        ] $(, $extra)*);
+    };
+    ($t:ty $(, $extra:item)* $(,)?) => {
+        causal_lm!(@impl $t, [] $(, $extra)*);
+    };
+}
+
+/// `impl BatchDecode` for a model type with inherent `take_cache` and `forward_batch`.
+macro_rules! batch_decode {
+    ($t:ty) => {
+        impl BatchDecode for $t {
+            fn take_cache(&mut self) -> KvCache {
+                <$t>::take_cache(self)
+            }
+            fn forward_batch(
+                &self,
+                caches: &mut [KvCache],
+                tokens: &[u32],
+                positions: &[usize],
+            ) -> CResult<Tensor> {
+                <$t>::forward_batch(self, caches, tokens, positions)
+            }
+        }
+    };
+}
+
+// GGUF Llama/Qwen2 and Gemma 3 on anjeon's kernels, with the batched decode.
+causal_lm!(
+    qwen2::ModelWeights,
+    copyable,
     fn batch(&mut self) -> Option<&mut dyn BatchDecode> {
         Some(self)
     }
-}
-
-impl BatchDecode for qwen2::ModelWeights {
-    fn take_cache(&mut self) -> KvCache {
-        qwen2::ModelWeights::take_cache(self)
-    }
-    fn forward_batch(
-        &self,
-        caches: &mut [KvCache],
-        tokens: &[u32],
-        positions: &[usize],
-    ) -> CResult<Tensor> {
-        qwen2::ModelWeights::forward_batch(self, caches, tokens, positions)
-    }
-}
-
-/// GGUF Gemma 3 (anjeon's kernels) with the batched decode.
-impl CausalLm for gemma3::ModelWeights {
-    fn forward(&mut self, ids: &Tensor, pos: usize) -> CResult<Tensor> {
-        gemma3::ModelWeights::forward(self, ids, pos)
-    }
-    fn clear(&mut self) -> CResult<()> {
-        self.clear_kv_cache();
-        Ok(())
-    }
-    fn snapshot(&self) -> Option<Box<dyn CausalLm>> {
-        Some(Box::new(self.clone()))
-    }
+);
+batch_decode!(qwen2::ModelWeights);
+causal_lm!(
+    gemma3::ModelWeights,
+    copyable,
     fn batch(&mut self) -> Option<&mut dyn BatchDecode> {
         Some(self)
     }
-}
+);
+batch_decode!(gemma3::ModelWeights);
 
-impl BatchDecode for gemma3::ModelWeights {
-    fn take_cache(&mut self) -> KvCache {
-        gemma3::ModelWeights::take_cache(self)
-    }
-    fn forward_batch(
-        &self,
-        caches: &mut [KvCache],
-        tokens: &[u32],
-        positions: &[usize],
-    ) -> CResult<Tensor> {
-        gemma3::ModelWeights::forward_batch(self, caches, tokens, positions)
-    }
-}
+// GGUF Llama mixture-of-experts files and Qwen3 (candle's quantized models).
+causal_lm!(tm::quantized_llama::ModelWeights, copyable);
+causal_lm!(tm::quantized_qwen3::ModelWeights);
 
-/// GGUF Llama mixture-of-experts files (candle's quantized Llama).
-impl CausalLm for tm::quantized_llama::ModelWeights {
-    fn forward(&mut self, ids: &Tensor, pos: usize) -> CResult<Tensor> {
-        tm::quantized_llama::ModelWeights::forward(self, ids, pos)
-    }
-    fn clear(&mut self) -> CResult<()> {
-        self.clear_kv_cache();
-        Ok(())
-    }
-    fn snapshot(&self) -> Option<Box<dyn CausalLm>> {
-        Some(Box::new(self.clone()))
-    }
-}
-
-/// GGUF Qwen3 (candle's quantized Qwen3).
-impl CausalLm for tm::quantized_qwen3::ModelWeights {
-    fn forward(&mut self, ids: &Tensor, pos: usize) -> CResult<Tensor> {
-        tm::quantized_qwen3::ModelWeights::forward(self, ids, pos)
-    }
-    fn clear(&mut self) -> CResult<()> {
-        self.clear_kv_cache();
-        Ok(())
-    }
-}
-
-/// Hugging Face Qwen2 (safetensors, candle-transformers).
-impl CausalLm for tm::qwen2::ModelForCausalLM {
-    fn forward(&mut self, ids: &Tensor, pos: usize) -> CResult<Tensor> {
-        tm::qwen2::ModelForCausalLM::forward(self, ids, pos)
-    }
-    fn clear(&mut self) -> CResult<()> {
-        self.clear_kv_cache();
-        Ok(())
-    }
-}
-
-/// Hugging Face Qwen3 (safetensors, candle-transformers).
-impl CausalLm for tm::qwen3::ModelForCausalLM {
-    fn forward(&mut self, ids: &Tensor, pos: usize) -> CResult<Tensor> {
-        tm::qwen3::ModelForCausalLM::forward(self, ids, pos)
-    }
-    fn clear(&mut self) -> CResult<()> {
-        self.clear_kv_cache();
-        Ok(())
-    }
-}
+// Hugging Face Qwen2 and Qwen3 (safetensors, candle-transformers).
+causal_lm!(tm::qwen2::ModelForCausalLM);
+causal_lm!(tm::qwen3::ModelForCausalLM);
 
 /// Hugging Face Llama (safetensors): candle keeps its cache outside the model.
 pub struct DenseLlama {
@@ -220,65 +186,37 @@ impl CausalLm for DenseLlama {
     }
 }
 
-/// Qwen3-VL: images and video.
-impl CausalLm for qwen3_vl::Qwen3Vl {
-    fn forward(&mut self, ids: &Tensor, pos: usize) -> CResult<Tensor> {
-        qwen3_vl::Qwen3Vl::forward(self, ids, pos)
-    }
-    fn clear(&mut self) -> CResult<()> {
-        self.clear_kv_cache();
-        Ok(())
-    }
-    fn snapshot(&self) -> Option<Box<dyn CausalLm>> {
-        Some(Box::new(self.clone()))
-    }
+// The multimodal models: their media prefill takes their own inputs.
+causal_lm!(
+    qwen3_vl::Qwen3Vl,
+    copyable,
     fn prefill_media(&mut self, prompt: &[u32], mm: &MmPrompt) -> Option<CResult<Tensor>> {
         match mm {
             MmPrompt::Qwen3Vl(mm) => Some(self.prefill(prompt, mm)),
             _ => None,
         }
     }
-}
-
-/// Gemma 4: images and audio.
-impl CausalLm for gemma4::Gemma4 {
-    fn forward(&mut self, ids: &Tensor, pos: usize) -> CResult<Tensor> {
-        gemma4::Gemma4::forward(self, ids, pos)
-    }
-    fn clear(&mut self) -> CResult<()> {
-        self.clear_kv_cache();
-        Ok(())
-    }
-    fn snapshot(&self) -> Option<Box<dyn CausalLm>> {
-        Some(Box::new(self.clone()))
-    }
+);
+causal_lm!(
+    gemma4::Gemma4,
+    copyable,
     fn prefill_media(&mut self, prompt: &[u32], mm: &MmPrompt) -> Option<CResult<Tensor>> {
         match mm {
             MmPrompt::Gemma4(mm) => Some(self.prefill_mm(prompt, mm)),
             _ => None,
         }
     }
-}
-
-/// Voxtral: audio.
-impl CausalLm for voxtral::Voxtral {
-    fn forward(&mut self, ids: &Tensor, pos: usize) -> CResult<Tensor> {
-        voxtral::Voxtral::forward(self, ids, pos)
-    }
-    fn clear(&mut self) -> CResult<()> {
-        self.clear_kv_cache();
-        Ok(())
-    }
-    fn snapshot(&self) -> Option<Box<dyn CausalLm>> {
-        Some(Box::new(self.clone()))
-    }
+);
+causal_lm!(
+    voxtral::Voxtral,
+    copyable,
     fn prefill_media(&mut self, prompt: &[u32], mm: &MmPrompt) -> Option<CResult<Tensor>> {
         match mm {
             MmPrompt::Voxtral(a) => Some(self.prefill(prompt, Some(a))),
             _ => None,
         }
     }
-}
+);
 
 // --- the processors ---------------------------------------------------------
 

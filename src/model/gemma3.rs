@@ -14,6 +14,7 @@
 
 use std::sync::Arc;
 
+use super::layers::{cached_attention, split_heads, Scale};
 use candle_core::quantized::{gguf_file, QTensor};
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
 
@@ -180,64 +181,20 @@ impl Layer {
         v: &Tensor,
         pos: usize,
     ) -> Result<Tensor> {
-        let (b, seq, _) = q.dims3()?;
-        let heads = |t: &Tensor, n: usize| {
-            t.reshape((b, seq, n, self.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
-        let q = heads(q, self.n_head)?;
-        let k = heads(k, self.n_kv)?;
-        let v = heads(v, self.n_kv)?;
+        let q = split_heads(q, self.n_head, self.head_dim)?;
+        let k = split_heads(k, self.n_kv, self.head_dim)?;
+        let v = split_heads(v, self.n_kv, self.head_dim)?;
         let q = self.rope.apply(&self.q_norm.forward(&q)?, pos)?;
         let k = self.rope.apply(&self.k_norm.forward(&k)?, pos)?;
-        let (mut k, mut v) = match (&*cache, pos) {
-            (Some((kc, vc)), p) if p > 0 => {
-                (Tensor::cat(&[kc, &k], 2)?, Tensor::cat(&[vc, &v], 2)?)
-            }
-            _ => (k, v),
-        };
-        // Absolute position of the first cached key.
-        let mut first = pos + seq - k.dim(2)?;
-        if let Some(w) = self.window {
-            // Keys older than the window are never attended again.
-            let keep = w + seq;
-            let len = k.dim(2)?;
-            if len > keep {
-                k = k.narrow(2, len - keep, keep)?;
-                v = v.narrow(2, len - keep, keep)?;
-                first += len - keep;
-            }
-        }
-        *cache = Some((k.clone(), v.clone()));
-        let rep = self.n_head / self.n_kv;
-        let k = candle_transformers::utils::repeat_kv(k, rep)?.contiguous()?;
-        let v = candle_transformers::utils::repeat_kv(v, rep)?.contiguous()?;
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let mut att = (q.matmul(&k.t()?)? * scale)?;
-        let kv_len = k.dim(2)?;
-        // Mask: query i (absolute pos + i) sees key j (absolute first + j) if
-        // j <= i and, for sliding layers, i - j < window.
-        let needs_mask = seq > 1 || self.window.is_some_and(|w| kv_len > w);
-        if needs_mask {
-            let mut m = vec![0f32; seq * kv_len];
-            for i in 0..seq {
-                let qi = pos + i;
-                for j in 0..kv_len {
-                    let kj = first + j;
-                    let visible = kj <= qi && self.window.is_none_or(|w| qi - kj < w);
-                    if !visible {
-                        m[i * kv_len + j] = f32::NEG_INFINITY;
-                    }
-                }
-            }
-            let m = Tensor::from_vec(m, (1, 1, seq, kv_len), q.device())?;
-            att = att.broadcast_add(&m)?;
-        }
-        let att = candle_nn::ops::softmax_last_dim(&att)?;
-        att.matmul(&v)?
-            .transpose(1, 2)?
-            .reshape((b, seq, self.n_head * self.head_dim))
+        cached_attention(
+            cache,
+            &q,
+            k,
+            v,
+            pos,
+            self.window,
+            Scale::MulInvSqrt(self.head_dim),
+        )
     }
 
     fn mlp(&self, x: &Tensor) -> Result<Tensor> {

@@ -14,6 +14,7 @@
 //! the prefix tensors, and appending creates new tensors), and that the
 //! causal mask also covers a chunk that starts after cached positions.
 
+use super::layers::{cached_attention, split_heads, Scale};
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
 
@@ -95,15 +96,10 @@ impl Layer {
         v: &Tensor,
         pos: usize,
     ) -> Result<Tensor> {
-        let (b, seq, _) = q.dims3()?;
-        let heads = |t: &Tensor, n: usize| {
-            t.reshape((b, seq, n, self.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
-        let q = heads(q, self.n_head)?;
-        let k = heads(k, self.n_kv)?;
-        let v = heads(v, self.n_kv)?;
+        let seq = q.dim(1)?;
+        let q = split_heads(q, self.n_head, self.head_dim)?;
+        let k = split_heads(k, self.n_kv, self.head_dim)?;
+        let v = split_heads(v, self.n_kv, self.head_dim)?;
         let cos = self.cos.narrow(0, pos, seq)?;
         let sin = self.sin.narrow(0, pos, seq)?;
         let rope = if self.neox {
@@ -113,38 +109,7 @@ impl Layer {
         };
         let q = rope(&q, &cos, &sin)?;
         let k = rope(&k, &cos, &sin)?;
-        let (k, v) = match (&*cache, pos) {
-            (Some((kc, vc)), p) if p > 0 => {
-                (Tensor::cat(&[kc, &k], 2)?, Tensor::cat(&[vc, &v], 2)?)
-            }
-            _ => (k, v),
-        };
-        *cache = Some((k.clone(), v.clone()));
-        let rep = self.n_head / self.n_kv;
-        let k = candle_transformers::utils::repeat_kv(k, rep)?.contiguous()?;
-        let v = candle_transformers::utils::repeat_kv(v, rep)?.contiguous()?;
-        let mut att = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?;
-        if seq > 1 {
-            let kv_len = k.dim(2)?;
-            let first = kv_len - seq; // cached positions before this chunk
-            let m: Vec<f32> = (0..seq)
-                .flat_map(|i| {
-                    (0..kv_len).map(move |j| {
-                        if j <= first + i {
-                            0.0
-                        } else {
-                            f32::NEG_INFINITY
-                        }
-                    })
-                })
-                .collect();
-            let m = Tensor::from_vec(m, (1, 1, seq, kv_len), q.device())?;
-            att = att.broadcast_add(&m)?;
-        }
-        let att = candle_nn::ops::softmax_last_dim(&att)?;
-        att.matmul(&v)?
-            .transpose(1, 2)?
-            .reshape((b, seq, self.n_head * self.head_dim))
+        cached_attention(cache, &q, k, v, pos, None, Scale::DivSqrt(self.head_dim))
     }
 
     fn mlp(&self, x: &Tensor) -> Result<Tensor> {

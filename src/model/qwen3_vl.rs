@@ -671,23 +671,7 @@ impl Qwen3Vl {
     }
 
     fn causal_mask(&self, l: usize, offset: usize) -> Result<Option<Tensor>> {
-        if l <= 1 {
-            return Ok(None);
-        }
-        let mask: Vec<f32> = (0..l)
-            .flat_map(|i| {
-                (0..l + offset).map(move |j| {
-                    if j > i + offset {
-                        f32::NEG_INFINITY
-                    } else {
-                        0.0
-                    }
-                })
-            })
-            .collect();
-        Ok(Some(
-            Tensor::from_vec(mask, (1, 1, l, l + offset), &self.device)?.to_dtype(self.dtype)?,
-        ))
+        super::layers::causal_mask(l, l + offset, offset, 0, None, self.dtype, &self.device)
     }
 
     fn run_layers(

@@ -596,23 +596,8 @@ impl Voxtral {
         let w = self.inv_freq.len();
         let cos = Tensor::from_vec(c, (l, w), &self.device)?.to_dtype(self.dtype)?;
         let sin = Tensor::from_vec(s, (l, w), &self.device)?.to_dtype(self.dtype)?;
-        let mask = if l > 1 {
-            let kv = offset + l;
-            let m: Vec<f32> = (0..l)
-                .flat_map(|i| {
-                    (0..kv).map(move |j| {
-                        if j <= offset + i {
-                            0.0
-                        } else {
-                            f32::NEG_INFINITY
-                        }
-                    })
-                })
-                .collect();
-            Some(Tensor::from_vec(m, (1, 1, l, kv), &self.device)?.to_dtype(self.dtype)?)
-        } else {
-            None
-        };
+        let mask =
+            super::layers::causal_mask(l, offset + l, offset, 0, None, self.dtype, &self.device)?;
         let mut xs = xs;
         for layer in &mut self.layers {
             xs = layer.forward(&xs, &cos, &sin, mask.as_ref())?;

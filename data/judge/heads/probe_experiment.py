@@ -7,7 +7,7 @@ anjeon fetches) runs in llama.cpp (llama-cpp-python 0.3.36, `embedding=True`, la
 the final-norm hidden state of the prompt's last token, just before the first answer token). A
 multinomial logistic regression on standardised features is fitted on the development split only
 (C chosen by grouped 5-fold CV on macro-F1 over the development split) and scored on the held-out
-split, exactly the splits of src/judge/eval.rs (`in_dev`, `group_of`). PyRIT's and JailbreakBench's
+split, exactly the splits of src/judge/labels.rs (`in_dev`, `group_of`). PyRIT's and JailbreakBench's
 sets are not read.
 
 Inputs: per-item JSON lines written by

@@ -3,7 +3,7 @@
 # 5 grouped folds). Needs the EmbeddingGemma weights in the cache
 # (`anjeon models fetch embeddinggemma-300m`) and the public label sets in
 # SHARED (default ../shared/data, the copies this project was given).
-# Only the development split of each set is read (see src/judge/eval.rs
+# Only the development split of each set is read (see src/judge/labels.rs
 # `in_dev`: 30% of request groups; KoSBi's own valid file whole). Held-out
 # splits, and PyRIT's and JailbreakBench's judge-evaluation sets, are never
 # used for training or tuning.
