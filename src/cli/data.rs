@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 use anjeon::dataset;
+use anjeon::model::hub;
 
 use super::args::ReadArgs;
 
@@ -17,6 +18,16 @@ pub enum DataCmd {
         json: bool,
         #[command(flatten)]
         read: ReadArgs,
+    },
+    /// Download a data set repository from a Hugging Face Hub (HF_ENDPOINT;
+    /// gated sets such as K-intelligence/KSAFE-MM need HF_TOKEN) into the
+    /// Hugging Face cache; prints the local folder to pass as --dataset.
+    Fetch {
+        /// ORG/NAME[@REV], e.g. TTA01/AssurAI.
+        repo: String,
+        /// Only the files matching this glob (repeatable; e.g. 'data/*.parquet').
+        #[arg(long, value_name = "GLOB")]
+        include: Vec<String>,
     },
     /// List every problem of a data set, with file and line.
     Validate {
@@ -68,6 +79,16 @@ pub fn run(cmd: DataCmd) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        DataCmd::Fetch { repo, include } => {
+            let req = hub::HubRequest::parse(&repo, hub::RepoKind::Dataset, include)?;
+            let f = hub::fetch(&req)?;
+            print_fetched(&f)?;
+            log::info!(
+                "read it offline with --dataset {} (add FORMAT: for a public format, e.g. assurai:)",
+                f.snapshot.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         DataCmd::Validate {
             dataset: spec,
             read,
@@ -97,5 +118,14 @@ fn print_map(title: &str, m: &BTreeMap<String, usize>) -> anjeon::Result<()> {
     for (k, v) in m {
         anjeon::outln!("  {k:<50} {v:>7}");
     }
+    Ok(())
+}
+
+/// The files a Hub fetch left in the cache (stdout), then the folder.
+pub fn print_fetched(f: &hub::Fetched) -> anjeon::Result<()> {
+    for (name, size, hash) in &f.files {
+        anjeon::outln!("{hash}  {size:>12}  {name}");
+    }
+    anjeon::outln!("{}", f.snapshot.display());
     Ok(())
 }

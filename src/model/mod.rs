@@ -11,6 +11,7 @@ pub mod fetch;
 pub mod gemma3;
 pub mod gemma4;
 pub mod generate;
+pub mod hub;
 pub mod layers;
 pub mod qlinear;
 pub mod qwen2;
@@ -53,33 +54,8 @@ pub struct Resolved {
 }
 
 fn hf_cache_snapshot(id: &str) -> Option<PathBuf> {
-    let (repo, rev) = match id.split_once('@') {
-        Some((r, v)) => (r, Some(v)),
-        None => (id, None),
-    };
-    let home = std::env::var_os("HF_HUB_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HF_HOME").map(|h| PathBuf::from(h).join("hub")))
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".cache")
-                .join("huggingface")
-                .join("hub")
-        });
-    let dir = home.join(format!("models--{}", repo.replace('/', "--")));
-    let rev = match rev {
-        Some(r) if dir.join("snapshots").join(r).is_dir() => r.to_string(),
-        Some(r) => std::fs::read_to_string(dir.join("refs").join(r))
-            .ok()?
-            .trim()
-            .to_string(),
-        None => std::fs::read_to_string(dir.join("refs").join("main"))
-            .ok()?
-            .trim()
-            .to_string(),
-    };
-    let snap = dir.join("snapshots").join(rev);
-    snap.is_dir().then_some(snap)
+    let (repo, rev) = id.split_once('@').unwrap_or((id, "main"));
+    hub::cached_snapshot(hub::RepoKind::Model, repo, rev)
 }
 
 /// Resolve a model argument without touching the network: a path to a

@@ -14,6 +14,7 @@ mod embedding;
 mod gemma4;
 mod guard;
 mod heads;
+mod hub;
 mod judge;
 mod media;
 mod metrics;
