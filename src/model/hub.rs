@@ -176,6 +176,28 @@ fn hub_err(what: &str, req: &HubRequest, e: ApiError) -> Error {
     }
 }
 
+/// A download's progress as anjeon shows all progress: a bar on a
+/// terminal, a line every 30 s or 5% off one.
+struct Bar(Option<crate::core::progress::Progress>);
+
+impl hf_hub::api::Progress for Bar {
+    fn init(&mut self, size: usize, filename: &str) {
+        if self.0.is_none() {
+            self.0 = Some(crate::core::progress::bar(size as u64, filename).bytes());
+        }
+    }
+    fn update(&mut self, size: usize) {
+        if let Some(b) = &self.0 {
+            b.inc(size as u64);
+        }
+    }
+    fn finish(&mut self) {
+        if let Some(b) = self.0.take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
 /// The git blob hash of `bytes` (what the Hub's ETag is for a non-LFS file).
 fn git_blob_sha1(bytes: &[u8]) -> String {
     use sha1::Digest as _;
@@ -222,7 +244,7 @@ fn verify(pointer: &Path, blob: &Path) -> Result<String> {
 pub fn fetch(req: &HubRequest) -> Result<Fetched> {
     let cache = cache_dir();
     let mut builder = ApiBuilder::from_cache(Cache::new(cache.clone()))
-        .with_progress(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_progress(false)
         .with_retries(0);
     if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
         builder = builder.with_endpoint(endpoint.trim_end_matches('/').to_string());
@@ -235,11 +257,9 @@ pub fn fetch(req: &HubRequest) -> Result<Fetched> {
         RepoKind::Model => RepoType::Model,
         RepoKind::Dataset => RepoType::Dataset,
     };
-    let repo = api.repo(Repo::with_revision(
-        req.repo.clone(),
-        kind,
-        req.revision.clone(),
-    ));
+    let hub_repo = Repo::with_revision(req.repo.clone(), kind, req.revision.clone());
+    let repo = api.repo(hub_repo.clone());
+    let cached = Cache::new(cache.clone()).repo(hub_repo);
     let info = repo
         .info()
         .map_err(|e| hub_err("the repository's file list", req, e))?;
@@ -276,9 +296,12 @@ pub fn fetch(req: &HubRequest) -> Result<Fetched> {
     let mut snapshot = None;
     for name in &names {
         log::info!("{}: {name}", req.repo);
-        let pointer = repo
-            .get(name)
-            .map_err(|e| hub_err(&format!("file {name}"), req, e))?;
+        let pointer = match cached.get(name) {
+            Some(p) => p,
+            None => repo
+                .download_with_progress(name, Bar(None))
+                .map_err(|e| hub_err(&format!("file {name}"), req, e))?,
+        };
         let blob = std::fs::canonicalize(&pointer).map_err(|e| Error::io(&pointer, e))?;
         let hash = verify(&pointer, &blob)?;
         let size = std::fs::metadata(&blob).map(|m| m.len()).unwrap_or(0);
@@ -327,7 +350,15 @@ mod tests {
                 .revision,
             "main"
         );
-        for bad in ["noslash", "a/b/c", "../x", "a/", "a/b@", "a/b@../../x", "a/.hidden"] {
+        for bad in [
+            "noslash",
+            "a/b/c",
+            "../x",
+            "a/",
+            "a/b@",
+            "a/b@../../x",
+            "a/.hidden",
+        ] {
             assert!(
                 HubRequest::parse(bad, RepoKind::Model, vec![]).is_err(),
                 "{bad}"
