@@ -19,6 +19,7 @@ mod judge;
 mod media;
 mod metrics;
 mod models;
+mod report;
 mod tekken;
 mod vision;
 mod voxtral;
