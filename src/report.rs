@@ -383,163 +383,7 @@ pub fn headline(rep: &Report) -> String {
 }
 
 pub fn markdown(rep: &Report) -> String {
-    let mut s = String::new();
-    let _ = writeln!(s, "# anjeon report\n");
-    let _ = writeln!(
-        s,
-        "- data set: `{}` (sha256 `{}`), {} samples",
-        rep.dataset.spec, rep.dataset.sha256, rep.dataset.samples
-    );
-    let _ = writeln!(
-        s,
-        "- judge: {}",
-        rep.judges
-            .iter()
-            .map(|j| format!("`{j}`"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    let _ = writeln!(
-        s,
-        "- models: {}; responses judged: {}; item failures: {}\n",
-        rep.models.join(", "),
-        rep.responses,
-        rep.failures.len()
-    );
-    for (grouping, title) in [
-        ("overall", "Overall"),
-        ("benchmark", "By benchmark"),
-        ("group", "By risk group"),
-        ("risk_factor", "By risk factor"),
-        ("modality", "By modality"),
-        ("prompt_type", "By prompt type"),
-        ("attack", "By attack variant"),
-        ("language", "By language"),
-    ] {
-        let Some(rows) = rep.groups.get(grouping) else {
-            continue;
-        };
-        let _ = writeln!(s, "## {title}\n");
-        let _ = writeln!(s, "| model | {grouping} | responses | attack success | refusal | over-refusal | human risk |");
-        let _ = writeln!(s, "|---|---|---:|---|---|---|---|");
-        for r in rows {
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} | {} | {} | {} | {} |",
-                r.model,
-                r.key.replace('|', "/"),
-                r.responses,
-                pct(&r.asr),
-                pct(&r.refusal_rate),
-                pct(&r.over_refusal),
-                risk(&r.human_risk)
-            );
-        }
-        s.push('\n');
-    }
-    if !rep.agreement.is_empty() {
-        let _ = writeln!(s, "## Judge vs human labels\n");
-        let _ = writeln!(
-            s,
-            "| model | label | n | accuracy | macro-F1 | Cohen's κ | compared as |"
-        );
-        let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---|");
-        for a in &rep.agreement {
-            let g = &a.agreement;
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} | {:.3} | {:.3} | {:.3} | {} |",
-                a.model, a.label_kind, g.n, g.accuracy, g.macro_f1, g.cohen_kappa, a.compared_as
-            );
-        }
-        s.push('\n');
-    }
-    if !rep.failures.is_empty() {
-        let _ = writeln!(s, "## Item failures\n");
-        for f in &rep.failures {
-            let _ = writeln!(s, "- [{}] {} {}: {}", f.stage, f.location, f.id, f.reason);
-        }
-        s.push('\n');
-    }
-    if !rep.uplift.is_empty() {
-        let _ = writeln!(s, "## Attack strategies against the plain query\n\nPaired on the same base items: attack success on harmful items, refusal on benign ones (over-refusal under the same wrapper). Uplift = strategy - plain, 95% bootstrap interval.\n");
-        let _ = writeln!(s, "| model | strategy | harmful pairs | ASR plain | ASR strategy | uplift | benign pairs | over-refusal plain | over-refusal strategy | change |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-        let (f, e) = (share, change_pp);
-        for u in &rep.uplift {
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                u.model,
-                u.strategy,
-                u.harmful_pairs,
-                f(u.asr_plain),
-                f(u.asr_attack),
-                e(&u.uplift),
-                u.benign_pairs,
-                f(u.over_refusal_plain),
-                f(u.over_refusal_attack),
-                e(&u.over_refusal_change)
-            );
-        }
-        s.push('\n');
-    }
-    if !rep.spoken.is_empty() {
-        let _ = writeln!(
-            s,
-            "## Spoken prompts\n\nAudio items and the route each took: `asr:MODEL` = a text-only target received the recogniser's transcript; `direct` = an audio-capable target heard the audio.\n\n| id | model | route | language | transcript | verdict |\n|---|---|---|---|---|---|"
-        );
-        for r in &rep.spoken {
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} | {} | {} | {} |",
-                r.id,
-                r.model,
-                r.route,
-                r.language,
-                r.transcript.replace(['|', '\n'], " "),
-                r.verdict.replace('|', "/")
-            );
-        }
-        s.push('\n');
-    }
-    if rep.compared_with_detector > 0 {
-        let _ = writeln!(
-            s,
-            "## Judge vs refusal detector: items for human review\n\n{} of {} responses ({:.1}%) where the model judge and the refusal detector disagree.\n",
-            rep.disagreements.len(),
-            rep.compared_with_detector,
-            100.0 * rep.disagreements.len() as f64 / rep.compared_with_detector as f64
-        );
-        if !rep.disagreements.is_empty() {
-            let _ = writeln!(s, "| id | model | request | model judge | refusal detector | response (start) |\n|---|---|---|---|---|---|");
-            for d in &rep.disagreements {
-                let resp: String = d.response.chars().take(120).collect();
-                let _ = writeln!(
-                    s,
-                    "| {} | {} | {} | {} | {} | {} |",
-                    d.id,
-                    d.model,
-                    d.expected.as_str(),
-                    d.judge.replace('|', "/"),
-                    d.detector,
-                    resp.replace(['|', '\n'], " ")
-                );
-            }
-            s.push('\n');
-        }
-    }
-    if !rep.skipped.is_empty() {
-        let _ = writeln!(s, "## Skipped items ({})\n", rep.skipped.len());
-        for f in &rep.skipped {
-            let _ = writeln!(s, "- {}: {}", f.id, f.reason);
-        }
-        s.push('\n');
-    }
-    let _ = writeln!(s, "## Notes\n");
-    for n in &rep.notes {
-        let _ = writeln!(s, "- {n}");
-    }
-    s
+    render_template("report.md", rep)
 }
 
 fn esc(s: &str) -> String {
@@ -757,25 +601,255 @@ fn tradeoff_chart(rep: &Report) -> Option<String> {
 }
 
 pub fn html(rep: &Report) -> String {
-    let mut s = String::from("<!DOCTYPE html><html lang=\"ko\"><head><meta charset=\"utf-8\"><title>anjeon report</title><style>body{font-family:system-ui,'Noto Sans KR',sans-serif;margin:2em;max-width:1100px;color:#222}table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}th{background:#f3f3f3}figure{margin:1.5em 0}figcaption{font-weight:bold;margin-bottom:.5em}code{background:#f5f5f5;padding:0 3px}</style></head><body>");
-    let _ = write!(s, "<h1>anjeon report</h1><p>Data set <code>{}</code> (sha256 <code>{}</code>), {} samples. Judge: {}. Models: {}. Responses judged: {}. Item failures: {}. Skipped items: {}.</p>",
-        esc(&rep.dataset.spec), esc(&rep.dataset.sha256[..rep.dataset.sha256.len().min(16)]), rep.dataset.samples, esc(&rep.judges.join(", ")), esc(&rep.models.join(", ")), rep.responses, rep.failures.len(),
-        rep.skipped.len());
-    s.push_str("<h2>Headline</h2><table><tr><th>model</th><th>responses</th><th>attack success</th><th>refusal</th><th>over-refusal</th><th>human risk score</th></tr>");
-    for r in rep.groups.get("overall").into_iter().flatten() {
-        let _ = write!(
-            s,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(&r.model),
-            r.responses,
-            esc(&pct(&r.asr)),
-            esc(&pct(&r.refusal_rate)),
-            esc(&pct(&r.over_refusal)),
-            esc(&risk(&r.human_risk))
-        );
+    render_template("report.html", rep)
+}
+
+// --- templates ---------------------------------------------------------------
+
+/// The report's values as the templates show them: every number formatted
+/// here, so `data/report/*.j2` only lays them out.
+#[derive(serde::Serialize)]
+struct View<'a> {
+    spec: &'a str,
+    sha256: &'a str,
+    sha256_short: &'a str,
+    samples: usize,
+    judges: String,
+    judges_md: String,
+    models: String,
+    responses: usize,
+    overall: Vec<RowView>,
+    groups_md: Vec<GroupView>,
+    groups_html: Vec<GroupView>,
+    charts: Vec<String>,
+    agreement: Vec<AgreementView>,
+    failures: &'a [crate::runlog::Failure],
+    skipped: &'a [crate::runlog::Failure],
+    uplift: Vec<UpliftView>,
+    spoken: &'a [crate::metrics::SpokenRow],
+    compared_with_detector: usize,
+    disagreement_share: String,
+    disagreements: Vec<DisagreementView>,
+    notes: &'a [String],
+}
+
+#[derive(serde::Serialize)]
+struct RowView {
+    model: String,
+    key: String,
+    responses: usize,
+    asr: String,
+    refusal: String,
+    over_refusal: String,
+    risk: String,
+}
+
+#[derive(serde::Serialize)]
+struct GroupView {
+    grouping: &'static str,
+    title: &'static str,
+    rows: Vec<RowView>,
+}
+
+#[derive(serde::Serialize)]
+struct AgreementView {
+    model: String,
+    label: String,
+    n: usize,
+    accuracy: String,
+    macro_f1: String,
+    kappa: String,
+    compared_as: String,
+}
+
+#[derive(serde::Serialize)]
+struct UpliftView {
+    model: String,
+    strategy: String,
+    harmful_pairs: usize,
+    asr_plain: String,
+    asr_attack: String,
+    uplift: String,
+    benign_pairs: usize,
+    or_plain: String,
+    or_attack: String,
+    or_change: String,
+}
+
+#[derive(serde::Serialize)]
+struct DisagreementView {
+    id: String,
+    model: String,
+    expected: &'static str,
+    judge: String,
+    detector: String,
+    response: String,
+    response_start: String,
+}
+
+fn row_view(r: &GroupRow) -> RowView {
+    RowView {
+        model: r.model.clone(),
+        key: r.key.clone(),
+        responses: r.responses,
+        asr: pct(&r.asr),
+        refusal: pct(&r.refusal_rate),
+        over_refusal: pct(&r.over_refusal),
+        risk: risk(&r.human_risk),
     }
-    s.push_str("</table>");
-    let charts = [
+}
+
+fn groups(rep: &Report, which: &[(&'static str, &'static str)]) -> Vec<GroupView> {
+    which
+        .iter()
+        .filter_map(|&(grouping, title)| {
+            rep.groups.get(grouping).map(|rows| GroupView {
+                grouping,
+                title,
+                rows: rows.iter().map(row_view).collect(),
+            })
+        })
+        .collect()
+}
+
+fn view(rep: &Report, charts: Vec<String>) -> View<'_> {
+    let sha = &rep.dataset.sha256;
+    View {
+        spec: &rep.dataset.spec,
+        sha256: sha,
+        sha256_short: sha.get(..16).unwrap_or(sha),
+        samples: rep.dataset.samples,
+        judges: rep.judges.join(", "),
+        judges_md: rep
+            .judges
+            .iter()
+            .map(|j| format!("`{j}`"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        models: rep.models.join(", "),
+        responses: rep.responses,
+        overall: rep
+            .groups
+            .get("overall")
+            .into_iter()
+            .flatten()
+            .map(row_view)
+            .collect(),
+        groups_md: groups(
+            rep,
+            &[
+                ("overall", "Overall"),
+                ("benchmark", "By benchmark"),
+                ("group", "By risk group"),
+                ("risk_factor", "By risk factor"),
+                ("modality", "By modality"),
+                ("prompt_type", "By prompt type"),
+                ("attack", "By attack variant"),
+                ("language", "By language"),
+            ],
+        ),
+        groups_html: groups(
+            rep,
+            &[
+                ("group", "By risk group"),
+                ("risk_factor", "By risk factor"),
+                ("modality", "By modality"),
+                ("attack", "By attack variant"),
+                ("benchmark", "By benchmark"),
+            ],
+        ),
+        charts,
+        agreement: rep
+            .agreement
+            .iter()
+            .map(|a| AgreementView {
+                model: a.model.clone(),
+                label: a.label_kind.clone(),
+                n: a.agreement.n,
+                accuracy: format!("{:.3}", a.agreement.accuracy),
+                macro_f1: format!("{:.3}", a.agreement.macro_f1),
+                kappa: format!("{:.3}", a.agreement.cohen_kappa),
+                compared_as: a.compared_as.clone(),
+            })
+            .collect(),
+        failures: &rep.failures,
+        skipped: &rep.skipped,
+        uplift: rep
+            .uplift
+            .iter()
+            .map(|u| UpliftView {
+                model: u.model.clone(),
+                strategy: u.strategy.clone(),
+                harmful_pairs: u.harmful_pairs,
+                asr_plain: share(u.asr_plain),
+                asr_attack: share(u.asr_attack),
+                uplift: change_pp(&u.uplift),
+                benign_pairs: u.benign_pairs,
+                or_plain: share(u.over_refusal_plain),
+                or_attack: share(u.over_refusal_attack),
+                or_change: change_pp(&u.over_refusal_change),
+            })
+            .collect(),
+        spoken: &rep.spoken,
+        compared_with_detector: rep.compared_with_detector,
+        disagreement_share: format!(
+            "{:.1}%",
+            100.0 * rep.disagreements.len() as f64 / rep.compared_with_detector.max(1) as f64
+        ),
+        disagreements: rep
+            .disagreements
+            .iter()
+            .map(|d| DisagreementView {
+                id: d.id.clone(),
+                model: d.model.clone(),
+                expected: d.expected.as_str(),
+                judge: d.judge.clone(),
+                detector: d.detector.clone(),
+                response: d.response.clone(),
+                response_start: d.response.chars().take(120).collect(),
+            })
+            .collect(),
+        notes: &rep.notes,
+    }
+}
+
+/// The report templates (`data/report/`), loaded once.
+fn templates() -> &'static minijinja::Environment<'static> {
+    static ENV: std::sync::OnceLock<minijinja::Environment<'static>> = std::sync::OnceLock::new();
+    ENV.get_or_init(|| {
+        let mut env = minijinja::Environment::new();
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_keep_trailing_newline(true);
+        // Escaping is explicit (`|esc` in the HTML template), the same in
+        // every output.
+        env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+        env.add_filter("esc", |s: String| esc(&s));
+        env.add_filter("cell", |s: String| s.replace('|', "/"));
+        env.add_filter("oneline", |s: String| s.replace(['|', '\n'], " "));
+        env.add_template("report.md", include_str!("../data/report/report.md.j2"))
+            .expect("the bundled Markdown template parses");
+        env.add_template("report.html", include_str!("../data/report/report.html.j2"))
+            .expect("the bundled HTML template parses");
+        env
+    })
+}
+
+fn render_template(name: &str, rep: &Report) -> String {
+    let charts = if name == "report.html" {
+        charts(rep)
+    } else {
+        Vec::new()
+    };
+    templates()
+        .get_template(name)
+        .and_then(|t| t.render(view(rep, charts)))
+        .expect("the bundled report templates render every report")
+}
+
+/// The HTML report's charts (SVG), in page order; a chart without data is left out.
+fn charts(rep: &Report) -> Vec<String> {
+    [
         chart_for(
             rep,
             "group",
@@ -813,106 +887,8 @@ pub fn html(rep: &Report) -> String {
             "%",
         ),
         tradeoff_chart(rep),
-    ];
-    s.push_str("<h2>Charts</h2>");
-    for c in charts.into_iter().flatten() {
-        s.push_str(&c);
-    }
-    if !rep.agreement.is_empty() {
-        s.push_str("<h2>Judge vs human labels</h2><table><tr><th>model</th><th>label</th><th>n</th><th>accuracy</th><th>macro-F1</th><th>Cohen's κ</th><th>compared as</th></tr>");
-        for a in &rep.agreement {
-            let g = &a.agreement;
-            let _ = write!(s, "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.3}</td><td>{:.3}</td><td>{:.3}</td><td>{}</td></tr>", esc(&a.model), esc(&a.label_kind), g.n, g.accuracy, g.macro_f1, g.cohen_kappa, esc(&a.compared_as));
-        }
-        s.push_str("</table>");
-    }
-    for (grouping, title) in [
-        ("group", "By risk group"),
-        ("risk_factor", "By risk factor"),
-        ("modality", "By modality"),
-        ("attack", "By attack variant"),
-        ("benchmark", "By benchmark"),
-    ] {
-        let Some(rows) = rep.groups.get(grouping) else {
-            continue;
-        };
-        let _ = write!(s, "<h2>{title}</h2><table><tr><th>model</th><th>{grouping}</th><th>responses</th><th>attack success</th><th>refusal</th><th>over-refusal</th><th>human risk</th></tr>");
-        for r in rows {
-            let _ = write!(s, "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", esc(&r.model), esc(&r.key), r.responses, esc(&pct(&r.asr)), esc(&pct(&r.refusal_rate)), esc(&pct(&r.over_refusal)), esc(&risk(&r.human_risk)));
-        }
-        s.push_str("</table>");
-    }
-    if !rep.spoken.is_empty() {
-        s.push_str("<h2>Spoken prompts</h2><table><tr><th>id</th><th>model</th><th>route</th><th>language</th><th>transcript</th><th>verdict</th></tr>");
-        for r in &rep.spoken {
-            let _ = write!(
-                s,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                esc(&r.id),
-                esc(&r.model),
-                esc(&r.route),
-                esc(&r.language),
-                esc(&r.transcript),
-                esc(&r.verdict)
-            );
-        }
-        s.push_str("</table>");
-    }
-    if !rep.failures.is_empty() {
-        s.push_str("<h2>Item failures</h2><ul>");
-        for f in &rep.failures {
-            let _ = write!(
-                s,
-                "<li>[{}] {} {}: {}</li>",
-                esc(&f.stage),
-                esc(&f.location),
-                esc(&f.id),
-                esc(&f.reason)
-            );
-        }
-        s.push_str("</ul>");
-    }
-    if !rep.uplift.is_empty() {
-        s.push_str("<h2>Attack strategies against the plain query</h2><p>Paired on the same base items. Uplift = strategy − plain (95% bootstrap interval).</p><table><tr><th>model</th><th>strategy</th><th>harmful pairs</th><th>ASR plain</th><th>ASR strategy</th><th>uplift</th><th>benign pairs</th><th>over-refusal plain</th><th>over-refusal strategy</th><th>change</th></tr>");
-        let (f, e) = (share, change_pp);
-        for u in &rep.uplift {
-            let _ = write!(
-                s,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                esc(&u.model), esc(&u.strategy), u.harmful_pairs, f(u.asr_plain), f(u.asr_attack), esc(&e(&u.uplift)),
-                u.benign_pairs, f(u.over_refusal_plain), f(u.over_refusal_attack), esc(&e(&u.over_refusal_change))
-            );
-        }
-        s.push_str("</table>");
-    }
-    if rep.compared_with_detector > 0 {
-        let _ = write!(
-            s,
-            "<h2>Judge vs refusal detector: items for human review</h2><p>{} of {} responses where the model judge and the refusal detector disagree.</p>",
-            rep.disagreements.len(),
-            rep.compared_with_detector
-        );
-        if !rep.disagreements.is_empty() {
-            s.push_str("<table><tr><th>id</th><th>model</th><th>request</th><th>model judge</th><th>refusal detector</th><th>response (start)</th></tr>");
-            for d in &rep.disagreements {
-                let _ = write!(
-                    s,
-                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                    esc(&d.id),
-                    esc(&d.model),
-                    d.expected.as_str(),
-                    esc(&d.judge),
-                    esc(&d.detector),
-                    esc(&d.response)
-                );
-            }
-            s.push_str("</table>");
-        }
-    }
-    s.push_str("<h2>Notes</h2><ul>");
-    for n in &rep.notes {
-        let _ = write!(s, "<li>{}</li>", esc(n));
-    }
-    s.push_str("</ul></body></html>\n");
-    s
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }

@@ -30,16 +30,21 @@ fn check(name: &str, got: &str) {
     }
     let want = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     if got != want {
-        let line = got
-            .lines()
-            .zip(want.lines())
+        let at = got
+            .bytes()
+            .zip(want.bytes())
             .position(|(a, b)| a != b)
-            .unwrap_or(got.lines().count().min(want.lines().count()));
+            .unwrap_or(got.len().min(want.len()));
+        let around = |s: &str| -> String {
+            s.char_indices()
+                .filter(|(i, _)| i + 60 >= at && *i <= at + 60)
+                .map(|(_, c)| c)
+                .collect()
+        };
         panic!(
-            "{name} differs from the committed file at line {}:\n got: {:?}\nwant: {:?}",
-            line + 1,
-            got.lines().nth(line),
-            want.lines().nth(line)
+            "{name} differs from the committed file at byte {at}:\n got: {:?}\nwant: {:?}",
+            around(got),
+            around(&want)
         );
     }
 }
