@@ -41,6 +41,16 @@ pub struct DecodeOptions {
     pub target_rate: u32,
 }
 
+impl crate::core::limits::Limits {
+    /// The decoding options of these limits (16 kHz, the audio seconds limit).
+    pub fn audio(&self) -> DecodeOptions {
+        DecodeOptions {
+            max_seconds: self.max_audio_seconds,
+            target_rate: TARGET_RATE,
+        }
+    }
+}
+
 impl Default for DecodeOptions {
     fn default() -> Self {
         DecodeOptions {

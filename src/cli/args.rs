@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use anjeon::core::limits::Limits;
 use anjeon::judge::labels::Split;
 use anjeon::model::Requantize;
 
@@ -19,10 +20,50 @@ pub struct ReadArgs {
     /// TOML config with `lang = "ko"` and a `[fields]` table (logical = "column").
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// The resource limits (defaults in `anjeon::core::limits`, recorded in the
+/// manifest); an item over a limit fails, naming its flag.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LimitArgs {
     /// Most MiB one parquet column chunk may decompress to (a zstd bomb of
     /// 67 KB can expand to gigabytes); refused before reading.
-    #[arg(long, value_name = "MIB", default_value_t = anjeon::dataset::MAX_DECOMPRESSED_MB)]
+    #[arg(long, value_name = "MIB", default_value_t = Limits::default().max_decompressed_mb)]
     pub max_decompressed_mb: u64,
+    /// Largest image or video frame, in pixels (checked from the header
+    /// before decoding).
+    #[arg(long, value_name = "PIXELS", default_value_t = Limits::default().max_pixels)]
+    pub max_pixels: u64,
+    /// Most frames kept from one video.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_frames)]
+    pub max_frames: usize,
+    /// Most MiB of decoded frames kept from one video.
+    #[arg(long, value_name = "MIB", default_value_t = Limits::default().max_video_bytes >> 20)]
+    pub max_video_mb: u64,
+    /// Longest audio input, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = Limits::default().max_audio_seconds)]
+    pub max_audio_seconds: f64,
+    /// Largest context a model may declare, in tokens (rotary tables and
+    /// caches are sized from it).
+    #[arg(long, value_name = "TOKENS", default_value_t = Limits::default().max_context)]
+    pub max_context: u64,
+}
+
+impl LimitArgs {
+    /// The limits these flags give.
+    pub fn spec(&self) -> Limits {
+        Limits {
+            max_decompressed_mb: self.max_decompressed_mb,
+            max_pixels: self.max_pixels,
+            max_frames: self.max_frames,
+            max_video_bytes: self.max_video_mb << 20,
+            max_audio_seconds: self.max_audio_seconds,
+            max_context: self.max_context,
+            ..Limits::default()
+        }
+    }
 }
 
 impl ReadArgs {
@@ -32,7 +73,7 @@ impl ReadArgs {
             lang: self.lang,
             fields: self.fields,
             config: self.config,
-            max_decompressed_mb: self.max_decompressed_mb,
+            limits: self.limits.spec(),
         }
     }
 }

@@ -40,6 +40,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
         &dev,
         &model::LoadOptions {
             requantize: a.requantize,
+            ..Default::default()
         },
     )?;
     let load_s = t.elapsed().as_secs_f64();

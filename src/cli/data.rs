@@ -93,8 +93,9 @@ pub fn run(cmd: DataCmd) -> anyhow::Result<ExitCode> {
             dataset: spec,
             read,
         } => {
-            let ds = dataset::load(&spec, &read.spec().options()?)?;
-            let problems = dataset::validate(&ds);
+            let opts = read.spec().options()?;
+            let ds = dataset::load(&spec, &opts)?;
+            let problems = dataset::validate(&ds, &opts.limits);
             for p in &problems {
                 anjeon::outln!("{}: {}", p.location, p.message);
             }

@@ -39,6 +39,7 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<ExitCode> {
         &dev,
         &model::LoadOptions {
             requantize: a.requantize,
+            ..Default::default()
         },
     )?;
     let ids = if a.raw {

@@ -232,7 +232,7 @@ pub enum MediaError {
         fix: String,
     },
     /// The header says the image (or a video frame) is larger than the limit.
-    #[error("{name}: {width}x{height} = {pixels} pixels is over the limit of {max} pixels\n  fix: downscale the file, or raise the limit (media::Limits::max_pixels)", pixels = (*.width as u64) * (*.height as u64))]
+    #[error("{name}: {width}x{height} = {pixels} pixels is over the limit of {max} pixels\n  fix: downscale the file, or raise the limit with --max-pixels", pixels = (*.width as u64) * (*.height as u64))]
     TooLarge {
         name: String,
         width: u32,
@@ -266,7 +266,7 @@ pub enum MediaError {
         fix: String,
     },
     /// Too many frames or too much decoded data.
-    #[error("{name}: {reason}\n  fix: raise media::Limits ({which}) or pass a shorter clip")]
+    #[error("{name}: {reason}\n  fix: raise the limit with {flag}, or pass a shorter clip", flag = crate::core::limits::Limits::flag(.which))]
     Limit {
         name: String,
         reason: String,

@@ -5,6 +5,7 @@
 pub mod error;
 pub mod fs;
 pub mod hash;
+pub mod limits;
 pub mod progress;
 pub mod rng;
 pub mod sample;

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::core::error::{Error, Location, Result};
+pub use crate::core::limits::Limits;
 use crate::core::sample::{MediaKind, MediaSource, Sample};
 pub use mapped::{FieldMap, Schema};
 
@@ -68,26 +69,24 @@ pub struct ReadOptions {
     /// Language column for multi-language sets (MultiJail).
     pub lang: String,
     pub fields: FieldMap,
-    /// Most MiB a parquet column chunk may decompress to (its footer's
-    /// uncompressed size), checked before it is read.
-    pub max_decompressed_mb: u64,
+    /// The run's limits: a parquet column chunk's decompressed size (from
+    /// its footer, checked before it is read), and the image checks of
+    /// validation (the media stage's own).
+    pub limits: Limits,
 }
-
-/// The default of `--max-decompressed-mb`.
-pub const MAX_DECOMPRESSED_MB: u64 = 4096;
 
 impl Default for ReadOptions {
     fn default() -> Self {
         ReadOptions {
             lang: "ko".into(),
             fields: FieldMap::default(),
-            max_decompressed_mb: MAX_DECOMPRESSED_MB,
+            limits: Limits::default(),
         }
     }
 }
 
 /// How to read a data set: the language, a field mapping (from a config
-/// file and/or pairs) and the decompression limit.
+/// file and/or pairs) and the run's limits.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReadSpec {
     /// Language column for multi-language sets (MultiJail: ko, en, zh, ...).
@@ -97,9 +96,9 @@ pub struct ReadSpec {
     pub fields: Vec<String>,
     /// TOML config with `lang = "ko"` and a `[fields]` table (logical = "column").
     pub config: Option<PathBuf>,
-    /// Most MiB one parquet column chunk may decompress to (a zstd bomb of
-    /// 67 KB can expand to gigabytes); refused before reading.
-    pub max_decompressed_mb: u64,
+    /// Resource limits (decompression, pixels, frames, audio, context).
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 impl Default for ReadSpec {
@@ -108,7 +107,7 @@ impl Default for ReadSpec {
             lang: None,
             fields: Vec::new(),
             config: None,
-            max_decompressed_mb: MAX_DECOMPRESSED_MB,
+            limits: Limits::default(),
         }
     }
 }
@@ -140,7 +139,7 @@ impl ReadSpec {
         Ok(ReadOptions {
             lang,
             fields: FieldMap::parse(&pairs)?,
-            max_decompressed_mb: self.max_decompressed_mb,
+            limits: self.limits.clone(),
         })
     }
 }
@@ -361,7 +360,7 @@ fn read_part(
                     _ => Schema::Generic,
                 };
                 mapped::check_columns(schema, &opts.fields, &record::parquet_columns(path)?, path)?;
-                record::read_parquet(path, bad, opts.max_decompressed_mb)?
+                record::read_parquet(path, bad, opts.limits.max_decompressed_mb)?
             } else {
                 record::read_jsonl(path, bad)?
             }
@@ -553,7 +552,7 @@ impl Dataset {
 /// Check every sample's media: exists, stays inside the data set's folder,
 /// and (images) decodes. Returns one problem per bad item; read problems
 /// from loading come first.
-pub fn validate(ds: &Dataset) -> Vec<Problem> {
+pub fn validate(ds: &Dataset, limits: &Limits) -> Vec<Problem> {
     let mut out = ds.problems.clone();
     let root = match ds.canonical_root() {
         Ok(r) => r,
@@ -563,7 +562,7 @@ pub fn validate(ds: &Dataset) -> Vec<Problem> {
         }
     };
     for s in &ds.samples {
-        if let Some(msg) = media_problem(s, &root) {
+        if let Some(msg) = media_problem(s, &root, limits) {
             out.push(Problem {
                 location: s.origin.to_string(),
                 message: msg,
@@ -575,7 +574,7 @@ pub fn validate(ds: &Dataset) -> Vec<Problem> {
 
 /// The first problem with a sample's media, if any. Used by validation and
 /// by runs (the item fails with this reason; the others go on).
-pub fn media_problem(s: &Sample, root: &Path) -> Option<String> {
+pub fn media_problem(s: &Sample, root: &Path, limits: &Limits) -> Option<String> {
     for m in s.media() {
         let bytes = match &m.source {
             MediaSource::Path(p) => {
@@ -600,7 +599,7 @@ pub fn media_problem(s: &Sample, root: &Path) -> Option<String> {
             MediaSource::Bytes { data, .. } => data.clone(),
         };
         if m.kind == MediaKind::Image {
-            if let Err(e) = check_image(&bytes, &m.describe()) {
+            if let Err(e) = check_image(&bytes, &m.describe(), limits) {
                 return Some(format!("image {e}"));
             }
         }
@@ -612,14 +611,17 @@ pub fn media_problem(s: &Sample, root: &Path) -> Option<String> {
 /// from the header before anything is allocated, decoder allocations), so
 /// that what validation accepts the media stage accepts too.
 /// The error is one line (`… (fix: …)`), as validation prints it.
-pub fn check_image(bytes: &[u8], name: &str) -> std::result::Result<(u32, u32), String> {
-    let img =
-        crate::media::decode_image(bytes, name, &crate::media::Limits::default()).map_err(|e| {
-            match e.to_string().split_once("\n  fix: ") {
-                Some((msg, fix)) => format!("{msg} (fix: {fix})"),
-                None => e.to_string(),
-            }
-        })?;
+pub fn check_image(
+    bytes: &[u8],
+    name: &str,
+    limits: &Limits,
+) -> std::result::Result<(u32, u32), String> {
+    let img = crate::media::decode_image(bytes, name, limits).map_err(|e| {
+        match e.to_string().split_once("\n  fix: ") {
+            Some((msg, fix)) => format!("{msg} (fix: {fix})"),
+            None => e.to_string(),
+        }
+    })?;
     Ok((img.width(), img.height()))
 }
 

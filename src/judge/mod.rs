@@ -191,6 +191,7 @@ impl Judge {
                     &device,
                     &crate::model::LoadOptions {
                         requantize: load.requantize,
+                        ..Default::default()
                     },
                 )?;
                 log::info!(

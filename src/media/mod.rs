@@ -22,33 +22,18 @@ pub use video::{decode_video, decode_video_sampled, Video, VideoSource};
 
 pub use crate::core::error::MediaError;
 
-/// Resource limits applied before and while decoding.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Limits {
-    /// Largest image or video frame, in pixels, read from the header before
-    /// anything is allocated (default 50 MP).
-    pub max_pixels: u64,
-    /// Largest decoder allocation in bytes (default 1 GiB).
-    pub max_alloc: u64,
-    /// Most frames kept from one video (default 2048).
-    pub max_frames: usize,
-    /// Most bytes of RGB frames kept from one video (default 2 GiB).
-    pub max_video_bytes: u64,
+/// The limits decoding applies (pixels, allocation, frames, video bytes):
+/// the run's limits, set in `core::limits`.
+pub use crate::core::limits::Limits;
+
+/// Checks against [`Limits`] before and while decoding.
+pub(crate) trait Check {
+    fn check_size(&self, name: &str, width: u32, height: u32) -> Result<(), MediaError>;
+    fn image_limits(&self) -> image::Limits;
 }
 
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_pixels: 50_000_000,
-            max_alloc: 1 << 30,
-            max_frames: 2048,
-            max_video_bytes: 2 << 30,
-        }
-    }
-}
-
-impl Limits {
-    pub(crate) fn check_size(&self, name: &str, width: u32, height: u32) -> Result<(), MediaError> {
+impl Check for Limits {
+    fn check_size(&self, name: &str, width: u32, height: u32) -> Result<(), MediaError> {
         if width == 0 || height == 0 {
             return Err(MediaError::Empty {
                 name: name.to_string(),

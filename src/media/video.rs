@@ -17,6 +17,7 @@ use std::path::Path;
 
 use image::{AnimationDecoder, RgbImage};
 
+use super::Check as _;
 use super::{to_rgb_like_pil, Limits, MediaError};
 
 /// Decoded frames with the metadata frame sampling needs.

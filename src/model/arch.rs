@@ -16,6 +16,7 @@ use super::chat::Message;
 use super::qwen2::KvCache;
 use super::{gemma3, gemma4, qwen2, qwen3_vl, voxtral, MediaInput, MmPrompt};
 use crate::core::error::Result;
+use crate::core::limits::Limits;
 use crate::core::sample::MediaKind;
 
 type CResult<T> = candle_core::Result<T>;
@@ -75,6 +76,9 @@ pub trait Processor: Send + Sync {
 
     /// The media kinds the model takes besides text.
     fn modalities(&self) -> Vec<MediaKind>;
+
+    /// Apply the run's limits (pixels, frames, video bytes, audio seconds).
+    fn set_limits(&mut self, limits: &Limits);
 
     /// The prompt for `rendered` (the chat template's output for
     /// `messages`) with `media` in the order of the media parts: the text,
@@ -228,6 +232,9 @@ impl Processor for qwen3_vl::Processor {
     fn config_sha256(&self) -> &str {
         &self.config_sha256
     }
+    fn set_limits(&mut self, limits: &Limits) {
+        self.limits = limits.clone();
+    }
     fn modalities(&self) -> Vec<MediaKind> {
         vec![MediaKind::Image, MediaKind::Video]
     }
@@ -259,6 +266,9 @@ impl Processor for gemma4::Processor {
     fn config_sha256(&self) -> &str {
         &self.config_sha256
     }
+    fn set_limits(&mut self, limits: &Limits) {
+        self.limits = limits.clone();
+    }
     fn modalities(&self) -> Vec<MediaKind> {
         match self.audio {
             Some(_) => vec![MediaKind::Image, MediaKind::Audio],
@@ -284,6 +294,9 @@ impl Processor for gemma4::Processor {
 impl Processor for voxtral::Processor {
     fn config_sha256(&self) -> &str {
         &self.config_sha256
+    }
+    fn set_limits(&mut self, limits: &Limits) {
+        self.limits = limits.clone();
     }
     fn modalities(&self) -> Vec<MediaKind> {
         vec![MediaKind::Audio]

@@ -1909,7 +1909,7 @@ impl Processor {
                     pos.extend(p.position_ids);
                 }
                 MediaKind::Audio if self.audio.is_some() => {
-                    let a = crate::audio::decode::decode_media(m.media, &Default::default())?;
+                    let a = crate::audio::decode::decode_media(m.media, &self.limits.audio())?;
                     if a.seconds() > 30.0 {
                         // transformers' extractor truncates at max_length = 480,000 samples.
                         log::warn!("{name}: {:.1} s of audio; Gemma 4 hears the first 30 s (as transformers' Gemma4AudioFeatureExtractor)",

@@ -235,9 +235,20 @@ impl std::str::FromStr for Requantize {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct LoadOptions {
     pub requantize: Requantize,
+    /// The largest context a model may declare (`--max-context`, `core::limits`).
+    pub max_context: u64,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            requantize: Requantize::default(),
+            max_context: crate::core::limits::Limits::default().max_context,
+        }
+    }
 }
 
 impl LoadOptions {
@@ -329,7 +340,13 @@ pub const MAX_CONTEXT: u64 = 1 << 24;
 /// computed without overflow), head counts are positive and divide, every
 /// layer the header counts has tensors, the context is below
 /// [`MAX_CONTEXT`].
-fn check_gguf(path: &Path, ct: &gguf_file::Content, file_len: u64, arch: &str) -> Result<()> {
+fn check_gguf(
+    path: &Path,
+    ct: &gguf_file::Content,
+    file_len: u64,
+    arch: &str,
+    max_context: u64,
+) -> Result<()> {
     let bad = |what: String| {
         Error::Usage(format!(
             "{}: {what}\n  fix: the file is truncated or corrupt, or its header was edited; fetch the model again or check its sha256",
@@ -377,6 +394,7 @@ fn check_gguf(path: &Path, ct: &gguf_file::Content, file_len: u64, arch: &str) -
             (key("context_length"), num("context_length")),
         ],
         &layers,
+        max_context,
         "the file",
     )
     .map_err(bad)
@@ -389,6 +407,7 @@ fn check_model_numbers(
     [(h_name, heads), (kv_name, kv), (l_name, n_layers), (c_name, context)]: [(String, Option<u64>);
         4],
     layers: &HashSet<u64>,
+    max_context: u64,
     weights: &str,
 ) -> std::result::Result<(), String> {
     if heads == Some(0) {
@@ -411,9 +430,9 @@ fn check_model_numbers(
             ));
         }
     }
-    if let Some(c) = context.filter(|&c| c == 0 || c > MAX_CONTEXT) {
+    if let Some(c) = context.filter(|&c| c == 0 || c > max_context) {
         return Err(format!(
-            "{c_name} is {c}; anjeon accepts 1 to {MAX_CONTEXT}"
+            "{c_name} is {c}; anjeon accepts 1 to {max_context} (raise the limit with --max-context)"
         ));
     }
     Ok(())
@@ -424,6 +443,7 @@ fn check_model_numbers(
 /// counts and unwraps missing layers).
 fn check_safetensors_config(
     dir: &Path,
+    max_context: u64,
     config: &serde_json::Value,
     files: &[PathBuf],
 ) -> Result<()> {
@@ -457,6 +477,7 @@ fn check_safetensors_config(
             key("max_position_embeddings"),
         ],
         &layers,
+        max_context,
         "the weights",
     )
     .map_err(bad)
@@ -504,7 +525,7 @@ impl TextModel {
     pub fn load(r: &Resolved, device: &Device, opts: &LoadOptions) -> Result<TextModel> {
         match &r.source {
             Source::Gguf(p) => Self::load_gguf(r, p, device, opts),
-            Source::HfDir(d) => Self::load_hf(r, d, device),
+            Source::HfDir(d) => Self::load_hf(r, d, device, opts.max_context),
         }
     }
 
@@ -537,7 +558,7 @@ impl TextModel {
             .cloned()
             .unwrap_or_default();
         let file_len = f.metadata().map_err(|e| Error::io(path, e))?.len();
-        check_gguf(path, &ct, file_len, &arch_name)?;
+        check_gguf(path, &ct, file_len, &arch_name, opts.max_context)?;
         let ctx = md(&format!("{arch_name}.context_length"))
             .and_then(|v| v.to_u32().ok())
             .unwrap_or(2048) as usize;
@@ -588,7 +609,7 @@ impl TextModel {
         })
     }
 
-    fn load_hf(r: &Resolved, dir: &Path, device: &Device) -> Result<TextModel> {
+    fn load_hf(r: &Resolved, dir: &Path, device: &Device, max_context: u64) -> Result<TextModel> {
         let read_json = |name: &str| -> Result<serde_json::Value> {
             let p = dir.join(name);
             let b = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
@@ -659,7 +680,7 @@ impl TextModel {
             Some("float16") if !device.is_cpu() => DType::F16,
             _ => DType::F32,
         };
-        check_safetensors_config(dir, &config, &files)?;
+        check_safetensors_config(dir, max_context, &config, &files)?;
         // SAFETY: the files are memory-mapped read-only; anjeon does not modify them while running.
         let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&files, dtype, device) }
             .map_err(cerr(dir, "reading safetensors"))?;
@@ -771,6 +792,13 @@ impl TextModel {
             parts.push(v.config_sha256());
         }
         crate::core::hash::key_of(&parts)
+    }
+
+    /// Apply the run's limits to the model's media processing.
+    pub fn set_limits(&mut self, limits: &crate::core::limits::Limits) {
+        if let Some(p) = self.vision.as_mut() {
+            p.set_limits(limits);
+        }
     }
 
     /// The media kinds the model takes besides text.

@@ -753,6 +753,8 @@ pub struct Processor {
     pub system_with_audio: bool,
     /// sha256 of the preprocessor config read (for the run manifest).
     pub config_sha256: String,
+    /// The run's limits (audio seconds).
+    pub limits: crate::core::limits::Limits,
 }
 
 fn usage(path: &Path, msg: impl std::fmt::Display) -> Error {
@@ -895,6 +897,7 @@ impl Processor {
             tokens_per_chunk,
             system_with_audio: tekken_version.is_some_and(|v| v >= 13),
             config_sha256: crate::core::hash::sha256_hex(src.unwrap_or_default().as_bytes()),
+            limits: Default::default(),
         })
     }
 
@@ -943,7 +946,7 @@ impl Processor {
                     m.kind.as_str()
                 )));
             }
-            pcm.push(crate::audio::decode::decode_media(m.media, &Default::default())?.samples);
+            pcm.push(crate::audio::decode::decode_media(m.media, &self.limits.audio())?.samples);
         }
         let clips: Vec<&[f32]> = pcm.iter().map(|p| p.as_slice()).collect();
         self.process(&clips, device)

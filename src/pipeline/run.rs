@@ -180,8 +180,10 @@ pub fn run(args: &RunSpec) -> Result<Outcome> {
         &device,
         &crate::model::LoadOptions {
             requantize: args.requantize,
+            max_context: opts.limits.max_context,
         },
     )?;
+    model.set_limits(&opts.limits);
     log::info!(
         "loaded {} ({}) in {:.1} s on {}",
         model.name,
@@ -227,7 +229,7 @@ pub fn run(args: &RunSpec) -> Result<Outcome> {
     let mut skipped = Vec::new();
     // Runnable, or a recorded failure or skip.
     let mut triage = |s: &Sample| -> bool {
-        if let Some(m) = dataset::media_problem(s, &root) {
+        if let Some(m) = dataset::media_problem(s, &root, &opts.limits) {
             failures.push(Failure::item(s, "media", m));
             false
         } else if let Some(m) = s
@@ -351,7 +353,7 @@ pub fn run(args: &RunSpec) -> Result<Outcome> {
                 (key, None)
             } else {
                 let a = asr.as_mut().expect("asr loaded");
-                match transcribe_item(a, s, &audio_shas) {
+                match transcribe_item(a, s, &audio_shas, &opts.limits) {
                     Ok((route, tr)) => {
                         let (msgs, _) = messages_of(s, args.system.as_deref(), Some(&tr));
                         match model.encode_chat(&msgs) {
@@ -527,6 +529,7 @@ fn transcribe_item(
     a: &mut crate::model::whisper::Asr,
     s: &Sample,
     audio_sha256: &str,
+    limits: &crate::core::limits::Limits,
 ) -> Result<(AsrRoute, Vec<String>)> {
     let lang = s.language.to_ascii_lowercase();
     let forced = a.languages().contains(&lang.as_str()).then_some(lang);
@@ -536,7 +539,7 @@ fn transcribe_item(
         .media()
         .filter(|m| m.kind == crate::core::sample::MediaKind::Audio)
     {
-        let audio = crate::audio::decode::decode_media(m, &Default::default())?;
+        let audio = crate::audio::decode::decode_media(m, &limits.audio())?;
         let t = a.transcribe(&audio.samples, forced.as_deref())?;
         language = t.language.clone();
         texts.push(t.text.trim().to_string());
@@ -586,6 +589,7 @@ fn write_run_manifest(
         }),
         args: serde_json::to_value(args).expect("flags serialise"),
         read_options: serde_json::to_value(opts).expect("read options serialise"),
+        limits: opts.limits.clone(),
     };
     update_manifest(
         run,

@@ -170,7 +170,7 @@ pub fn score(args: &ScoreSpec) -> Result<Outcome> {
     // Items whose media are broken are failures; the others go on.
     let mut media_bad: HashMap<String, String> = HashMap::new();
     for s in &ds.samples {
-        if let Some(m) = dataset::media_problem(s, &root) {
+        if let Some(m) = dataset::media_problem(s, &root, &opts.limits) {
             failures.push(Failure::item(s, "media", m.clone()));
             media_bad.insert(s.id.clone(), m);
         }
@@ -311,6 +311,7 @@ fn write_manifest(
         attacks: None,
         args: serde_json::to_value(args).expect("flags serialise"),
         read_options: serde_json::to_value(opts).expect("read options serialise"),
+        limits: opts.limits.clone(),
     };
     update_manifest(
         run,

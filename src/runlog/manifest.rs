@@ -92,6 +92,10 @@ pub struct Config {
     /// How the data set was read (field mapping, language, limits).
     #[serde(default)]
     pub read_options: serde_json::Value,
+    /// The resource limits of the run (`core::limits`; defaults for
+    /// manifests written before they were recorded here).
+    #[serde(default)]
+    pub limits: crate::core::limits::Limits,
 }
 
 /// Which attack variants a run made, and from which seed (they are
@@ -205,6 +209,7 @@ mod tests {
             attacks: None,
             args,
             read_options: serde_json::Value::Null,
+            limits: Default::default(),
         }
     }
 

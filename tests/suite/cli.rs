@@ -1271,3 +1271,55 @@ fn exit_codes_follow_the_kind_of_failure() {
         "{e}"
     );
 }
+
+/// The limits are one policy (`core::limits`): flags on every command that
+/// reads a data set, recorded in the manifest, and an item over a limit is
+/// that item's failure naming the flag, while the others are scored.
+#[test]
+fn limits_are_flags_recorded_in_the_manifest_and_name_themselves_when_hit() {
+    // Validation applies the media stage's limits.
+    let o = run(&["data", "validate", "data/sample", "--max-pixels", "1000"]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        out.contains("over the limit of 1000 pixels") && out.contains("--max-pixels"),
+        "{out}"
+    );
+    let o = run(&["data", "validate", "data/sample"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+
+    // A scored run: image items fail naming the flag; text items are scored.
+    let dir = tempfile::tempdir().unwrap();
+    let o = run(&[
+        "score",
+        "--responses",
+        "reference",
+        "--judge",
+        "refusal",
+        "--max-pixels",
+        "1000",
+        "--max-audio-seconds",
+        "30",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let m: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["config"]["limits"]["max_pixels"], 1000);
+    assert_eq!(m["config"]["limits"]["max_audio_seconds"], 30.0);
+    let rep: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("report.json")).unwrap()).unwrap();
+    let failures = rep["failures"].as_array().unwrap();
+    assert!(!failures.is_empty());
+    assert!(
+        failures
+            .iter()
+            .all(|f| f["reason"].as_str().unwrap().contains("--max-pixels")),
+        "{failures:?}"
+    );
+    assert!(
+        rep["responses"].as_u64().unwrap() > 0,
+        "text items are still scored"
+    );
+}

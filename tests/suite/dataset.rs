@@ -114,7 +114,7 @@ fn the_bundled_sample_has_the_documented_counts() {
     assert_eq!(st.total, 128);
     assert_eq!(st.by_benchmark["assurai"], 84);
     assert_eq!(st.problems, 0);
-    assert!(dataset::validate(&ds).is_empty());
+    assert!(dataset::validate(&ds, &Default::default()).is_empty());
     // Every item has a risk factor in the taxonomy and a known modality.
     for s in &ds.samples {
         assert!(

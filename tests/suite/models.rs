@@ -220,6 +220,7 @@ fn load(name: &str) -> model::TextModel {
         &candle_core::Device::Cpu,
         &model::LoadOptions {
             requantize: model::Requantize::Off,
+            ..Default::default()
         },
     )
     .unwrap()
@@ -264,6 +265,7 @@ fn requantized_q8_0_weights_keep_the_greedy_answer() {
         &candle_core::Device::Cpu,
         &model::LoadOptions {
             requantize: model::Requantize::Auto,
+            ..Default::default()
         },
     )
     .unwrap();
@@ -990,6 +992,7 @@ fn gguf_models_on_the_test_device_match_the_cpu_kernels() {
     ];
     let opts = model::LoadOptions {
         requantize: model::Requantize::Off,
+        ..Default::default()
     };
     let mut report = Vec::new();
     let mut failures = Vec::new();
