@@ -134,16 +134,28 @@ fn decode_source<R: MediaSource + 'static>(
         });
     }
     let is_riff = n == 12 && &head[0..4] == b"RIFF" && &head[8..12] == b"WAVE";
+    let is_mp4 = n >= 8 && &head[4..8] == b"ftyp";
+    if is_mp4 {
+        let len = src.seek(std::io::SeekFrom::End(0)).map_err(io)?;
+        src.seek(std::io::SeekFrom::Start(0)).map_err(io)?;
+        if let Err(reason) = mp4_tables_fit(&mut src, 0, len, 0) {
+            return Err(AudioError::Malformed {
+                file: name.to_string(),
+                reason,
+            });
+        }
+        src.seek(std::io::SeekFrom::Start(0)).map_err(io)?;
+    }
     let (mono, rate, channels, decoder) = if is_riff {
         match wav_pcm(&mut src, name, opts)? {
             Some(x) => x,
             None => {
                 src.seek(std::io::SeekFrom::Start(0)).map_err(io)?;
-                with_symphonia(Box::new(src), name, ext, opts)?
+                symphonia_contained(Box::new(src), name, ext, opts)?
             }
         }
     } else {
-        with_symphonia(Box::new(src), name, ext, opts)?
+        symphonia_contained(Box::new(src), name, ext, opts)?
     };
     if mono.is_empty() {
         return Err(AudioError::Empty {
@@ -164,6 +176,90 @@ fn decode_source<R: MediaSource + 'static>(
         source_channels: channels,
         decoder,
     })
+}
+
+/// The MP4 boxes from `start` to `end`: every box fits in its parent, and
+/// every sample table's entry count fits in its box. symphonia 0.5 sizes
+/// its tables from these counts before reading them, so a forged count
+/// (found by fuzzing) would ask for tens of gigabytes and abort the process.
+fn mp4_tables_fit<R: Read + Seek>(
+    r: &mut R,
+    start: u64,
+    end: u64,
+    depth: usize,
+) -> Result<(), String> {
+    if depth > 16 {
+        return Err("MP4 boxes nested more than 16 deep".into());
+    }
+    let mut at = start;
+    while at + 8 <= end {
+        r.seek(std::io::SeekFrom::Start(at))
+            .map_err(|e| e.to_string())?;
+        let mut h = [0u8; 8];
+        r.read_exact(&mut h).map_err(|e| e.to_string())?;
+        let kind = [h[4], h[5], h[6], h[7]];
+        let (size, header) = match u32::from_be_bytes([h[0], h[1], h[2], h[3]]) {
+            0 => (end - at, 8),
+            1 => {
+                let mut l = [0u8; 8];
+                r.read_exact(&mut l).map_err(|e| e.to_string())?;
+                (u64::from_be_bytes(l), 16)
+            }
+            s => (s as u64, 8),
+        };
+        let name = String::from_utf8_lossy(&kind).into_owned();
+        if size < header || size > end - at {
+            return Err(format!(
+                "MP4 box {name:?} at byte {at} claims {size} bytes, outside its parent"
+            ));
+        }
+        let body = at + header;
+        let body_len = size - header;
+        match &kind {
+            b"moov" | b"trak" | b"mdia" | b"minf" | b"stbl" | b"edts" | b"udta" | b"dinf"
+            | b"mvex" | b"moof" | b"traf" | b"ilst" => {
+                mp4_tables_fit(r, body, body + body_len, depth + 1)?
+            }
+            // A full box: version and flags before its children.
+            b"meta" if body_len >= 4 => mp4_tables_fit(r, body + 4, body + body_len, depth + 1)?,
+            b"stts" | b"ctts" | b"stsc" | b"stco" | b"co64" | b"stss" | b"stsz" | b"elst" => {
+                let mut f = [0u8; 12];
+                let need = if &kind == b"stsz" { 12 } else { 8 };
+                if body_len < need {
+                    return Err(format!("MP4 box {name:?} at byte {at} is too short"));
+                }
+                r.read_exact(&mut f[..need as usize])
+                    .map_err(|e| e.to_string())?;
+                let version = f[0];
+                let (count, entry) = match &kind {
+                    b"stsz" => {
+                        let sample_size = u32::from_be_bytes([f[4], f[5], f[6], f[7]]);
+                        let n = u32::from_be_bytes([f[8], f[9], f[10], f[11]]) as u64;
+                        (n, if sample_size == 0 { 4 } else { 0 })
+                    }
+                    k => {
+                        let n = u32::from_be_bytes([f[4], f[5], f[6], f[7]]) as u64;
+                        let entry = match k {
+                            b"stsc" => 12,
+                            b"stco" | b"stss" => 4,
+                            b"elst" if version == 1 => 20,
+                            b"elst" => 12,
+                            _ => 8,
+                        };
+                        (n, entry)
+                    }
+                };
+                if count * entry > body_len - need {
+                    return Err(format!(
+                        "MP4 box {name:?} at byte {at} lists {count} entries, more than its {body_len} bytes hold"
+                    ));
+                }
+            }
+            _ => {}
+        }
+        at += size;
+    }
+    Ok(())
 }
 
 fn read_up_to<R: Read>(r: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -319,6 +415,23 @@ pub fn downmix(inter: &[f32], channels: usize) -> Vec<f32> {
         .chunks_exact(channels)
         .map(|f| f.iter().sum::<f32>() * inv)
         .collect()
+}
+
+/// [`with_symphonia`], with a decoder panic as the file's error: symphonia
+/// 0.5's MP4 demuxer and AAC decoder panic on some malformed files (found by
+/// fuzzing, `tests/fixtures/fuzz/audio/`).
+fn symphonia_contained(
+    src: Box<dyn MediaSource>,
+    name: &str,
+    ext: Option<&str>,
+    opts: &DecodeOptions,
+) -> Result<Decoded, AudioError> {
+    crate::core::guard::contain(|| with_symphonia(src, name, ext, opts)).unwrap_or_else(|panic| {
+        Err(AudioError::Malformed {
+            file: name.to_string(),
+            reason: format!("the decoder failed on the file's structure ({panic})"),
+        })
+    })
 }
 
 fn with_symphonia(

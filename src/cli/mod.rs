@@ -115,6 +115,14 @@ pub mod exit {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     anjeon::core::progress::init_color();
+    // A panic the library contains (a third-party decoder on a malformed
+    // file) becomes an error naming the file: do not print it as a crash.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !anjeon::core::guard::quiet() {
+            default_hook(info)
+        }
+    }));
     log_stderr::init();
     match dispatch(cli) {
         Ok(code) => code,

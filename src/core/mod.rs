@@ -4,6 +4,7 @@
 
 pub mod error;
 pub mod fs;
+pub mod guard;
 pub mod hash;
 pub mod limits;
 pub mod progress;

@@ -507,8 +507,14 @@ pub fn map_record(
     answers.sort();
     let mut references = Vec::new();
     for (n, key, text) in answers {
+        let Some(idx) = (n as usize).checked_sub(1) else {
+            return Err(Error::input(
+                loc,
+                format!("candidate answer field {key:?}: candidates are numbered from 1"),
+                "number the candidate answer columns from 1 (candidate_1_…)",
+            ));
+        };
         used.insert(key);
-        let idx = n as usize - 1;
         let risk_score = match scores.get(idx).copied().flatten() {
             Some(s) if (1..=5).contains(&s) => Some(s as u8),
             Some(s) => {

@@ -182,6 +182,25 @@ pub fn read_csv(path: &Path, bad: &mut Vec<Error>) -> Result<Vec<Record>> {
 
 /// Column names of a parquet file (top level).
 pub fn parquet_columns(path: &Path) -> Result<Vec<String>> {
+    parquet_contained(path, || parquet_columns_inner(path))
+}
+
+/// The `parquet` crate (60) panics on some malformed files (negative
+/// column offsets, a dictionary page missing, short bit-packed runs: found
+/// by fuzzing, `tests/fixtures/fuzz/parquet/`): such a file is a parquet
+/// error naming it, not the end of the run.
+fn parquet_contained<T>(path: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    crate::core::guard::contain(f).unwrap_or_else(|panic| {
+        Err(Error::Parquet {
+            path: path.to_path_buf(),
+            msg: format!("the parquet reader failed on the file's structure ({panic})"),
+            fix: "the file is damaged or was not written by a parquet writer; export it again"
+                .into(),
+        })
+    })
+}
+
+fn parquet_columns_inner(path: &Path) -> Result<Vec<String>> {
     let reader = open_parquet(path)?;
     let schema = reader.metadata().file_metadata().schema_descr();
     Ok(schema
@@ -203,6 +222,10 @@ fn open_parquet(path: &Path) -> Result<SerializedFileReader<std::fs::File>> {
 
 /// Read every row of a parquet file. Row numbers are 1-based.
 pub fn read_parquet(path: &Path, bad: &mut Vec<Error>, max_mb: u64) -> Result<Vec<Record>> {
+    parquet_contained(path, || read_parquet_inner(path, bad, max_mb))
+}
+
+fn read_parquet_inner(path: &Path, bad: &mut Vec<Error>, max_mb: u64) -> Result<Vec<Record>> {
     let reader = open_parquet(path)?;
     {
         let md = reader.metadata();

@@ -172,6 +172,13 @@ impl ImageProcessor {
         if p.patch_size == 0 || p.pooling_kernel_size == 0 {
             return Err(err("patch_size and pooling_kernel_size must be > 0".into()));
         }
+        // Real checkpoints use 16 and 3; sizes are multiplied together below.
+        if p.patch_size > 1024 || p.pooling_kernel_size > 64 {
+            return Err(err(format!(
+                "patch_size {} or pooling_kernel_size {} is implausibly large (at most 1024 and 64)",
+                p.patch_size, p.pooling_kernel_size
+            )));
+        }
         Ok(p)
     }
 

@@ -198,6 +198,13 @@ impl Common {
                 "patch_size, merge_size and temporal_patch_size must be > 0".into(),
             ));
         }
+        // Real checkpoints use 16, 2 and 2; sizes are multiplied together.
+        if c.patch_size > 1024 || c.merge_size > 64 || c.temporal_patch_size > 64 {
+            return Err(cfg_err(format!(
+                "patch_size {}, merge_size {} or temporal_patch_size {} is implausibly large (at most 1024, 64 and 64)",
+                c.patch_size, c.merge_size, c.temporal_patch_size
+            )));
+        }
         if c.min_pixels > MAX_BUDGET_PIXELS || c.max_pixels > MAX_BUDGET_PIXELS {
             return Err(cfg_err(format!(
                 "pixel budget shortest_edge={} longest_edge={} is over anjeon's cap of {MAX_BUDGET_PIXELS} pixels per image or frame",

@@ -129,11 +129,18 @@ fn py_json(v: &serde_json::Value, out: &mut String) {
     }
 }
 
+/// Template instructions one render may execute: real chat templates use
+/// a few hundred per message.
+const TEMPLATE_FUEL: u64 = 20_000_000;
+
 fn environment() -> Environment<'static> {
     let mut env = Environment::new();
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
     env.set_keep_trailing_newline(false);
+    // A chat template comes with a model folder: bound its work (a loop over
+    // range(10**9) runs out of fuel instead of running for hours).
+    env.set_fuel(Some(TEMPLATE_FUEL));
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
     env.add_function(
         "raise_exception",
@@ -192,20 +199,30 @@ impl ChatTemplate {
 
     /// Render messages with the generation prompt appended.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
-        let env = environment();
-        let tpl = env.template_from_str(&self.source).map_err(|e| {
-            Error::Usage(format!(
-                "chat template ({}) does not compile: {e:#}",
-                self.origin
-            ))
-        })?;
-        tpl.render(minijinja::context! {
-            messages => messages,
-            add_generation_prompt => add_generation_prompt,
-            bos_token => self.bos_token,
-            eos_token => self.eos_token,
-        })
-        .map_err(|e| Error::Usage(format!("chat template ({}) failed: {e:#}", self.origin)))
+        // minijinja 2 can panic on hostile templates (overflows in its
+        // arithmetic and in its error's debug output, found by fuzzing,
+        // tests/fixtures/fuzz/template/): compiling, rendering and formatting
+        // the error all run contained, so such a template is an error.
+        let origin = &self.origin;
+        let out = crate::core::guard::contain(|| {
+            let env = environment();
+            let tpl = env
+                .template_from_str(&self.source)
+                .map_err(|e| format!("chat template ({origin}) does not compile: {e:#}"))?;
+            tpl.render(minijinja::context! {
+                messages => messages,
+                add_generation_prompt => add_generation_prompt,
+                bos_token => self.bos_token,
+                eos_token => self.eos_token,
+            })
+            .map_err(|e| format!("chat template ({origin}) failed: {e:#}"))
+        });
+        match out {
+            Ok(r) => r.map_err(Error::Usage),
+            Err(panic) => Err(Error::Usage(format!(
+                "chat template ({origin}) failed: the template engine failed ({panic})"
+            ))),
+        }
     }
 }
 
@@ -224,6 +241,18 @@ mod tests {
             out,
             "<|im_start|>user\n안녕하세요<|im_end|>\n<|im_start|>assistant\n"
         );
+    }
+
+    #[test]
+    fn a_template_that_would_run_for_hours_runs_out_of_fuel() {
+        let t = ChatTemplate::new(
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+            "hostile",
+            "",
+            "",
+        );
+        let e = t.render(&[Message::new("user", "x")], true).unwrap_err();
+        assert!(e.to_string().contains("fuel"), "{e}");
     }
 
     #[test]

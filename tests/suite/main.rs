@@ -11,6 +11,7 @@ mod audio;
 mod cli;
 mod dataset;
 mod embedding;
+mod fuzz_regressions;
 mod gemma4;
 mod guard;
 mod heads;

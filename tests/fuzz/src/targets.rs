@@ -1,0 +1,114 @@
+//! The fuzz targets: `run(target, bytes)` feeds the bytes to one reader.
+//! Shared by the AFL++ harness (main.rs) and the regression test that runs
+//! the committed findings in CI (tests/suite/fuzz_regressions.rs).
+
+use std::path::PathBuf;
+
+use anjeon::core::limits::Limits;
+
+/// Small limits so that a hostile input cannot make a single execution slow.
+fn limits() -> Limits {
+    Limits {
+        max_pixels: 4_000_000,
+        max_alloc: 64 << 20,
+        max_frames: 16,
+        max_video_bytes: 64 << 20,
+        max_audio_seconds: 30.0,
+        max_decompressed_mb: 16,
+        max_context: 1 << 16,
+    }
+}
+
+/// The input as a file with extension `ext` (per process: AFL runs one
+/// input at a time in each).
+fn file(data: &[u8], ext: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "anjeon-fuzz-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let _ = std::fs::create_dir_all(&dir);
+    let p = dir.join(format!("input.{ext}"));
+    std::fs::write(&p, data).expect("write the input");
+    p
+}
+
+/// The targets, by name.
+pub const TARGETS: &[&str] = &[
+    "image",
+    "audio",
+    "jsonl",
+    "csv",
+    "parquet",
+    "gguf",
+    "tekken",
+    "template",
+    "card",
+    "processor",
+];
+
+pub fn run(target: &str, data: &[u8]) {
+    match target {
+        "image" => {
+            let _ = anjeon::media::decode_image(data, "fuzz", &limits());
+        }
+        "audio" => {
+            let _ = anjeon::audio::decode::decode_bytes(data, "fuzz", &limits().audio());
+        }
+        "jsonl" | "csv" | "parquet" => {
+            let p = file(data, target);
+            let opts = anjeon::dataset::ReadOptions {
+                limits: limits(),
+                ..Default::default()
+            };
+            let fmt = match target {
+                "parquet" => "assurai",
+                t => t,
+            };
+            if let Ok(ds) = anjeon::dataset::load(&format!("{fmt}:{}", p.display()), &opts) {
+                let _ = anjeon::dataset::validate(&ds, &opts.limits);
+            }
+        }
+        "gguf" => {
+            let p = file(data, "gguf");
+            if let Ok(r) = anjeon::model::resolve(p.to_str().unwrap_or_default()) {
+                let _ = anjeon::model::TextModel::load(
+                    &r,
+                    &candle_core::Device::Cpu,
+                    &anjeon::model::LoadOptions {
+                        max_context: limits().max_context,
+                        ..Default::default()
+                    },
+                );
+            }
+        }
+        "tekken" => {
+            let _ = anjeon::model::tekken::hf_tokenizer_json(data);
+        }
+        "template" => {
+            let src = String::from_utf8_lossy(data);
+            let t = anjeon::model::ChatTemplate::new(src, "fuzz", "<s>", "</s>");
+            let msgs = [
+                anjeon::model::Message::new("system", "s"),
+                anjeon::model::Message::new("user", "안녕"),
+                anjeon::model::Message::new("assistant", "a"),
+            ];
+            let _ = t.render(&msgs, true);
+        }
+        "card" => {
+            let p = file(data, "toml");
+            let _ = anjeon::model::card::from_file(&p);
+        }
+        "processor" => {
+            let s = String::from_utf8_lossy(data);
+            if let Ok(p) = anjeon::media::qwen3vl::ImageProcessor::from_json_str(&s) {
+                let _ = p.target_size(37, 1031);
+            }
+            if let Ok(p) = anjeon::media::gemma4::ImageProcessor::from_json_str(&s) {
+                let _ = p.target_size(37, 1031);
+            }
+            let _ = anjeon::media::qwen3vl::VideoProcessor::from_json_str(&s);
+        }
+        other => panic!("unknown ANJEON_FUZZ_TARGET {other:?}"),
+    }
+}
