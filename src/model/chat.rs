@@ -129,6 +129,12 @@ fn py_json(v: &serde_json::Value, out: &mut String) {
     }
 }
 
+/// `* 1234567`-sized repetition factors and `** n` powers in a template.
+fn hostile_arithmetic() -> &'static regex::Regex {
+    static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    RE.get_or_init(|| regex::Regex::new(r"\*\s*\d{7,}|\*\*\s*[\d(]").expect("valid regex"))
+}
+
 /// Template instructions one render may execute: real chat templates use
 /// a few hundred per message.
 const TEMPLATE_FUEL: u64 = 20_000_000;
@@ -204,6 +210,15 @@ impl ChatTemplate {
         // tests/fixtures/fuzz/template/): compiling, rendering and formatting
         // the error all run contained, so such a template is an error.
         let origin = &self.origin;
+        // minijinja repeats a sequence element by element (`[] * 10**9` runs
+        // for hours, or with a wrapped length allocates gigabytes; found by
+        // fuzzing). Chat templates never multiply by a 7-digit number or
+        // raise to a power: such a template is refused before it runs.
+        if hostile_arithmetic().is_match(&self.source) {
+            return Err(Error::Usage(format!(
+                "chat template ({origin}) multiplies by a huge number or raises to a power; refused (fix: use the model's own chat template)"
+            )));
+        }
         let out = crate::core::guard::contain(|| {
             let env = environment();
             let tpl = env
@@ -253,6 +268,25 @@ mod tests {
         );
         let e = t.render(&[Message::new("user", "x")], true).unwrap_err();
         assert!(e.to_string().contains("fuel"), "{e}");
+    }
+
+    #[test]
+    fn huge_repetitions_and_powers_are_refused_before_running() {
+        for src in [
+            "{{ [] * 7522759323 }}",
+            "{{ 'x' * 7 ** 14 }}",
+            "{{ [1] * 5 * 444444444 }}",
+        ] {
+            let t = ChatTemplate::new(src, "hostile", "", "");
+            let e = t.render(&[Message::new("user", "x")], true).unwrap_err();
+            assert!(e.to_string().contains("refused"), "{src}: {e}");
+        }
+        // Markdown bold in a template's text is not a power.
+        let t = ChatTemplate::new("**Rules:** {{ messages[0].content }}", "md", "", "");
+        assert_eq!(
+            t.render(&[Message::new("user", "x")], false).unwrap(),
+            "**Rules:** x"
+        );
     }
 
     #[test]

@@ -20,6 +20,9 @@ fn fuzz_findings_and_corpus_samples_run_without_a_panic() {
         files.sort();
         for f in files {
             let data = std::fs::read(&f).unwrap();
+            if std::env::var_os("ANJEON_FUZZ_TRACE").is_some() {
+                eprintln!("{}", f.display());
+            }
             let r = std::panic::catch_unwind(|| targets::run(target, &data));
             if r.is_err() {
                 panicked.push(f.display().to_string());
