@@ -145,3 +145,22 @@ pub fn split() -> impl clap::builder::TypedValueParser<Value = Split> {
     clap::builder::PossibleValuesParser::new(Split::NAMES)
         .map(|s| s.parse::<Split>().expect("a listed value parses"))
 }
+
+/// Load a model for `generate` and `bench`: resolve the argument (offline),
+/// open the device, load with the file's formats or re-quantized.
+pub fn load_model(
+    spec: &str,
+    device: &str,
+    requantize: Requantize,
+) -> anjeon::Result<anjeon::model::TextModel> {
+    let r = anjeon::model::resolve(spec)?;
+    let dev = anjeon::model::device(device)?;
+    anjeon::model::TextModel::load(
+        &r,
+        &dev,
+        &anjeon::model::LoadOptions {
+            requantize,
+            ..Default::default()
+        },
+    )
+}

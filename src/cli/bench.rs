@@ -32,17 +32,8 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
         // set before any pool starts (nothing has run yet).
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
-    let r = model::resolve(&a.model)?;
-    let dev = model::device(&a.device)?;
     let t = std::time::Instant::now();
-    let mut m = model::TextModel::load(
-        &r,
-        &dev,
-        &model::LoadOptions {
-            requantize: a.requantize,
-            ..Default::default()
-        },
-    )?;
+    let mut m = super::args::load_model(&a.model, &a.device, a.requantize)?;
     let load_s = t.elapsed().as_secs_f64();
     let requantized = m.files.iter().any(|(_, h)| h.ends_with("+q8_0"));
     let b = model::bench::run(

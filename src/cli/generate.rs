@@ -32,16 +32,7 @@ pub struct GenerateArgs {
 }
 
 pub fn run(a: GenerateArgs) -> anyhow::Result<ExitCode> {
-    let r = model::resolve(&a.model)?;
-    let dev = model::device(&a.device)?;
-    let mut m = model::TextModel::load(
-        &r,
-        &dev,
-        &model::LoadOptions {
-            requantize: a.requantize,
-            ..Default::default()
-        },
-    )?;
+    let mut m = super::args::load_model(&a.model, &a.device, a.requantize)?;
     let ids = if a.raw {
         m.tokenizer.encode_prompt(&a.prompt)?
     } else {

@@ -331,15 +331,12 @@ pub fn normalize_hf_config(config: &mut serde_json::Value) {
     }
 }
 
-/// The largest context a model header may claim; rotary tables and caches
-/// are sized from it, so a corrupt value must not reach an allocation.
-pub const MAX_CONTEXT: u64 = 1 << 24;
-
 /// The numbers in a GGUF header that sizes and divisions come from, checked
 /// before any of them is used: every tensor lies inside the file (its size
 /// computed without overflow), head counts are positive and divide, every
-/// layer the header counts has tensors, the context is below
-/// [`MAX_CONTEXT`].
+/// layer the header counts has tensors, the context is at most
+/// `max_context` (the run's `--max-context`: rotary tables and caches are
+/// sized from it, so a corrupt value must not reach an allocation).
 fn check_gguf(
     path: &Path,
     ct: &gguf_file::Content,
@@ -402,7 +399,7 @@ fn check_gguf(
 
 /// Head counts (positive, the key/value count dividing the query count),
 /// the layer count (every layer has weights) and the context (1 to
-/// [`MAX_CONTEXT`]), each given as (name, value) in that order.
+/// `max_context`), each given as (name, value) in that order.
 fn check_model_numbers(
     [(h_name, heads), (kv_name, kv), (l_name, n_layers), (c_name, context)]: [(String, Option<u64>);
         4],

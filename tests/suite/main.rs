@@ -25,3 +25,24 @@ mod tekken;
 mod vision;
 mod voxtral;
 mod whisper;
+
+/// Every file of `tests/suite/` is declared above: a file left out would
+/// compile to nothing and its tests would silently never run.
+#[test]
+fn every_test_file_is_a_module_of_the_suite() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/suite");
+    let main = std::fs::read_to_string(dir.join("main.rs")).unwrap();
+    let mut missing = Vec::new();
+    for e in std::fs::read_dir(&dir).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(stem) = name.strip_suffix(".rs") {
+            if stem != "main" && !main.contains(&format!("\nmod {stem};\n")) {
+                missing.push(name);
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "not declared in tests/suite/main.rs: {missing:?}"
+    );
+}

@@ -29,6 +29,11 @@ fn check(name: &str, got: &str) {
         return;
     }
     let want = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{name}: length differs from the committed file"
+    );
     if got != want {
         let at = got
             .bytes()
@@ -41,10 +46,10 @@ fn check(name: &str, got: &str) {
                 .map(|(_, c)| c)
                 .collect()
         };
-        panic!(
-            "{name} differs from the committed file at byte {at}:\n got: {:?}\nwant: {:?}",
+        assert_eq!(
             around(got),
-            around(&want)
+            around(&want),
+            "{name} differs from the committed file at byte {at}"
         );
     }
 }

@@ -48,6 +48,10 @@ pub const TARGETS: &[&str] = &[
 ];
 
 pub fn run(target: &str, data: &[u8]) {
+    assert!(
+        TARGETS.contains(&target),
+        "unknown fuzz target {target:?}: use one of {TARGETS:?}"
+    );
     match target {
         "image" => {
             let _ = anjeon::media::decode_image(data, "fuzz", &limits());
@@ -109,6 +113,6 @@ pub fn run(target: &str, data: &[u8]) {
             }
             let _ = anjeon::media::qwen3vl::VideoProcessor::from_json_str(&s);
         }
-        other => panic!("unknown ANJEON_FUZZ_TARGET {other:?}"),
+        _ => unreachable!("checked against TARGETS above"),
     }
 }
