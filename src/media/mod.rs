@@ -1,6 +1,7 @@
 //! Media decoding and model-exact preprocessing.
 //!
-//! Images are decoded with the `image` crate (EXIF orientation applied, alpha
+//! Images are decoded with the `image` crate, JPEG with libjpeg-turbo's
+//! decoder as Pillow does ([`jpeg`]) (EXIF orientation applied, alpha
 //! dropped as PIL's `convert("RGB")` does), resized with a bit-exact port of
 //! Pillow's resampler ([`resample`]), and turned into the tensors that
 //! transformers' processors produce: Qwen3-VL ([`qwen3vl`]) and Gemma 4
@@ -9,6 +10,7 @@
 
 pub mod gemma4;
 pub mod inspect;
+pub mod jpeg;
 pub mod qwen3vl;
 pub mod resample;
 pub mod video;
@@ -73,6 +75,9 @@ pub fn decode_image(bytes: &[u8], name: &str, limits: &Limits) -> Result<RgbImag
             "the file is empty (0 bytes)",
             "replace the file with a real image",
         ));
+    }
+    if jpeg::is_jpeg(bytes) {
+        return jpeg::decode(bytes, name, limits);
     }
     let reader = image::ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()

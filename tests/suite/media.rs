@@ -68,9 +68,99 @@ fn compare(
     max
 }
 
-/// Largest difference between our JPEG decode and PIL's (libjpeg-turbo) on
-/// the EXIF fixture.
-fn jpeg_decode_diff() -> u8 {
+/// JPEG inputs decode to Pillow's bytes exactly (libjpeg-turbo's decoder,
+/// Pillow's CMYK and orientation handling), and so give transformers'
+/// `pixel_values` exactly; files Pillow refuses are refused. Fixtures:
+/// `make_jpeg_fixtures.py`.
+#[test]
+fn jpeg_decoding_matches_pillow_exactly() {
+    let e: Value =
+        serde_json::from_str(&std::fs::read_to_string(fix("jpeg_expected.json")).unwrap()).unwrap();
+    let raw = tensors("jpeg_expected.safetensors");
+    let qwen =
+        qwen3vl::ImageProcessor::from_json_file(&fix("qwen3vl_preprocessor_config.json")).unwrap();
+    let gemma = gemma4::ImageProcessor::default();
+    let l = Limits::default();
+    let cases = e["images"].as_object().unwrap();
+    assert!(cases.len() >= 20, "{}", cases.len());
+    let mut decoded = 0;
+    for (name, exp) in cases {
+        let path = fix(&format!("jpeg/{}", exp["file"].as_str().unwrap()));
+        let r = media::load_image(&path, &l);
+        if let Some(msg) = exp.get("error") {
+            let err = r.expect_err(name);
+            assert!(
+                matches!(err, MediaError::Decode { .. }),
+                "{name}: {err} (Pillow: {msg})"
+            );
+            assert!(
+                err.to_string().contains("truncated"),
+                "{name}: {err} (Pillow: {msg})"
+            );
+            continue;
+        }
+        let img = r.unwrap_or_else(|err| panic!("{name}: {err}"));
+        let shape: Vec<u32> = serde_json::from_value(exp["shape"].clone()).unwrap();
+        assert_eq!(
+            [img.height(), img.width(), 3],
+            shape[..],
+            "{name}: size after orientation"
+        );
+        let sha = hex::encode(Sha256::digest(img.as_raw()));
+        if sha != exp["sha256"].as_str().unwrap() {
+            let detail = raw.get(name.as_str()).map(|t| {
+                let want = t.flatten_all().unwrap().to_vec1::<u8>().unwrap();
+                let (i, (a, b)) = img
+                    .as_raw()
+                    .iter()
+                    .zip(&want)
+                    .enumerate()
+                    .find(|(_, (a, b))| a != b)
+                    .unwrap();
+                let max = img
+                    .as_raw()
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| a.abs_diff(*b))
+                    .max()
+                    .unwrap();
+                format!("first at byte {i}: {a} vs Pillow {b}; max {max} levels")
+            });
+            panic!("{name}: decoded RGB differs from Pillow's ({detail:?})");
+        }
+        let v = qwen.preprocess(&img).unwrap();
+        let grid: [u32; 3] = serde_json::from_value(exp["qwen"]["grid_thw"].clone()).unwrap();
+        assert_eq!(v.grid_thw, grid, "{name}");
+        let lv = levels(&v.pixel_values, 0.5, 0.5);
+        assert_eq!(
+            hex::encode(Sha256::digest(&lv)),
+            exp["qwen"]["sha256"].as_str().unwrap(),
+            "{name}: Qwen3-VL pixel_values"
+        );
+        let g = gemma.preprocess(&img).unwrap();
+        assert_eq!(
+            g.num_soft_tokens as u64,
+            exp["gemma4"]["num_soft_tokens"].as_u64().unwrap(),
+            "{name}"
+        );
+        let lv = levels(&g.pixel_values, 0.0, 1.0);
+        assert_eq!(
+            hex::encode(Sha256::digest(&lv)),
+            exp["gemma4"]["sha256"].as_str().unwrap(),
+            "{name}: Gemma 4 pixel_values"
+        );
+        decoded += 1;
+    }
+    assert_eq!(
+        decoded,
+        cases.len() - 3,
+        "three truncated files are refused"
+    );
+}
+
+/// The EXIF fixture of the processor tests decodes to Pillow's bytes too.
+#[test]
+fn jpeg_exif_fixture_equals_pil() {
     let t = tensors("expected.safetensors");
     let want: Vec<u8> = t["decoded.exif6_96x64"]
         .flatten_all()
@@ -78,24 +168,75 @@ fn jpeg_decode_diff() -> u8 {
         .to_vec1::<u8>()
         .unwrap();
     let got = media::load_image(&fix("inputs/exif6_96x64.jpg"), &Limits::default()).unwrap();
-    assert_eq!(
-        got.as_raw().len(),
-        want.len(),
-        "orientation applied as PIL does"
-    );
-    got.as_raw()
+    assert_eq!(got.dimensions(), (64, 96), "orientation as PIL");
+    let differing = got
+        .as_raw()
         .iter()
         .zip(&want)
-        .map(|(a, b)| a.abs_diff(*b))
-        .max()
-        .unwrap()
+        .filter(|(a, b)| a != b)
+        .count();
+    assert_eq!(differing, 0, "bytes differing from PIL's decode");
 }
 
+/// A JPEG that lies about its size, or asks for too many scans, is refused
+/// before the pixels are allocated, naming the limit.
 #[test]
-fn jpeg_decoding_close_to_pil() {
-    let d = jpeg_decode_diff();
-    eprintln!("JPEG decode vs PIL: max {d} levels");
-    assert!(d <= 4, "{d}");
+fn jpeg_limits_are_checked_before_decoding() {
+    let bytes = std::fs::read(fix("jpeg/base420_q75_301x203.jpg")).unwrap();
+    let small = Limits {
+        max_pixels: 1000,
+        ..Limits::default()
+    };
+    let e = decode_image(&bytes, "a.jpg", &small).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            MediaError::TooLarge {
+                width: 301,
+                height: 203,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let tight = Limits {
+        max_alloc: 100_000,
+        ..Limits::default()
+    };
+    let e = decode_image(&bytes, "a.jpg", &tight).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            MediaError::Limit {
+                which: "max_alloc",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // A progressive file whose scans repeat past the limit.
+    let prog = std::fs::read(fix("jpeg/greyprog_q70_33x47.jpg")).unwrap();
+    let sos = prog.windows(2).rposition(|w| w == [0xFF, 0xDA]).unwrap();
+    let last_scan = &prog[sos..prog.len() - 2];
+    let mut many = prog[..prog.len() - 2].to_vec();
+    for _ in 0..media::jpeg::MAX_SCANS {
+        many.extend_from_slice(last_scan);
+    }
+    many.extend_from_slice(&[0xFF, 0xD9]);
+    let e = decode_image(&many, "scans.jpg", &Limits::default()).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            MediaError::Limit {
+                which: "jpeg_scans",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // Garbage after the SOI marker: an error naming the file, never a crash.
+    let e = decode_image(b"\xFF\xD8\xFF\xDBjunk", "junk.jpg", &Limits::default()).unwrap_err();
+    assert!(e.to_string().contains("junk.jpg"), "{e}");
 }
 
 #[test]
@@ -180,15 +321,10 @@ fn qwen3vl_images_match_transformers() {
             assert_eq!(v.num_tokens(2), v.rows / 4);
             let lv = levels(&v.pixel_values, 0.5, 0.5);
             let d = compare(&case, exp, &t, &format!("{bucket}.{name}"), &lv, v.cols);
-            if file.extension().unwrap() == "jpg" {
-                // zune-jpeg vs libjpeg-turbo: a decoding difference, bounded separately.
-                assert!(d <= 2 * jpeg_decode_diff() + 1, "{case}: {d} levels");
-            } else {
-                assert_eq!(
-                    d, 0,
-                    "{case}: pixels differ by {d} levels (should be exact)"
-                );
-            }
+            assert_eq!(
+                d, 0,
+                "{case}: pixels differ by {d} levels (should be exact)"
+            );
         }
     }
 }
@@ -251,14 +387,10 @@ fn gemma4_images_match_transformers() {
             assert_eq!(w % 48, 0);
             let lv = levels(&g.pixel_values, 0.0, 1.0);
             let d = compare(&case, exp, &t, &format!("{bucket}.{name}"), &lv, g.cols);
-            if file.extension().unwrap() == "jpg" {
-                assert!(d <= 2 * jpeg_decode_diff() + 1, "{case}: {d} levels");
-            } else {
-                assert_eq!(
-                    d, 0,
-                    "{case}: pixels differ by {d} levels (should be exact)"
-                );
-            }
+            assert_eq!(
+                d, 0,
+                "{case}: pixels differ by {d} levels (should be exact)"
+            );
         }
     }
 }
