@@ -16,6 +16,7 @@ fn limits() -> Limits {
         max_audio_seconds: 30.0,
         max_decompressed_mb: 16,
         max_context: 1 << 16,
+        ..Limits::default()
     }
 }
 
@@ -45,6 +46,7 @@ pub const TARGETS: &[&str] = &[
     "template",
     "card",
     "processor",
+    "video",
 ];
 
 pub fn run(target: &str, data: &[u8]) {
@@ -112,6 +114,16 @@ pub fn run(target: &str, data: &[u8]) {
                 let _ = p.target_size(37, 1031);
             }
             let _ = anjeon::media::qwen3vl::VideoProcessor::from_json_str(&s);
+        }
+        "video" => {
+            // Containers through the built-in FFmpeg (and rav1d for AV1):
+            // probe, demux, decode, sample 4 frames, convert to RGB.
+            let _ = anjeon::media::decode_video_sampled(
+                anjeon::media::VideoSource::Bytes(data),
+                "fuzz",
+                &limits(),
+                &|n, _| (0..n).step_by((n / 4).max(1)).take(4).collect(),
+            );
         }
         _ => unreachable!("checked against TARGETS above"),
     }
