@@ -377,7 +377,19 @@ pub fn headline(rep: &Report) -> String {
         );
     }
     if !rep.failures.is_empty() {
-        let _ = writeln!(out, "{} item failures (see report.md)", rep.failures.len());
+        let _ = writeln!(out, "{} item failures (see report.md):", rep.failures.len());
+        const SHOWN: usize = 10;
+        for f in rep.failures.iter().take(SHOWN) {
+            let item = if f.id.is_empty() || f.location.contains(&format!("(item {})", f.id)) {
+                String::new()
+            } else {
+                format!(" (item {})", f.id)
+            };
+            let _ = writeln!(out, "  {}{item} [{}]: {}", f.location, f.stage, f.reason);
+        }
+        if rep.failures.len() > SHOWN {
+            let _ = writeln!(out, "  ... and {} more", rep.failures.len() - SHOWN);
+        }
     }
     out
 }

@@ -49,6 +49,10 @@ pub struct LimitArgs {
     /// caches are sized from it).
     #[arg(long, value_name = "TOKENS", default_value_t = Limits::default().max_context)]
     pub max_context: u64,
+    /// Largest JSONL line or CSV row of a data set or responses file, in
+    /// MiB; a longer one is that line's error.
+    #[arg(long, value_name = "MIB", default_value_t = Limits::default().max_record_mb)]
+    pub max_record_mb: u64,
 }
 
 impl LimitArgs {
@@ -61,6 +65,7 @@ impl LimitArgs {
             max_video_bytes: self.max_video_mb << 20,
             max_audio_seconds: self.max_audio_seconds,
             max_context: self.max_context,
+            max_record_mb: self.max_record_mb,
             ..Limits::default()
         }
     }

@@ -113,6 +113,15 @@ pub mod exit {
 /// Parse the command line, run the command, and turn an error into its
 /// message on stderr and its exit code.
 pub fn main() -> ExitCode {
+    // Error messages name the file and the fix; they never carry a library's
+    // backtrace. candle captures one into its errors whenever RUST_BACKTRACE
+    // is set (and prints it inside the message); RUST_LIB_BACKTRACE, which
+    // std reads first, turns that off while panics keep RUST_BACKTRACE. Set
+    // RUST_LIB_BACKTRACE=1 yourself to get them back.
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // Before any thread exists: nothing else reads the environment yet.
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    }
     let cli = Cli::parse();
     anjeon::core::progress::init_color();
     // A panic the library contains (a third-party decoder on a malformed

@@ -8,7 +8,30 @@ use super::error::{Error, Result};
 
 /// Read a whole file, naming it in the error.
 pub fn read_file(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|e| Error::io(path, e))
+    use std::io::Read;
+    let mut f = open_regular(path)?;
+    let mut v = Vec::new();
+    f.read_to_end(&mut v).map_err(|e| Error::io(path, e))?;
+    Ok(v)
+}
+
+/// Open a file for reading, refusing what is not a regular file (a FIFO
+/// would block forever, a device never end, a folder fail obscurely).
+pub fn open_regular(path: &Path) -> Result<File> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        let what = if meta.is_dir() {
+            "a folder"
+        } else {
+            "not a regular file (a FIFO, device or socket)"
+        };
+        return Err(Error::input(
+            crate::core::error::Location::file(path),
+            format!("is {what}"),
+            "point at a regular file",
+        ));
+    }
+    File::open(path).map_err(|e| Error::io(path, e))
 }
 
 /// Write a file atomically: temporary file in the same folder, fsync, rename.

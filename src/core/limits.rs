@@ -28,6 +28,10 @@ pub struct Limits {
     /// Largest context a model may declare, in tokens (`--max-context`; 2^24):
     /// its rotary tables and caches are sized from it.
     pub max_context: u64,
+    /// Largest record of a data or responses file, in MiB: a JSONL line, a
+    /// CSV row (`--max-record-mb`; 64). A longer one is that line's error
+    /// and is not kept in memory; the other lines are read.
+    pub max_record_mb: u64,
 }
 
 impl Default for Limits {
@@ -40,11 +44,16 @@ impl Default for Limits {
             max_audio_seconds: 600.0,
             max_decompressed_mb: 4096,
             max_context: 1 << 24,
+            max_record_mb: 64,
         }
     }
 }
 
 impl Limits {
+    /// [`Limits::max_record_mb`] in bytes.
+    pub fn max_record_bytes(&self) -> usize {
+        usize::try_from(self.max_record_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX)
+    }
     /// The flag that raises a limit, by the limit's field name.
     pub fn flag(field: &str) -> &'static str {
         match field {
@@ -54,6 +63,7 @@ impl Limits {
             "max_audio_seconds" => "--max-audio-seconds",
             "max_decompressed_mb" => "--max-decompressed-mb",
             "max_context" => "--max-context",
+            "max_record_mb" => "--max-record-mb",
             _ => "(no flag; a fixed safety limit)",
         }
     }

@@ -349,7 +349,16 @@ pub fn map_record(
         rec.fields.get(col)
     };
 
-    let id = match get("id").and_then(as_text) {
+    let id_value = get("id");
+    if let Some(v @ (Value::Array(_) | Value::Object(_))) = id_value {
+        let what = if v.is_array() { "a list" } else { "an object" };
+        return Err(Error::input(
+            rec.loc.clone(),
+            format!("the item's id is {what} ({v})"),
+            "give each item a string or number id (or map another column with --field id=COLUMN)",
+        ));
+    }
+    let id = match id_value.and_then(as_text) {
         Some(id) => id,
         None => {
             // Stable fallback: file stem + row, for data sets without an id column.

@@ -5,7 +5,7 @@ pub mod mapped;
 pub mod public;
 pub mod record;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -205,7 +205,7 @@ pub fn parse_spec(spec: &str) -> Result<(Option<Format>, PathBuf)> {
             && f.len() > 1
         {
             return Err(Error::Usage(format!(
-                "unknown data set format {f:?} in {spec:?}; known: {}",
+                "unknown data set format {f:?} in {spec:?}; known: {}\n  fix: write FORMAT:PATH with one of the known formats, or the path alone to detect the format",
                 Format::NAMES.join(", ")
             )));
         }
@@ -362,12 +362,12 @@ fn read_part(
                 mapped::check_columns(schema, &opts.fields, &record::parquet_columns(path)?, path)?;
                 record::read_parquet(path, bad, opts.limits.max_decompressed_mb)?
             } else {
-                record::read_jsonl(path, bad)?
+                record::read_jsonl(path, bad, opts.limits.max_record_bytes())?
             }
         }
         Format::Kosbi | Format::Square => record::read_json_array(path)?,
         Format::Xstest | Format::Multijail | Format::Figstep | Format::Csv => {
-            record::read_csv(path, bad)?
+            record::read_csv(path, bad, opts.limits.max_record_bytes())?
         }
         Format::Manifest => unreachable!("manifests are expanded by load()"),
     };
@@ -447,17 +447,19 @@ pub fn load(spec: &str, opts: &ReadOptions) -> Result<Dataset> {
         read_part(*f, p, opts, &mut samples, &mut bad)?;
     }
     // Duplicate ids: the first one is kept.
-    let mut seen = HashSet::new();
+    let mut seen: HashMap<String, Location> = HashMap::new();
     let mut kept = Vec::with_capacity(samples.len());
     for s in samples {
-        if seen.insert(s.id.clone()) {
-            kept.push(s);
-        } else {
+        if let Some(first) = seen.get(&s.id) {
+            let first = Location { item: None, ..first.clone() };
             bad.push(Error::input(
                 s.origin.clone(),
-                format!("duplicate id {:?} (the first one is kept)", s.id),
+                format!("duplicate id {:?}: the first, at {first}, is kept", s.id),
                 "give every item a unique id",
             ));
+        } else {
+            seen.insert(s.id.clone(), s.origin.clone());
+            kept.push(s);
         }
     }
     if kept.is_empty() && bad.is_empty() {
@@ -588,7 +590,11 @@ pub fn media_problem(s: &Sample, root: &Path, limits: &Limits) -> Option<String>
                 if let Some(kind) = not_a_regular_file(&canon) {
                     return Some(format!("media path {} is {kind}, not a regular file (fix: point at an image, audio or video file)", p.display()));
                 }
-                if m.kind != MediaKind::Image {
+                if m.kind == MediaKind::Video {
+                    // FFmpeg reads the file itself.
+                    if let Err(e) = check_video(crate::media::VideoSource::Path(&canon), &m.describe(), limits) {
+                        return Some(format!("video {e}"));
+                    }
                     continue;
                 }
                 match std::fs::read(&canon) {
@@ -598,13 +604,47 @@ pub fn media_problem(s: &Sample, root: &Path, limits: &Limits) -> Option<String>
             }
             MediaSource::Bytes { data, .. } => data.clone(),
         };
-        if m.kind == MediaKind::Image {
-            if let Err(e) = check_image(&bytes, &m.describe(), limits) {
-                return Some(format!("image {e}"));
-            }
+        let name = m.describe();
+        let problem = match m.kind {
+            MediaKind::Image => check_image(&bytes, &name, limits).err().map(|e| format!("image {e}")),
+            MediaKind::Audio => check_audio(&bytes, &name, limits).err().map(|e| format!("audio {e}")),
+            MediaKind::Video => check_video(crate::media::VideoSource::Bytes(&bytes), &name, limits)
+                .err()
+                .map(|e| format!("video {e}")),
+        };
+        if problem.is_some() {
+            return problem;
         }
     }
     None
+}
+
+/// One line `… (fix: …)` from an error whose display ends in `\n  fix: …`.
+fn one_line(e: impl std::fmt::Display) -> String {
+    let e = e.to_string();
+    match e.split_once("\n  fix: ") {
+        Some((msg, fix)) => format!("{msg} (fix: {fix})"),
+        None => e,
+    }
+}
+
+/// Decode an audio file as the audio stage does (its length limit
+/// included), so that validation accepts what generation accepts.
+pub fn check_audio(bytes: &[u8], name: &str, limits: &Limits) -> std::result::Result<f64, String> {
+    let a = crate::audio::decode::decode_bytes(bytes, name, &limits.audio()).map_err(one_line)?;
+    Ok(a.samples.len() as f64 / a.rate.max(1) as f64)
+}
+
+/// Decode a video as the media stage does (every frame through FFmpeg, the
+/// first one kept), with its limits.
+pub fn check_video(
+    src: crate::media::VideoSource<'_>,
+    name: &str,
+    limits: &Limits,
+) -> std::result::Result<usize, String> {
+    let v = crate::media::decode_video_sampled(src, name, limits, &|n, _| (0..n.min(1)).collect())
+        .map_err(one_line)?;
+    Ok(v.total_frames)
 }
 
 /// Decode an image fully, with the media stage's own limits (pixels read
@@ -616,12 +656,7 @@ pub fn check_image(
     name: &str,
     limits: &Limits,
 ) -> std::result::Result<(u32, u32), String> {
-    let img = crate::media::decode_image(bytes, name, limits).map_err(|e| {
-        match e.to_string().split_once("\n  fix: ") {
-            Some((msg, fix)) => format!("{msg} (fix: {fix})"),
-            None => e.to_string(),
-        }
-    })?;
+    let img = crate::media::decode_image(bytes, name, limits).map_err(one_line)?;
     Ok((img.width(), img.height()))
 }
 

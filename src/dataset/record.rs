@@ -36,15 +36,41 @@ impl Record {
 }
 
 /// Read JSON lines. A malformed line becomes an error in `bad`, and the
-/// other lines are still read. An empty file is an error.
-pub fn read_jsonl(path: &Path, bad: &mut Vec<Error>) -> Result<Vec<Record>> {
-    let bytes = crate::core::error::read_file(path)?;
+/// other lines are still read. An empty file is an error. The file is
+/// streamed: a line over `max_record_bytes` is an error in `bad` and is
+/// skipped without being held in memory.
+pub fn read_jsonl(
+    path: &Path,
+    bad: &mut Vec<Error>,
+    max_record_bytes: usize,
+) -> Result<Vec<Record>> {
+    let f = crate::core::fs::open_regular(path)?;
+    let mut r = std::io::BufReader::with_capacity(1 << 16, f);
     let mut out = Vec::new();
-    // Line by line, so that one line that is not UTF-8 is reported with its
-    // number and the others are still read.
-    for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
-        let lineno = i + 1;
-        let line = match std::str::from_utf8(raw) {
+    let mut raw = Vec::new();
+    let mut lineno = 0;
+    loop {
+        raw.clear();
+        let (n, over) =
+            read_line_capped(&mut r, &mut raw, max_record_bytes).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        lineno += 1;
+        if over {
+            bad.push(Error::input(
+                Location::line(path, lineno),
+                format!(
+                    "line is {n} bytes, over the record limit of {} MiB",
+                    max_record_bytes >> 20
+                ),
+                "raise --max-record-mb if lines this long are meant; the other lines were read",
+            ));
+            continue;
+        }
+        // Line by line, so that one line that is not UTF-8 is reported with
+        // its number and the others are still read.
+        let line = match std::str::from_utf8(&raw) {
             Ok(l) => l,
             Err(e) => {
                 bad.push(Error::input(
@@ -81,6 +107,47 @@ pub fn read_jsonl(path: &Path, bad: &mut Vec<Error>) -> Result<Vec<Record>> {
         ));
     }
     Ok(out)
+}
+
+/// Read one line (through its `\n`, if any) into `out`, keeping at most
+/// `cap` bytes besides the newline. Returns the line's length in the file
+/// and whether it was over `cap` (then `out` is left empty).
+fn read_line_capped(
+    r: &mut impl std::io::BufRead,
+    out: &mut Vec<u8>,
+    cap: usize,
+) -> std::io::Result<(usize, bool)> {
+    let mut total = 0usize;
+    let mut over = false;
+    loop {
+        let buf = match r.fill_buf() {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if buf.is_empty() {
+            return Ok((total, over));
+        }
+        let (len, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (buf.len(), false),
+        };
+        let content = if done { len - 1 } else { len };
+        if !over {
+            if out.len() + content > cap {
+                over = true;
+                out.clear();
+                out.shrink_to(1 << 16);
+            } else {
+                out.extend_from_slice(&buf[..content]);
+            }
+        }
+        total += len;
+        r.consume(len);
+        if done {
+            return Ok((total, over));
+        }
+    }
 }
 
 /// Read a JSON file holding an array of objects.
@@ -128,7 +195,7 @@ pub fn read_json_array(path: &Path) -> Result<Vec<Record>> {
 
 /// Read a CSV file with a header row. Row numbers in locations are the
 /// record's starting line in the file.
-pub fn read_csv(path: &Path, bad: &mut Vec<Error>) -> Result<Vec<Record>> {
+pub fn read_csv(path: &Path, bad: &mut Vec<Error>, max_record_bytes: usize) -> Result<Vec<Record>> {
     let bytes = crate::core::error::read_file(path)?;
     let bytes = bytes.strip_prefix("\u{feff}".as_bytes()).unwrap_or(&bytes);
     let mut rdr = csv::ReaderBuilder::new().flexible(false).from_reader(bytes);
@@ -154,6 +221,18 @@ pub fn read_csv(path: &Path, bad: &mut Vec<Error>) -> Result<Vec<Record>> {
         match rec {
             Ok(r) => {
                 let line = r.position().map(|p| p.line() as usize).unwrap_or(0);
+                let size = r.as_byte_record().as_slice().len();
+                if size > max_record_bytes {
+                    bad.push(Error::input(
+                        Location::line(path, line),
+                        format!(
+                            "row is {size} bytes, over the record limit of {} MiB",
+                            max_record_bytes >> 20
+                        ),
+                        "raise --max-record-mb if rows this long are meant; the other rows were read",
+                    ));
+                    continue;
+                }
                 let mut m = Map::new();
                 for (h, v) in headers.iter().zip(r.iter()) {
                     m.insert(h.to_string(), Value::String(v.to_string()));
@@ -170,6 +249,16 @@ pub fn read_csv(path: &Path, bad: &mut Vec<Error>) -> Result<Vec<Record>> {
             }
         }
     }
+    // The csv crate reads a quote left open to the end of the file as one
+    // long field: the rows after it would silently vanish into it.
+    if let Some(open_line) = unclosed_quote_line(bytes) {
+        out.retain(|r| r.loc.line.unwrap_or(0) < open_line);
+        bad.push(Error::input(
+            Location::line(path, open_line),
+            "a quoted field opened on this line is never closed: the rest of the file would be one field",
+            "close the quote (a quote inside a quoted field is written twice: \"\")",
+        ));
+    }
     if out.is_empty() && bad.is_empty() {
         return Err(Error::input(
             Location::file(path),
@@ -178,6 +267,21 @@ pub fn read_csv(path: &Path, bad: &mut Vec<Error>) -> Result<Vec<Record>> {
         ));
     }
     Ok(out)
+}
+
+/// The line on which a quoted CSV field opens that is still open at the end
+/// of the file (`""` inside a quoted field closes and reopens: no change).
+fn unclosed_quote_line(bytes: &[u8]) -> Option<usize> {
+    let mut line = 1;
+    let mut open: Option<usize> = None;
+    for &b in bytes {
+        match b {
+            b'"' => open = if open.is_some() { None } else { Some(line) },
+            b'\n' => line += 1,
+            _ => {}
+        }
+    }
+    open
 }
 
 /// Column names of a parquet file (top level).
@@ -225,6 +329,15 @@ pub fn read_parquet(path: &Path, bad: &mut Vec<Error>, max_mb: u64) -> Result<Ve
     parquet_contained(path, || read_parquet_inner(path, bad, max_mb))
 }
 
+/// `6 MiB`, `12 KiB`, `300 bytes`.
+fn human_bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 20 => format!("{} MiB", n >> 20),
+        n if n >= 1 << 10 => format!("{} KiB", n >> 10),
+        n => format!("{n} bytes"),
+    }
+}
+
 fn read_parquet_inner(path: &Path, bad: &mut Vec<Error>, max_mb: u64) -> Result<Vec<Record>> {
     let reader = open_parquet(path)?;
     {
@@ -236,10 +349,10 @@ fn read_parquet_inner(path: &Path, bad: &mut Vec<Error>, max_mb: u64) -> Result<
                     return Err(Error::Parquet {
                         path: path.to_path_buf(),
                         msg: format!(
-                            "column {} of row group {g} decompresses to {} MiB ({} KiB compressed), over the limit of {max_mb} MiB",
+                            "column {} of row group {g} decompresses to {} ({} compressed), over the limit of {max_mb} MiB",
                             c.column_path(),
-                            size >> 20,
-                            c.compressed_size().max(0) >> 10
+                            human_bytes(size),
+                            human_bytes(c.compressed_size().max(0) as u64)
                         ),
                         fix: "if the file is trusted, raise --max-decompressed-mb; a data set file this large is usually a decompression bomb".into(),
                     });

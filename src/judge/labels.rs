@@ -127,7 +127,11 @@ pub fn group_of(id: &str) -> &str {
 
 fn xstest_file(path: &Path, out: &mut Vec<Labeled>) -> Result<()> {
     let mut bad = Vec::new();
-    let recs = record::read_csv(path, &mut bad)?;
+    let recs = record::read_csv(
+        path,
+        &mut bad,
+        crate::core::limits::Limits::default().max_record_bytes(),
+    )?;
     if let Some(e) = bad.into_iter().next() {
         return Err(e);
     }
@@ -243,7 +247,7 @@ pub fn read_labels(spec: &str) -> Result<Vec<Labeled>> {
         }
         "jsonl" => {
             let mut bad = Vec::new();
-            for r in record::read_jsonl(&path, &mut bad)? {
+            for r in record::read_jsonl(&path, &mut bad, crate::core::limits::Limits::default().max_record_bytes())? {
                 let get = |k: &str| r.fields.get(k).and_then(|v| v.as_str()).map(str::to_string);
                 let label = match r.fields.get("label") {
                     Some(serde_json::Value::Number(n)) => n.as_u64().filter(|s| (1..=5).contains(s)).map(|s| Label::Score(s as u8)),

@@ -161,6 +161,13 @@ pub fn decode(bytes: &[u8], name: &str, limits: &Limits) -> Result<RgbImage, Med
             reason,
             which: "jpeg_scans",
         }),
+        Err(reason) if reason.starts_with("Unsupported JPEG data precision") => {
+            Err(MediaError::Unsupported {
+                name: name.to_string(),
+                reason: format!("{reason} (Pillow reads 8-bit JPEG only)"),
+                fix: "convert the image to an 8-bit JPEG or PNG".into(),
+            })
+        }
         Err(reason) => Err(bad(reason)),
     }
 }

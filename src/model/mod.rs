@@ -257,6 +257,9 @@ impl LoadOptions {
     }
 }
 
+/// The `general.architecture` values [`gguf_arch`] loads.
+const GGUF_ARCHS: &[&str] = &["llama", "qwen2", "qwen3", "gemma3"];
+
 fn gguf_arch<R: std::io::Read + std::io::Seek>(
     arch_name: &str,
     ct: gguf_file::Content,
@@ -554,13 +557,20 @@ impl TextModel {
             .and_then(|v| v.to_string().ok())
             .cloned()
             .unwrap_or_default();
+        // Before anything else reads the file's metadata as a known layout.
+        if !GGUF_ARCHS.contains(&arch_name.as_str()) {
+            return Err(Error::Usage(format!(
+                "{}: unsupported architecture {arch_name:?} (general.architecture)\n  supported: {SUPPORTED}\n  fix: use a model of a supported architecture, or convert it to one",
+                path.display()
+            )));
+        }
         let file_len = f.metadata().map_err(|e| Error::io(path, e))?.len();
         check_gguf(path, &ct, file_len, &arch_name, opts.max_context)?;
         let ctx = md(&format!("{arch_name}.context_length"))
             .and_then(|v| v.to_u32().ok())
             .unwrap_or(2048) as usize;
         let tok = tokenizer::Tok::from_gguf(&ct)
-            .map_err(|e| Error::Usage(format!("{}: tokenizer: {e}", path.display())))?;
+            .map_err(|e| Error::Usage(format!("{}: {e}", path.display())))?;
         if let Some(rows) = ct
             .tensor_infos
             .get("token_embd.weight")

@@ -68,8 +68,14 @@ fn fix_pre_tokenizer(t: &mut Tokenizer, pre: &str) {
     }
 }
 
+/// A tokenizer that cannot be built from the file's metadata: the file is
+/// incomplete or damaged (an input error, not a device failure).
 fn tok_err(e: impl std::fmt::Display) -> Error {
-    Error::backend("tokenizer", e)
+    let msg = e.to_string();
+    let msg = msg.trim_end_matches("\nunwrap none").trim_end();
+    Error::Usage(format!(
+        "tokenizer: {msg}\n  fix: the tokenizer in the file is incomplete or damaged; fetch the model again or check its sha256"
+    ))
 }
 
 impl Tok {

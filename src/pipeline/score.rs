@@ -58,7 +58,8 @@ fn read_responses(
 ) -> Result<Vec<Response>> {
     let path = Path::new(responses);
     let mut bad = Vec::new();
-    let recs = crate::dataset::record::read_jsonl(path, &mut bad)?;
+    let recs =
+        crate::dataset::record::read_jsonl(path, &mut bad, args.read.limits.max_record_bytes())?;
     for e in bad {
         let (location, reason) = match &e {
             Error::Input { loc, msg, fix } => (loc.to_string(), format!("{msg} (fix: {fix})")),

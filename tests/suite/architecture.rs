@@ -13,7 +13,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("core", &[]),
     ("audio", &["core"]),
     ("media", &["core", "audio"]),
-    ("dataset", &["core", "media"]),
+    ("dataset", &["core", "audio", "media"]),
     ("attack", &["core"]),
     ("model", &["core", "media", "audio"]),
     ("judge", &["core", "dataset", "model"]),

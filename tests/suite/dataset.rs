@@ -40,7 +40,7 @@ fn a_bad_jsonl_line_is_reported_with_its_number_and_the_rest_is_read() {
         "{\"id\": \"a\", \"prompt\": \"p\"}\n{not json\n[1, 2]\n\n{\"id\": \"b\", \"prompt\": \"q\"}\n",
     );
     let mut bad = Vec::new();
-    let recs = record::read_jsonl(&p, &mut bad).unwrap();
+    let recs = record::read_jsonl(&p, &mut bad, 1 << 20).unwrap();
     assert_eq!(recs.len(), 2);
     let lines: Vec<Option<usize>> = bad
         .iter()
@@ -54,7 +54,7 @@ fn a_bad_jsonl_line_is_reported_with_its_number_and_the_rest_is_read() {
     assert!(bad[1].to_string().contains("not an object"), "{}", bad[1]);
 
     let empty = write(dir.path(), "empty.jsonl", "\n\n");
-    let e = record::read_jsonl(&empty, &mut Vec::new()).unwrap_err();
+    let e = record::read_jsonl(&empty, &mut Vec::new(), 1 << 20).unwrap_err();
     assert!(e.to_string().contains("file is empty"), "{e}");
 }
 

@@ -8,6 +8,7 @@ mod common;
 mod architecture;
 mod attacks;
 mod audio;
+mod bad_inputs;
 mod cli;
 mod dataset;
 mod embedding;
