@@ -451,7 +451,10 @@ pub fn load(spec: &str, opts: &ReadOptions) -> Result<Dataset> {
     let mut kept = Vec::with_capacity(samples.len());
     for s in samples {
         if let Some(first) = seen.get(&s.id) {
-            let first = Location { item: None, ..first.clone() };
+            let first = Location {
+                item: None,
+                ..first.clone()
+            };
             bad.push(Error::input(
                 s.origin.clone(),
                 format!("duplicate id {:?}: the first, at {first}, is kept", s.id),
@@ -592,7 +595,11 @@ pub fn media_problem(s: &Sample, root: &Path, limits: &Limits) -> Option<String>
                 }
                 if m.kind == MediaKind::Video {
                     // FFmpeg reads the file itself.
-                    if let Err(e) = check_video(crate::media::VideoSource::Path(&canon), &m.describe(), limits) {
+                    if let Err(e) = check_video(
+                        crate::media::VideoSource::Path(&canon),
+                        &m.describe(),
+                        limits,
+                    ) {
                         return Some(format!("video {e}"));
                     }
                     continue;
@@ -606,11 +613,17 @@ pub fn media_problem(s: &Sample, root: &Path, limits: &Limits) -> Option<String>
         };
         let name = m.describe();
         let problem = match m.kind {
-            MediaKind::Image => check_image(&bytes, &name, limits).err().map(|e| format!("image {e}")),
-            MediaKind::Audio => check_audio(&bytes, &name, limits).err().map(|e| format!("audio {e}")),
-            MediaKind::Video => check_video(crate::media::VideoSource::Bytes(&bytes), &name, limits)
+            MediaKind::Image => check_image(&bytes, &name, limits)
                 .err()
-                .map(|e| format!("video {e}")),
+                .map(|e| format!("image {e}")),
+            MediaKind::Audio => check_audio(&bytes, &name, limits)
+                .err()
+                .map(|e| format!("audio {e}")),
+            MediaKind::Video => {
+                check_video(crate::media::VideoSource::Bytes(&bytes), &name, limits)
+                    .err()
+                    .map(|e| format!("video {e}"))
+            }
         };
         if problem.is_some() {
             return problem;

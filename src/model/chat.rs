@@ -129,10 +129,72 @@ fn py_json(v: &serde_json::Value, out: &mut String) {
     }
 }
 
-/// `* 1234567`-sized repetition factors and `** n` powers in a template.
+/// `** n` powers in a template.
 fn hostile_arithmetic() -> &'static regex::Regex {
     static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
-    RE.get_or_init(|| regex::Regex::new(r"\*\s*\d{7,}|\*\*\s*[\d(]").expect("valid regex"))
+    RE.get_or_init(|| regex::Regex::new(r"\*\*\s*[\d(]").expect("valid regex"))
+}
+
+/// Largest product of integer literals a template may multiply by in one
+/// chain (`x * 999 * 999` is 998,001: allowed; `* 999 * 999 * 999` is not).
+const MAX_REPEAT_FACTOR: u128 = 1_000_000;
+
+/// The largest product of a chain of integer literals joined by `*` (not
+/// `**`), e.g. `[x] * 999 * 999 * 999` or `5 * 444444444`, anywhere in the
+/// source. A chain of one literal counts only with a `*` before it.
+fn largest_literal_product(src: &str) -> u128 {
+    let b = src.as_bytes();
+    let mut best = 0u128;
+    let mut i = 0;
+    while i < b.len() {
+        // A chain starts at a literal, or at a single `*` followed by one.
+        let start = i;
+        let mut product = 1u128;
+        let mut literals = 0;
+        let mut stars = 0;
+        let mut j = i;
+        loop {
+            let mut k = j;
+            while k < b.len() && b[k].is_ascii_whitespace() {
+                k += 1;
+            }
+            if k < b.len()
+                && b[k] == b'*'
+                && !(k + 1 < b.len() && b[k + 1] == b'*')
+                && (literals > 0 || stars == 0)
+            {
+                if literals == 0
+                    && k > start
+                    && b[start..k].iter().any(|c| !c.is_ascii_whitespace())
+                {
+                    break;
+                }
+                k += 1;
+                stars += 1;
+                while k < b.len() && b[k].is_ascii_whitespace() {
+                    k += 1;
+                }
+            } else if literals > 0 {
+                break;
+            }
+            let d0 = k;
+            while k < b.len() && b[k].is_ascii_digit() {
+                k += 1;
+            }
+            if k == d0 {
+                break;
+            }
+            let n: u128 = src[d0..k].parse().unwrap_or(u128::MAX);
+            product = product.saturating_mul(n);
+            literals += 1;
+            j = k;
+        }
+        if stars > 0 && literals > 0 {
+            best = best.max(product);
+        }
+        i = if j > i { j } else { i + 1 };
+    }
+    best
 }
 
 /// Template instructions one render may execute: real chat templates use
@@ -212,9 +274,12 @@ impl ChatTemplate {
         let origin = &self.origin;
         // minijinja repeats a sequence element by element (`[] * 10**9` runs
         // for hours, or with a wrapped length allocates gigabytes; found by
-        // fuzzing). Chat templates never multiply by a 7-digit number or
-        // raise to a power: such a template is refused before it runs.
-        if hostile_arithmetic().is_match(&self.source) {
+        // fuzzing). Chat templates never multiply by a product of literals
+        // over a million or raise to a power: such a template is refused
+        // before it runs. (A factor held in a variable is not caught.)
+        if hostile_arithmetic().is_match(&self.source)
+            || largest_literal_product(&self.source) > MAX_REPEAT_FACTOR
+        {
             return Err(Error::Usage(format!(
                 "chat template ({origin}) multiplies by a huge number or raises to a power; refused (fix: use the model's own chat template)"
             )));
@@ -276,11 +341,26 @@ mod tests {
             "{{ [] * 7522759323 }}",
             "{{ 'x' * 7 ** 14 }}",
             "{{ [1] * 5 * 444444444 }}",
+            "{{ [0] * 999 * 999 * 999 }}",
+            "{{ ([0] * 99 * 99 * 99 * 99)|join }}",
+            "{{ 999 * 999 * 999 * [0] }}",
+            "{{ [] * 7522759323 }}",
         ] {
             let t = ChatTemplate::new(src, "hostile", "", "");
             let e = t.render(&[Message::new("user", "x")], true).unwrap_err();
             assert!(e.to_string().contains("refused"), "{src}: {e}");
         }
+        // Small factors pass: the limit is on the product.
+        assert_eq!(
+            largest_literal_product("{{ '-' * 80 }} {{ 2 * 3 * 4 }}"),
+            80
+        );
+        assert_eq!(largest_literal_product("{{ x * 999 * 999 }}"), 998_001);
+        assert_eq!(
+            largest_literal_product("{{ 999*999*999*[0] }}"),
+            997_002_999
+        );
+        assert_eq!(largest_literal_product("no stars 123456789"), 0);
         // Markdown bold in a template's text is not a power.
         let t = ChatTemplate::new("**Rules:** {{ messages[0].content }}", "md", "", "");
         assert_eq!(

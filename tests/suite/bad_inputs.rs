@@ -36,7 +36,12 @@ fn setup(dir: &Path, root: &Path, steps: &Value) {
         if let Some(p) = s.get("fifo") {
             let p = dir.join(p.as_str().unwrap());
             let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
-            assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0, "mkfifo {}", p.display());
+            assert_eq!(
+                unsafe { libc::mkfifo(c.as_ptr(), 0o644) },
+                0,
+                "mkfifo {}",
+                p.display()
+            );
         } else if let Some(l) = s.get("symlink") {
             let link = dir.join(l[0].as_str().unwrap());
             std::os::unix::fs::symlink(l[1].as_str().unwrap(), link).unwrap();
@@ -44,12 +49,18 @@ fn setup(dir: &Path, root: &Path, steps: &Value) {
             let text = format!(
                 "{}{}{}",
                 r["head"].as_str().unwrap(),
-                r["unit"].as_str().unwrap().repeat(r["count"].as_u64().unwrap() as usize),
+                r["unit"]
+                    .as_str()
+                    .unwrap()
+                    .repeat(r["count"].as_u64().unwrap() as usize),
                 r["tail"].as_str().unwrap()
             );
             std::fs::write(dir.join(r["path"].as_str().unwrap()), text).unwrap();
         } else if let Some(f) = s.get("fill") {
-            copy_dir(&root.join(f[1].as_str().unwrap()), &dir.join(f[0].as_str().unwrap()));
+            copy_dir(
+                &root.join(f[1].as_str().unwrap()),
+                &dir.join(f[0].as_str().unwrap()),
+            );
         } else {
             panic!("unknown setup step {s}");
         }
@@ -137,7 +148,13 @@ fn every_bad_input_gets_its_exit_code_and_a_message_naming_it() {
     if std::env::var_os("ANJEON_BLESS").is_some() {
         std::fs::write(&golden, &out).unwrap();
     }
-    assert!(wrong.is_empty(), "{} of {} cases:\n{}", wrong.len(), cases.len(), wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "{} of {} cases:\n{}",
+        wrong.len(),
+        cases.len(),
+        wrong.join("\n")
+    );
     let want = std::fs::read_to_string(&golden).unwrap_or_default();
     if want != out {
         let first = want
