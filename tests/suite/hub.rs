@@ -38,6 +38,8 @@ struct State {
     repos: Vec<HubRepo>,
     /// Cut the next full download of this file after this many bytes.
     cut: Option<(String, usize)>,
+    /// Send this file slowly: this many bytes, then a pause of this many ms.
+    trickle: Option<(String, usize, u64)>,
     /// Each request: path and Range header.
     log: Vec<String>,
 }
@@ -182,6 +184,10 @@ fn serve(mut conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
     if cut.is_some() {
         st.cut = None;
     }
+    let trickle = match &st.trickle {
+        Some((name, n, ms)) if *name == file => Some((*n, *ms)),
+        _ => None,
+    };
     drop(st);
     let hdrs = vec![
         ("X-Repo-Commit".to_string(), commit),
@@ -203,7 +209,17 @@ fn serve(mut conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
             &hdrs,
             &body[..at.min(body.len())],
         ),
-        None => respond(&mut conn, "206 Partial Content", &hdrs, body),
+        None => match trickle {
+            Some((n, ms)) => {
+                respond(&mut conn, "206 Partial Content", &hdrs, &[]);
+                for chunk in body.chunks(n.max(1)) {
+                    conn.write_all(chunk)?;
+                    conn.flush()?;
+                    std::thread::sleep(std::time::Duration::from_millis(ms));
+                }
+            }
+            None => respond(&mut conn, "206 Partial Content", &hdrs, body),
+        },
     }
     Ok(())
 }
@@ -332,6 +348,91 @@ fn a_cut_download_resumes_where_it_stopped() {
         "the second download asked for the rest only: {:?}",
         hub.log()
     );
+}
+
+/// Issue 16: `kill -9` at any moment of a download loses nothing and
+/// corrupts nothing. A slowly served file is fetched and the process
+/// killed at eight moments (before the first byte, and while the partial
+/// file grows); after each kill the snapshot holds nothing or the whole
+/// checked file, never part of it; the ninth fetch completes from where the last one stopped, and
+/// the file is the Hub's, byte for byte (its hash checked).
+#[test]
+fn a_fetch_killed_at_any_moment_resumes_to_the_right_file() {
+    let data = noise(1_600_000, 11);
+    let hub = MockHub::start(vec![HubRepo {
+        kind: "models",
+        id: "test-org/slow".into(),
+        commit: "5104000000000000000000000000000000000003".into(),
+        files: vec![lfs("weights.gguf", data.clone())],
+        token: None,
+    }]);
+    // 8 KB every 4 ms: about 800 ms for the whole file, longer than the
+    // eight waits together.
+    hub.state.lock().unwrap().trickle = Some(("weights.gguf".into(), 8 << 10, 4));
+    let cache = tempfile::tempdir().unwrap();
+    let repo = cache.path().join("models--test-org--slow");
+    let snapshot_file =
+        repo.join("snapshots/5104000000000000000000000000000000000003/weights.gguf");
+    let part_len = || -> u64 {
+        std::fs::read_dir(repo.join("blobs"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".part"))
+                    .map(|e| e.metadata().unwrap().len())
+                    .sum()
+            })
+            .unwrap_or(0)
+    };
+    let mut grown = Vec::new();
+    for wait_ms in [5u64, 40, 60, 80, 30, 90, 50, 70] {
+        let mut c = bin();
+        c.args(["models", "fetch", "test-org/slow"])
+            .env("HF_ENDPOINT", &hub.endpoint)
+            .env("HF_HUB_CACHE", cache.path())
+            .env_remove("HF_TOKEN")
+            .env("HF_HOME", cache.path().join("hf-home"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let mut child = c.spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(wait_ms));
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+        // Either nothing is in the snapshot yet, or the whole, checked file.
+        if let Ok(got) = std::fs::read(&snapshot_file) {
+            assert!(
+                got == data,
+                "a killed fetch (after {wait_ms} ms) left a wrong file in the snapshot"
+            );
+        }
+        grown.push(part_len());
+    }
+    assert!(
+        grown.iter().any(|&n| n > 0),
+        "no kill landed during the download: {grown:?}"
+    );
+    assert!(
+        grown.windows(2).all(|w| w[1] >= w[0]),
+        "the partial file shrank: {grown:?}"
+    );
+    let o = fetch(
+        &hub,
+        cache.path(),
+        &["models", "fetch", "test-org/slow"],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&snapshot_file).unwrap(), data);
+    assert_eq!(part_len(), 0, "no partial file is left");
+    let last = *grown.last().unwrap();
+    if last > 0 {
+        assert!(
+            hub.log()
+                .iter()
+                .any(|l| l.ends_with(&format!("bytes={last}-"))),
+            "the last fetch resumed at {last}: {:?}",
+            hub.log()
+        );
+    }
 }
 
 #[test]
