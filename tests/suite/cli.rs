@@ -1323,3 +1323,105 @@ fn limits_are_flags_recorded_in_the_manifest_and_name_themselves_when_hit() {
         "text items are still scored"
     );
 }
+
+/// Mount a small tmpfs (root only; CI runs as root). `None` where mounting
+/// is not allowed.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, opts: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", opts, "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Issue 16: a disk that fills up during a run (exit 3), and a read-only
+/// folder (exit 2): the path and a fix, no half-written or temporary file left,
+/// and the run, moved where there is room, resumes to the report of an
+/// uninterrupted run byte for byte.
+#[test]
+fn a_full_disk_and_a_read_only_folder_give_clear_errors_and_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let score = |out: &std::path::Path| {
+        crate::common::bin()
+            .args([
+                "score",
+                "--dataset",
+                "data/sample",
+                "--responses",
+                "reference",
+            ])
+            .args(["--judge", "refusal", "--out"])
+            .arg(out)
+            .output()
+            .unwrap()
+    };
+    let whole = dir.path().join("whole");
+    assert_eq!(score(&whole).status.code(), Some(0));
+    let want = std::fs::read(whole.join("report.json")).unwrap();
+    // The sample's run directory is about 1.4 MB: these sizes fill up while
+    // writing the items, and while writing the reports after judging.
+    let mut mounted = 0;
+    for size in ["100k", "700k"] {
+        let mnt = dir.path().join(format!("mnt-{size}"));
+        let Some(fs) = Tmpfs::mount(&mnt, &format!("size={size}")) else {
+            eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+            continue;
+        };
+        mounted += 1;
+        let run = mnt.join("run");
+        let o = score(&run);
+        let e = crate::common::stderr(&o);
+        assert_eq!(o.status.code(), Some(3), "{size}: {e}");
+        assert!(
+            e.contains("No space left on device")
+                && e.contains(run.to_str().unwrap())
+                && e.contains("fix:"),
+            "{size}: {e}"
+        );
+        let left: Vec<String> = std::fs::read_dir(&run)
+            .unwrap()
+            .flatten()
+            .map(|f| f.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(!left.iter().any(|n| n.contains(".tmp")), "{size}: {left:?}");
+        // Move the run where there is room and resume it.
+        let moved = dir.path().join(format!("moved-{size}"));
+        std::fs::create_dir_all(&moved).unwrap();
+        for f in std::fs::read_dir(&run).unwrap().flatten() {
+            std::fs::copy(f.path(), moved.join(f.file_name())).unwrap();
+        }
+        drop(fs);
+        let o = score(&moved);
+        assert_eq!(o.status.code(), Some(0), "{}", crate::common::stderr(&o));
+        assert!(
+            std::fs::read(moved.join("report.json")).unwrap() == want,
+            "{size}: the resumed report differs from the uninterrupted one"
+        );
+    }
+    // A read-only folder.
+    let ro = dir.path().join("ro");
+    if let Some(_fs) = Tmpfs::mount(&ro, "ro,size=64k") {
+        mounted += 1;
+        let o = score(&ro.join("run"));
+        let e = crate::common::stderr(&o);
+        // The folder given is unusable: an input error, with the fix.
+        assert_eq!(o.status.code(), Some(2), "{e}");
+        assert!(
+            e.contains("Read-only file system") && e.contains("fix:"),
+            "{e}"
+        );
+    }
+    eprintln!("{mounted} of 3 mounts made");
+}
