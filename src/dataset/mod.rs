@@ -2,6 +2,7 @@
 //! validation and statistics.
 
 pub mod mapped;
+pub mod parquet_pages;
 pub mod public;
 pub mod record;
 

@@ -357,6 +357,21 @@ fn read_parquet_inner(path: &Path, bad: &mut Vec<Error>, max_mb: u64) -> Result<
                         fix: "if the file is trusted, raise --max-decompressed-mb; a data set file this large is usually a decompression bomb".into(),
                     });
                 }
+                let (start, len) = c.byte_range();
+                let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+                super::parquet_pages::check_chunk(
+                    &mut file,
+                    start,
+                    len,
+                    c.column_type(),
+                    c.column_descr().type_length(),
+                    max_mb << 20,
+                )
+                .map_err(|e| Error::Parquet {
+                    path: path.to_path_buf(),
+                    msg: format!("column {} of row group {g}: {e}", c.column_path()),
+                    fix: "the file is damaged or was not written by a parquet writer; export it again (if it is trusted and only large, raise --max-decompressed-mb)".into(),
+                })?;
             }
         }
     }
