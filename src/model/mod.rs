@@ -355,6 +355,14 @@ fn check_gguf(
     };
     for (name, t) in &ct.tensor_infos {
         let dt = t.ggml_dtype;
+        // An empty tensor: no model has one, and candle would view its empty
+        // buffer as blocks through a misaligned pointer (found by fuzzing).
+        if t.shape.dims().contains(&0) {
+            return Err(bad(format!(
+                "tensor {name} ({dt:?}, shape {:?}) has no elements",
+                t.shape.dims()
+            )));
+        }
         let bytes = t
             .shape
             .dims()
