@@ -29,6 +29,15 @@ for p in ["tests/fixtures/audio/short.wav", "tests/fixtures/audio/tone_440.mp3",
           "tests/fixtures/audio/tone_440.ogg", "tests/fixtures/audio/tone_440.m4a"]:
     copy("audio", p)
 copy("parquet", "tests/fixtures/ok/assurai.parquet")
+# safetensors: the tiny model's header with the start of its data, and a
+# one-tensor file; tokenizer: the tiny model's tokenizer.json.
+st = open("tests/fixtures/tiny/llama/model.safetensors", "rb").read()
+hlen = int.from_bytes(st[:8], "little")
+put("safetensors", "tiny_head.safetensors", st[: 8 + hlen + 256])
+import json as _json
+one = _json.dumps({"w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}}).encode()
+put("safetensors", "one.safetensors", len(one).to_bytes(8, "little") + one + b"\0" * 16)
+copy("tokenizer", "tests/fixtures/tiny/llama/tokenizer.json")
 # Tiny videos (32x24, 4 frames) in each container the built-in FFmpeg reads,
 # made by an ffmpeg command: the system's, else the one in PyPI's imageio-ffmpeg.
 import shutil, subprocess, tempfile

@@ -47,7 +47,40 @@ pub const TARGETS: &[&str] = &[
     "card",
     "processor",
     "video",
+    "safetensors",
+    "tokenizer",
 ];
+
+/// The tiny Llama fixture (a Hugging Face folder), from the fuzz crate or
+/// from the repository root (the regression test includes this file).
+fn tiny_llama() -> PathBuf {
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    for p in ["tests/fixtures/tiny/llama", "../fixtures/tiny/llama"] {
+        if here.join(p).join("config.json").exists() {
+            return here.join(p);
+        }
+    }
+    panic!("the tiny llama fixture is missing");
+}
+
+/// A per-process copy of the tiny model folder with `name` replaced by the
+/// input.
+fn model_dir_with(name: &str, data: &[u8]) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "anjeon-fuzz-{}-{:?}-{name}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    if !dir.join("config.json").exists() {
+        let _ = std::fs::create_dir_all(&dir);
+        for e in std::fs::read_dir(tiny_llama()).expect("fixture").flatten() {
+            let _ = std::fs::copy(e.path(), dir.join(e.file_name()));
+        }
+        let _ = std::fs::remove_file(dir.join("model.safetensors.sha256"));
+    }
+    std::fs::write(dir.join(name), data).expect("write the input");
+    dir
+}
 
 pub fn run(target: &str, data: &[u8]) {
     assert!(
@@ -124,6 +157,41 @@ pub fn run(target: &str, data: &[u8]) {
                 &limits(),
                 &|n, _| (0..n).step_by((n / 4).max(1)).take(4).collect(),
             );
+        }
+        "safetensors" => {
+            // The weights file of a Hugging Face folder: header, tensor
+            // offsets, dtypes and shapes against the config.
+            let dir = model_dir_with("model.safetensors", data);
+            if let Ok(r) = anjeon::model::resolve(dir.to_str().unwrap_or_default()) {
+                let _ = anjeon::model::TextModel::load(
+                    &r,
+                    &candle_core::Device::Cpu,
+                    &anjeon::model::LoadOptions {
+                        max_context: limits().max_context,
+                        ..Default::default()
+                    },
+                );
+            }
+        }
+        "tokenizer" => {
+            // tokenizer.json of a Hugging Face folder, then encode/decode.
+            let dir = model_dir_with("tokenizer.json", data);
+            let read = |n: &str| -> serde_json::Value {
+                std::fs::read(dir.join(n))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+                    .unwrap_or(serde_json::Value::Null)
+            };
+            if let Ok(t) = anjeon::model::tokenizer::Tok::from_hf_dir(
+                &dir,
+                &read("tokenizer_config.json"),
+                &read("generation_config.json"),
+                &read("config.json"),
+            ) {
+                if let Ok(ids) = t.encode_prompt("안녕하세요, <s> hello [INST] 1234") {
+                    let _ = t.decode(&ids);
+                }
+            }
         }
         _ => unreachable!("checked against TARGETS above"),
     }
