@@ -34,7 +34,25 @@ struct Compact<'a> {
     pending: Option<(u8, u32)>,
 }
 
-type R<T> = std::result::Result<T, String>;
+/// Why a page header was refused (one line, without the file and column,
+/// which the caller adds).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct PageError(String);
+
+impl From<&str> for PageError {
+    fn from(s: &str) -> Self {
+        PageError(s.to_string())
+    }
+}
+
+impl From<String> for PageError {
+    fn from(s: String) -> Self {
+        PageError(s)
+    }
+}
+
+type R<T> = std::result::Result<T, PageError>;
 
 impl Compact<'_> {
     fn byte(&mut self) -> R<u8> {
@@ -110,7 +128,7 @@ impl Compact<'_> {
                 Ok(())
             }
             12 => self.fields(depth + 1, &mut |_, _, c| c.skip_current()),
-            t => Err(format!("unknown field type {t} in the page header")),
+            t => Err(format!("unknown field type {t} in the page header").into()),
         }
     }
     /// Walk a struct's fields; `f(id, type, self)` must consume each value.
@@ -222,7 +240,7 @@ pub fn check_chunk(
             .map_err(|e| format!("page at byte {pos}: {e}"))?;
         let h = parse_page_header(&buf).map_err(|e| format!("page at byte {pos}: {e}"))?;
         if h.compressed_size < 0 || h.uncompressed_size < 0 {
-            return Err(format!("page at byte {pos}: a negative page size"));
+            return Err(format!("page at byte {pos}: a negative page size").into());
         }
         let next = pos
             .checked_add(h.header_len as u64 + h.compressed_size as u64)
@@ -238,7 +256,8 @@ pub fn check_chunk(
                 "page at byte {pos}: decompresses to {} bytes, over the limit of {} MiB",
                 h.uncompressed_size,
                 max_bytes >> 20
-            ));
+            )
+            .into());
         }
         if h.page_type == DICTIONARY_PAGE {
             let n = h.dict_values.ok_or_else(|| {
@@ -249,7 +268,8 @@ pub fn check_chunk(
                 return Err(format!(
                     "dictionary page at byte {pos}: {n} values cannot fit in its {} bytes",
                     h.uncompressed_size
-                ));
+                )
+                .into());
             }
         }
         pos = next;
@@ -327,7 +347,7 @@ mod tests {
             1 << 20,
         )
         .unwrap_err();
-        assert!(e.contains("cannot fit"), "{e}");
+        assert!(e.to_string().contains("cannot fit"), "{e}");
         // A page that runs past its chunk; one over the decompressed limit.
         let e = check_chunk(
             &mut std::io::Cursor::new(file.clone()),
@@ -338,7 +358,7 @@ mod tests {
             1 << 20,
         )
         .unwrap_err();
-        assert!(e.contains("run past"), "{e}");
+        assert!(e.to_string().contains("run past"), "{e}");
         let e = check_chunk(
             &mut std::io::Cursor::new(file),
             0,
@@ -348,7 +368,7 @@ mod tests {
             10,
         )
         .unwrap_err();
-        assert!(e.contains("over the limit"), "{e}");
+        assert!(e.to_string().contains("over the limit"), "{e}");
         // Garbage is an error, not a panic.
         assert!(parse_page_header(&[0x1c, 0x1c, 0x1c, 0x1c]).is_err());
         assert!(parse_page_header(&[
