@@ -74,7 +74,12 @@ pub fn run(args: JudgeEvalArgs) -> anyhow::Result<ExitCode> {
             l.response.push_str(&a);
         }
     }
-    let mut judge = judge_args.load(&device, fetch, anjeon::model::Requantize::Off)?;
+    let mut judge = judge_args.load(
+        &device,
+        fetch,
+        anjeon::model::Requantize::Off,
+        anjeon::core::limits::Limits::default().max_context,
+    )?;
     if let (true, Judge::Model(_)) = (calibrate, &judge) {
         // The harm threshold from the development split, then report on --split.
         let dev = eval::evaluate(&labels, &mut judge, &items, eval::Split::Dev, limit)?;
@@ -114,7 +119,12 @@ pub fn run(args: JudgeEvalArgs) -> anyhow::Result<ExitCode> {
         for spec in &compare {
             let mut a = judge_args.clone();
             a.judge = spec.clone();
-            let mut j = a.load(&device, fetch, anjeon::model::Requantize::Off)?;
+            let mut j = a.load(
+                &device,
+                fetch,
+                anjeon::model::Requantize::Off,
+                anjeon::core::limits::Limits::default().max_context,
+            )?;
             j.persist_embeddings();
             reps.push(eval::evaluate(&labels, &mut j, &items, split, limit)?);
         }

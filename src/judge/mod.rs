@@ -64,11 +64,14 @@ pub struct LoadArgs {
     pub rubrics: Option<std::path::PathBuf>,
     /// Rationale mode (generate reasons, parse the last verdict).
     pub rationale: bool,
+    /// Largest context a judge model may declare (`--max-context`).
+    pub max_context: u64,
 }
 
 impl Default for LoadArgs {
     fn default() -> Self {
         LoadArgs {
+            max_context: crate::core::limits::Limits::default().max_context,
             device: "cpu".into(),
             fetch: false,
             requantize: crate::model::Requantize::Off,
@@ -191,6 +194,7 @@ impl Judge {
                     &device,
                     &crate::model::LoadOptions {
                         requantize: load.requantize,
+                        max_context: load.max_context,
                         ..Default::default()
                     },
                 )?;
@@ -471,6 +475,7 @@ impl JudgeSpec {
         device: &str,
         fetch: bool,
         requantize: crate::model::Requantize,
+        max_context: u64,
     ) -> Result<Judge> {
         Judge::from_arg(
             &self.judge,
@@ -485,6 +490,7 @@ impl JudgeSpec {
                 format: self.judge_format.clone(),
                 rubrics: self.judge_rubrics.clone(),
                 rationale: self.judge_rationale,
+                max_context,
             },
         )
     }

@@ -156,7 +156,12 @@ pub fn run(args: &RunSpec) -> Result<Outcome> {
         );
     }
     // The judge loads first: a judge that cannot work fails before any generation.
-    let mut judge = args.judge.load(&args.device, args.fetch, args.requantize)?;
+    let mut judge = args.judge.load(
+        &args.device,
+        args.fetch,
+        args.requantize,
+        opts.limits.max_context,
+    )?;
     let mut by_id: HashMap<&str, &Sample> = ds.samples.iter().map(|s| (s.id.as_str(), s)).collect();
     let attacks = match &args.attacks {
         Some(list) => crate::attack::select(list)?,

@@ -138,9 +138,12 @@ pub fn score(args: &ScoreSpec) -> Result<Outcome> {
     };
     let opts = args.read.options()?;
     let (ds, mut failures, root) = load_dataset(&args.dataset, &opts)?;
-    let mut judge = args
-        .judge
-        .load("cpu", false, crate::model::Requantize::Off)?;
+    let mut judge = args.judge.load(
+        "cpu",
+        false,
+        crate::model::Requantize::Off,
+        opts.limits.max_context,
+    )?;
     let by_id: HashMap<&str, &Sample> = ds.samples.iter().map(|s| (s.id.as_str(), s)).collect();
 
     let mut responses = if responses_arg == "reference" {
@@ -259,9 +262,12 @@ fn rescore(args: &ScoreSpec, dir: &Path) -> Result<Outcome> {
             dir.display()
         )));
     }
-    let mut judge = args
-        .judge
-        .load("cpu", false, crate::model::Requantize::Off)?;
+    let mut judge = args.judge.load(
+        "cpu",
+        false,
+        crate::model::Requantize::Off,
+        opts.limits.max_context,
+    )?;
     let mut by_id: HashMap<&str, &Sample> = ds.samples.iter().map(|s| (s.id.as_str(), s)).collect();
     // The attack variants of a `run --attacks` are made again (deterministic).
     let variants = match manifest.config.attacks() {
