@@ -1,5 +1,6 @@
 //! Media preprocessing throughput: Qwen3-VL image preprocessing of a 1280x720
-//! image at the default pixel budget (images/s), and video decode + sampling +
+//! image at the default pixel budget (images/s), JPEG decoding of a
+//! 1600x1200 photo with and without that preprocessing, and video decode + sampling +
 //! preprocessing of a sample mp4 (frames/s of source video).
 //! Run: `cargo bench --bench media`.
 
@@ -14,11 +15,10 @@ fn image(c: &mut Criterion) {
         &limits,
     )
     .expect("fixture image");
-    // The same picture as a JPEG (quality 85), as photos usually come.
-    let mut bytes = Vec::new();
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 85)
-        .encode_image(&img)
-        .unwrap();
+    // A 1600x1200 photo-like JPEG (4:2:0, quality 90), as photos usually
+    // come: libjpeg-turbo's decoder (C, no SIMD) as Pillow decodes it.
+    let bytes = std::fs::read("tests/fixtures/media/jpeg/photo420_q90_1600x1200.jpg")
+        .expect("fixture JPEG");
     let p = qwen3vl::ImageProcessor::qwen3vl_default();
     let mut g = c.benchmark_group("qwen3vl_image");
     g.sample_size(20);
@@ -26,9 +26,12 @@ fn image(c: &mut Criterion) {
     g.bench_function("preprocess_1280x720", |b| {
         b.iter(|| p.preprocess(&img).unwrap().rows)
     });
-    g.bench_function("decode_jpeg_and_preprocess_1280x720", |b| {
+    g.bench_function("decode_jpeg_1600x1200", |b| {
+        b.iter(|| media::decode_image(&bytes, "photo.jpg", &limits).unwrap().width())
+    });
+    g.bench_function("decode_jpeg_and_preprocess_1600x1200", |b| {
         b.iter(|| {
-            let img = media::decode_image(&bytes, "hd.jpg", &limits).unwrap();
+            let img = media::decode_image(&bytes, "photo.jpg", &limits).unwrap();
             p.preprocess(&img).unwrap().rows
         })
     });
