@@ -27,7 +27,11 @@ fn image(c: &mut Criterion) {
         b.iter(|| p.preprocess(&img).unwrap().rows)
     });
     g.bench_function("decode_jpeg_1600x1200", |b| {
-        b.iter(|| media::decode_image(&bytes, "photo.jpg", &limits).unwrap().width())
+        b.iter(|| {
+            media::decode_image(&bytes, "photo.jpg", &limits)
+                .unwrap()
+                .width()
+        })
     });
     g.bench_function("decode_jpeg_and_preprocess_1600x1200", |b| {
         b.iter(|| {

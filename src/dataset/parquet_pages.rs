@@ -24,6 +24,11 @@ pub struct PageHeader {
     pub header_len: usize,
 }
 
+/// The largest page header read (statistics included).
+const MAX_HEADER: u64 = 16 << 20;
+
+const ENDS_EARLY: &str = "page header ends early";
+
 /// Page type 2 in the parquet format.
 const DICTIONARY_PAGE: i64 = 2;
 
@@ -56,7 +61,7 @@ type R<T> = std::result::Result<T, PageError>;
 
 impl Compact<'_> {
     fn byte(&mut self) -> R<u8> {
-        let v = *self.b.get(self.pos).ok_or("page header ends early")?;
+        let v = *self.b.get(self.pos).ok_or(ENDS_EARLY)?;
         self.pos += 1;
         Ok(v)
     }
@@ -80,7 +85,7 @@ impl Compact<'_> {
     fn skip_bytes(&mut self, n: u64) -> R<()> {
         let n = usize::try_from(n).map_err(|_| "a length in the page header is too large")?;
         if self.b.len() - self.pos < n {
-            return Err("page header ends early".into());
+            return Err(ENDS_EARLY.into());
         }
         self.pos += n;
         Ok(())
@@ -232,13 +237,22 @@ pub fn check_chunk(
         if pages > 10_000_000 {
             return Err("the column chunk has more than 10 million pages".into());
         }
-        // Headers are small; statistics can make them a few KB.
-        let want = (end - pos).min(64 << 10) as usize;
-        buf.resize(want, 0);
-        f.seek(SeekFrom::Start(pos)).map_err(|e| e.to_string())?;
-        f.read_exact(&mut buf)
-            .map_err(|e| format!("page at byte {pos}: {e}"))?;
-        let h = parse_page_header(&buf).map_err(|e| format!("page at byte {pos}: {e}"))?;
+        // Headers are small, but min/max statistics of long strings can make
+        // them large: read more while the header runs past what was read.
+        let mut want = (end - pos).min(4 << 10);
+        let h = loop {
+            buf.resize(want as usize, 0);
+            f.seek(SeekFrom::Start(pos)).map_err(|e| e.to_string())?;
+            f.read_exact(&mut buf)
+                .map_err(|e| format!("page at byte {pos}: {e}"))?;
+            match parse_page_header(&buf) {
+                Ok(h) => break h,
+                Err(e) if e.0 == ENDS_EARLY && want < (end - pos).min(MAX_HEADER) => {
+                    want = (want * 4).min((end - pos).min(MAX_HEADER));
+                }
+                Err(e) => return Err(format!("page at byte {pos}: {e}").into()),
+            }
+        };
         if h.compressed_size < 0 || h.uncompressed_size < 0 {
             return Err(format!("page at byte {pos}: a negative page size").into());
         }
@@ -369,6 +383,30 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("over the limit"), "{e}");
+        // A header with 100 KB of statistics (field 9, binary) is read whole.
+        let mut big = header(2, 40, 40, Some(10));
+        big.pop(); // the header's stop byte
+        big.push(0x28); // field 9 (delta 2 from 7), binary
+        let stats = vec![b'x'; 100_000];
+        let mut n = stats.len() as u64;
+        while n >= 0x80 {
+            big.push((n as u8 & 0x7f) | 0x80);
+            n >>= 7;
+        }
+        big.push(n as u8);
+        big.extend(&stats);
+        big.push(0);
+        big.extend([0u8; 40]);
+        let n = big.len() as u64;
+        check_chunk(
+            &mut std::io::Cursor::new(big),
+            0,
+            n,
+            Physical::BYTE_ARRAY,
+            0,
+            1 << 20,
+        )
+        .unwrap();
         // Garbage is an error, not a panic.
         assert!(parse_page_header(&[0x1c, 0x1c, 0x1c, 0x1c]).is_err());
         assert!(parse_page_header(&[
