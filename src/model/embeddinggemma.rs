@@ -464,8 +464,7 @@ impl EmbeddingGemma {
         let st: StConfig = read_json(&dir.join("config_sentence_transformers.json"))?;
         let bert: BertCfg = read_json(&dir.join("sentence_bert_config.json"))?;
         let tok_path = dir.join("tokenizer.json");
-        let mut tokenizer = tokenizers::Tokenizer::from_file(&tok_path)
-            .map_err(|e| Error::Usage(format!("{}: tokenizer: {e}", tok_path.display())))?;
+        let mut tokenizer = super::tokenizer::hf_tokenizer_file(&tok_path)?;
         let max_seq_length = bert.max_seq_length.min(cfg.max_position_embeddings);
         tokenizer
             .with_truncation(Some(tokenizers::TruncationParams {

@@ -68,6 +68,30 @@ fn fix_pre_tokenizer(t: &mut Tokenizer, pre: &str) {
     }
 }
 
+/// Build a Hugging Face tokenizer from the bytes of a `tokenizer.json`
+/// (`path` names it in errors). The `tokenizers` crate (0.23) panics on some
+/// malformed files (`.expect("Helper")` on a bad `decoder`, found by
+/// fuzzing, `tests/fixtures/fuzz/tokenizer/`): that is contained and becomes
+/// an error naming the file.
+pub fn hf_tokenizer(bytes: &[u8], path: &std::path::Path) -> Result<Tokenizer> {
+    let r = crate::core::guard::contain(|| Tokenizer::from_bytes(bytes).map_err(|e| e.to_string()));
+    let msg = match r {
+        Ok(Ok(t)) => return Ok(t),
+        Ok(Err(e)) => e,
+        Err(panic) => format!("the tokenizers library failed on the file ({panic})"),
+    };
+    Err(Error::Usage(format!(
+        "{}: tokenizer: {msg}\n  fix: use the model's own tokenizer.json (re-download it)",
+        path.display()
+    )))
+}
+
+/// Read and build a `tokenizer.json` (see [`hf_tokenizer`]).
+pub fn hf_tokenizer_file(path: &std::path::Path) -> Result<Tokenizer> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    hf_tokenizer(&bytes, path)
+}
+
 /// A tokenizer that cannot be built from the file's metadata: the file is
 /// incomplete or damaged (an input error, not a device failure).
 fn tok_err(e: impl std::fmt::Display) -> Error {
@@ -208,13 +232,11 @@ impl Tok {
                     tekken.display()
                 ))
             })?;
-            let hf = Tokenizer::from_bytes(json.as_bytes())
-                .map_err(|e| Error::Usage(format!("{}: {e}", tekken.display())))?;
+            let hf = hf_tokenizer(json.as_bytes(), &tekken)?;
             (hf, "tekken.json", raw)
         } else {
             let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
-            let hf = Tokenizer::from_bytes(&bytes)
-                .map_err(|e| Error::Usage(format!("{}: {e}", p.display())))?;
+            let hf = hf_tokenizer(&bytes, &p)?;
             (hf, "tokenizer.json", bytes)
         };
         let text_of = |v: &serde_json::Value| {

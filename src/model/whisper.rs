@@ -426,13 +426,14 @@ impl Asr {
         let vb = candle_nn::VarBuilder::from_tensors(tensors, DType::F32, device);
         let model = Whisper::load(&vb, cfg.clone()).map_err(model_err(model_bin))?;
         let tok_path = dir.join("tokenizer.json");
-        let tokenizer = tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| {
-            Error::input(
+        if !tok_path.exists() {
+            return Err(Error::input(
                 Location::file(&tok_path),
-                format!("tokenizer: {e}"),
+                "tokenizer.json is missing",
                 "place the model's tokenizer.json beside model.bin",
-            )
-        })?;
+            ));
+        }
+        let tokenizer = super::tokenizer::hf_tokenizer_file(&tok_path)?;
         let cfg_path = dir.join("config.json");
         let cfg_json: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?)
