@@ -74,12 +74,16 @@ pub fn run(args: JudgeEvalArgs) -> anyhow::Result<ExitCode> {
             l.response.push_str(&a);
         }
     }
-    let mut judge = judge_args.load(
-        &device,
-        fetch,
-        anjeon::model::Requantize::Off,
-        anjeon::core::limits::Limits::default().max_context,
-    )?;
+    // judge-eval reads no data set flags: the default limits.
+    let load = |a: &anjeon::judge::JudgeSpec| {
+        a.load(
+            &device,
+            fetch,
+            anjeon::model::Requantize::Off,
+            anjeon::core::limits::Limits::default().max_context,
+        )
+    };
+    let mut judge = load(&judge_args)?;
     if let (true, Judge::Model(_)) = (calibrate, &judge) {
         // The harm threshold from the development split, then report on --split.
         let dev = eval::evaluate(&labels, &mut judge, &items, eval::Split::Dev, limit)?;
@@ -119,12 +123,7 @@ pub fn run(args: JudgeEvalArgs) -> anyhow::Result<ExitCode> {
         for spec in &compare {
             let mut a = judge_args.clone();
             a.judge = spec.clone();
-            let mut j = a.load(
-                &device,
-                fetch,
-                anjeon::model::Requantize::Off,
-                anjeon::core::limits::Limits::default().max_context,
-            )?;
+            let mut j = load(&a)?;
             j.persist_embeddings();
             reps.push(eval::evaluate(&labels, &mut j, &items, split, limit)?);
         }

@@ -35,8 +35,8 @@ const DICTIONARY_PAGE: i64 = 2;
 struct Compact<'a> {
     b: &'a [u8],
     pos: usize,
-    /// The type and depth of the field value `fields` is visiting.
-    pending: Option<(u8, u32)>,
+    /// Structs and lists entered: bounded, so a forged header cannot recurse deeply.
+    depth: u32,
 }
 
 /// Why a page header was refused (one line, without the file and column,
@@ -91,10 +91,7 @@ impl Compact<'_> {
         Ok(())
     }
     /// Skip one value of compact type `t`.
-    fn skip(&mut self, t: u8, depth: u32) -> R<()> {
-        if depth > 32 {
-            return Err("the page header nests too deeply".into());
-        }
+    fn skip(&mut self, t: u8) -> R<()> {
         match t {
             1 | 2 => Ok(()), // bool in the type nibble
             3 => self.byte().map(drop),
@@ -113,54 +110,53 @@ impl Compact<'_> {
                 if n > self.b.len() as u64 {
                     return Err("a list in the page header is longer than the header".into());
                 }
-                for _ in 0..n {
-                    self.skip(h & 0x0f, depth + 1)?;
-                }
-                Ok(())
+                self.nested(|c| (0..n).try_for_each(|_| c.skip(h & 0x0f)))
             }
             11 => {
                 let n = self.varint()?;
                 if n > self.b.len() as u64 {
                     return Err("a map in the page header is longer than the header".into());
                 }
-                if n > 0 {
-                    let kv = self.byte()?;
-                    for _ in 0..n {
-                        self.skip(kv >> 4, depth + 1)?;
-                        self.skip(kv & 0x0f, depth + 1)?;
-                    }
+                if n == 0 {
+                    return Ok(());
                 }
-                Ok(())
+                let kv = self.byte()?;
+                self.nested(|c| {
+                    (0..n).try_for_each(|_| c.skip(kv >> 4).and_then(|_| c.skip(kv & 0x0f)))
+                })
             }
-            12 => self.fields(depth + 1, &mut |_, _, c| c.skip_current()),
+            12 => self.fields(&mut |_, t, c| c.skip(t)),
             t => Err(format!("unknown field type {t} in the page header").into()),
         }
     }
-    /// Walk a struct's fields; `f(id, type, self)` must consume each value.
-    fn fields(&mut self, depth: u32, f: &mut dyn FnMut(i16, u8, &mut Self) -> R<()>) -> R<()> {
-        let mut last: i16 = 0;
-        loop {
-            let h = self.byte()?;
-            if h == 0 {
-                return Ok(());
-            }
-            let t = h & 0x0f;
-            let id = match h >> 4 {
-                0 => self.zigzag()? as i16,
-                d => last.wrapping_add(d as i16),
-            };
-            last = id;
-            self.pending = Some((t, depth));
-            f(id, t, self)?;
+    /// Run `f` one level deeper.
+    fn nested<T>(&mut self, f: impl FnOnce(&mut Self) -> R<T>) -> R<T> {
+        if self.depth >= 32 {
+            return Err("the page header nests too deeply".into());
         }
+        self.depth += 1;
+        let r = f(self);
+        self.depth -= 1;
+        r
     }
-}
-
-// The value of the field being visited, for `skip_current`.
-impl Compact<'_> {
-    fn skip_current(&mut self) -> R<()> {
-        let (t, depth) = self.pending.take().ok_or("internal: no field to skip")?;
-        self.skip(t, depth)
+    /// Walk a struct's fields; `f(id, type, self)` must read or skip each value.
+    fn fields(&mut self, f: &mut dyn FnMut(i16, u8, &mut Self) -> R<()>) -> R<()> {
+        self.nested(|c| {
+            let mut last: i16 = 0;
+            loop {
+                let h = c.byte()?;
+                if h == 0 {
+                    return Ok(());
+                }
+                let t = h & 0x0f;
+                let id = match h >> 4 {
+                    0 => c.zigzag()? as i16,
+                    d => last.wrapping_add(d as i16),
+                };
+                last = id;
+                f(id, t, c)?;
+            }
+        })
     }
 }
 
@@ -169,40 +165,32 @@ pub fn parse_page_header(b: &[u8]) -> R<PageHeader> {
     let mut c = Compact {
         b,
         pos: 0,
-        pending: None,
+        depth: 0,
     };
     let mut h = PageHeader::default();
-    c.fields(0, &mut |id, t, c| {
+    c.fields(&mut |id, t, c| {
         match (id, t) {
-            (1, 5) => h.page_type = c.take_i32()?,
-            (2, 5) => h.uncompressed_size = c.take_i32()?,
-            (3, 5) => h.compressed_size = c.take_i32()?,
+            (1, 5) => h.page_type = c.zigzag()?,
+            (2, 5) => h.uncompressed_size = c.zigzag()?,
+            (3, 5) => h.compressed_size = c.zigzag()?,
             (7, 12) => {
-                c.pending = None;
                 let mut n = None;
-                c.fields(1, &mut |id, t, c| {
+                c.fields(&mut |id, t, c| {
                     if (id, t) == (1, 5) {
-                        n = Some(c.take_i32()?);
+                        n = Some(c.zigzag()?);
                         Ok(())
                     } else {
-                        c.skip_current()
+                        c.skip(t)
                     }
                 })?;
                 h.dict_values = n;
             }
-            _ => c.skip_current()?,
+            _ => c.skip(t)?,
         }
         Ok(())
     })?;
     h.header_len = c.pos;
     Ok(h)
-}
-
-impl Compact<'_> {
-    fn take_i32(&mut self) -> R<i64> {
-        self.pending = None;
-        self.zigzag()
-    }
 }
 
 /// The fewest bytes one PLAIN value of a physical type takes.
@@ -407,6 +395,11 @@ mod tests {
             1 << 20,
         )
         .unwrap();
+        // Lists nested 40 deep are refused, not recursed into.
+        let mut deep = vec![0x19u8];
+        deep.extend([0x19u8; 40]);
+        let e = parse_page_header(&deep).unwrap_err();
+        assert!(e.to_string().contains("nests too deeply"), "{e}");
         // Garbage is an error, not a panic.
         assert!(parse_page_header(&[0x1c, 0x1c, 0x1c, 0x1c]).is_err());
         assert!(parse_page_header(&[

@@ -58,14 +58,7 @@ pub fn read_jsonl(
         }
         lineno += 1;
         if over {
-            bad.push(Error::input(
-                Location::line(path, lineno),
-                format!(
-                    "line is {n} bytes, over the record limit of {} MiB",
-                    max_record_bytes >> 20
-                ),
-                "raise --max-record-mb if lines this long are meant; the other lines were read",
-            ));
+            bad.push(too_long(path, lineno, "line", n, max_record_bytes));
             continue;
         }
         // Line by line, so that one line that is not UTF-8 is reported with
@@ -107,6 +100,20 @@ pub fn read_jsonl(
         ));
     }
     Ok(out)
+}
+
+/// A record (`what`: "line" or "row") over `--max-record-mb`.
+fn too_long(path: &Path, line: usize, what: &str, bytes: usize, max: usize) -> Error {
+    Error::input(
+        Location::line(path, line),
+        format!(
+            "{what} is {bytes} bytes, over the record limit of {} MiB",
+            max >> 20
+        ),
+        format!(
+            "raise --max-record-mb if {what}s this long are meant; the other {what}s were read"
+        ),
+    )
 }
 
 /// Read one line (through its `\n`, if any) into `out`, keeping at most
@@ -223,14 +230,7 @@ pub fn read_csv(path: &Path, bad: &mut Vec<Error>, max_record_bytes: usize) -> R
                 let line = r.position().map(|p| p.line() as usize).unwrap_or(0);
                 let size = r.as_byte_record().as_slice().len();
                 if size > max_record_bytes {
-                    bad.push(Error::input(
-                        Location::line(path, line),
-                        format!(
-                            "row is {size} bytes, over the record limit of {} MiB",
-                            max_record_bytes >> 20
-                        ),
-                        "raise --max-record-mb if rows this long are meant; the other rows were read",
-                    ));
+                    bad.push(too_long(path, line, "row", size, max_record_bytes));
                     continue;
                 }
                 let mut m = Map::new();
@@ -342,6 +342,7 @@ fn read_parquet_inner(path: &Path, bad: &mut Vec<Error>, max_mb: u64) -> Result<
     let reader = open_parquet(path)?;
     {
         let md = reader.metadata();
+        let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
         for (g, rg) in md.row_groups().iter().enumerate() {
             for c in rg.columns() {
                 let size = c.uncompressed_size().max(0) as u64;
@@ -358,7 +359,6 @@ fn read_parquet_inner(path: &Path, bad: &mut Vec<Error>, max_mb: u64) -> Result<
                     });
                 }
                 let (start, len) = c.byte_range();
-                let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
                 super::parquet_pages::check_chunk(
                     &mut file,
                     start,

@@ -21,7 +21,8 @@
 //!
 //! libjpeg reports fatal errors through `error_exit`, which must not
 //! return: here it unwinds (the C code is built with `-fexceptions`) with
-//! the message, without running the panic hook, and [`decode`] turns the
+//! the message as a `String` payload, without running the panic hook; each
+//! libjpeg call runs inside `core::guard::contain`, and [`decode`] turns the
 //! unwind into a [`MediaError`] after freeing the decoder.
 
 use std::os::raw::{c_int, c_long, c_ulong};
@@ -30,6 +31,7 @@ use image::{DynamicImage, RgbImage};
 use mozjpeg_sys as j;
 
 use super::{Check, Limits, MediaError};
+use crate::core::guard::contain;
 
 /// Scans a progressive JPEG may have before it is refused: a few hundred is
 /// already far beyond any encoder's output, and every scan re-reads the
@@ -40,9 +42,6 @@ pub const MAX_SCANS: c_int = 1000;
 pub fn is_jpeg(bytes: &[u8]) -> bool {
     bytes.len() >= 3 && bytes[0] == 0xFF && bytes[1] == 0xD8 && bytes[2] == 0xFF
 }
-
-/// The payload an unwind out of libjpeg carries.
-struct Fatal(String);
 
 /// What the callbacks report back.
 struct State {
@@ -65,7 +64,7 @@ unsafe fn message(cinfo: &mut j::jpeg_common_struct) -> String {
 
 unsafe extern "C-unwind" fn error_exit(cinfo: &mut j::jpeg_common_struct) {
     let msg = message(cinfo);
-    std::panic::resume_unwind(Box::new(Fatal(msg)));
+    std::panic::resume_unwind(Box::new(msg));
 }
 
 unsafe extern "C-unwind" fn emit_message(cinfo: &mut j::jpeg_common_struct, level: c_int) {
@@ -75,9 +74,9 @@ unsafe extern "C-unwind" fn emit_message(cinfo: &mut j::jpeg_common_struct, leve
     let err = &mut *cinfo.err;
     err.num_warnings += 1;
     if err.msg_code == j::JWRN_JPEG_EOF as c_int {
-        std::panic::resume_unwind(Box::new(Fatal(
-            "the JPEG data ends before the image does (the file is truncated)".into(),
-        )));
+        std::panic::resume_unwind(Box::new(
+            "the JPEG data ends before the image does (the file is truncated)".to_string(),
+        ));
     }
 }
 
@@ -91,9 +90,9 @@ unsafe extern "C-unwind" fn progress(cinfo: &mut j::jpeg_common_struct) {
     if d.input_scan_number > MAX_SCANS {
         let state = &mut *(cinfo.client_data as *mut State);
         state.scans_refused = true;
-        std::panic::resume_unwind(Box::new(Fatal(format!(
+        std::panic::resume_unwind(Box::new(format!(
             "the progressive JPEG has more than {MAX_SCANS} scans"
-        ))));
+        )));
     }
 }
 
@@ -104,20 +103,6 @@ struct Header {
     components: c_int,
     exif: Vec<u8>,
     xmp: Option<Vec<u8>>,
-}
-
-/// Run `f` on the decoder; an unwind from libjpeg becomes its message.
-fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| {
-        match p.downcast::<Fatal>() {
-            Ok(f) => f.0,
-            Err(p) => p
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic without a message".into()),
-        }
-    })
 }
 
 /// Decode a JPEG file's bytes to RGB as `load_image` (Pillow) sees it.
@@ -143,7 +128,7 @@ pub fn decode(bytes: &[u8], name: &str, limits: &Limits) -> Result<RgbImage, Med
         err.output_message = Some(output_message);
         cinfo.common.err = &mut *err;
     }
-    let created = guarded(|| unsafe { j::jpeg_create_decompress(&mut *cinfo) });
+    let created = contain(|| unsafe { j::jpeg_create_decompress(&mut *cinfo) });
     if let Err(e) = created {
         return Err(bad(e));
     }
@@ -152,7 +137,7 @@ pub fn decode(bytes: &[u8], name: &str, limits: &Limits) -> Result<RgbImage, Med
     cinfo.common.progress = &mut *prog;
     let out = decode_with(&mut cinfo, bytes, name, limits);
     // Frees everything libjpeg allocated, after success or an error.
-    let _ = guarded(|| unsafe { j::jpeg_destroy_decompress(&mut cinfo) });
+    let _ = contain(|| unsafe { j::jpeg_destroy_decompress(&mut cinfo) });
     match out {
         Ok(Ok(img)) => Ok(img),
         Ok(Err(e)) => Err(e),
@@ -180,7 +165,7 @@ fn decode_with(
     name: &str,
     limits: &Limits,
 ) -> Result<Result<RgbImage, MediaError>, String> {
-    let header = guarded(|| unsafe {
+    let header = contain(|| unsafe {
         j::jpeg_mem_src(cinfo, bytes.as_ptr(), bytes.len() as c_ulong);
         j::jpeg_save_markers(cinfo, 0xE1, 0xFFFF); // APP1: EXIF and XMP
         j::jpeg_read_header(cinfo, 1);
@@ -243,7 +228,7 @@ fn decode_with(
         }));
     }
     let (w, h) = (header.width as usize, header.height as usize);
-    let raw = guarded(|| unsafe {
+    let raw = contain(|| unsafe {
         cinfo.out_color_space = space;
         (*cinfo.common.mem).max_memory_to_use = limits.max_alloc.min(c_long::MAX as u64) as c_long;
         j::jpeg_start_decompress(cinfo);

@@ -139,62 +139,26 @@ fn hostile_arithmetic() -> &'static regex::Regex {
 /// chain (`x * 999 * 999` is 998,001: allowed; `* 999 * 999 * 999` is not).
 const MAX_REPEAT_FACTOR: u128 = 1_000_000;
 
-/// The largest product of a chain of integer literals joined by `*` (not
-/// `**`), e.g. `[x] * 999 * 999 * 999` or `5 * 444444444`, anywhere in the
-/// source. A chain of one literal counts only with a `*` before it.
+/// The largest product of a chain of integer literals joined by `*`, e.g.
+/// `[x] * 999 * 999 * 999` or `5 * 444444444`, anywhere in the source. A
+/// chain needs at least one `*` before a literal; `**` is refused apart
+/// ([`hostile_arithmetic`]).
 fn largest_literal_product(src: &str) -> u128 {
-    let b = src.as_bytes();
-    let mut best = 0u128;
-    let mut i = 0;
-    while i < b.len() {
-        // A chain starts at a literal, or at a single `*` followed by one.
-        let start = i;
-        let mut product = 1u128;
-        let mut literals = 0;
-        let mut stars = 0;
-        let mut j = i;
-        loop {
-            let mut k = j;
-            while k < b.len() && b[k].is_ascii_whitespace() {
-                k += 1;
-            }
-            if k < b.len()
-                && b[k] == b'*'
-                && !(k + 1 < b.len() && b[k + 1] == b'*')
-                && (literals > 0 || stars == 0)
-            {
-                if literals == 0
-                    && k > start
-                    && b[start..k].iter().any(|c| !c.is_ascii_whitespace())
-                {
-                    break;
-                }
-                k += 1;
-                stars += 1;
-                while k < b.len() && b[k].is_ascii_whitespace() {
-                    k += 1;
-                }
-            } else if literals > 0 {
-                break;
-            }
-            let d0 = k;
-            while k < b.len() && b[k].is_ascii_digit() {
-                k += 1;
-            }
-            if k == d0 {
-                break;
-            }
-            let n: u128 = src[d0..k].parse().unwrap_or(u128::MAX);
-            product = product.saturating_mul(n);
-            literals += 1;
-            j = k;
-        }
-        if stars > 0 && literals > 0 {
-            best = best.max(product);
-        }
-        i = if j > i { j } else { i + 1 };
-    }
-    best
+    static CHAIN: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    static NUMBER: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let chain = CHAIN
+        .get_or_init(|| regex::Regex::new(r"(?:\d+\s*)?(?:\*\s*\d+\s*)+").expect("valid regex"));
+    let number = NUMBER.get_or_init(|| regex::Regex::new(r"\d+").expect("valid regex"));
+    chain
+        .find_iter(src)
+        .map(|m| {
+            number
+                .find_iter(m.as_str())
+                .map(|n| n.as_str().parse::<u128>().unwrap_or(u128::MAX))
+                .fold(1u128, u128::saturating_mul)
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 /// Template instructions one render may execute: real chat templates use

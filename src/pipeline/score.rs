@@ -50,6 +50,20 @@ struct Response {
     source: String,
 }
 
+/// The judge of a `score`: on the CPU, nothing fetched, exact file formats,
+/// held to the run's `--max-context`.
+fn load_judge(
+    args: &ScoreSpec,
+    limits: &crate::core::limits::Limits,
+) -> Result<crate::judge::Judge> {
+    args.judge.load(
+        "cpu",
+        false,
+        crate::model::Requantize::Off,
+        limits.max_context,
+    )
+}
+
 fn read_responses(
     args: &ScoreSpec,
     responses: &str,
@@ -138,12 +152,7 @@ pub fn score(args: &ScoreSpec) -> Result<Outcome> {
     };
     let opts = args.read.options()?;
     let (ds, mut failures, root) = load_dataset(&args.dataset, &opts)?;
-    let mut judge = args.judge.load(
-        "cpu",
-        false,
-        crate::model::Requantize::Off,
-        opts.limits.max_context,
-    )?;
+    let mut judge = load_judge(args, &opts.limits)?;
     let by_id: HashMap<&str, &Sample> = ds.samples.iter().map(|s| (s.id.as_str(), s)).collect();
 
     let mut responses = if responses_arg == "reference" {
@@ -262,12 +271,7 @@ fn rescore(args: &ScoreSpec, dir: &Path) -> Result<Outcome> {
             dir.display()
         )));
     }
-    let mut judge = args.judge.load(
-        "cpu",
-        false,
-        crate::model::Requantize::Off,
-        opts.limits.max_context,
-    )?;
+    let mut judge = load_judge(args, &opts.limits)?;
     let mut by_id: HashMap<&str, &Sample> = ds.samples.iter().map(|s| (s.id.as_str(), s)).collect();
     // The attack variants of a `run --attacks` are made again (deterministic).
     let variants = match manifest.config.attacks() {

@@ -224,7 +224,13 @@ fn serve(mut conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
     Ok(())
 }
 
-fn fetch(hub: &MockHub, cache: &Path, args: &[&str], token: Option<&str>) -> std::process::Output {
+/// The binary with `args`, pointed at the mock Hub and a cache folder.
+fn fetch_cmd(
+    hub: &MockHub,
+    cache: &Path,
+    args: &[&str],
+    token: Option<&str>,
+) -> std::process::Command {
     let mut c = bin();
     c.args(args)
         .env("HF_ENDPOINT", &hub.endpoint)
@@ -234,7 +240,11 @@ fn fetch(hub: &MockHub, cache: &Path, args: &[&str], token: Option<&str>) -> std
     if let Some(t) = token {
         c.env("HF_TOKEN", t);
     }
-    c.output().unwrap()
+    c
+}
+
+fn fetch(hub: &MockHub, cache: &Path, args: &[&str], token: Option<&str>) -> std::process::Output {
+    fetch_cmd(hub, cache, args, token).output().unwrap()
 }
 
 fn noise(n: usize, seed: u64) -> Vec<u8> {
@@ -385,15 +395,16 @@ fn a_fetch_killed_at_any_moment_resumes_to_the_right_file() {
     };
     let mut grown = Vec::new();
     for wait_ms in [5u64, 40, 60, 80, 30, 90, 50, 70] {
-        let mut c = bin();
-        c.args(["models", "fetch", "test-org/slow"])
-            .env("HF_ENDPOINT", &hub.endpoint)
-            .env("HF_HUB_CACHE", cache.path())
-            .env_remove("HF_TOKEN")
-            .env("HF_HOME", cache.path().join("hf-home"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        let mut child = c.spawn().unwrap();
+        let mut child = fetch_cmd(
+            &hub,
+            cache.path(),
+            &["models", "fetch", "test-org/slow"],
+            None,
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
         std::thread::sleep(std::time::Duration::from_millis(wait_ms));
         let _ = child.kill(); // SIGKILL
         let _ = child.wait();

@@ -34,6 +34,20 @@ fn file(data: &[u8], ext: &str) -> PathBuf {
     p
 }
 
+/// Resolve and load a model file or folder on the CPU, with the small limits.
+fn load_model(path: &std::path::Path) {
+    if let Ok(r) = anjeon::model::resolve(path.to_str().unwrap_or_default()) {
+        let _ = anjeon::model::TextModel::load(
+            &r,
+            &candle_core::Device::Cpu,
+            &anjeon::model::LoadOptions {
+                max_context: limits().max_context,
+                ..Default::default()
+            },
+        );
+    }
+}
+
 /// The targets, by name.
 pub const TARGETS: &[&str] = &[
     "image",
@@ -109,17 +123,7 @@ pub fn run(target: &str, data: &[u8]) {
             }
         }
         "gguf" => {
-            let p = file(data, "gguf");
-            if let Ok(r) = anjeon::model::resolve(p.to_str().unwrap_or_default()) {
-                let _ = anjeon::model::TextModel::load(
-                    &r,
-                    &candle_core::Device::Cpu,
-                    &anjeon::model::LoadOptions {
-                        max_context: limits().max_context,
-                        ..Default::default()
-                    },
-                );
-            }
+            load_model(&file(data, "gguf"));
         }
         "tekken" => {
             let _ = anjeon::model::tekken::hf_tokenizer_json(data);
@@ -161,17 +165,7 @@ pub fn run(target: &str, data: &[u8]) {
         "safetensors" => {
             // The weights file of a Hugging Face folder: header, tensor
             // offsets, dtypes and shapes against the config.
-            let dir = model_dir_with("model.safetensors", data);
-            if let Ok(r) = anjeon::model::resolve(dir.to_str().unwrap_or_default()) {
-                let _ = anjeon::model::TextModel::load(
-                    &r,
-                    &candle_core::Device::Cpu,
-                    &anjeon::model::LoadOptions {
-                        max_context: limits().max_context,
-                        ..Default::default()
-                    },
-                );
-            }
+            load_model(&model_dir_with("model.safetensors", data));
         }
         "tokenizer" => {
             // tokenizer.json of a Hugging Face folder, then encode/decode.
