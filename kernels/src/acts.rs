@@ -20,6 +20,132 @@ fn round_half_away(t: f32) -> i32 {
     }
 }
 
+/// Activation values at or above which rows are quantized on rayon's threads.
+const PARALLEL_VALUES: usize = 1 << 16;
+
+/// One row: per block of `unit` values, `d = max|x| / 127`, `q =
+/// round_half_away(x / d)` within ±127, and the integer sums per
+/// 32 (unit 32) or 16 (unit 256) values.
+fn quantize_row(
+    path: crate::Path,
+    x: &[f32],
+    unit: usize,
+    qs: &mut [i8],
+    d: &mut [f32],
+    sums: &mut [i32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if path != crate::Path::Scalar {
+        // SAFETY: a non-scalar path is only chosen when the CPU has AVX2;
+        // the slices are whole blocks (checked by the caller).
+        return unsafe { simd::quantize_row(x, unit, qs, d, sums) };
+    }
+    let _ = path;
+    let sum_unit = if unit == 256 { 16 } else { 32 };
+    for (b, (xb, qb)) in x
+        .chunks_exact(unit)
+        .zip(qs.chunks_exact_mut(unit))
+        .enumerate()
+    {
+        let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let scale = amax / 127.0;
+        let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+        for (q, v) in qb.iter_mut().zip(xb) {
+            *q = round_half_away(v * inv).clamp(-127, 127) as i8;
+        }
+        d[b] = scale;
+        for (s, qc) in qb.chunks_exact(sum_unit).enumerate() {
+            sums[b * (unit / sum_unit) + s] = qc.iter().map(|&q| q as i32).sum();
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use std::arch::x86_64::*;
+
+    /// `quantize_row` eight values at a time: the same products, the same
+    /// half-away-from-zero rounding (truncate, then step by the sign where
+    /// the exact remainder is at least one half), NaN to 0 as Rust's `as`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn quantize_row(
+        x: &[f32],
+        unit: usize,
+        qs: &mut [i8],
+        d: &mut [f32],
+        sums: &mut [i32],
+    ) {
+        let sum_unit = if unit == 256 { 16 } else { 32 };
+        let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+        let half = _mm256_set1_ps(0.5);
+        let one = _mm256_set1_ps(1.0);
+        let lim = _mm256_set1_epi32(127);
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        for (b, (xb, qb)) in x
+            .chunks_exact(unit)
+            .zip(qs.chunks_exact_mut(unit))
+            .enumerate()
+        {
+            let xp = xb.as_ptr();
+            let mut m = _mm256_setzero_ps();
+            for i in (0..unit).step_by(8) {
+                m = _mm256_max_ps(m, _mm256_and_ps(_mm256_loadu_ps(xp.add(i)), abs));
+            }
+            let mut l = [0f32; 8];
+            _mm256_storeu_ps(l.as_mut_ptr(), m);
+            // max of |x| is exact in any order (NaN lanes are dropped by
+            // max_ps as by f32::max here).
+            let amax = l.iter().fold(0f32, |a, &v| a.max(v));
+            let scale = amax / 127.0;
+            let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+            let vinv = _mm256_set1_ps(inv);
+            d[b] = scale;
+            let mut q32 = [_mm256_setzero_si256(); 4];
+            for c in 0..unit / 32 {
+                for (r, q) in q32.iter_mut().enumerate() {
+                    let p = _mm256_mul_ps(_mm256_loadu_ps(xp.add(32 * c + 8 * r)), vinv);
+                    let t = _mm256_round_ps(p, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+                    let f = _mm256_sub_ps(p, t);
+                    let up = _mm256_and_ps(_mm256_cmp_ps(f, half, _CMP_GE_OQ), one);
+                    let down = _mm256_and_ps(
+                        _mm256_cmp_ps(f, _mm256_sub_ps(_mm256_setzero_ps(), half), _CMP_LE_OQ),
+                        one,
+                    );
+                    let r = _mm256_add_ps(t, _mm256_sub_ps(up, down));
+                    // NaN lanes (0 · ∞) become 0, as `NaN as i32` does.
+                    let r = _mm256_and_ps(r, _mm256_cmp_ps(p, p, _CMP_ORD_Q));
+                    let i = _mm256_cvtps_epi32(r);
+                    *q = _mm256_max_epi32(
+                        _mm256_min_epi32(i, lim),
+                        _mm256_sub_epi32(_mm256_setzero_si256(), lim),
+                    );
+                }
+                let ab = _mm256_packs_epi32(q32[0], q32[1]);
+                let cd = _mm256_packs_epi32(q32[2], q32[3]);
+                let bytes = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(ab, cd), order);
+                _mm256_storeu_si256(qb.as_mut_ptr().add(32 * c) as *mut __m256i, bytes);
+                // Integer sums of the 32 values (or of each 16).
+                let hsum = |v: __m256i| -> i32 {
+                    let mut a = [0i32; 8];
+                    _mm256_storeu_si256(a.as_mut_ptr() as *mut __m256i, v);
+                    a.iter().sum()
+                };
+                if sum_unit == 32 {
+                    let s = _mm256_add_epi32(
+                        _mm256_add_epi32(q32[0], q32[1]),
+                        _mm256_add_epi32(q32[2], q32[3]),
+                    );
+                    sums[b * (unit / 32) + c] = hsum(s);
+                } else {
+                    let base = b * (unit / 16) + 2 * c;
+                    sums[base] = hsum(_mm256_add_epi32(q32[0], q32[1]));
+                    sums[base + 1] = hsum(_mm256_add_epi32(q32[2], q32[3]));
+                }
+            }
+        }
+    }
+}
+
 /// A quantized `m × k` activation matrix.
 pub struct Acts {
     pub(crate) k: usize,
@@ -45,28 +171,33 @@ pub(crate) struct ActRow<'a> {
 
 impl Acts {
     /// Quantize `x` (`m × k`, row-major) in blocks of `unit` (32 or 256).
+    /// Rows are independent: many rows (a prompt) are shared among rayon's
+    /// threads; the SIMD path gives the same bytes as the portable one.
     pub fn quantize(x: &[f32], k: usize, unit: usize) -> Acts {
+        use rayon::prelude::*;
         assert!(unit == 32 || unit == 256);
         assert!(k.is_multiple_of(unit) && x.len().is_multiple_of(k));
         let sum_unit = if unit == 256 { 16 } else { 32 };
         let mut qs = vec![0i8; x.len()];
         let mut d = vec![0f32; x.len() / unit];
         let mut sums = vec![0i32; x.len() / sum_unit];
-        for (b, (xb, qb)) in x
-            .chunks_exact(unit)
-            .zip(qs.chunks_exact_mut(unit))
-            .enumerate()
-        {
-            let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
-            let scale = amax / 127.0;
-            let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-            for (q, v) in qb.iter_mut().zip(xb) {
-                *q = round_half_away(v * inv).clamp(-127, 127) as i8;
-            }
-            d[b] = scale;
-            for (s, qc) in qb.chunks_exact(sum_unit).enumerate() {
-                sums[b * (unit / sum_unit) + s] = qc.iter().map(|&q| q as i32).sum();
-            }
+        let path = crate::path();
+        type Row<'a> = ((&'a [f32], &'a mut [i8]), (&'a mut [f32], &'a mut [i32]));
+        let row = |((xr, qr), (dr, sr)): Row<'_>| quantize_row(path, xr, unit, qr, dr, sr);
+        let rows = x
+            .chunks(k)
+            .zip(qs.chunks_mut(k))
+            .zip(d.chunks_mut(k / unit).zip(sums.chunks_mut(k / sum_unit)));
+        if x.len() >= PARALLEL_VALUES && rayon::current_num_threads() > 1 && x.len() > k {
+            x.par_chunks(k)
+                .zip(qs.par_chunks_mut(k))
+                .zip(
+                    d.par_chunks_mut(k / unit)
+                        .zip(sums.par_chunks_mut(k / sum_unit)),
+                )
+                .for_each(row);
+        } else {
+            rows.for_each(row);
         }
         let s = if unit == 32 {
             d.iter().zip(&sums).map(|(d, &q)| d * q as f32).collect()
@@ -116,6 +247,46 @@ impl Acts {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_path_quantizes_to_the_same_bytes() {
+        let _lock = crate::PATH_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let mut seed = 7u64;
+        let mut r = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 40.0
+        };
+        // Values at exact halves after scaling, zeros, an all-zero block,
+        // infinities and NaN, and many rows (the threaded path).
+        let mut x: Vec<f32> = (0..512 * 300).map(|_| r()).collect();
+        for (i, v) in x.iter_mut().take(256).enumerate() {
+            *v = (i as f32 - 128.0) * 0.5;
+        }
+        x[300..332].fill(0.0);
+        x[700] = f32::INFINITY;
+        x[900] = f32::NAN;
+        x[1100] = f32::NEG_INFINITY;
+        for unit in [32, 256] {
+            let mut all = Vec::new();
+            for p in crate::Path::ALL.into_iter().filter(|p| p.available()) {
+                assert!(crate::force_path(Some(p)));
+                let a = super::Acts::quantize(&x, 512, unit);
+                let one = super::Acts::quantize(&x[..512], 512, unit);
+                assert_eq!(one.qs, a.qs[..512], "{p:?}: a row alone");
+                all.push((p, a));
+            }
+            crate::force_path(None);
+            let (p0, a0) = &all[0];
+            for (p, a) in &all[1..] {
+                assert_eq!(a.qs, a0.qs, "{p:?} vs {p0:?}, unit {unit}");
+                assert_eq!(a.sums, a0.sums, "{p:?} vs {p0:?}, unit {unit}");
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&a.d), bits(&a0.d), "{p:?} vs {p0:?}, unit {unit}");
+            }
+        }
+    }
+
     #[test]
     fn rounding_matches_f32_round() {
         for i in -300_000..300_000 {

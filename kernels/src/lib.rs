@@ -12,6 +12,7 @@
 //! order, so both give identical results (tested).
 
 mod acts;
+pub mod attn;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 mod format;
@@ -24,6 +25,7 @@ use std::sync::OnceLock;
 use rayon::prelude::*;
 
 pub use acts::Acts;
+pub use attn::{attend_decode, AttnSeq, AttnShape};
 pub use format::{dequantize_block, dequantize_row, Format};
 pub use x8::supported as repackable;
 
@@ -72,6 +74,11 @@ impl Path {
         }
     }
 }
+
+/// Unit tests that force paths hold this, so they do not switch each
+/// other's path midway.
+#[cfg(test)]
+pub(crate) static PATH_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Force a path (tests and benchmarks), or `None` to detect. A path this
 /// CPU lacks is refused.

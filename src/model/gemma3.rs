@@ -14,12 +14,12 @@
 
 use std::sync::Arc;
 
-use super::layers::{cached_attention, split_heads, Scale};
+use super::layers::{kv_attend, kv_attend_batch, split_heads, Kv, Scale};
 use candle_core::quantized::{gguf_file, QTensor};
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
 
 use super::qlinear::{QEmbedding, QLinear};
-use super::qwen2::{attend_each, check_batch};
+use super::qwen2::{check_batch, layer_caches, rope_rows};
 
 /// Longest context anjeon prepares rotary tables for.
 pub const MAX_POSITIONS: usize = 32_768;
@@ -111,7 +111,23 @@ impl Rope {
     /// `x` `(b, heads, seq, head_dim)` at positions `pos..pos + seq`.
     pub(crate) fn apply(&self, x: &Tensor, pos: usize) -> Result<Tensor> {
         let (_, _, seq, _) = x.dims4()?;
-        let need = pos + seq;
+        self.ensure(pos + seq)?;
+        let t = self.tables.read().unwrap_or_else(|e| e.into_inner());
+        let cos = t.0.narrow(0, pos, seq)?;
+        let sin = t.1.narrow(0, pos, seq)?;
+        candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin)
+    }
+
+    /// The tables' rows at `positions` as `[n, 1, head_dim / 2]` (one
+    /// position per sequence of a batched decode step).
+    pub(crate) fn rows(&self, positions: &[usize]) -> Result<(Tensor, Tensor)> {
+        self.ensure(positions.iter().max().map_or(0, |p| p + 1))?;
+        let t = self.tables.read().unwrap_or_else(|e| e.into_inner());
+        Ok((rope_rows(&t.0, positions)?, rope_rows(&t.1, positions)?))
+    }
+
+    /// Grow the tables to cover `need` positions.
+    fn ensure(&self, need: usize) -> Result<()> {
         let have = self
             .tables
             .read()
@@ -125,10 +141,7 @@ impl Rope {
                 *t = Self::build(&self.inv, grown, &self.dev)?;
             }
         }
-        let t = self.tables.read().unwrap_or_else(|e| e.into_inner());
-        let cos = t.0.narrow(0, pos, seq)?;
-        let sin = t.1.narrow(0, pos, seq)?;
-        candle_nn::rotary_emb::rope(&x.contiguous()?, &cos, &sin)
+        Ok(())
     }
 }
 
@@ -153,7 +166,9 @@ struct Layer {
     /// Some(window) for sliding-window (local) layers.
     window: Option<usize>,
     rope: Arc<Rope>,
-    cache: Option<(Tensor, Tensor)>,
+    /// Whether `rope` is the local (sliding-window) table.
+    local: bool,
+    cache: Kv,
 }
 
 impl Layer {
@@ -163,7 +178,7 @@ impl Layer {
             self.wk.forward(x)?,
             self.wv.forward(x)?,
         );
-        let mut cache = self.cache.take();
+        let mut cache = std::mem::take(&mut self.cache);
         let out = self.attend(&mut cache, &q, &k, &v, pos)?;
         self.cache = cache;
         self.wo.forward(&out)
@@ -175,7 +190,7 @@ impl Layer {
     /// projection.
     fn attend(
         &self,
-        cache: &mut Option<(Tensor, Tensor)>,
+        cache: &mut Kv,
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
@@ -186,12 +201,37 @@ impl Layer {
         let v = split_heads(v, self.n_kv, self.head_dim)?;
         let q = self.rope.apply(&self.q_norm.forward(&q)?, pos)?;
         let k = self.rope.apply(&self.k_norm.forward(&k)?, pos)?;
-        cached_attention(
+        kv_attend(
             cache,
             &q,
             k,
             v,
             pos,
+            self.window,
+            Scale::MulInvSqrt(self.head_dim),
+        )
+    }
+
+    /// [`Layer::attend`] for one new position of each of several sequences
+    /// (projections `[n, 1, ·]`, rotary rows `[n, 1, head_dim/2]`).
+    fn attend_batch(
+        &self,
+        caches: &mut [&mut Kv],
+        (q, k, v): (&Tensor, &Tensor, &Tensor),
+        (cos, sin): (&Tensor, &Tensor),
+        positions: &[usize],
+    ) -> Result<Tensor> {
+        let q = split_heads(q, self.n_head, self.head_dim)?;
+        let k = split_heads(k, self.n_kv, self.head_dim)?;
+        let v = split_heads(v, self.n_kv, self.head_dim)?;
+        let q = candle_nn::rotary_emb::rope(&self.q_norm.forward(&q)?, cos, sin)?;
+        let k = candle_nn::rotary_emb::rope(&self.k_norm.forward(&k)?, cos, sin)?;
+        kv_attend_batch(
+            caches,
+            &q,
+            &k,
+            &v,
+            positions,
             self.window,
             Scale::MulInvSqrt(self.head_dim),
         )
@@ -281,7 +321,8 @@ impl ModelWeights {
                 } else {
                     rope_global.clone()
                 },
-                cache: None,
+                local,
+                cache: Kv::Empty,
             });
         }
         Ok(ModelWeights {
@@ -295,13 +336,16 @@ impl ModelWeights {
 
     pub fn clear_kv_cache(&mut self) {
         for l in &mut self.layers {
-            l.cache = None;
+            l.cache = Kv::Empty;
         }
     }
 
     /// Move the KV cache out (one entry per layer).
     pub fn take_cache(&mut self) -> super::qwen2::KvCache {
-        self.layers.iter_mut().map(|l| l.cache.take()).collect()
+        self.layers
+            .iter_mut()
+            .map(|l| std::mem::take(&mut l.cache))
+            .collect()
     }
 
     /// One decode step for several independent sequences, as
@@ -317,12 +361,27 @@ impl ModelWeights {
         let dev = self.norm.weight.device().clone();
         let ids = Tensor::new(tokens, &dev)?.unsqueeze(1)?;
         let mut x = (self.embed.forward(&ids)? * (self.hidden as f64).sqrt())?;
+        // Rotary rows of each table, once per step.
+        let (mut local, mut global) = (None, None);
+        for l in &self.layers {
+            let slot = if l.local { &mut local } else { &mut global };
+            if slot.is_none() {
+                *slot = Some(l.rope.rows(positions)?);
+            }
+        }
         for (li, l) in self.layers.iter().enumerate() {
             let h = l.attn_norm.forward(&x)?;
             let (q, k, v) = (l.wq.forward(&h)?, l.wk.forward(&h)?, l.wv.forward(&h)?);
-            let o = attend_each(caches, li, (&q, &k, &v), positions, |c, q, k, v, p| {
-                l.attend(c, q, k, v, p)
-            })?;
+            let rows = if l.local { &local } else { &global };
+            let Some((cos, sin)) = rows else {
+                unreachable!("every layer's table was read above")
+            };
+            let o = l.attend_batch(
+                &mut layer_caches(caches, li)?,
+                (&q, &k, &v),
+                (cos, sin),
+                positions,
+            )?;
             let a = l.wo.forward(&o)?;
             let h = l.post_attn_norm.forward(&a)?;
             x = (x + h)?;

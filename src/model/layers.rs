@@ -128,13 +128,266 @@ pub enum Scale {
     MulInvSqrt(usize),
 }
 
+impl Scale {
+    /// The factor candle's `affine` applies for either form (`x / s` is
+    /// `x · (1/s)` there), which the row kernel applies too.
+    pub fn factor(self) -> f32 {
+        match self {
+            Scale::DivSqrt(d) => (1.0 / (d as f64).sqrt()) as f32,
+            Scale::MulInvSqrt(d) => (1.0 / (d as f64).sqrt()) as f32,
+        }
+    }
+}
+
+/// One layer's KV cache of one sequence.
+#[derive(Clone, Default)]
+pub enum Kv {
+    #[default]
+    Empty,
+    /// Keys and values `(1, kv_heads, len, d)` as tensors (GPU devices):
+    /// appending makes new tensors.
+    Tensors { k: Tensor, v: Tensor },
+    /// Keys and values as f32 rows on the CPU, appended in place.
+    Rows(KvRows),
+}
+
+/// Cached keys and values as rows `[position][kv_head][d]`, the layout the
+/// decode kernel (`anjeon_kernels::attend_decode`) reads. A sliding-window
+/// layer drops old rows once they are twice the window (never attended
+/// again), so the cache stays within two windows.
+#[derive(Clone, Debug)]
+pub struct KvRows {
+    k: Vec<f32>,
+    v: Vec<f32>,
+    /// Values per row (`kv_heads · d`).
+    width: usize,
+    /// Absolute position of the first row kept.
+    first: usize,
+}
+
+impl KvRows {
+    fn new(width: usize) -> KvRows {
+        KvRows {
+            k: Vec::new(),
+            v: Vec::new(),
+            width,
+            first: 0,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.k.len() / self.width
+    }
+
+    /// Position after the last row.
+    fn end(&self) -> usize {
+        self.first + self.len()
+    }
+
+    /// Rows from absolute position `from` on (clamped to what is kept).
+    fn since(&self, from: usize) -> (&[f32], &[f32]) {
+        let skip = from.saturating_sub(self.first).min(self.len()) * self.width;
+        (&self.k[skip..], &self.v[skip..])
+    }
+
+    /// Keep only the last `keep` rows once more than `2 · keep` are held.
+    fn trim(&mut self, keep: usize) {
+        let len = self.len();
+        if keep > 0 && len > 2 * keep {
+            let drop = (len - keep) * self.width;
+            self.k.drain(..drop);
+            self.v.drain(..drop);
+            self.first += len - keep;
+        }
+    }
+
+    /// The rows as `(1, kv_heads, len, d)` tensors.
+    fn tensors(&self, kv_heads: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+        let d = self.width / kv_heads;
+        let t = |x: &[f32]| {
+            Tensor::from_slice(x, (1, self.len(), kv_heads, d), device)?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        Ok((t(&self.k)?, t(&self.v)?))
+    }
+
+    /// Append `(1, kv_heads, seq, d)` keys and values.
+    fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<()> {
+        let rows =
+            |t: &Tensor| -> Result<Vec<f32>> { t.transpose(1, 2)?.flatten_all()?.to_vec1::<f32>() };
+        self.k.extend(rows(k)?);
+        self.v.extend(rows(v)?);
+        Ok(())
+    }
+}
+
+/// Position after the cached keys; errors when the cache does not end where
+/// this chunk starts.
+fn check_end(end: usize, pos: usize) -> Result<()> {
+    if end != pos {
+        candle_core::bail!("KV cache of positions up to {end} does not end at position {pos}");
+    }
+    Ok(())
+}
+
 /// One sequence's causal attention with a KV cache, for heads `q`, `k`, `v`
-/// `[b, heads, seq, d]` (rotary already applied) starting at position
-/// `pos`: appends `k`/`v` to `cache` (a new cache at position 0), keeps at
-/// most `window + seq` keys on sliding layers (older ones are never
-/// attended again), masks keys after each query and, with a window, those
-/// `window` or more positions back; returns `[b, seq, heads · d]`.
-pub fn cached_attention(
+/// `[1, heads, seq, d]` (rotary already applied) starting at position
+/// `pos`: appends `k`/`v` to `cache` (a new cache at position 0), masks
+/// keys after each query and, with a window, those `window` or more
+/// positions back; returns `[1, seq, heads · d]`. On the CPU a single
+/// position goes through [`kv_attend_batch`] (the batched decode's code,
+/// so decoding alone and in a batch give the same bits).
+pub fn kv_attend(
+    cache: &mut Kv,
+    q: &Tensor,
+    k: Tensor,
+    v: Tensor,
+    pos: usize,
+    window: Option<usize>,
+    scale: Scale,
+) -> Result<Tensor> {
+    let (b, _, seq, d) = q.dims4()?;
+    let n_kv = k.dim(1)?;
+    let cpu = q.device().is_cpu() && q.dtype() == DType::F32 && b == 1;
+    if cpu && seq == 1 {
+        return kv_attend_batch(&mut [cache], q, &k, &v, &[pos], window, scale);
+    }
+    // A prompt chunk: candle's matrix products over the cached keys and
+    // the chunk's own.
+    let mut tcache = match &*cache {
+        _ if pos == 0 => None,
+        Kv::Empty => None,
+        Kv::Tensors { k, v } => Some((k.clone(), v.clone())),
+        Kv::Rows(r) => {
+            check_end(r.end(), pos)?;
+            Some(r.tensors(n_kv, q.device())?)
+        }
+    };
+    let out = cached_attention(&mut tcache, q, k.clone(), v.clone(), pos, window, scale)?;
+    if cpu {
+        let mut rows = match std::mem::take(cache) {
+            Kv::Rows(r) if pos > 0 => r,
+            _ => KvRows::new(n_kv * d),
+        };
+        rows.append(&k, &v)?;
+        if let Some(w) = window {
+            rows.trim(w);
+        }
+        *cache = Kv::Rows(rows);
+    } else if let Some((k, v)) = tcache {
+        *cache = Kv::Tensors { k, v };
+    }
+    Ok(out)
+}
+
+/// One decode step of several sequences: row `i` of `q` `[n, heads, 1, d]`,
+/// `k`/`v` `[n, kv_heads, 1, d]` (rotary applied) is sequence `i` at
+/// position `positions[i]` with cache `caches[i]`; returns `[n, 1, heads ·
+/// d]`. On the CPU every sequence's keys are appended in place and one
+/// kernel call attends all of them; elsewhere each sequence runs
+/// [`kv_attend`] alone.
+pub fn kv_attend_batch(
+    caches: &mut [&mut Kv],
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    positions: &[usize],
+    window: Option<usize>,
+    scale: Scale,
+) -> Result<Tensor> {
+    let (n, n_head, seq, d) = q.dims4()?;
+    let n_kv = k.dim(1)?;
+    if caches.len() != n || positions.len() != n || seq != 1 {
+        candle_core::bail!(
+            "batched attention: {n} queries of {seq} positions, {} caches, {} positions",
+            caches.len(),
+            positions.len()
+        );
+    }
+    if !(q.device().is_cpu() && q.dtype() == DType::F32) {
+        let mut outs = Vec::with_capacity(n);
+        for (i, c) in caches.iter_mut().enumerate() {
+            outs.push(kv_attend(
+                c,
+                &q.narrow(0, i, 1)?,
+                k.narrow(0, i, 1)?,
+                v.narrow(0, i, 1)?,
+                positions[i],
+                window,
+                scale,
+            )?);
+        }
+        return Tensor::cat(&outs, 0);
+    }
+    let width = n_kv * d;
+    let kr = k.flatten_all()?.to_vec1::<f32>()?;
+    let vr = v.flatten_all()?.to_vec1::<f32>()?;
+    for (i, c) in caches.iter_mut().enumerate() {
+        let pos = positions[i];
+        let mut rows = match std::mem::take(&mut **c) {
+            Kv::Rows(r) if pos > 0 => r,
+            Kv::Tensors { .. } => candle_core::bail!("a GPU KV cache given to the CPU decode"),
+            _ => KvRows::new(width),
+        };
+        if rows.width != width {
+            candle_core::bail!(
+                "KV cache rows of {} values given {width}-value keys",
+                rows.width
+            );
+        }
+        check_end(rows.end(), pos)?;
+        rows.k.extend_from_slice(&kr[i * width..(i + 1) * width]);
+        rows.v.extend_from_slice(&vr[i * width..(i + 1) * width]);
+        **c = Kv::Rows(rows);
+    }
+    let qs = q.flatten_all()?.to_vec1::<f32>()?;
+    let mut out = vec![0f32; n * n_head * d];
+    {
+        let seqs: Vec<anjeon_kernels::AttnSeq> = caches
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let Kv::Rows(r) = &**c else {
+                    unreachable!("every cache was made rows above")
+                };
+                // Keys visible to the query at `pos`: not after it and,
+                // with a window, fewer than `window` positions back.
+                let pos = positions[i];
+                let from = window.map_or(0, |w| (pos + 1).saturating_sub(w));
+                let (k, v) = r.since(from);
+                anjeon_kernels::AttnSeq {
+                    q: &qs[i * n_head * d..(i + 1) * n_head * d],
+                    k,
+                    v,
+                }
+            })
+            .collect();
+        let shape = anjeon_kernels::AttnShape {
+            n_head,
+            n_kv,
+            d,
+            scale: scale.factor(),
+        };
+        anjeon_kernels::attend_decode(shape, &seqs, &mut out)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    }
+    if let Some(w) = window {
+        for c in caches.iter_mut() {
+            if let Kv::Rows(r) = &mut **c {
+                r.trim(w);
+            }
+        }
+    }
+    Tensor::from_vec(out, (n, 1, n_head * d), q.device())
+}
+
+/// Candle's causal attention over a tensor cache (`kv_attend`'s prompt
+/// chunks, and every step on GPU devices): appends `k`/`v` to `cache`,
+/// keeps at most `window + seq` keys on sliding layers, masks keys after
+/// each query and, with a window, those `window` or more positions back;
+/// returns `[b, seq, heads · d]`.
+fn cached_attention(
     cache: &mut Option<(Tensor, Tensor)>,
     q: &Tensor,
     k: Tensor,

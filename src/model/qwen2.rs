@@ -14,7 +14,7 @@
 //! the prefix tensors, and appending creates new tensors), and that the
 //! causal mask also covers a chunk that starts after cached positions.
 
-use super::layers::{cached_attention, split_heads, Scale};
+use super::layers::{kv_attend, kv_attend_batch, split_heads, Kv, Scale};
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
 
@@ -56,13 +56,13 @@ struct Layer {
     head_dim: usize,
     cos: Tensor,
     sin: Tensor,
-    cache: Option<(Tensor, Tensor)>,
+    cache: Kv,
 }
 
 impl Layer {
     fn attention(&mut self, x: &Tensor, pos: usize) -> Result<Tensor> {
         let (q, k, v) = self.project(x)?;
-        let mut cache = self.cache.take();
+        let mut cache = std::mem::take(&mut self.cache);
         let out = self.attend(&mut cache, &q, &k, &v, pos)?;
         self.cache = cache;
         self.wo.forward(&out)
@@ -85,12 +85,20 @@ impl Layer {
         ))
     }
 
+    fn rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        if self.neox {
+            candle_nn::rotary_emb::rope(x, cos, sin)
+        } else {
+            candle_nn::rotary_emb::rope_i(x, cos, sin)
+        }
+    }
+
     /// Rotary, KV cache and causal attention for one sequence's projections
-    /// starting at position `pos`; returns `[b, seq, heads · head_dim]`
+    /// starting at position `pos`; returns `[1, seq, heads · head_dim]`
     /// (before the output projection).
     fn attend(
         &self,
-        cache: &mut Option<(Tensor, Tensor)>,
+        cache: &mut Kv,
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
@@ -102,14 +110,35 @@ impl Layer {
         let v = split_heads(v, self.n_kv, self.head_dim)?;
         let cos = self.cos.narrow(0, pos, seq)?;
         let sin = self.sin.narrow(0, pos, seq)?;
-        let rope = if self.neox {
-            candle_nn::rotary_emb::rope
-        } else {
-            candle_nn::rotary_emb::rope_i
-        };
-        let q = rope(&q, &cos, &sin)?;
-        let k = rope(&k, &cos, &sin)?;
-        cached_attention(cache, &q, k, v, pos, None, Scale::DivSqrt(self.head_dim))
+        let q = self.rope(&q, &cos, &sin)?;
+        let k = self.rope(&k, &cos, &sin)?;
+        kv_attend(cache, &q, k, v, pos, None, Scale::DivSqrt(self.head_dim))
+    }
+
+    /// [`Layer::attend`] for one new position of each of several sequences:
+    /// projections `[n, 1, ·]`, rotary rows `cos`/`sin` `[n, 1, head_dim/2]`
+    /// at each sequence's position.
+    fn attend_batch(
+        &self,
+        caches: &mut [&mut Kv],
+        (q, k, v): (&Tensor, &Tensor, &Tensor),
+        (cos, sin): (&Tensor, &Tensor),
+        positions: &[usize],
+    ) -> Result<Tensor> {
+        let q = split_heads(q, self.n_head, self.head_dim)?;
+        let k = split_heads(k, self.n_kv, self.head_dim)?;
+        let v = split_heads(v, self.n_kv, self.head_dim)?;
+        let q = self.rope(&q, cos, sin)?;
+        let k = self.rope(&k, cos, sin)?;
+        kv_attend_batch(
+            caches,
+            &q,
+            &k,
+            &v,
+            positions,
+            None,
+            Scale::DivSqrt(self.head_dim),
+        )
     }
 
     fn mlp(&self, x: &Tensor) -> Result<Tensor> {
@@ -118,8 +147,8 @@ impl Layer {
     }
 }
 
-/// One sequence's KV cache: `(keys, values)` per layer.
-pub type KvCache = Vec<Option<(Tensor, Tensor)>>;
+/// One sequence's KV cache: one entry per layer.
+pub type KvCache = Vec<Kv>;
 
 /// Checks a batched step's inputs (`forward_batch` of Qwen2/Llama and Gemma 3).
 pub(crate) fn check_batch(caches: &[KvCache], tokens: &[u32], positions: &[usize]) -> Result<()> {
@@ -134,36 +163,28 @@ pub(crate) fn check_batch(caches: &[KvCache], tokens: &[u32], positions: &[usize
     Ok(())
 }
 
-/// Layer `li`'s attention for each sequence of a batched step: row `i` of
-/// the projections `q`, `k`, `v` with sequence `i`'s cache and position;
-/// the outputs stacked again as `[n, 1, ·]`.
-pub(crate) fn attend_each(
-    caches: &mut [KvCache],
-    li: usize,
-    (q, k, v): (&Tensor, &Tensor, &Tensor),
-    positions: &[usize],
-    mut attend: impl FnMut(
-        &mut Option<(Tensor, Tensor)>,
-        &Tensor,
-        &Tensor,
-        &Tensor,
-        usize,
-    ) -> Result<Tensor>,
-) -> Result<Tensor> {
-    let mut outs = Vec::with_capacity(caches.len());
-    for (i, c) in caches.iter_mut().enumerate() {
-        let Some(slot) = c.get_mut(li) else {
-            candle_core::bail!("forward_batch: cache {i} has no layer {li}");
-        };
-        outs.push(attend(
-            slot,
-            &q.narrow(0, i, 1)?,
-            &k.narrow(0, i, 1)?,
-            &v.narrow(0, i, 1)?,
-            positions[i],
-        )?);
+/// Layer `li`'s cache of every sequence.
+pub(crate) fn layer_caches(caches: &mut [KvCache], li: usize) -> Result<Vec<&mut Kv>> {
+    caches
+        .iter_mut()
+        .enumerate()
+        .map(|(i, c)| match c.get_mut(li) {
+            Some(kv) => Ok(kv),
+            None => candle_core::bail!("forward_batch: cache {i} has no layer {li}"),
+        })
+        .collect()
+}
+
+/// Rows `positions` of rotary tables `(positions, d/2)`, as `[n, 1, d/2]`
+/// (each sequence's own position for a batched decode step).
+pub(crate) fn rope_rows(table: &Tensor, positions: &[usize]) -> Result<Tensor> {
+    let have = table.dim(0)?;
+    if let Some(p) = positions.iter().find(|&&p| p >= have) {
+        candle_core::bail!("position {p} is past the rotary table of {have} positions");
     }
-    Tensor::cat(&outs, 0)
+    let idx: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
+    let idx = Tensor::new(idx.as_slice(), table.device())?;
+    table.index_select(&idx, 0)?.unsqueeze(1)
 }
 
 #[derive(Clone)]
@@ -276,7 +297,7 @@ impl ModelWeights {
                 head_dim,
                 cos: cos.clone(),
                 sin: sin.clone(),
-                cache: None,
+                cache: Kv::Empty,
             });
         }
         Ok(ModelWeights {
@@ -289,13 +310,16 @@ impl ModelWeights {
 
     pub fn clear_kv_cache(&mut self) {
         for l in &mut self.layers {
-            l.cache = None;
+            l.cache = Kv::Empty;
         }
     }
 
     /// Move the KV cache out (one entry per layer), leaving the model empty.
     pub fn take_cache(&mut self) -> KvCache {
-        self.layers.iter_mut().map(|l| l.cache.take()).collect()
+        self.layers
+            .iter_mut()
+            .map(|l| std::mem::take(&mut l.cache))
+            .collect()
     }
 
     /// One decode step for several independent sequences: `tokens[i]` at
@@ -314,11 +338,18 @@ impl ModelWeights {
         let dev = self.output_device();
         let ids = Tensor::new(tokens, &dev)?.unsqueeze(1)?;
         let mut x = self.embed.forward(&ids)?;
+        let rope = match self.layers.first() {
+            Some(l) => (rope_rows(&l.cos, positions)?, rope_rows(&l.sin, positions)?),
+            None => candle_core::bail!("a model without layers"),
+        };
         for (li, l) in self.layers.iter().enumerate() {
             let (q, k, v) = l.project(&l.attn_norm.forward(&x)?)?;
-            let o = attend_each(caches, li, (&q, &k, &v), positions, |c, q, k, v, p| {
-                l.attend(c, q, k, v, p)
-            })?;
+            let o = l.attend_batch(
+                &mut layer_caches(caches, li)?,
+                (&q, &k, &v),
+                (&rope.0, &rope.1),
+                positions,
+            )?;
             let a = l.wo.forward(&o)?;
             x = (x + a)?;
             let m = l.mlp(&l.ffn_norm.forward(&x)?)?;
