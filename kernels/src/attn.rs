@@ -243,7 +243,7 @@ fn weighted_sums(
 }
 
 #[cfg(target_arch = "x86_64")]
-mod simd {
+pub(crate) mod simd {
     use std::arch::x86_64::*;
 
     use super::{EXP_P, LN2_HI, LN2_LO, LOG2E};
@@ -304,7 +304,7 @@ mod simd {
     /// [`super::exp`] on eight values.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    unsafe fn exp8(x: __m256) -> __m256 {
+    pub(crate) unsafe fn exp8(x: __m256) -> __m256 {
         let x = _mm256_min_ps(
             _mm256_max_ps(x, _mm256_set1_ps(-87.0)),
             _mm256_set1_ps(88.0),

@@ -11,6 +11,7 @@
 //! x86-64 machine; the portable path does the same arithmetic in the same
 //! order, so both give identical results (tested).
 
+mod act;
 mod acts;
 pub mod attn;
 #[cfg(target_arch = "x86_64")]
@@ -24,6 +25,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
+pub use act::{glu, Glu};
 pub use acts::Acts;
 pub use attn::{attend_decode, AttnSeq, AttnShape};
 pub use format::{dequantize_block, dequantize_row, Format};

@@ -238,9 +238,10 @@ impl Layer {
     }
 
     fn mlp(&self, x: &Tensor) -> Result<Tensor> {
-        // gelu_pytorch_tanh: candle's `gelu` is the tanh approximation.
-        let g = self.gate.forward(x)?.gelu()?;
-        self.down.forward(&(g * self.up.forward(x)?)?)
+        // gelu_pytorch_tanh (candle's `gelu` off the CPU is the same
+        // tanh approximation).
+        let (g, u) = (self.gate.forward(x)?, self.up.forward(x)?);
+        self.down.forward(&super::qlinear::glu(anjeon_kernels::Glu::GeluTanh, &g, &u)?)
     }
 }
 

@@ -201,6 +201,24 @@ impl Module for QLinear {
     }
 }
 
+/// `act(gate) · up` of a gated MLP: anjeon's kernel on the CPU (one pass,
+/// SIMD, threads for prompts), candle's ops elsewhere.
+pub fn glu(kind: anjeon_kernels::Glu, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    let cpu = |t: &Tensor| matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32;
+    if !(cpu(gate) && cpu(up)) || gate.dims() != up.dims() {
+        let a = match kind {
+            anjeon_kernels::Glu::Silu => candle_nn::ops::silu(gate)?,
+            anjeon_kernels::Glu::GeluTanh => gate.gelu()?,
+        };
+        return a * up;
+    }
+    let mut g = gate.flatten_all()?.to_vec1::<f32>()?;
+    with_cpu_f32(&up.contiguous()?, |u| {
+        anjeon_kernels::glu(kind, &mut g, u).map_err(|e| candle_core::Error::Msg(e.to_string()))
+    })?;
+    Tensor::from_vec(g, gate.dims(), &Device::Cpu)
+}
+
 /// A token-embedding table that stays quantized: only the rows looked up are
 /// dequantized (a 150k-token vocabulary in f32 would be 0.5–1 GB).
 #[derive(Clone)]

@@ -142,8 +142,8 @@ impl Layer {
     }
 
     fn mlp(&self, x: &Tensor) -> Result<Tensor> {
-        let g = candle_nn::ops::silu(&self.gate.forward(x)?)?;
-        self.down.forward(&(g * self.up.forward(x)?)?)
+        let (g, u) = (self.gate.forward(x)?, self.up.forward(x)?);
+        self.down.forward(&super::qlinear::glu(anjeon_kernels::Glu::Silu, &g, &u)?)
     }
 }
 
