@@ -60,7 +60,9 @@ pub fn glu(kind: Glu, gate: &mut [f32], up: &[f32]) -> Result<(), KernelError> {
         }
     };
     if gate.len() > CHUNK && rayon::current_num_threads() > 1 {
-        gate.par_chunks_mut(CHUNK).zip(up.par_chunks(CHUNK)).for_each(run);
+        gate.par_chunks_mut(CHUNK)
+            .zip(up.par_chunks(CHUNK))
+            .for_each(run);
     } else {
         run((gate, up));
     }
@@ -112,7 +114,8 @@ mod tests {
             Glu::Silu => x / (1.0 + (-x).exp()),
             Glu::GeluTanh => {
                 0.5 * x
-                    * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh())
+                    * (1.0
+                        + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh())
             }
         }
     }
@@ -141,7 +144,9 @@ mod tests {
             }
             for (p, o) in &outs[1..] {
                 assert!(
-                    o.iter().zip(&outs[0].1).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    o.iter()
+                        .zip(&outs[0].1)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
                     "{kind:?}: {p:?} differs from {:?}",
                     outs[0].0
                 );

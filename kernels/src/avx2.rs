@@ -34,19 +34,24 @@ macro_rules! kernels {
                 }
             };
         }
-        /// The same with an i16 scale per 16 values ($s16: as i16 pairs,
-        /// $s32: the same scales as i32 lanes).
+        /// The same with an i16 scale per 16 values ($s16 as i16 pairs).
+        /// `maddubs` + `madd` on both instruction sets: the scale rides on
+        /// the widening `madd` (AVX-VNNI's `vpdpbusd` would need a separate
+        /// 32-bit multiply by the scale, two more micro-ops). Every pair
+        /// fits an i16 (at most 63·127·2 = 16002).
         macro_rules! sdot4 {
-            ($u:expr, $x:expr, $s16:expr, $s32:expr) => {
-                if $vnni {
-                    _mm256_mullo_epi32(
-                        _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), $u, $x),
-                        $s32,
-                    )
-                } else {
-                    _mm256_madd_epi16(_mm256_maddubs_epi16($u, $x), $s16)
-                }
+            ($u:expr, $x:expr, $s16:expr) => {
+                _mm256_madd_epi16(_mm256_maddubs_epi16($u, $x), $s16)
             };
+        }
+
+        /// Σ of eight i32 lanes (exact).
+        #[target_feature(enable = $feat)]
+        #[inline]
+        unsafe fn hsum_i32(v: __m256i) -> i32 {
+            let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+            let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+            _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 1)))
         }
 
         #[target_feature(enable = $feat)]
@@ -216,7 +221,6 @@ macro_rules! kernels {
             let one = _mm256_set1_epi8(1);
             let mut u = [_mm256_setzero_si256(); 8];
             let mut sc = [_mm256_setzero_si256(); 8];
-            let mut sc32 = [_mm256_setzero_si256(); 8];
             let mut mins = [0i32; 8];
             for i in 0..nb {
                 let b = w.as_ptr().add(i * bb);
@@ -225,9 +229,13 @@ macro_rules! kernels {
                 for (j, (s, m)) in sc.iter_mut().zip(mins.iter_mut()).enumerate() {
                     let (a, mm) = scale_min_k4(j, &blk[4..16]);
                     *s = _mm256_set1_epi16(a as i16);
-                    sc32[j] = _mm256_set1_epi32(a as i32);
                     *m = mm as i32;
                 }
+                // hadd of the 16 sums per 16 gives the sums per 32 in the
+                // order 0 1 4 5 2 3 6 7; the minimums in the same order.
+                let mv = _mm256_setr_epi32(
+                    mins[0], mins[1], mins[4], mins[5], mins[2], mins[3], mins[6], mins[7],
+                );
                 let qs = if five { b.add(48) } else { b.add(16) };
                 let hb = if five {
                     _mm256_loadu_si256(b.add(16) as *const __m256i)
@@ -259,14 +267,13 @@ macro_rules! kernels {
                     for s in 0..8 {
                         lanes = _mm256_add_epi32(
                             lanes,
-                            sdot4!(u[s], load(x.qs, 256 * i + 32 * s), sc[s], sc32[s]),
+                            sdot4!(u[s], load(x.qs, 256 * i + 32 * s), sc[s]),
                         );
                     }
-                    let s16 = &x.sums[16 * i..16 * i + 16];
-                    let mut bint = 0i32;
-                    for j in 0..8 {
-                        bint += mins[j] * (s16[2 * j] + s16[2 * j + 1]);
-                    }
+                    let sp = x.sums.as_ptr().add(16 * i) as *const __m256i;
+                    let s32 =
+                        _mm256_hadd_epi32(_mm256_loadu_si256(sp), _mm256_loadu_si256(sp.add(1)));
+                    let bint = hsum_i32(_mm256_mullo_epi32(mv, s32));
                     epilogue(&mut acc[r], &mut bacc[r], lanes, d, -dmin, bint, x.d[i]);
                 }
             }
@@ -287,7 +294,6 @@ macro_rules! kernels {
             let m3 = _mm256_set1_epi8(3);
             let mut u = [_mm256_setzero_si256(); 8];
             let mut scv = [_mm256_setzero_si256(); 8];
-            let mut scv32 = [_mm256_setzero_si256(); 8];
             for i in 0..nb {
                 let b = w.as_ptr().add(i * bb);
                 let sc = std::slice::from_raw_parts(b.add(192), 16);
@@ -317,25 +323,25 @@ macro_rules! kernels {
                         _mm_set1_epi16(sc[2 * t + 1] as i8 as i16),
                         _mm_set1_epi16(sc[2 * t] as i8 as i16),
                     );
-                    scv32[t] = _mm256_set_m128i(
-                        _mm_set1_epi32(sc[2 * t + 1] as i8 as i32),
-                        _mm_set1_epi32(sc[2 * t] as i8 as i32),
-                    );
                 }
+                // The 16 signed scales as i32, against the sums per 16.
+                let sc_lo = _mm256_cvtepi8_epi32(_mm_loadl_epi64(sc.as_ptr() as *const __m128i));
+                let sc_hi =
+                    _mm256_cvtepi8_epi32(_mm_loadl_epi64(sc.as_ptr().add(8) as *const __m128i));
                 for r in 0..R {
                     let x = &xs[r];
                     let mut lanes = _mm256_setzero_si256();
                     for t in 0..8 {
                         lanes = _mm256_add_epi32(
                             lanes,
-                            sdot4!(u[t], load(x.qs, 256 * i + 32 * t), scv[t], scv32[t]),
+                            sdot4!(u[t], load(x.qs, 256 * i + 32 * t), scv[t]),
                         );
                     }
-                    let s16 = &x.sums[16 * i..16 * i + 16];
-                    let mut s = 0i32;
-                    for g in 0..16 {
-                        s += sc[g] as i8 as i32 * s16[g];
-                    }
+                    let sp = x.sums.as_ptr().add(16 * i) as *const __m256i;
+                    let s = hsum_i32(_mm256_add_epi32(
+                        _mm256_mullo_epi32(sc_lo, _mm256_loadu_si256(sp)),
+                        _mm256_mullo_epi32(sc_hi, _mm256_loadu_si256(sp.add(1))),
+                    ));
                     epilogue(&mut acc[r], &mut bacc[r], lanes, d, d, -32 * s, x.d[i]);
                 }
             }

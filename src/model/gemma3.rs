@@ -241,7 +241,8 @@ impl Layer {
         // gelu_pytorch_tanh (candle's `gelu` off the CPU is the same
         // tanh approximation).
         let (g, u) = (self.gate.forward(x)?, self.up.forward(x)?);
-        self.down.forward(&super::qlinear::glu(anjeon_kernels::Glu::GeluTanh, &g, &u)?)
+        self.down
+            .forward(&super::qlinear::glu(anjeon_kernels::Glu::GeluTanh, &g, &u)?)
     }
 }
 

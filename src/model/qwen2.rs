@@ -143,7 +143,8 @@ impl Layer {
 
     fn mlp(&self, x: &Tensor) -> Result<Tensor> {
         let (g, u) = (self.gate.forward(x)?, self.up.forward(x)?);
-        self.down.forward(&super::qlinear::glu(anjeon_kernels::Glu::Silu, &g, &u)?)
+        self.down
+            .forward(&super::qlinear::glu(anjeon_kernels::Glu::Silu, &g, &u)?)
     }
 }
 
