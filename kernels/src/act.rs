@@ -23,7 +23,7 @@ pub enum Glu {
 }
 
 /// `-2·√(2/π)`.
-const GELU_S: f32 = -1.595_769_1;
+const GELU_S: f32 = -1.595_769_2;
 const GELU_C: f32 = 0.044_715;
 
 /// Values per task on rayon's threads; fewer stay on the calling thread.
