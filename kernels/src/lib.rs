@@ -350,6 +350,42 @@ impl Packed {
         })
     }
 
+    /// Repack `n` rows of `k` weights read 8 rows at a time:
+    /// `read(first_row, buf)` fills `buf` with the file's bytes of rows
+    /// `first_row..` (whole rows, at most 8). Only the repacked matrix and
+    /// one group of rows are held, never the file's matrix as well.
+    pub fn from_rows(
+        f: Format,
+        n: usize,
+        k: usize,
+        mut read: impl FnMut(usize, &mut [u8]) -> std::io::Result<()>,
+    ) -> std::io::Result<Packed> {
+        let bad = |e: KernelError| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+        check_k(f, k).map_err(bad)?;
+        if !x8::supported(f) {
+            return Err(bad(KernelError::Size {
+                what: "repackable format (the 32-weight formats)",
+                expected: 32,
+                got: f.block_elems(),
+            }));
+        }
+        let rb = f.row_bytes(k);
+        let group = (k / 32) * x8::group_block_bytes(f);
+        let mut data = Vec::with_capacity(n.div_ceil(8) * group);
+        let mut buf = vec![0u8; 8 * rb];
+        for r0 in (0..n).step_by(8) {
+            let rows = (n - r0).min(8);
+            read(r0, &mut buf[..rows * rb])?;
+            data.extend_from_slice(&x8::repack(f, &buf[..rows * rb], rows, k));
+        }
+        Ok(Packed {
+            format: f,
+            n,
+            k,
+            data,
+        })
+    }
+
     pub fn format(&self) -> Format {
         self.format
     }
@@ -435,5 +471,38 @@ fn dot_group(path: Path, f: Format, gw: &[u8], xs: &[acts::ActRow<'_>], out: &mu
     let _ = path;
     for (o, x) in out.iter_mut().zip(xs) {
         x8::dot_group_scalar(f, gw, *x, o);
+    }
+}
+
+#[cfg(test)]
+mod packed_tests {
+    use super::*;
+
+    #[test]
+    fn packing_from_rows_gives_the_same_bytes_as_from_the_whole_matrix() {
+        for f in Format::ALL.into_iter().filter(|f| x8::supported(*f)) {
+            // 21 rows: two whole groups and a partial one.
+            let (n, k) = (21, 64);
+            let w: Vec<u8> = (0..n * f.row_bytes(k)).map(|i| (i * 7 + 3) as u8).collect();
+            let whole = Packed::new(f, &w, n, k).unwrap();
+            let rb = f.row_bytes(k);
+            let mut calls = Vec::new();
+            let streamed = Packed::from_rows(f, n, k, |row, buf| {
+                calls.push((row, buf.len() / rb));
+                buf.copy_from_slice(&w[row * rb..row * rb + buf.len()]);
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(streamed.data, whole.data, "{f:?}");
+            assert_eq!(calls, vec![(0, 8), (8, 8), (16, 5)]);
+            let failed = Packed::from_rows(f, n, k, |_, _| {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "cut",
+                ))
+            });
+            assert!(failed.is_err());
+        }
+        assert!(Packed::from_rows(Format::Q4K, 8, 256, |_, _| Ok(())).is_err());
     }
 }

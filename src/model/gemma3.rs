@@ -296,7 +296,7 @@ impl ModelWeights {
             let p = format!("blk.{i}");
             let qm = |r: &mut R, n: &str| -> Result<QLinear> {
                 let name = format!("{p}.{n}.weight");
-                QLinear::new(ct.tensor(r, &name, dev)?, &name)
+                QLinear::load(&ct, r, &name, dev)
             };
             let nm = |r: &mut R, n: &str| Norm::load(&ct, r, &format!("{p}.{n}.weight"), eps, dev);
             let local = (i + 1) % pattern != 0;

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use anjeon_kernels::Format;
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Result, Storage, Tensor};
 
 /// The kernels' format for a GGUF tensor type, if they cover it.
@@ -126,6 +126,56 @@ impl QLinear {
             packed: None,
             fallback: Some(fallback),
         })
+    }
+
+    /// Tensor `name` of a GGUF file. A tensor that will be repacked is
+    /// streamed from the file into the interleaved layout 8 rows at a time,
+    /// so loading never holds the file's matrix and its repacked copy
+    /// together (a 262k-token Q8_0 table is 178 MB); others are read whole.
+    pub fn load<R: std::io::Read + std::io::Seek>(
+        ct: &gguf_file::Content,
+        r: &mut R,
+        name: &str,
+        dev: &Device,
+    ) -> Result<QLinear> {
+        let Some(info) = ct.tensor_infos.get(name) else {
+            candle_core::bail!("GGUF tensor {name} missing");
+        };
+        let stream = matches!(dev, Device::Cpu) && !kernels_off() && !kernels_unpacked();
+        let fmt = kernel_format(info.ggml_dtype).filter(|f| anjeon_kernels::repackable(*f));
+        if let (true, Some(f), Ok((n, k))) = (stream, fmt, info.shape.dims2()) {
+            if k.is_multiple_of(f.block_elems()) {
+                let start = ct.tensor_data_offset.saturating_add(info.offset);
+                let rb = f.row_bytes(k) as u64;
+                let end = r.seek(std::io::SeekFrom::End(0))?;
+                let need = start.saturating_add(rb.saturating_mul(n as u64));
+                if need > end {
+                    candle_core::bail!(
+                        "tensor {name} needs bytes up to offset {need}, the file ends at {end}"
+                    );
+                }
+                let p = anjeon_kernels::Packed::from_rows(f, n, k, |row, buf| {
+                    r.seek(std::io::SeekFrom::Start(start + row as u64 * rb))?;
+                    r.read_exact(buf)
+                })
+                .map_err(|e| candle_core::Error::Msg(format!("{name}: {e}")))?;
+                return Ok(QLinear {
+                    kernel: None,
+                    packed: Some(Arc::new(p)),
+                    fallback: None,
+                });
+            }
+        }
+        QLinear::new(ct.tensor(r, name, dev)?, name)
+    }
+
+    /// The file's tensor, when this layer kept it (not repacked).
+    fn tensor(&self) -> Option<Arc<QTensor>> {
+        match (&self.kernel, &self.fallback) {
+            (Some(k), _) => Some(k.q.clone()),
+            (None, Some(QMatMul::QTensor(q))) => Some(q.clone()),
+            _ => None,
+        }
     }
 
     /// The repacked weights, when this layer has them (a tied token
@@ -307,15 +357,15 @@ pub fn embeddings_and_output<R: std::io::Read + std::io::Seek>(
     const EMBD: &str = "token_embd.weight";
     if ct.tensor_infos.contains_key("output.weight") {
         let embed = QEmbedding::new(Arc::new(ct.tensor(r, EMBD, dev)?), hidden)?;
-        return Ok((
-            embed,
-            QLinear::new(ct.tensor(r, "output.weight", dev)?, "output.weight")?,
-        ));
+        return Ok((embed, QLinear::load(ct, r, "output.weight", dev)?));
     }
-    let q = Arc::new(ct.tensor(r, EMBD, dev)?);
-    let out = QLinear::new_shared(q.clone(), EMBD)?;
-    Ok(match out.packed() {
-        Some(p) => (QEmbedding::from_packed(p), out),
-        None => (QEmbedding::new(q, hidden)?, out),
-    })
+    let out = QLinear::load(ct, r, EMBD, dev)?;
+    let embed = match (out.packed(), out.tensor()) {
+        (Some(p), _) => QEmbedding::from_packed(p),
+        (None, Some(q)) => QEmbedding::new(q, hidden)?,
+        // A layer always keeps one or the other; read the table again
+        // rather than fail if that ever changes.
+        (None, None) => QEmbedding::new(Arc::new(ct.tensor(r, EMBD, dev)?), hidden)?,
+    };
+    Ok((embed, out))
 }

@@ -270,7 +270,7 @@ impl ModelWeights {
             let p = format!("blk.{i}");
             let qm = |r: &mut R, n: &str| -> Result<QLinear> {
                 let name = format!("{p}.{n}.weight");
-                QLinear::new(ct.tensor(r, &name, dev)?, &name)
+                QLinear::load(&ct, r, &name, dev)
             };
             let bias = |r: &mut R, n: &str| -> Result<Option<Tensor>> {
                 let name = format!("{p}.{n}.bias");
