@@ -19,6 +19,7 @@ mod avx2;
 mod format;
 mod scalar;
 mod x8;
+mod x8k;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
@@ -330,7 +331,7 @@ impl Packed {
         check_k(f, k)?;
         if !x8::supported(f) {
             return Err(KernelError::Size {
-                what: "repackable format (the 32-weight formats)",
+                what: "repackable format (the 32-weight formats and Q4_K)",
                 expected: 32,
                 got: f.block_elems(),
             });
@@ -364,13 +365,13 @@ impl Packed {
         check_k(f, k).map_err(bad)?;
         if !x8::supported(f) {
             return Err(bad(KernelError::Size {
-                what: "repackable format (the 32-weight formats)",
+                what: "repackable format (the 32-weight formats and Q4_K)",
                 expected: 32,
                 got: f.block_elems(),
             }));
         }
         let rb = f.row_bytes(k);
-        let group = (k / 32) * x8::group_block_bytes(f);
+        let group = x8::group_bytes(f, k);
         let mut data = Vec::with_capacity(n.div_ceil(8) * group);
         let mut buf = vec![0u8; 8 * rb];
         for r0 in (0..n).step_by(8) {
@@ -408,7 +409,7 @@ impl Packed {
                 got: row,
             });
         }
-        let gb = (self.k / 32) * x8::group_block_bytes(self.format);
+        let gb = x8::group_bytes(self.format, self.k);
         let g = row / 8;
         x8::dequantize_group_row(self.format, &self.data[g * gb..(g + 1) * gb], row % 8, out);
         Ok(())
@@ -422,15 +423,15 @@ impl Packed {
 
     pub fn matmul_acts(&self, acts: &Acts, y: &mut [f32]) -> Result<(), KernelError> {
         let (f, n, k) = (self.format, self.n, self.k);
-        if acts.k != k || acts.unit != 32 {
+        if acts.k != k || acts.unit != f.block_elems() {
             return Err(KernelError::Size {
-                what: "activation row length",
+                what: "activation row length (in blocks of the format's size)",
                 expected: k,
                 got: acts.k,
             });
         }
         let path = path();
-        let gb = (k / 32) * x8::group_block_bytes(f);
+        let gb = x8::group_bytes(f, k);
         tiled(acts, n, 8, gb, y, |g, rows, dots| {
             dot_group(path, f, &self.data[g * gb..(g + 1) * gb], rows, dots)
         })
@@ -447,10 +448,11 @@ fn dot_group(path: Path, f: Format, gw: &[u8], xs: &[acts::ActRow<'_>], out: &mu
                 // SAFETY: the path was chosen because the CPU has its features;
                 // gw is whole group-blocks and every row holds k values.
                 unsafe {
-                    if path == Path::AvxVnni {
-                        x8::simd::vnni::dot_group::<$r>(f, gw, a, o)
-                    } else {
-                        x8::simd::plain::dot_group::<$r>(f, gw, a, o)
+                    match (path == Path::AvxVnni, f == Format::Q4K) {
+                        (true, true) => x8k::simd::vnni::dot_group::<$r>(gw, a, o),
+                        (false, true) => x8k::simd::plain::dot_group::<$r>(gw, a, o),
+                        (true, false) => x8::simd::vnni::dot_group::<$r>(f, gw, a, o),
+                        (false, false) => x8::simd::plain::dot_group::<$r>(f, gw, a, o),
                     }
                 }
             }};
@@ -482,7 +484,7 @@ mod packed_tests {
     fn packing_from_rows_gives_the_same_bytes_as_from_the_whole_matrix() {
         for f in Format::ALL.into_iter().filter(|f| x8::supported(*f)) {
             // 21 rows: two whole groups and a partial one.
-            let (n, k) = (21, 64);
+            let (n, k) = (21, 2 * f.block_elems());
             let w: Vec<u8> = (0..n * f.row_bytes(k)).map(|i| (i * 7 + 3) as u8).collect();
             let whole = Packed::new(f, &w, n, k).unwrap();
             let rb = f.row_bytes(k);
@@ -503,6 +505,6 @@ mod packed_tests {
             });
             assert!(failed.is_err());
         }
-        assert!(Packed::from_rows(Format::Q4K, 8, 256, |_, _| Ok(())).is_err());
+        assert!(Packed::from_rows(Format::Q6K, 8, 256, |_, _| Ok(())).is_err());
     }
 }

@@ -29,8 +29,17 @@ use crate::format::{f16_at, Format};
 pub fn supported(f: Format) -> bool {
     matches!(
         f,
-        Format::Q4_0 | Format::Q4_1 | Format::Q5_0 | Format::Q5_1 | Format::Q8_0
+        Format::Q4_0 | Format::Q4_1 | Format::Q5_0 | Format::Q5_1 | Format::Q8_0 | Format::Q4K
     )
+}
+
+/// Bytes of one group of 8 repacked rows of `k` weights.
+pub(crate) fn group_bytes(f: Format, k: usize) -> usize {
+    if f == Format::Q4K {
+        k / 256 * crate::x8k::GBB
+    } else {
+        k / 32 * group_block_bytes(f)
+    }
 }
 
 fn has_min(f: Format) -> bool {
@@ -58,6 +67,9 @@ pub(crate) fn group_block_bytes(f: Format) -> usize {
 /// a last partial group is padded with zero rows (zero scales).
 pub fn repack(f: Format, w: &[u8], n: usize, k: usize) -> Vec<u8> {
     assert!(supported(f));
+    if f == Format::Q4K {
+        return crate::x8k::repack(w, n, k);
+    }
     let bb = f.block_bytes();
     let nb = k / 32;
     let rb = nb * bb;
@@ -141,6 +153,9 @@ fn weights(f: Format, o: &[u8], j: usize) -> [i32; 32] {
 /// Row `j` of a group's blocks, dequantized exactly as
 /// [`crate::dequantize_row`] does for the file's layout.
 pub(crate) fn dequantize_group_row(f: Format, gw: &[u8], j: usize, out: &mut [f32]) {
+    if f == Format::Q4K {
+        return crate::x8k::dequantize_group_row(gw, j, out);
+    }
     let gbb = group_block_bytes(f);
     let (mo, _, _) = offsets(f);
     for (blk, o) in gw.chunks_exact(gbb).zip(out.chunks_exact_mut(32)) {
@@ -161,6 +176,9 @@ pub(crate) fn dequantize_group_row(f: Format, gw: &[u8], j: usize, out: &mut [f3
 
 /// Portable path: outputs `8g..8g+8` of activation row `x` into `out`.
 pub(crate) fn dot_group_scalar(f: Format, gw: &[u8], x: ActRow<'_>, out: &mut [f32; 8]) {
+    if f == Format::Q4K {
+        return crate::x8k::dot_group_scalar(gw, x, out);
+    }
     let gbb = group_block_bytes(f);
     let (mo, _, _) = offsets(f);
     for (j, o) in out.iter_mut().enumerate() {

@@ -230,6 +230,8 @@ fn repacked_formats_match_the_reference() {
             (64, 37, 512),
             (3, 16, 4864),
         ] {
+            // Whole blocks of the format (Q4_K's are 256 weights).
+            let k = k / 32 * f.block_elems();
             let mut rng = Rng(500 + s as u64 * 7 + n as u64);
             let w = weights(f, n, k, &mut rng);
             let x = acts(m, k, &mut rng);
@@ -272,7 +274,7 @@ fn repacked_formats_match_the_reference() {
 #[test]
 fn repacked_rows_dequantize_like_the_file() {
     for f in Format::ALL.into_iter().filter(|f| repackable(*f)) {
-        let (n, k) = (19, 96);
+        let (n, k) = (19, 3 * f.block_elems());
         let w = weights(f, n, k, &mut Rng(77));
         let p = Packed::new(f, &w, n, k).unwrap();
         let rb = f.row_bytes(k);
