@@ -331,7 +331,7 @@ impl Packed {
         check_k(f, k)?;
         if !x8::supported(f) {
             return Err(KernelError::Size {
-                what: "repackable format (the 32-weight formats and Q4_K)",
+                what: "repackable format (the 32-weight formats, Q4_K and Q6_K)",
                 expected: 32,
                 got: f.block_elems(),
             });
@@ -365,7 +365,7 @@ impl Packed {
         check_k(f, k).map_err(bad)?;
         if !x8::supported(f) {
             return Err(bad(KernelError::Size {
-                what: "repackable format (the 32-weight formats and Q4_K)",
+                what: "repackable format (the 32-weight formats, Q4_K and Q6_K)",
                 expected: 32,
                 got: f.block_elems(),
             }));
@@ -448,11 +448,13 @@ fn dot_group(path: Path, f: Format, gw: &[u8], xs: &[acts::ActRow<'_>], out: &mu
                 // SAFETY: the path was chosen because the CPU has its features;
                 // gw is whole group-blocks and every row holds k values.
                 unsafe {
-                    match (path == Path::AvxVnni, f == Format::Q4K) {
-                        (true, true) => x8k::simd::vnni::dot_group::<$r>(gw, a, o),
-                        (false, true) => x8k::simd::plain::dot_group::<$r>(gw, a, o),
-                        (true, false) => x8::simd::vnni::dot_group::<$r>(f, gw, a, o),
-                        (false, false) => x8::simd::plain::dot_group::<$r>(f, gw, a, o),
+                    match (path == Path::AvxVnni, f) {
+                        (true, Format::Q4K) => x8k::simd::vnni::dot_group::<$r>(gw, a, o),
+                        (false, Format::Q4K) => x8k::simd::plain::dot_group::<$r>(gw, a, o),
+                        (true, Format::Q6K) => x8k::simd::vnni::dot_group_q6k::<$r>(gw, a, o),
+                        (false, Format::Q6K) => x8k::simd::plain::dot_group_q6k::<$r>(gw, a, o),
+                        (true, _) => x8::simd::vnni::dot_group::<$r>(f, gw, a, o),
+                        (false, _) => x8::simd::plain::dot_group::<$r>(f, gw, a, o),
                     }
                 }
             }};
@@ -505,6 +507,6 @@ mod packed_tests {
             });
             assert!(failed.is_err());
         }
-        assert!(Packed::from_rows(Format::Q6K, 8, 256, |_, _| Ok(())).is_err());
+        assert!(Packed::from_rows(Format::Q5K, 8, 256, |_, _| Ok(())).is_err());
     }
 }

@@ -29,7 +29,13 @@ use crate::format::{f16_at, Format};
 pub fn supported(f: Format) -> bool {
     matches!(
         f,
-        Format::Q4_0 | Format::Q4_1 | Format::Q5_0 | Format::Q5_1 | Format::Q8_0 | Format::Q4K
+        Format::Q4_0
+            | Format::Q4_1
+            | Format::Q5_0
+            | Format::Q5_1
+            | Format::Q8_0
+            | Format::Q4K
+            | Format::Q6K
     )
 }
 
@@ -37,6 +43,8 @@ pub fn supported(f: Format) -> bool {
 pub(crate) fn group_bytes(f: Format, k: usize) -> usize {
     if f == Format::Q4K {
         k / 256 * crate::x8k::GBB
+    } else if f == Format::Q6K {
+        k / 256 * crate::x8k::GBB6
     } else {
         k / 32 * group_block_bytes(f)
     }
@@ -69,6 +77,9 @@ pub fn repack(f: Format, w: &[u8], n: usize, k: usize) -> Vec<u8> {
     assert!(supported(f));
     if f == Format::Q4K {
         return crate::x8k::repack(w, n, k);
+    }
+    if f == Format::Q6K {
+        return crate::x8k::repack_q6k(w, n, k);
     }
     let bb = f.block_bytes();
     let nb = k / 32;
@@ -156,6 +167,9 @@ pub(crate) fn dequantize_group_row(f: Format, gw: &[u8], j: usize, out: &mut [f3
     if f == Format::Q4K {
         return crate::x8k::dequantize_group_row(gw, j, out);
     }
+    if f == Format::Q6K {
+        return crate::x8k::dequantize_group_row_q6k(gw, j, out);
+    }
     let gbb = group_block_bytes(f);
     let (mo, _, _) = offsets(f);
     for (blk, o) in gw.chunks_exact(gbb).zip(out.chunks_exact_mut(32)) {
@@ -178,6 +192,9 @@ pub(crate) fn dequantize_group_row(f: Format, gw: &[u8], j: usize, out: &mut [f3
 pub(crate) fn dot_group_scalar(f: Format, gw: &[u8], x: ActRow<'_>, out: &mut [f32; 8]) {
     if f == Format::Q4K {
         return crate::x8k::dot_group_scalar(gw, x, out);
+    }
+    if f == Format::Q6K {
+        return crate::x8k::dot_group_scalar_q6k(gw, x, out);
     }
     let gbb = group_block_bytes(f);
     let (mo, _, _) = offsets(f);
