@@ -306,8 +306,10 @@ impl Encoder {
             x = (residual + layer.post_attn_norm.forward(&att)?)?;
             let residual = x.clone();
             let xs = layer.pre_ff_norm.forward(&x)?;
-            let g = layer.gate.forward(&xs)?.gelu()?; // tanh approximation
-            let ff = layer.down.forward(&(g * layer.up.forward(&xs)?)?)?;
+            // gelu_pytorch_tanh(gate) · up: anjeon's kernel on the CPU.
+            let (g, u) = (layer.gate.forward(&xs)?, layer.up.forward(&xs)?);
+            let gu = super::qlinear::glu(anjeon_kernels::Glu::GeluTanh, &g, &u)?;
+            let ff = layer.down.forward(&gu)?;
             x = (residual + layer.post_ff_norm.forward(&ff)?)?;
         }
         self.norm.forward(&x)
