@@ -165,7 +165,6 @@ batch_decode!(gemma3::ModelWeights);
 
 // GGUF Llama mixture-of-experts files and Qwen3 (candle's quantized models).
 causal_lm!(tm::quantized_llama::ModelWeights, copyable);
-causal_lm!(tm::quantized_qwen3::ModelWeights);
 
 // Hugging Face Qwen2 and Qwen3 (safetensors, candle-transformers).
 causal_lm!(tm::qwen2::ModelForCausalLM);

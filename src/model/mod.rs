@@ -281,13 +281,9 @@ fn gguf_arch<R: std::io::Read + std::io::Seek>(
                     .map_err(cerr(path, "loading llama weights"))?,
             )
         }
-        "llama" | "qwen2" => Box::new(
+        "llama" | "qwen2" | "qwen3" => Box::new(
             qwen2::ModelWeights::from_gguf(ct, r, device)
-                .map_err(cerr(path, "loading llama/qwen2 weights"))?,
-        ),
-        "qwen3" => Box::new(
-            tm::quantized_qwen3::ModelWeights::from_gguf(ct, r, device)
-                .map_err(cerr(path, "loading qwen3 weights"))?,
+                .map_err(cerr(path, &format!("loading {arch_name} weights")))?,
         ),
         "gemma3" => Box::new(
             gemma3::ModelWeights::from_gguf(ct, r, device)

@@ -1,6 +1,8 @@
 //! Llama-family decoder from a quantized GGUF file: Qwen2 / Qwen2.5 (q/k/v
-//! biases, NeoX rotary pairs) and dense Llama (SmolLM2, no biases,
-//! interleaved rotary pairs as llama.cpp's GGUF conversion stores q/k).
+//! biases, NeoX rotary pairs), Qwen3 (no biases, RMSNorm of each query and
+//! key head before the rotary, a head size of its own) and dense Llama
+//! (SmolLM2, no biases, interleaved rotary pairs as llama.cpp's GGUF
+//! conversion stores q/k).
 //!
 //! The Llama side follows candle-transformers 0.11.1's `quantized_llama`
 //! (same computation, checked against llama.cpp's logits in tests/models.rs);
@@ -45,6 +47,9 @@ struct Layer {
     bv: Option<Tensor>,
     /// NeoX rotary pairs `(i, i + d/2)` (Qwen2) or interleaved `(2i, 2i+1)` (Llama).
     neox: bool,
+    /// Qwen3's RMSNorm of each query and key head (before the rotary).
+    q_norm: Option<Norm>,
+    k_norm: Option<Norm>,
     wo: QLinear,
     attn_norm: Norm,
     ffn_norm: Norm,
@@ -85,6 +90,18 @@ impl Layer {
         ))
     }
 
+    /// Projections `[b, seq, ·]` as heads `[b, heads, seq, d]`, with
+    /// Qwen3's per-head norms.
+    fn heads(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let mut q = split_heads(q, self.n_head, self.head_dim)?;
+        let mut k = split_heads(k, self.n_kv, self.head_dim)?;
+        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
+            q = qn.forward(&q)?;
+            k = kn.forward(&k)?;
+        }
+        Ok((q, k, split_heads(v, self.n_kv, self.head_dim)?))
+    }
+
     fn rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         if self.neox {
             candle_nn::rotary_emb::rope(x, cos, sin)
@@ -105,9 +122,7 @@ impl Layer {
         pos: usize,
     ) -> Result<Tensor> {
         let seq = q.dim(1)?;
-        let q = split_heads(q, self.n_head, self.head_dim)?;
-        let k = split_heads(k, self.n_kv, self.head_dim)?;
-        let v = split_heads(v, self.n_kv, self.head_dim)?;
+        let (q, k, v) = self.heads(q, k, v)?;
         let cos = self.cos.narrow(0, pos, seq)?;
         let sin = self.sin.narrow(0, pos, seq)?;
         let q = self.rope(&q, &cos, &sin)?;
@@ -125,9 +140,7 @@ impl Layer {
         (cos, sin): (&Tensor, &Tensor),
         positions: &[usize],
     ) -> Result<Tensor> {
-        let q = split_heads(q, self.n_head, self.head_dim)?;
-        let k = split_heads(k, self.n_kv, self.head_dim)?;
-        let v = split_heads(v, self.n_kv, self.head_dim)?;
+        let (q, k, v) = self.heads(q, k, v)?;
         let q = self.rope(&q, cos, sin)?;
         let k = self.rope(&k, cos, sin)?;
         kv_attend_batch(
@@ -209,9 +222,9 @@ impl ModelWeights {
             .cloned()
             .unwrap_or_else(|| "qwen2".into());
         let neox = match arch.as_str() {
-            "qwen2" => true,
+            "qwen2" | "qwen3" => true,
             "llama" => false,
-            other => candle_core::bail!("architecture {other} is not a Llama/Qwen2 decoder"),
+            other => candle_core::bail!("architecture {other} is not a Llama/Qwen decoder"),
         };
         let get = |k: &str| {
             ct.metadata
@@ -229,16 +242,19 @@ impl ModelWeights {
         let ctx = get("context_length")
             .and_then(|v| v.to_u32())
             .unwrap_or(32_768) as usize;
+        // Qwen3 states its head size (it need not be hidden / heads).
+        let key_length = get("attention.key_length").and_then(|v| v.to_u32()).ok();
         if n_head == 0
             || n_kv == 0
             || !n_head.is_multiple_of(n_kv)
-            || !hidden.is_multiple_of(n_head)
+            || (key_length.is_none() && !hidden.is_multiple_of(n_head))
+            || key_length == Some(0)
         {
             candle_core::bail!(
                 "GGUF metadata: {n_head} attention heads and {n_kv} key/value heads do not fit {hidden} features"
             );
         }
-        let head_dim = hidden / n_head;
+        let head_dim = key_length.map_or(hidden / n_head, |d| d as usize);
         if let Ok(rd) = get("rope.dimension_count").and_then(|v| v.to_u32()) {
             if rd as usize != head_dim {
                 candle_core::bail!("GGUF metadata: rotary dimension {rd} differs from the head size {head_dim} (partial rotary is not supported)");
@@ -272,6 +288,14 @@ impl ModelWeights {
                 let name = format!("{p}.{n}.weight");
                 QLinear::load(&ct, r, &name, dev)
             };
+            let head_norm = |r: &mut R, n: &str| -> Result<Option<Norm>> {
+                let name = format!("{p}.{n}.weight");
+                match (arch.as_str(), ct.tensor_infos.contains_key(&name)) {
+                    ("qwen3", true) => Ok(Some(norm(r, &name)?)),
+                    ("qwen3", false) => candle_core::bail!("GGUF tensor {name} missing"),
+                    _ => Ok(None),
+                }
+            };
             let bias = |r: &mut R, n: &str| -> Result<Option<Tensor>> {
                 let name = format!("{p}.{n}.bias");
                 if !ct.tensor_infos.contains_key(&name) {
@@ -287,6 +311,8 @@ impl ModelWeights {
                 bk: bias(r, "attn_k")?,
                 bv: bias(r, "attn_v")?,
                 neox,
+                q_norm: head_norm(r, "attn_q_norm")?,
+                k_norm: head_norm(r, "attn_k_norm")?,
                 wo: qm(r, "attn_output")?,
                 attn_norm: norm(r, &format!("{p}.attn_norm.weight"))?,
                 ffn_norm: norm(r, &format!("{p}.ffn_norm.weight"))?,
