@@ -52,7 +52,7 @@ pub fn glu(kind: Glu, gate: &mut [f32], up: &[f32]) -> Result<(), KernelError> {
     let run = |(g, u): (&mut [f32], &[f32])| match p {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: Avx2/AvxVnni are only chosen when the CPU has AVX2 and FMA.
-        Path::Avx2 | Path::AvxVnni => unsafe { simd::glu(kind, g, u) },
+        Path::Avx2 | Path::AvxVnni | Path::Avx512 => unsafe { simd::glu(kind, g, u) },
         _ => {
             for (g, &u) in g.iter_mut().zip(u) {
                 *g = one(kind, *g, u);

@@ -168,7 +168,9 @@ fn scores(p: Path, q: &[f32], k: &[f32], stride: usize, scale: f32, s: &mut [f32
         // SAFETY: Avx2/AvxVnni are only chosen when the CPU has AVX2 and FMA;
         // key j's values k[j·stride..j·stride + q.len()] are inside `k`
         // (attend_decode checked whole rows).
-        Path::Avx2 | Path::AvxVnni => unsafe { simd::scores(q, k, stride, scale, s) },
+        Path::Avx2 | Path::AvxVnni | Path::Avx512 => unsafe {
+            simd::scores(q, k, stride, scale, s)
+        },
         _ => {
             for (j, o) in s.iter_mut().enumerate() {
                 *o = dot_scalar(q, &k[j * stride..j * stride + q.len()]) * scale;
@@ -197,7 +199,7 @@ fn softmax(p: Path, s: &mut [f32]) {
     match p {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as in `scores`.
-        Path::Avx2 | Path::AvxVnni => unsafe { simd::softmax(s) },
+        Path::Avx2 | Path::AvxVnni | Path::Avx512 => unsafe { simd::softmax(s) },
         _ => {
             let max = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
             let mut l = [0f32; 8];
@@ -227,7 +229,9 @@ fn weighted_sums(
     match p {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as in `scores`.
-        Path::Avx2 | Path::AvxVnni => unsafe { simd::weighted_sums(w, len, v, stride, d, o) },
+        Path::Avx2 | Path::AvxVnni | Path::Avx512 => unsafe {
+            simd::weighted_sums(w, len, v, stride, d, o)
+        },
         _ => {
             for (wr, or) in w.chunks_exact(len).zip(o.chunks_exact_mut(d)) {
                 or.fill(0.0);

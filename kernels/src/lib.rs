@@ -16,6 +16,8 @@ mod acts;
 pub mod attn;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 mod format;
 mod scalar;
 mod x8;
@@ -32,8 +34,8 @@ pub use attn::{attend_decode, AttnSeq, AttnShape};
 pub use format::{dequantize_block, dequantize_row, Format};
 pub use x8::supported as repackable;
 
-/// Which implementation runs. `ANJEON_KERNELS=scalar` or `=avx2` in the
-/// environment caps the choice.
+/// Which implementation runs. `ANJEON_KERNELS=scalar`, `=avx2` or
+/// `=avx-vnni` in the environment caps the choice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Path {
     /// Portable Rust, any CPU.
@@ -42,6 +44,10 @@ pub enum Path {
     Avx2,
     /// The same plus AVX-VNNI (`vpdpbusd` on 256-bit registers).
     AvxVnni,
+    /// AVX2 plus AVX-512 F/BW and AVX512-VNNI: the repacked matrix products
+    /// take two groups of 8 rows per 512-bit register; everything else runs
+    /// the 256-bit code (AVX-VNNI's where the CPU has it).
+    Avx512,
 }
 
 impl Path {
@@ -50,6 +56,16 @@ impl Path {
             Path::Scalar => "scalar",
             Path::Avx2 => "avx2",
             Path::AvxVnni => "avx-vnni",
+            Path::Avx512 => "avx512-vnni",
+        }
+    }
+
+    /// The 256-bit path this one runs where it has no code of its own.
+    pub(crate) fn ymm(self) -> Path {
+        match self {
+            Path::Avx512 if Path::AvxVnni.available() => Path::AvxVnni,
+            Path::Avx512 => Path::Avx2,
+            p => p,
         }
     }
 }
@@ -58,7 +74,7 @@ impl Path {
 static FORCED: AtomicU8 = AtomicU8::new(0);
 
 impl Path {
-    pub const ALL: [Path; 3] = [Path::Scalar, Path::Avx2, Path::AvxVnni];
+    pub const ALL: [Path; 4] = [Path::Scalar, Path::Avx2, Path::AvxVnni, Path::Avx512];
 
     /// Whether this CPU can run the path.
     pub fn available(self) -> bool {
@@ -72,6 +88,13 @@ impl Path {
             }
             #[cfg(target_arch = "x86_64")]
             Path::AvxVnni => Path::Avx2.available() && is_x86_feature_detected!("avxvnni"),
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx512 => {
+                Path::Avx2.available()
+                    && is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vnni")
+            }
             #[cfg(not(target_arch = "x86_64"))]
             _ => false,
         }
@@ -106,8 +129,10 @@ fn detected() -> Path {
         if std::env::var("ANJEON_KERNELS").is_ok_and(|v| v == "avx2") && Path::Avx2.available() {
             return Path::Avx2;
         }
-        [Path::AvxVnni, Path::Avx2]
+        let cap_vnni = std::env::var("ANJEON_KERNELS").is_ok_and(|v| v == "avx-vnni");
+        [Path::Avx512, Path::AvxVnni, Path::Avx2]
             .into_iter()
+            .filter(|p| !(cap_vnni && *p == Path::Avx512))
             .find(|p| p.available())
             .unwrap_or(Path::Scalar)
     })
@@ -245,7 +270,7 @@ fn tiled(
     per_unit: usize,
     unit_bytes: usize,
     y: &mut [f32],
-    dot: impl Fn(usize, &[acts::ActRow<'_>], &mut [[f32; 8]]) + Sync,
+    dot: impl Fn(usize, &[acts::ActRow<'_>], &mut [[f32; 16]]) + Sync,
 ) -> Result<(), KernelError> {
     let m = acts.rows();
     if y.len() != m * n {
@@ -269,7 +294,7 @@ fn tiled(
         let out = out;
         let (u0, u1) = (task * cs, ((task + 1) * cs).min(units));
         let mut rows = [acts.row(0); ROWS];
-        let mut dots = [[0f32; 8]; ROWS];
+        let mut dots = [[0f32; 16]; ROWS];
         let mut r0 = 0;
         while r0 < m {
             let nr = (m - r0).min(ROWS);
@@ -299,7 +324,7 @@ fn tiled(
 }
 
 fn dot_rows(path: Path, f: Format, w: &[u8], xs: &[acts::ActRow<'_>], out: &mut [f32]) {
-    match path {
+    match path.ymm() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: Avx2 is only chosen when the CPU reports AVX2, FMA and F16C;
         // matmul_acts checked the sizes.
@@ -432,19 +457,70 @@ impl Packed {
         }
         let path = path();
         let gb = x8::group_bytes(f, k);
+        // One activation row (decode at batch 1) streams the weights from
+        // memory once: there the two interleaved streams of a 512-bit unit
+        // ran slower than one 256-bit stream (23 against 32 GB/s on a
+        // 137 MB Q8_0 table, one thread), so AVX-512 takes two rows or more.
+        #[cfg(target_arch = "x86_64")]
+        if path == Path::Avx512 && acts.rows() > 1 {
+            // Units of two groups (16 columns); an odd last group alone.
+            let groups = n.div_ceil(8);
+            return tiled(acts, n, 16, 2 * gb, y, |u, rows, dots| {
+                let g = 2 * u;
+                if g + 1 < groups {
+                    dot_group2(f, &self.data[g * gb..(g + 2) * gb], rows, dots)
+                } else {
+                    dot_group(path.ymm(), f, &self.data[g * gb..(g + 1) * gb], rows, dots)
+                }
+            });
+        }
         tiled(acts, n, 8, gb, y, |g, rows, dots| {
             dot_group(path, f, &self.data[g * gb..(g + 1) * gb], rows, dots)
         })
     }
 }
 
-fn dot_group(path: Path, f: Format, gw: &[u8], xs: &[acts::ActRow<'_>], out: &mut [[f32; 8]]) {
+/// Two groups of the AVX-512 path: `out[r][..16]`.
+#[cfg(target_arch = "x86_64")]
+fn dot_group2(f: Format, gw: &[u8], xs: &[acts::ActRow<'_>], out: &mut [[f32; 16]]) {
+    macro_rules! go {
+        ($r:literal) => {{
+            let a: &[acts::ActRow<'_>; $r] = xs.try_into().unwrap();
+            let o: &mut [[f32; 16]; $r] = (&mut out[..$r]).try_into().unwrap();
+            // SAFETY: Avx512 is only chosen when the CPU has AVX-512 F/BW/VNNI
+            // and AVX2/FMA/F16C; gw is two groups of whole group-blocks.
+            unsafe {
+                match f {
+                    Format::Q4K => avx512::dot_group2_q4k::<$r>(gw, a, o),
+                    Format::Q6K => avx512::dot_group2_q6k::<$r>(gw, a, o),
+                    _ => avx512::dot_group2::<$r>(f, gw, a, o),
+                }
+            }
+        }};
+    }
+    match xs.len() {
+        1 => go!(1),
+        2 => go!(2),
+        3 => go!(3),
+        4 => go!(4),
+        5 => go!(5),
+        6 => go!(6),
+        7 => go!(7),
+        8 => go!(8),
+        n => unreachable!("{n} rows"),
+    }
+}
+
+/// One group of 8 rows: `out[r][..8]`.
+fn dot_group(path: Path, f: Format, gw: &[u8], xs: &[acts::ActRow<'_>], out: &mut [[f32; 16]]) {
+    let path = path.ymm();
     #[cfg(target_arch = "x86_64")]
     if path != Path::Scalar {
         macro_rules! go {
             ($r:literal) => {{
                 let a: &[acts::ActRow<'_>; $r] = xs.try_into().unwrap();
-                let o: &mut [[f32; 8]; $r] = out.try_into().unwrap();
+                let mut o8 = [[0f32; 8]; $r];
+                let o = &mut o8;
                 // SAFETY: the path was chosen because the CPU has its features;
                 // gw is whole group-blocks and every row holds k values.
                 unsafe {
@@ -456,6 +532,9 @@ fn dot_group(path: Path, f: Format, gw: &[u8], xs: &[acts::ActRow<'_>], out: &mu
                         (true, _) => x8::simd::vnni::dot_group::<$r>(f, gw, a, o),
                         (false, _) => x8::simd::plain::dot_group::<$r>(f, gw, a, o),
                     }
+                }
+                for (d, s) in out.iter_mut().zip(&o8) {
+                    d[..8].copy_from_slice(s);
                 }
             }};
         }
@@ -474,7 +553,9 @@ fn dot_group(path: Path, f: Format, gw: &[u8], xs: &[acts::ActRow<'_>], out: &mu
     }
     let _ = path;
     for (o, x) in out.iter_mut().zip(xs) {
-        x8::dot_group_scalar(f, gw, *x, o);
+        let mut o8 = [0f32; 8];
+        x8::dot_group_scalar(f, gw, *x, &mut o8);
+        o[..8].copy_from_slice(&o8);
     }
 }
 
