@@ -367,9 +367,45 @@ pub(crate) mod simd {
         }
     }
 
-    /// Up to eight heads' outputs, eight values at a time, each value a
-    /// chain of fused multiply-adds over the keys in order; every value
-    /// row is read once per eight outputs and shared by the heads.
+    /// `NH` heads × `NC` vectors of 8 outputs starting at output `i`:
+    /// `NH · NC` independent chains (enough to cover the FMA latency), each
+    /// value row loaded once for all of them.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn block<const NH: usize, const NC: usize>(
+        wp: *const f32,
+        len: usize,
+        vp: *const f32,
+        stride: usize,
+        d: usize,
+        op: *mut f32,
+        h0: usize,
+        i: usize,
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); NC]; NH];
+        for j in 0..len {
+            let mut x = [_mm256_setzero_ps(); NC];
+            for (c, xc) in x.iter_mut().enumerate() {
+                *xc = _mm256_loadu_ps(vp.add(j * stride + i + 8 * c));
+            }
+            for (r, ar) in acc.iter_mut().enumerate() {
+                let b = _mm256_broadcast_ss(&*wp.add((h0 + r) * len + j));
+                for (a, xc) in ar.iter_mut().zip(&x) {
+                    *a = _mm256_fmadd_ps(b, *xc, *a);
+                }
+            }
+        }
+        for (r, ar) in acc.iter().enumerate() {
+            for (c, a) in ar.iter().enumerate() {
+                _mm256_storeu_ps(op.add((h0 + r) * d + i + 8 * c), *a);
+            }
+        }
+    }
+
+    /// Every head's outputs, each value a chain of fused multiply-adds over
+    /// the keys in order (the portable code's order), in blocks of up to 4
+    /// heads × 16 outputs.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn weighted_sums(
         w: &[f32],
@@ -384,21 +420,26 @@ pub(crate) mod simd {
         let (vp, wp, op) = (v.as_ptr(), w.as_ptr(), o.as_mut_ptr());
         let mut h0 = 0;
         while h0 < heads {
-            let nh = (heads - h0).min(8);
+            let nh = (heads - h0).min(4);
             let mut i = 0;
             while i < whole {
-                let mut acc = [_mm256_setzero_ps(); 8];
-                for j in 0..len {
-                    let x = _mm256_loadu_ps(vp.add(j * stride + i));
-                    for (r, a) in acc.iter_mut().enumerate().take(nh) {
-                        let b = _mm256_broadcast_ss(&*wp.add((h0 + r) * len + j));
-                        *a = _mm256_fmadd_ps(b, x, *a);
-                    }
+                let two = i + 16 <= whole;
+                macro_rules! go {
+                    ($nh:literal) => {
+                        if two {
+                            block::<$nh, 2>(wp, len, vp, stride, d, op, h0, i)
+                        } else {
+                            block::<$nh, 1>(wp, len, vp, stride, d, op, h0, i)
+                        }
+                    };
                 }
-                for (r, a) in acc.iter().enumerate().take(nh) {
-                    _mm256_storeu_ps(op.add((h0 + r) * d + i), *a);
+                match nh {
+                    1 => go!(1),
+                    2 => go!(2),
+                    3 => go!(3),
+                    _ => go!(4),
                 }
-                i += 8;
+                i += if two { 16 } else { 8 };
             }
             for r in h0..h0 + nh {
                 for x in whole..d {
