@@ -88,13 +88,13 @@ fn attention(c: &mut Criterion) {
         ("gemma3", 4, 1, 256),
     ] {
         let (len, seqs) = (300, 8);
-        let data: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = (0..seqs)
+        let data: Vec<(Vec<f32>, Vec<half::f16>, Vec<half::f16>)> = (0..seqs)
             .map(|_| {
                 let kv = len * n_kv * d;
                 (
                     (0..n_head * d).map(|_| rng.unit()).collect(),
-                    (0..kv).map(|_| rng.unit()).collect(),
-                    (0..kv).map(|_| rng.unit()).collect(),
+                    (0..kv).map(|_| half::f16::from_f32(rng.unit())).collect(),
+                    (0..kv).map(|_| half::f16::from_f32(rng.unit())).collect(),
                 )
             })
             .collect();

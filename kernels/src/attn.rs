@@ -5,7 +5,8 @@
 //! per layer (concatenating the cache, repeating the grouped heads, two
 //! matrix products, scaling, softmax, transposes); at batch 8 they cost more
 //! than the weights' matrix products. Here the cache is plain rows
-//! (`[position][kv_head][d]`, appended in place) and one call per layer
+//! (`[position][kv_head][d]`, appended in place, in f16 as llama.cpp keeps
+//! its cache: half the memory and half the bytes read per step) and one call per layer
 //! covers every sequence and head, on rayon's threads when the work is
 //! large enough.
 //!
@@ -24,6 +25,7 @@
 //! So a sequence's result does not depend on what else is in the batch, nor
 //! on the CPU.
 
+use half::f16;
 use rayon::prelude::*;
 
 use crate::{path, KernelError, Path};
@@ -47,9 +49,9 @@ pub struct AttnSeq<'a> {
     /// `n_head × d` values (the query at the newest position).
     pub q: &'a [f32],
     /// `len` rows of `n_kv × d` keys, oldest first.
-    pub k: &'a [f32],
+    pub k: &'a [f16],
     /// `len` rows of `n_kv × d` values.
-    pub v: &'a [f32],
+    pub v: &'a [f16],
 }
 
 /// Work (multiply-adds) below which the call stays on the calling thread.
@@ -162,7 +164,7 @@ fn tree(l: &[f32; 8]) -> f32 {
 }
 
 /// `s[j] = scale · (q · k[j·stride..])`, the contract's lane order.
-fn scores(p: Path, q: &[f32], k: &[f32], stride: usize, scale: f32, s: &mut [f32]) {
+fn scores(p: Path, q: &[f32], k: &[f16], stride: usize, scale: f32, s: &mut [f32]) {
     match p {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: Avx2/AvxVnni are only chosen when the CPU has AVX2 and FMA;
@@ -179,17 +181,17 @@ fn scores(p: Path, q: &[f32], k: &[f32], stride: usize, scale: f32, s: &mut [f32
     }
 }
 
-fn dot_scalar(q: &[f32], k: &[f32]) -> f32 {
+fn dot_scalar(q: &[f32], k: &[f16]) -> f32 {
     let whole = q.len() / 8 * 8;
     let mut l = [0f32; 8];
     for (qc, kc) in q[..whole].chunks_exact(8).zip(k[..whole].chunks_exact(8)) {
         for i in 0..8 {
-            l[i] = qc[i].mul_add(kc[i], l[i]);
+            l[i] = qc[i].mul_add(kc[i].to_f32(), l[i]);
         }
     }
     let mut t = 0f32;
     for i in whole..q.len() {
-        t = q[i].mul_add(k[i], t);
+        t = q[i].mul_add(k[i].to_f32(), t);
     }
     tree(&l) + t
 }
@@ -221,7 +223,7 @@ fn weighted_sums(
     p: Path,
     w: &[f32],
     len: usize,
-    v: &[f32],
+    v: &[f16],
     stride: usize,
     d: usize,
     o: &mut [f32],
@@ -238,7 +240,7 @@ fn weighted_sums(
                 for (j, &wj) in wr.iter().enumerate() {
                     let vj = &v[j * stride..j * stride + d];
                     for (oi, &x) in or.iter_mut().zip(vj) {
-                        *oi = wj.mul_add(x, *oi);
+                        *oi = wj.mul_add(x.to_f32(), *oi);
                     }
                 }
             }
@@ -250,7 +252,16 @@ fn weighted_sums(
 pub(crate) mod simd {
     use std::arch::x86_64::*;
 
+    use half::f16;
+
     use super::{EXP_P, LN2_HI, LN2_LO, LOG2E};
+
+    /// Eight f16 values as f32 (exact).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn load8(p: *const f16) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    }
 
     /// The contract's tree for eight keys at once: `a[j]` holds key j's
     /// lanes; returns the eight sums.
@@ -272,8 +283,8 @@ pub(crate) mod simd {
 
     /// Scores of eight keys at a time (independent chains; absent keys of a
     /// last partial block are zeros and not stored).
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn scores(q: &[f32], k: &[f32], stride: usize, scale: f32, s: &mut [f32]) {
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn scores(q: &[f32], k: &[f16], stride: usize, scale: f32, s: &mut [f32]) {
         let d = q.len();
         let whole = d / 8 * 8;
         let (qp, kp) = (q.as_ptr(), k.as_ptr());
@@ -287,7 +298,7 @@ pub(crate) mod simd {
                 let x = _mm256_loadu_ps(qp.add(i));
                 for (c, acc) in a.iter_mut().enumerate().take(nk) {
                     let kr = kp.add((j0 + c) * stride + i);
-                    *acc = _mm256_fmadd_ps(x, _mm256_loadu_ps(kr), *acc);
+                    *acc = _mm256_fmadd_ps(x, load8(kr), *acc);
                 }
                 i += 8;
             }
@@ -297,7 +308,7 @@ pub(crate) mod simd {
                 let kr = kp.add((j0 + c) * stride);
                 let mut t = 0f32;
                 for (i, &qi) in q.iter().enumerate().skip(whole) {
-                    t = qi.mul_add(*kr.add(i), t);
+                    t = qi.mul_add((*kr.add(i)).to_f32(), t);
                 }
                 s[j0 + c] = (out[c] + t) * scale;
             }
@@ -370,13 +381,13 @@ pub(crate) mod simd {
     /// `NH` heads × `NC` vectors of 8 outputs starting at output `i`:
     /// `NH · NC` independent chains (enough to cover the FMA latency), each
     /// value row loaded once for all of them.
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
     #[allow(clippy::too_many_arguments)]
     unsafe fn block<const NH: usize, const NC: usize>(
         wp: *const f32,
         len: usize,
-        vp: *const f32,
+        vp: *const f16,
         stride: usize,
         d: usize,
         op: *mut f32,
@@ -387,7 +398,7 @@ pub(crate) mod simd {
         for j in 0..len {
             let mut x = [_mm256_setzero_ps(); NC];
             for (c, xc) in x.iter_mut().enumerate() {
-                *xc = _mm256_loadu_ps(vp.add(j * stride + i + 8 * c));
+                *xc = load8(vp.add(j * stride + i + 8 * c));
             }
             for (r, ar) in acc.iter_mut().enumerate() {
                 let b = _mm256_broadcast_ss(&*wp.add((h0 + r) * len + j));
@@ -406,11 +417,11 @@ pub(crate) mod simd {
     /// Every head's outputs, each value a chain of fused multiply-adds over
     /// the keys in order (the portable code's order), in blocks of up to 4
     /// heads × 16 outputs.
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn weighted_sums(
         w: &[f32],
         len: usize,
-        v: &[f32],
+        v: &[f16],
         stride: usize,
         d: usize,
         o: &mut [f32],
@@ -445,7 +456,7 @@ pub(crate) mod simd {
                 for x in whole..d {
                     let mut a = 0f32;
                     for j in 0..len {
-                        a = (*wp.add(r * len + j)).mul_add(*vp.add(j * stride + x), a);
+                        a = (*wp.add(r * len + j)).mul_add((*vp.add(j * stride + x)).to_f32(), a);
                     }
                     *op.add(r * d + x) = a;
                 }
@@ -482,7 +493,7 @@ mod tests {
             let sc: Vec<f64> = (0..len)
                 .map(|j| {
                     (0..d)
-                        .map(|i| s.q[h * d + i] as f64 * s.k[j * row + g * d + i] as f64)
+                        .map(|i| s.q[h * d + i] as f64 * s.k[j * row + g * d + i].to_f64())
                         .sum::<f64>()
                         * scale as f64
                 })
@@ -492,7 +503,7 @@ mod tests {
             let z: f64 = e.iter().sum();
             for (j, ej) in e.iter().enumerate() {
                 for i in 0..d {
-                    out[h * d + i] += ej / z * s.v[j * row + g * d + i] as f64;
+                    out[h * d + i] += ej / z * s.v[j * row + g * d + i].to_f64();
                 }
             }
         }
@@ -508,12 +519,16 @@ mod tests {
             let mut seed = (n_head * 1000 + d) as u64;
             let lens = [1usize, 5, 37, 300];
             let row = n_kv * d;
-            let data: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = lens
+            let data: Vec<(Vec<f32>, Vec<f16>, Vec<f16>)> = lens
                 .iter()
                 .map(|&len| {
                     let q = (0..n_head * d).map(|_| lcg(&mut seed)).collect();
-                    let k = (0..len * row).map(|_| lcg(&mut seed) * 3.0).collect();
-                    let v = (0..len * row).map(|_| lcg(&mut seed)).collect();
+                    let k = (0..len * row)
+                        .map(|_| f16::from_f32(lcg(&mut seed) * 3.0))
+                        .collect();
+                    let v = (0..len * row)
+                        .map(|_| f16::from_f32(lcg(&mut seed)))
+                        .collect();
                     (q, k, v)
                 })
                 .collect();
@@ -588,7 +603,7 @@ mod tests {
     #[test]
     fn bad_shapes_are_refused() {
         let q = vec![0f32; 8];
-        let k = vec![0f32; 12];
+        let k = vec![f16::ZERO; 12];
         let shape = AttnShape {
             n_head: 2,
             n_kv: 1,

@@ -151,14 +151,15 @@ pub enum Kv {
     Rows(KvRows),
 }
 
-/// Cached keys and values as rows `[position][kv_head][d]`, the layout the
-/// decode kernel (`anjeon_kernels::attend_decode`) reads. A sliding-window
+/// Cached keys and values as f16 rows `[position][kv_head][d]`, the layout
+/// the decode kernel (`anjeon_kernels::attend_decode`) reads (f16 as
+/// llama.cpp keeps its cache: half the memory and bytes read of f32). A sliding-window
 /// layer drops old rows once they are twice the window (never attended
 /// again), so the cache stays within two windows.
 #[derive(Clone, Debug)]
 pub struct KvRows {
-    k: Vec<f32>,
-    v: Vec<f32>,
+    k: Vec<half::f16>,
+    v: Vec<half::f16>,
     /// Values per row (`kv_heads · d`).
     width: usize,
     /// Absolute position of the first row kept.
@@ -185,7 +186,7 @@ impl KvRows {
     }
 
     /// Rows from absolute position `from` on (clamped to what is kept).
-    fn since(&self, from: usize) -> (&[f32], &[f32]) {
+    fn since(&self, from: usize) -> (&[half::f16], &[half::f16]) {
         let skip = from.saturating_sub(self.first).min(self.len()) * self.width;
         (&self.k[skip..], &self.v[skip..])
     }
@@ -204,18 +205,23 @@ impl KvRows {
     /// The rows as `(1, kv_heads, len, d)` tensors.
     fn tensors(&self, kv_heads: usize, device: &Device) -> Result<(Tensor, Tensor)> {
         let d = self.width / kv_heads;
-        let t = |x: &[f32]| {
+        let t = |x: &[half::f16]| {
             Tensor::from_slice(x, (1, self.len(), kv_heads, d), device)?
+                .to_dtype(DType::F32)?
                 .transpose(1, 2)?
                 .contiguous()
         };
         Ok((t(&self.k)?, t(&self.v)?))
     }
 
-    /// Append `(1, kv_heads, seq, d)` keys and values.
+    /// Append `(1, kv_heads, seq, d)` keys and values (rounded to f16).
     fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<()> {
-        let rows =
-            |t: &Tensor| -> Result<Vec<f32>> { t.transpose(1, 2)?.flatten_all()?.to_vec1::<f32>() };
+        let rows = |t: &Tensor| -> Result<Vec<half::f16>> {
+            t.transpose(1, 2)?
+                .flatten_all()?
+                .to_dtype(DType::F16)?
+                .to_vec1::<half::f16>()
+        };
         self.k.extend(rows(k)?);
         self.v.extend(rows(v)?);
         Ok(())
@@ -254,7 +260,14 @@ pub fn kv_attend(
         return kv_attend_batch(&mut [cache], q, &k, &v, &[pos], window, scale);
     }
     // A prompt chunk: candle's matrix products over the cached keys and
-    // the chunk's own.
+    // the chunk's own, the chunk's rounded to f16 as the cache keeps them
+    // (so its tokens see the values later steps will see).
+    let (k, v) = if cpu {
+        let r16 = |t: Tensor| t.to_dtype(DType::F16)?.to_dtype(DType::F32);
+        (r16(k)?, r16(v)?)
+    } else {
+        (k, v)
+    };
     let mut tcache = match &*cache {
         _ if pos == 0 => None,
         Kv::Empty => None,
@@ -321,8 +334,14 @@ pub fn kv_attend_batch(
         return Tensor::cat(&outs, 0);
     }
     let width = n_kv * d;
-    let kr = k.flatten_all()?.to_vec1::<f32>()?;
-    let vr = v.flatten_all()?.to_vec1::<f32>()?;
+    let kr = k
+        .flatten_all()?
+        .to_dtype(DType::F16)?
+        .to_vec1::<half::f16>()?;
+    let vr = v
+        .flatten_all()?
+        .to_dtype(DType::F16)?
+        .to_vec1::<half::f16>()?;
     for (i, c) in caches.iter_mut().enumerate() {
         let pos = positions[i];
         let mut rows = match std::mem::take(&mut **c) {

@@ -594,6 +594,17 @@ impl TextModel {
                 None => ChatTemplate::plain(),
             },
         };
+        // The vocabulary arrays (262k strings, scores and types for Gemma 3)
+        // have served the tokenizer; free them before the weights load.
+        let mut ct = ct;
+        for k in [
+            "tokenizer.ggml.tokens",
+            "tokenizer.ggml.scores",
+            "tokenizer.ggml.token_type",
+            "tokenizer.ggml.merges",
+        ] {
+            ct.metadata.remove(k);
+        }
         let requantized = opts.requantize(device) && requant::needed(&ct);
         let arch = if requantized {
             let (ct, mut mem) =
