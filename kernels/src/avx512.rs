@@ -12,7 +12,7 @@ use std::arch::x86_64::*;
 use crate::acts::ActRow;
 use crate::format::Format;
 use crate::x8::{group_block_bytes, offsets};
-use crate::x8k::{GBB, GBB6};
+use crate::x8k::{gbb, GBB6, QH};
 
 /// 32 bytes at `a` (low half) and at `b` (high half).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
@@ -149,9 +149,9 @@ pub unsafe fn dot_group2<const R: usize>(
     }
 }
 
-/// Q4_K (`x8k` layout): `gw` holds two groups.
+/// Q4_K (or, with `FIVE`, Q5_K; `x8k` layout): `gw` holds two groups.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-pub unsafe fn dot_group2_q4k<const R: usize>(
+pub unsafe fn dot_group2_q4k<const R: usize, const FIVE: bool>(
     gw: &[u8],
     xs: &[ActRow<'_>; R],
     out: &mut [[f32; 16]; R],
@@ -159,14 +159,16 @@ pub unsafe fn dot_group2_q4k<const R: usize>(
     const SC: usize = 32;
     const MINS: usize = 96;
     const QS: usize = 224;
-    let nb = gw.len() / GBB / 2;
-    let g1 = gw.as_ptr().add(nb * GBB);
+    let gb = gbb(FIVE);
+    let nb = gw.len() / gb / 2;
+    let g1 = gw.as_ptr().add(nb * gb);
+    let one = _mm512_set1_epi8(1);
     let m4 = _mm512_set1_epi8(0xF);
     let zero = _mm512_setzero_si512();
     let mut acc = [_mm512_setzero_ps(); R];
     let mut bacc = [_mm512_setzero_ps(); R];
     for i in 0..nb {
-        let (b0, b1) = (gw.as_ptr().add(i * GBB), g1.add(i * GBB));
+        let (b0, b1) = (gw.as_ptr().add(i * gb), g1.add(i * gb));
         let mut isum = [zero; R];
         for s in 0..8 {
             let (c, high) = (s / 2, s % 2 == 1);
@@ -178,6 +180,11 @@ pub unsafe fn dot_group2_q4k<const R: usize>(
                 } else {
                     _mm512_and_si512(q, m4)
                 };
+                if FIVE {
+                    let h = pair(b0.add(QH + t * 32), b1.add(QH + t * 32));
+                    let h = _mm512_srl_epi16(h, _mm_cvtsi32_si128(s as i32));
+                    *v = _mm512_or_si512(*v, _mm512_slli_epi16(_mm512_and_si512(h, one), 4));
+                }
             }
             let scb = _mm_unpacklo_epi64(
                 _mm_loadl_epi64(b0.add(SC + 8 * s) as *const __m128i),

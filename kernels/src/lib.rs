@@ -356,7 +356,7 @@ impl Packed {
         check_k(f, k)?;
         if !x8::supported(f) {
             return Err(KernelError::Size {
-                what: "repackable format (the 32-weight formats, Q4_K and Q6_K)",
+                what: "repackable format (the 32-weight formats and the k-quants)",
                 expected: 32,
                 got: f.block_elems(),
             });
@@ -390,7 +390,7 @@ impl Packed {
         check_k(f, k).map_err(bad)?;
         if !x8::supported(f) {
             return Err(bad(KernelError::Size {
-                what: "repackable format (the 32-weight formats, Q4_K and Q6_K)",
+                what: "repackable format (the 32-weight formats and the k-quants)",
                 expected: 32,
                 got: f.block_elems(),
             }));
@@ -491,7 +491,8 @@ fn dot_group2(f: Format, gw: &[u8], xs: &[acts::ActRow<'_>], out: &mut [[f32; 16
             // and AVX2/FMA/F16C; gw is two groups of whole group-blocks.
             unsafe {
                 match f {
-                    Format::Q4K => avx512::dot_group2_q4k::<$r>(gw, a, o),
+                    Format::Q4K => avx512::dot_group2_q4k::<$r, false>(gw, a, o),
+                    Format::Q5K => avx512::dot_group2_q4k::<$r, true>(gw, a, o),
                     Format::Q6K => avx512::dot_group2_q6k::<$r>(gw, a, o),
                     _ => avx512::dot_group2::<$r>(f, gw, a, o),
                 }
@@ -525,8 +526,10 @@ fn dot_group(path: Path, f: Format, gw: &[u8], xs: &[acts::ActRow<'_>], out: &mu
                 // gw is whole group-blocks and every row holds k values.
                 unsafe {
                     match (path == Path::AvxVnni, f) {
-                        (true, Format::Q4K) => x8k::simd::vnni::dot_group::<$r>(gw, a, o),
-                        (false, Format::Q4K) => x8k::simd::plain::dot_group::<$r>(gw, a, o),
+                        (true, Format::Q4K) => x8k::simd::vnni::dot_group::<$r, false>(gw, a, o),
+                        (false, Format::Q4K) => x8k::simd::plain::dot_group::<$r, false>(gw, a, o),
+                        (true, Format::Q5K) => x8k::simd::vnni::dot_group::<$r, true>(gw, a, o),
+                        (false, Format::Q5K) => x8k::simd::plain::dot_group::<$r, true>(gw, a, o),
                         (true, Format::Q6K) => x8k::simd::vnni::dot_group_q6k::<$r>(gw, a, o),
                         (false, Format::Q6K) => x8k::simd::plain::dot_group_q6k::<$r>(gw, a, o),
                         (true, _) => x8::simd::vnni::dot_group::<$r>(f, gw, a, o),
@@ -588,6 +591,6 @@ mod packed_tests {
             });
             assert!(failed.is_err());
         }
-        assert!(Packed::from_rows(Format::Q5K, 8, 256, |_, _| Ok(())).is_err());
+        assert!(Packed::from_rows(Format::Q4K, 8, 100, |_, _| Ok(())).is_err());
     }
 }

@@ -35,14 +35,15 @@ pub fn supported(f: Format) -> bool {
             | Format::Q5_1
             | Format::Q8_0
             | Format::Q4K
+            | Format::Q5K
             | Format::Q6K
     )
 }
 
 /// Bytes of one group of 8 repacked rows of `k` weights.
 pub(crate) fn group_bytes(f: Format, k: usize) -> usize {
-    if f == Format::Q4K {
-        k / 256 * crate::x8k::GBB
+    if matches!(f, Format::Q4K | Format::Q5K) {
+        k / 256 * crate::x8k::gbb(f == Format::Q5K)
     } else if f == Format::Q6K {
         k / 256 * crate::x8k::GBB6
     } else {
@@ -75,8 +76,8 @@ pub(crate) fn group_block_bytes(f: Format) -> usize {
 /// a last partial group is padded with zero rows (zero scales).
 pub fn repack(f: Format, w: &[u8], n: usize, k: usize) -> Vec<u8> {
     assert!(supported(f));
-    if f == Format::Q4K {
-        return crate::x8k::repack(w, n, k);
+    if matches!(f, Format::Q4K | Format::Q5K) {
+        return crate::x8k::repack(f, w, n, k);
     }
     if f == Format::Q6K {
         return crate::x8k::repack_q6k(w, n, k);
@@ -164,8 +165,8 @@ fn weights(f: Format, o: &[u8], j: usize) -> [i32; 32] {
 /// Row `j` of a group's blocks, dequantized exactly as
 /// [`crate::dequantize_row`] does for the file's layout.
 pub(crate) fn dequantize_group_row(f: Format, gw: &[u8], j: usize, out: &mut [f32]) {
-    if f == Format::Q4K {
-        return crate::x8k::dequantize_group_row(gw, j, out);
+    if matches!(f, Format::Q4K | Format::Q5K) {
+        return crate::x8k::dequantize_group_row(f, gw, j, out);
     }
     if f == Format::Q6K {
         return crate::x8k::dequantize_group_row_q6k(gw, j, out);
@@ -190,8 +191,8 @@ pub(crate) fn dequantize_group_row(f: Format, gw: &[u8], j: usize, out: &mut [f3
 
 /// Portable path: outputs `8g..8g+8` of activation row `x` into `out`.
 pub(crate) fn dot_group_scalar(f: Format, gw: &[u8], x: ActRow<'_>, out: &mut [f32; 8]) {
-    if f == Format::Q4K {
-        return crate::x8k::dot_group_scalar(gw, x, out);
+    if matches!(f, Format::Q4K | Format::Q5K) {
+        return crate::x8k::dot_group_scalar(f, gw, x, out);
     }
     if f == Format::Q6K {
         return crate::x8k::dot_group_scalar_q6k(gw, x, out);

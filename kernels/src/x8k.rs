@@ -21,23 +21,40 @@
 use crate::acts::ActRow;
 use crate::format::{f16_at, scale_min_k4, Format};
 
-/// Bytes of one group-block.
+/// Bytes of one Q4_K group-block.
 pub(crate) const GBB: usize = 1248;
+/// Bytes of one Q5_K group-block: Q4_K's, then the fifth bits at `QH`:
+/// for step `t`, byte `4j + b` holds file byte `qh[4t + b]` of row `j`
+/// (bit `s` is the fifth bit of sub-block `s`'s value `4t + b`).
+pub(crate) const GBB5: usize = 1504;
 const SC: usize = 32;
 const MINS: usize = 96;
 const QS: usize = 224;
+pub(crate) const QH: usize = 1248;
 
-/// Reorder `n` rows of `k` Q4_K weights into groups of 8 (a last partial
-/// group padded with zero rows).
-pub(crate) fn repack(w: &[u8], n: usize, k: usize) -> Vec<u8> {
-    let bb = Format::Q4K.block_bytes();
+/// Group-block bytes of Q4_K (`five` false) or Q5_K.
+pub(crate) const fn gbb(five: bool) -> usize {
+    if five {
+        GBB5
+    } else {
+        GBB
+    }
+}
+
+/// Reorder `n` rows of `k` Q4_K or Q5_K weights into groups of 8 (a last
+/// partial group padded with zero rows).
+pub(crate) fn repack(f: Format, w: &[u8], n: usize, k: usize) -> Vec<u8> {
+    let five = f == Format::Q5K;
+    let gb = gbb(five);
+    let bb = f.block_bytes();
     let nb = k / 256;
     let rb = nb * bb;
     let groups = n.div_ceil(8);
-    let mut out = vec![0u8; groups * nb * GBB];
+    let mut out = vec![0u8; groups * nb * gb];
+    let qs_at = if five { 48 } else { 16 };
     for g in 0..groups {
         for i in 0..nb {
-            let o = &mut out[(g * nb + i) * GBB..(g * nb + i + 1) * GBB];
+            let o = &mut out[(g * nb + i) * gb..(g * nb + i + 1) * gb];
             for j in 0..8 {
                 let row = g * 8 + j;
                 if row >= n {
@@ -60,8 +77,14 @@ pub(crate) fn repack(w: &[u8], n: usize, k: usize) -> Vec<u8> {
                 for c in 0..4 {
                     for t in 0..8 {
                         let dst = QS + (8 * c + t) * 32 + 4 * j;
-                        let src = 16 + 32 * c + 4 * t;
+                        let src = qs_at + 32 * c + 4 * t;
                         o[dst..dst + 4].copy_from_slice(&b[src..src + 4]);
+                    }
+                }
+                if five {
+                    for t in 0..8 {
+                        let dst = QH + t * 32 + 4 * j;
+                        o[dst..dst + 4].copy_from_slice(&b[16 + 4 * t..20 + 4 * t]);
                     }
                 }
             }
@@ -71,7 +94,7 @@ pub(crate) fn repack(w: &[u8], n: usize, k: usize) -> Vec<u8> {
 }
 
 /// Row `j`'s 6-bit scale and minimum of sub-block `s`, and its 32 weights.
-fn sub_block(o: &[u8], j: usize, s: usize) -> (i32, i32, [i32; 32]) {
+fn sub_block(o: &[u8], five: bool, j: usize, s: usize) -> (i32, i32, [i32; 32]) {
     let sc = o[SC + 8 * s + j] as i32;
     let p = MINS + (8 * (s / 2) + j) * 4 + 2 * (s % 2);
     let m = i16::from_le_bytes([o[p], o[p + 1]]) as i32;
@@ -80,7 +103,12 @@ fn sub_block(o: &[u8], j: usize, s: usize) -> (i32, i32, [i32; 32]) {
     for t in 0..8 {
         for b in 0..4 {
             let byte = o[QS + (8 * c + t) * 32 + 4 * j + b];
-            w[4 * t + b] = if high { byte >> 4 } else { byte & 0xF } as i32;
+            let h = if five {
+                ((o[QH + t * 32 + 4 * j + b] >> s) & 1) << 4
+            } else {
+                0
+            };
+            w[4 * t + b] = (if high { byte >> 4 } else { byte & 0xF } | h) as i32;
         }
     }
     (sc, m, w)
@@ -88,11 +116,12 @@ fn sub_block(o: &[u8], j: usize, s: usize) -> (i32, i32, [i32; 32]) {
 
 /// Row `j` of a group's blocks, dequantized exactly as
 /// [`crate::dequantize_row`] does for the file's layout.
-pub(crate) fn dequantize_group_row(gw: &[u8], j: usize, out: &mut [f32]) {
-    for (blk, o) in gw.chunks_exact(GBB).zip(out.chunks_exact_mut(256)) {
+pub(crate) fn dequantize_group_row(f: Format, gw: &[u8], j: usize, out: &mut [f32]) {
+    let five = f == Format::Q5K;
+    for (blk, o) in gw.chunks_exact(gbb(five)).zip(out.chunks_exact_mut(256)) {
         let (d, dmin) = (f16_at(blk, 2 * j), f16_at(blk, 16 + 2 * j));
         for (s, os) in o.chunks_exact_mut(32).enumerate() {
-            let (sc, m, w) = sub_block(blk, j, s);
+            let (sc, m, w) = sub_block(blk, five, j, s);
             let (d1, m1) = (d * sc as f32, dmin * m as f32);
             for (v, &q) in os.iter_mut().zip(&w) {
                 *v = d1 * q as f32 - m1;
@@ -102,13 +131,14 @@ pub(crate) fn dequantize_group_row(gw: &[u8], j: usize, out: &mut [f32]) {
 }
 
 /// Portable path: outputs `8g..8g+8` of activation row `x` into `out`.
-pub(crate) fn dot_group_scalar(gw: &[u8], x: ActRow<'_>, out: &mut [f32; 8]) {
+pub(crate) fn dot_group_scalar(f: Format, gw: &[u8], x: ActRow<'_>, out: &mut [f32; 8]) {
+    let five = f == Format::Q5K;
     for (j, o) in out.iter_mut().enumerate() {
         let (mut acc, mut bacc) = (0f32, 0f32);
-        for (i, blk) in gw.chunks_exact(GBB).enumerate() {
+        for (i, blk) in gw.chunks_exact(gbb(five)).enumerate() {
             let (mut isum, mut bint) = (0i32, 0i32);
             for s in 0..8 {
-                let (sc, m, w) = sub_block(blk, j, s);
+                let (sc, m, w) = sub_block(blk, five, j, s);
                 let xq = &x.qs[256 * i + 32 * s..256 * i + 32 * s + 32];
                 let dot: i32 = w.iter().zip(xq).map(|(&a, &b)| a * b as i32).sum();
                 isum += sc * dot;
@@ -269,25 +299,28 @@ pub(crate) fn dot_group_scalar_q6k(gw: &[u8], x: ActRow<'_>, out: &mut [f32; 8])
 pub(crate) mod simd {
     use std::arch::x86_64::*;
 
-    use super::{GBB, GBB6, HI6, LO6, MINS, QS, SC, SC6};
+    use super::{gbb, GBB6, HI6, LO6, MINS, QH, QS, SC, SC6};
     use crate::acts::ActRow;
 
     macro_rules! kernel {
         ($feat:literal, $vnni:literal) => {
-            /// `R` activation rows × one group of 8 Q4_K weight rows.
+            /// `R` activation rows × one group of 8 Q4_K (or, with
+            /// `FIVE`, Q5_K) weight rows.
             #[target_feature(enable = $feat)]
-            pub unsafe fn dot_group<const R: usize>(
+            pub unsafe fn dot_group<const R: usize, const FIVE: bool>(
                 gw: &[u8],
                 xs: &[ActRow<'_>; R],
                 out: &mut [[f32; 8]; R],
             ) {
-                let nb = gw.len() / GBB;
+                let gb = gbb(FIVE);
+                let nb = gw.len() / gb;
+                let one = _mm256_set1_epi8(1);
                 let m4 = _mm256_set1_epi8(0xF);
                 let ones16 = _mm256_set1_epi16(1);
                 let mut acc = [_mm256_setzero_ps(); R];
                 let mut bacc = [_mm256_setzero_ps(); R];
                 for i in 0..nb {
-                    let blk = gw.as_ptr().add(i * GBB);
+                    let blk = gw.as_ptr().add(i * gb);
                     let mut isum = [_mm256_setzero_si256(); R];
                     for s in 0..8 {
                         let (c, high) = (s / 2, s % 2 == 1);
@@ -301,6 +334,14 @@ pub(crate) mod simd {
                             } else {
                                 _mm256_and_si256(q, m4)
                             };
+                            if FIVE {
+                                let h = _mm256_loadu_si256(blk.add(QH + t * 32) as *const __m256i);
+                                let h = _mm256_srl_epi16(h, _mm_cvtsi32_si128(s as i32));
+                                *v = _mm256_or_si256(
+                                    *v,
+                                    _mm256_slli_epi16(_mm256_and_si256(h, one), 4),
+                                );
+                            }
                         }
                         let scv = _mm256_cvtepu8_epi32(_mm_loadl_epi64(
                             blk.add(SC + 8 * s) as *const __m128i
