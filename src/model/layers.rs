@@ -147,15 +147,15 @@ pub enum Kv {
     /// Keys and values `(1, kv_heads, len, d)` as tensors (GPU devices):
     /// appending makes new tensors.
     Tensors { k: Tensor, v: Tensor },
-    /// Keys and values as f32 rows on the CPU, appended in place.
+    /// Keys and values as f16 rows on the CPU, appended in place.
     Rows(KvRows),
 }
 
 /// Cached keys and values as f16 rows `[position][kv_head][d]`, the layout
 /// the decode kernel (`anjeon_kernels::attend_decode`) reads (f16 as
-/// llama.cpp keeps its cache: half the memory and bytes read of f32). A sliding-window
-/// layer drops old rows once they are twice the window (never attended
-/// again), so the cache stays within two windows.
+/// llama.cpp keeps its cache: half the memory and bytes read of f32). A
+/// sliding-window layer drops old rows once they are twice the window
+/// (never attended again), so the cache stays within two windows.
 #[derive(Clone, Debug)]
 pub struct KvRows {
     k: Vec<half::f16>,
