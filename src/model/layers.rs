@@ -455,3 +455,77 @@ fn cached_attention(
         .transpose(1, 2)?
         .reshape((b, seq, n_head * d))
 }
+
+#[cfg(test)]
+mod kv_tests {
+    use super::*;
+
+    /// The CPU rows cache (decode kernel, f16 rows, trimming on sliding
+    /// layers, prompt chunks after cached positions) against candle's
+    /// tensor-cache attention given the same f16-rounded keys and values,
+    /// over 1,300 positions: far past two windows of 64, with prompt chunks
+    /// at the start and in the middle (a judge continuing after its prefix).
+    #[test]
+    fn the_rows_cache_attends_like_the_tensor_cache_over_long_sequences() {
+        let dev = Device::Cpu;
+        let (h, kvh, d) = (4, 2, 16);
+        let r16 = |t: &Tensor| t.to_dtype(DType::F16)?.to_dtype(DType::F32);
+        for window in [None, Some(64)] {
+            let mut rows = Kv::Empty;
+            let mut tens: Option<(Tensor, Tensor)> = None;
+            let mut pos = 0;
+            let mut worst = 0f32;
+            // Chunk lengths: a prompt, single steps, a mid-sequence chunk, steps.
+            let chunks: Vec<usize> = std::iter::once(20)
+                .chain(std::iter::repeat_n(1, 600))
+                .chain(std::iter::once(37))
+                .chain(std::iter::repeat_n(1, 643))
+                .collect();
+            for seq in chunks {
+                let q = Tensor::randn(0f32, 1.0, (1, h, seq, d), &dev).unwrap();
+                let k = Tensor::randn(0f32, 1.0, (1, kvh, seq, d), &dev).unwrap();
+                let v = Tensor::randn(0f32, 1.0, (1, kvh, seq, d), &dev).unwrap();
+                let got = kv_attend(
+                    &mut rows,
+                    &q,
+                    k.clone(),
+                    v.clone(),
+                    pos,
+                    window,
+                    Scale::DivSqrt(d),
+                )
+                .unwrap();
+                let want = cached_attention(
+                    &mut tens,
+                    &q,
+                    r16(&k).unwrap(),
+                    r16(&v).unwrap(),
+                    pos,
+                    window,
+                    Scale::DivSqrt(d),
+                )
+                .unwrap();
+                let diff = (got - want)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .max(0)
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                worst = worst.max(diff);
+                pos += seq;
+            }
+            assert!(
+                worst < 1e-5,
+                "window {window:?}: largest difference {worst}"
+            );
+            if let (Kv::Rows(r), Some(w)) = (&rows, window) {
+                assert!(r.len() <= 2 * w, "a sliding layer keeps {} rows", r.len());
+                assert_eq!(r.end(), pos);
+            }
+        }
+    }
+}
