@@ -184,10 +184,6 @@ impl Acts {
         let path = crate::path();
         type Row<'a> = ((&'a [f32], &'a mut [i8]), (&'a mut [f32], &'a mut [i32]));
         let row = |((xr, qr), (dr, sr)): Row<'_>| quantize_row(path, xr, unit, qr, dr, sr);
-        let rows = x
-            .chunks(k)
-            .zip(qs.chunks_mut(k))
-            .zip(d.chunks_mut(k / unit).zip(sums.chunks_mut(k / sum_unit)));
         if x.len() >= PARALLEL_VALUES && rayon::current_num_threads() > 1 && x.len() > k {
             x.par_chunks(k)
                 .zip(qs.par_chunks_mut(k))
@@ -197,7 +193,10 @@ impl Acts {
                 )
                 .for_each(row);
         } else {
-            rows.for_each(row);
+            x.chunks(k)
+                .zip(qs.chunks_mut(k))
+                .zip(d.chunks_mut(k / unit).zip(sums.chunks_mut(k / sum_unit)))
+                .for_each(row);
         }
         let s = if unit == 32 {
             d.iter().zip(&sums).map(|(d, &q)| d * q as f32).collect()

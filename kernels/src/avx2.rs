@@ -370,17 +370,7 @@ macro_rules! kernels {
                     }
                 }};
             }
-            match xs.len() {
-                1 => go!(1),
-                2 => go!(2),
-                3 => go!(3),
-                4 => go!(4),
-                5 => go!(5),
-                6 => go!(6),
-                7 => go!(7),
-                8 => go!(8),
-                n => unreachable!("{n} rows"),
-            }
+            by_rows!(xs.len(), go)
         }
     };
 }

@@ -11,6 +11,24 @@
 //! x86-64 machine; the portable path does the same arithmetic in the same
 //! order, so both give identical results (tested).
 
+/// `$go!(R)` for `$n` activation rows (1 to 8): every kernel is
+/// instantiated per row count.
+macro_rules! by_rows {
+    ($n:expr, $go:ident) => {
+        match $n {
+            1 => $go!(1),
+            2 => $go!(2),
+            3 => $go!(3),
+            4 => $go!(4),
+            5 => $go!(5),
+            6 => $go!(6),
+            7 => $go!(7),
+            8 => $go!(8),
+            n => unreachable!("{n} rows"),
+        }
+    };
+}
+
 mod act;
 mod acts;
 pub mod attn;
@@ -242,7 +260,8 @@ pub fn matmul_acts(
             got: w.len(),
         });
     }
-    let path = path();
+    // The row-by-row kernels are 256-bit ones (AVX-512 runs AVX-VNNI's).
+    let path = path().ymm();
     tiled(acts, n, 1, row_bytes, y, |j, rows, dots| {
         let mut d = [0f32; ROWS];
         dot_rows(
@@ -323,8 +342,9 @@ fn tiled(
     Ok(())
 }
 
+/// `path` is a 256-bit path or the portable one (`Path::ymm`).
 fn dot_rows(path: Path, f: Format, w: &[u8], xs: &[acts::ActRow<'_>], out: &mut [f32]) {
-    match path.ymm() {
+    match path {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: Avx2 is only chosen when the CPU reports AVX2, FMA and F16C;
         // matmul_acts checked the sizes.
@@ -456,6 +476,7 @@ impl Packed {
             });
         }
         let path = path();
+        let ymm = path.ymm();
         let gb = x8::group_bytes(f, k);
         // One activation row (decode at batch 1) streams the weights from
         // memory once: there the two interleaved streams of a 512-bit unit
@@ -470,12 +491,12 @@ impl Packed {
                 if g + 1 < groups {
                     dot_group2(f, &self.data[g * gb..(g + 2) * gb], rows, dots)
                 } else {
-                    dot_group(path.ymm(), f, &self.data[g * gb..(g + 1) * gb], rows, dots)
+                    dot_group(ymm, f, &self.data[g * gb..(g + 1) * gb], rows, dots)
                 }
             });
         }
         tiled(acts, n, 8, gb, y, |g, rows, dots| {
-            dot_group(path, f, &self.data[g * gb..(g + 1) * gb], rows, dots)
+            dot_group(ymm, f, &self.data[g * gb..(g + 1) * gb], rows, dots)
         })
     }
 }
@@ -499,22 +520,12 @@ fn dot_group2(f: Format, gw: &[u8], xs: &[acts::ActRow<'_>], out: &mut [[f32; 16
             }
         }};
     }
-    match xs.len() {
-        1 => go!(1),
-        2 => go!(2),
-        3 => go!(3),
-        4 => go!(4),
-        5 => go!(5),
-        6 => go!(6),
-        7 => go!(7),
-        8 => go!(8),
-        n => unreachable!("{n} rows"),
-    }
+    by_rows!(xs.len(), go)
 }
 
-/// One group of 8 rows: `out[r][..8]`.
+/// One group of 8 rows, `out[r][..8]`, on a 256-bit or the portable path
+/// (`Path::ymm`).
 fn dot_group(path: Path, f: Format, gw: &[u8], xs: &[acts::ActRow<'_>], out: &mut [[f32; 16]]) {
-    let path = path.ymm();
     #[cfg(target_arch = "x86_64")]
     if path != Path::Scalar {
         macro_rules! go {
@@ -541,17 +552,7 @@ fn dot_group(path: Path, f: Format, gw: &[u8], xs: &[acts::ActRow<'_>], out: &mu
                 }
             }};
         }
-        match xs.len() {
-            1 => go!(1),
-            2 => go!(2),
-            3 => go!(3),
-            4 => go!(4),
-            5 => go!(5),
-            6 => go!(6),
-            7 => go!(7),
-            8 => go!(8),
-            n => unreachable!("{n} rows"),
-        }
+        by_rows!(xs.len(), go);
         return;
     }
     let _ = path;

@@ -82,40 +82,54 @@ pub fn repack(f: Format, w: &[u8], n: usize, k: usize) -> Vec<u8> {
     if f == Format::Q6K {
         return crate::x8k::repack_q6k(w, n, k);
     }
+    let (mo, qho, qo) = offsets(f);
+    repack_blocks(f, w, n, k, group_block_bytes(f), |o, j, b| {
+        o[2 * j..2 * j + 2].copy_from_slice(&b[0..2]);
+        if has_min(f) {
+            o[mo + 2 * j..mo + 2 * j + 2].copy_from_slice(&b[2..4]);
+        }
+        let (qh_at, qs_at) = match f {
+            Format::Q4_0 => (0, 2),
+            Format::Q4_1 => (0, 4),
+            Format::Q5_0 => (2, 6),
+            Format::Q5_1 => (4, 8),
+            _ => (0, 2),
+        };
+        if has_qh(f) {
+            o[qho + 4 * j..qho + 4 * j + 4].copy_from_slice(&b[qh_at..qh_at + 4]);
+        }
+        let chunks = if f == Format::Q8_0 { 8 } else { 4 };
+        for t in 0..chunks {
+            let dst = qo + 32 * t + 4 * j;
+            o[dst..dst + 4].copy_from_slice(&b[qs_at + 4 * t..qs_at + 4 * t + 4]);
+        }
+    })
+}
+
+/// The loop every repacking shares: for each group of 8 rows and each of
+/// its blocks, `fill(group_block, j, file_block)` for the rows `j` that
+/// exist (a last partial group's missing rows stay zero: zero scales).
+/// Group-blocks are `gbb` bytes.
+pub(crate) fn repack_blocks(
+    f: Format,
+    w: &[u8],
+    n: usize,
+    k: usize,
+    gbb: usize,
+    mut fill: impl FnMut(&mut [u8], usize, &[u8]),
+) -> Vec<u8> {
     let bb = f.block_bytes();
-    let nb = k / 32;
+    let nb = k / f.block_elems();
     let rb = nb * bb;
     let groups = n.div_ceil(8);
-    let gbb = group_block_bytes(f);
-    let (mo, qho, qo) = offsets(f);
     let mut out = vec![0u8; groups * nb * gbb];
     for g in 0..groups {
         for i in 0..nb {
             let o = &mut out[(g * nb + i) * gbb..(g * nb + i + 1) * gbb];
             for j in 0..8 {
                 let row = g * 8 + j;
-                if row >= n {
-                    continue;
-                }
-                let b = &w[row * rb + i * bb..row * rb + (i + 1) * bb];
-                o[2 * j..2 * j + 2].copy_from_slice(&b[0..2]);
-                if has_min(f) {
-                    o[mo + 2 * j..mo + 2 * j + 2].copy_from_slice(&b[2..4]);
-                }
-                let (qh_at, qs_at) = match f {
-                    Format::Q4_0 => (0, 2),
-                    Format::Q4_1 => (0, 4),
-                    Format::Q5_0 => (2, 6),
-                    Format::Q5_1 => (4, 8),
-                    _ => (0, 2),
-                };
-                if has_qh(f) {
-                    o[qho + 4 * j..qho + 4 * j + 4].copy_from_slice(&b[qh_at..qh_at + 4]);
-                }
-                let chunks = if f == Format::Q8_0 { 8 } else { 4 };
-                for t in 0..chunks {
-                    let dst = qo + 32 * t + 4 * j;
-                    o[dst..dst + 4].copy_from_slice(&b[qs_at + 4 * t..qs_at + 4 * t + 4]);
+                if row < n {
+                    fill(o, j, &w[row * rb + i * bb..row * rb + (i + 1) * bb]);
                 }
             }
         }

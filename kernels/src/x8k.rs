@@ -20,6 +20,7 @@
 
 use crate::acts::ActRow;
 use crate::format::{f16_at, scale_min_k4, Format};
+use crate::x8::repack_blocks;
 
 /// Bytes of one Q4_K group-block.
 pub(crate) const GBB: usize = 1248;
@@ -45,52 +46,44 @@ pub(crate) const fn gbb(five: bool) -> usize {
 /// partial group padded with zero rows).
 pub(crate) fn repack(f: Format, w: &[u8], n: usize, k: usize) -> Vec<u8> {
     let five = f == Format::Q5K;
-    let gb = gbb(five);
-    let bb = f.block_bytes();
-    let nb = k / 256;
-    let rb = nb * bb;
-    let groups = n.div_ceil(8);
-    let mut out = vec![0u8; groups * nb * gb];
     let qs_at = if five { 48 } else { 16 };
-    for g in 0..groups {
-        for i in 0..nb {
-            let o = &mut out[(g * nb + i) * gb..(g * nb + i + 1) * gb];
-            for j in 0..8 {
-                let row = g * 8 + j;
-                if row >= n {
-                    continue;
-                }
-                let b = &w[row * rb + i * bb..row * rb + (i + 1) * bb];
-                o[2 * j..2 * j + 2].copy_from_slice(&b[0..2]);
-                o[16 + 2 * j..16 + 2 * j + 2].copy_from_slice(&b[2..4]);
-                let mut mins = [0u8; 8];
-                for (s, m) in mins.iter_mut().enumerate() {
-                    let (sc, mn) = scale_min_k4(s, &b[4..16]);
-                    o[SC + 8 * s + j] = sc;
-                    *m = mn;
-                }
-                for p in 0..4 {
-                    let at = MINS + (8 * p + j) * 4;
-                    o[at..at + 2].copy_from_slice(&(mins[2 * p] as i16).to_le_bytes());
-                    o[at + 2..at + 4].copy_from_slice(&(mins[2 * p + 1] as i16).to_le_bytes());
-                }
-                for c in 0..4 {
-                    for t in 0..8 {
-                        let dst = QS + (8 * c + t) * 32 + 4 * j;
-                        let src = qs_at + 32 * c + 4 * t;
-                        o[dst..dst + 4].copy_from_slice(&b[src..src + 4]);
-                    }
-                }
-                if five {
-                    for t in 0..8 {
-                        let dst = QH + t * 32 + 4 * j;
-                        o[dst..dst + 4].copy_from_slice(&b[16 + 4 * t..20 + 4 * t]);
-                    }
-                }
+    repack_blocks(f, w, n, k, gbb(five), |o, j, b| {
+        o[2 * j..2 * j + 2].copy_from_slice(&b[0..2]);
+        o[16 + 2 * j..16 + 2 * j + 2].copy_from_slice(&b[2..4]);
+        let mut mins = [0u8; 8];
+        for (s, m) in mins.iter_mut().enumerate() {
+            let (sc, mn) = scale_min_k4(s, &b[4..16]);
+            o[SC + 8 * s + j] = sc;
+            *m = mn;
+        }
+        for p in 0..4 {
+            put_pair(
+                o,
+                MINS + (8 * p + j) * 4,
+                mins[2 * p] as i16,
+                mins[2 * p + 1] as i16,
+            );
+        }
+        for c in 0..4 {
+            for t in 0..8 {
+                let dst = QS + (8 * c + t) * 32 + 4 * j;
+                let src = qs_at + 32 * c + 4 * t;
+                o[dst..dst + 4].copy_from_slice(&b[src..src + 4]);
             }
         }
-    }
-    out
+        if five {
+            for t in 0..8 {
+                let dst = QH + t * 32 + 4 * j;
+                o[dst..dst + 4].copy_from_slice(&b[16 + 4 * t..20 + 4 * t]);
+            }
+        }
+    })
+}
+
+/// Two i16 at `at` (little-endian): one 32-bit lane for `madd`.
+fn put_pair(o: &mut [u8], at: usize, a: i16, b: i16) {
+    o[at..at + 2].copy_from_slice(&a.to_le_bytes());
+    o[at + 2..at + 4].copy_from_slice(&b.to_le_bytes());
 }
 
 /// Row `j`'s 6-bit scale and minimum of sub-block `s`, and its 32 weights.
@@ -201,41 +194,28 @@ fn q6_values(b: &[u8]) -> ([u8; 256], [i8; 16]) {
 
 /// Reorder `n` rows of `k` Q6_K weights into groups of 8.
 pub(crate) fn repack_q6k(w: &[u8], n: usize, k: usize) -> Vec<u8> {
-    let bb = Format::Q6K.block_bytes();
-    let nb = k / 256;
-    let rb = nb * bb;
-    let groups = n.div_ceil(8);
-    let mut out = vec![0u8; groups * nb * GBB6];
-    for g in 0..groups {
-        for i in 0..nb {
-            let o = &mut out[(g * nb + i) * GBB6..(g * nb + i + 1) * GBB6];
-            for j in 0..8 {
-                let row = g * 8 + j;
-                if row >= n {
-                    continue;
-                }
-                let b = &w[row * rb + i * bb..row * rb + (i + 1) * bb];
-                o[2 * j..2 * j + 2].copy_from_slice(&b[208..210]);
-                let (q, sc) = q6_values(b);
-                for p in 0..8 {
-                    let at = SC6 + (8 * p + j) * 4;
-                    o[at..at + 2].copy_from_slice(&(sc[2 * p] as i16).to_le_bytes());
-                    o[at + 2..at + 4].copy_from_slice(&(sc[2 * p + 1] as i16).to_le_bytes());
-                }
-                for c in 0..4 {
-                    for t in 0..8 {
-                        for bi in 0..4 {
-                            let (lo, hi) = (q[64 * c + 4 * t + bi], q[64 * c + 32 + 4 * t + bi]);
-                            o[LO6 + (8 * c + t) * 32 + 4 * j + bi] = (lo & 0xF) | ((hi & 0xF) << 4);
-                            let field = (lo >> 4) | ((hi >> 4) << 2);
-                            o[HI6 + (8 * (c / 2) + t) * 32 + 4 * j + bi] |= field << (4 * (c % 2));
-                        }
-                    }
+    repack_blocks(Format::Q6K, w, n, k, GBB6, |o, j, b| {
+        o[2 * j..2 * j + 2].copy_from_slice(&b[208..210]);
+        let (q, sc) = q6_values(b);
+        for p in 0..8 {
+            put_pair(
+                o,
+                SC6 + (8 * p + j) * 4,
+                sc[2 * p] as i16,
+                sc[2 * p + 1] as i16,
+            );
+        }
+        for c in 0..4 {
+            for t in 0..8 {
+                for bi in 0..4 {
+                    let (lo, hi) = (q[64 * c + 4 * t + bi], q[64 * c + 32 + 4 * t + bi]);
+                    o[LO6 + (8 * c + t) * 32 + 4 * j + bi] = (lo & 0xF) | ((hi & 0xF) << 4);
+                    let field = (lo >> 4) | ((hi >> 4) << 2);
+                    o[HI6 + (8 * (c / 2) + t) * 32 + 4 * j + bi] |= field << (4 * (c % 2));
                 }
             }
         }
-    }
-    out
+    })
 }
 
 /// Row `j`'s 256 unsigned values and 16 scales of a group-block.

@@ -118,25 +118,11 @@ pub fn split_heads(t: &Tensor, n: usize, d: usize) -> Result<Tensor> {
     t.reshape((b, seq, n, d))?.transpose(1, 2)?.contiguous()
 }
 
-/// How attention scores are scaled: the two forms round differently, and
-/// each model keeps the one its reference uses.
-#[derive(Debug, Clone, Copy)]
-pub enum Scale {
-    /// `scores / sqrt(head_dim)`.
-    DivSqrt(usize),
-    /// `scores · (1 / sqrt(head_dim))`.
-    MulInvSqrt(usize),
-}
-
-impl Scale {
-    /// The factor candle's `affine` applies for either form (`x / s` is
-    /// `x · (1/s)` there), which the row kernel applies too.
-    pub fn factor(self) -> f32 {
-        match self {
-            Scale::DivSqrt(d) => (1.0 / (d as f64).sqrt()) as f32,
-            Scale::MulInvSqrt(d) => (1.0 / (d as f64).sqrt()) as f32,
-        }
-    }
+/// The attention scale `1/√d` as an f32: what candle's `affine` applies for
+/// `scores / √d` and for `scores · (1/√d)` alike (both become a multiply by
+/// this value), and what the decode kernel multiplies by.
+pub fn inv_sqrt(d: usize) -> f32 {
+    (1.0 / (d as f64).sqrt()) as f32
 }
 
 /// One layer's KV cache of one sequence.
@@ -251,7 +237,7 @@ pub fn kv_attend(
     v: Tensor,
     pos: usize,
     window: Option<usize>,
-    scale: Scale,
+    scale: f32,
 ) -> Result<Tensor> {
     let (b, _, seq, d) = q.dims4()?;
     let n_kv = k.dim(1)?;
@@ -307,7 +293,7 @@ pub fn kv_attend_batch(
     v: &Tensor,
     positions: &[usize],
     window: Option<usize>,
-    scale: Scale,
+    scale: f32,
 ) -> Result<Tensor> {
     let (n, n_head, seq, d) = q.dims4()?;
     let n_kv = k.dim(1)?;
@@ -386,7 +372,7 @@ pub fn kv_attend_batch(
             n_head,
             n_kv,
             d,
-            scale: scale.factor(),
+            scale,
         };
         anjeon_kernels::attend_decode(shape, &seqs, &mut out)
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
@@ -413,7 +399,7 @@ fn cached_attention(
     v: Tensor,
     pos: usize,
     window: Option<usize>,
-    scale: Scale,
+    scale: f32,
 ) -> Result<Tensor> {
     let (b, n_head, seq, d) = q.dims4()?;
     let (mut k, mut v) = match (&*cache, pos) {
@@ -442,10 +428,7 @@ fn cached_attention(
     let k = candle_transformers::utils::repeat_kv(k, rep)?.contiguous()?;
     let v = candle_transformers::utils::repeat_kv(v, rep)?.contiguous()?;
     let scores = q.matmul(&k.t()?)?;
-    let mut att = match scale {
-        Scale::DivSqrt(d) => (scores / (d as f64).sqrt())?,
-        Scale::MulInvSqrt(d) => (scores * (1.0 / (d as f64).sqrt()))?,
-    };
+    let mut att = (scores * scale as f64)?;
     let kv_len = k.dim(2)?;
     if let Some(m) = causal_mask(seq, kv_len, pos, first, window, DType::F32, q.device())? {
         att = att.broadcast_add(&m)?;
@@ -492,7 +475,7 @@ mod kv_tests {
                     v.clone(),
                     pos,
                     window,
-                    Scale::DivSqrt(d),
+                    inv_sqrt(d),
                 )
                 .unwrap();
                 let want = cached_attention(
@@ -502,7 +485,7 @@ mod kv_tests {
                     r16(&v).unwrap(),
                     pos,
                     window,
-                    Scale::DivSqrt(d),
+                    inv_sqrt(d),
                 )
                 .unwrap();
                 let diff = (got - want)

@@ -16,7 +16,7 @@
 //! the prefix tensors, and appending creates new tensors), and that the
 //! causal mask also covers a chunk that starts after cached positions.
 
-use super::layers::{kv_attend, kv_attend_batch, split_heads, Kv, Scale};
+use super::layers::{inv_sqrt, kv_attend, kv_attend_batch, split_heads, Kv};
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
 
@@ -127,7 +127,7 @@ impl Layer {
         let sin = self.sin.narrow(0, pos, seq)?;
         let q = self.rope(&q, &cos, &sin)?;
         let k = self.rope(&k, &cos, &sin)?;
-        kv_attend(cache, &q, k, v, pos, None, Scale::DivSqrt(self.head_dim))
+        kv_attend(cache, &q, k, v, pos, None, inv_sqrt(self.head_dim))
     }
 
     /// [`Layer::attend`] for one new position of each of several sequences:
@@ -143,15 +143,7 @@ impl Layer {
         let (q, k, v) = self.heads(q, k, v)?;
         let q = self.rope(&q, cos, sin)?;
         let k = self.rope(&k, cos, sin)?;
-        kv_attend_batch(
-            caches,
-            &q,
-            &k,
-            &v,
-            positions,
-            None,
-            Scale::DivSqrt(self.head_dim),
-        )
+        kv_attend_batch(caches, &q, &k, &v, positions, None, inv_sqrt(self.head_dim))
     }
 
     fn mlp(&self, x: &Tensor) -> Result<Tensor> {
