@@ -22,7 +22,9 @@ pub enum JudgeCmd {
         #[arg(long)]
         name: Option<String>,
         /// Features: lead (response, its first 64 tokens and the request),
-        /// pair (request and response with their product) or response (alone).
+        /// pair (request and response with their product), response (alone),
+        /// or response-mid (the response's embedding and its mean-pooled
+        /// hidden states after the encoder's 14th layer).
         #[arg(long, default_value = "lead")]
         features: String,
         #[arg(long, default_value_t = 0)]
@@ -64,7 +66,7 @@ pub fn run(cmd: JudgeCmd) -> anyhow::Result<ExitCode> {
     };
     let layout = head::Layout::parse(&features).ok_or_else(|| {
         anjeon::Error::Usage(format!(
-            "--features {features:?}: use lead, pair or response"
+            "--features {features:?}: use lead, pair, response or response-mid"
         ))
     })?;
     let card = anjeon::model::card::find("embeddinggemma-300m").expect("bundled card");

@@ -4,8 +4,11 @@
 //!
 //! Features (layout `pair-v1`): `[e(response), e(request) ⊙ e(response),
 //! e(request)]`, each `e` the model's L2-normalised embedding with its
-//! `Classification` task prompt; layout `response-v1` is `e(response)` alone.
-//! The response is cut to `max_tokens` tokens first (flagged in the verdict).
+//! `Classification` task prompt; layout `response-v1` is `e(response)` alone;
+//! `response-mid-v1` is `[e(response), m(response)]`, `m` the mean over the
+//! text's tokens of the encoder's hidden states after [`MID_LAYER`] of its 24
+//! layers. The response is cut to `max_tokens` tokens first (flagged in the
+//! verdict).
 //!
 //! A head file is a safetensors file with tensors `weight` (classes × features),
 //! `bias`, `mean`, `std` and a JSON [`HeadSpec`] in the header metadata
@@ -34,6 +37,12 @@ pub const PROMPT: &str = "Classification";
 pub const DEFAULT_MAX_TOKENS: usize = 1024;
 /// The response's lead (layout `lead-v1`), in tokens.
 pub const LEAD_TOKENS: usize = 64;
+/// The encoder layer whose mean-pooled hidden states layout `response-mid-v1`
+/// reads beside the embedding. Chosen by grouped 5-fold cross-validation on
+/// the development splits only (`data/judge/heads/layer_experiment.py`):
+/// middle layers separate refusals better than the last one, and 14 with the
+/// embedding scored best.
+pub const MID_LAYER: usize = 14;
 
 /// Feature layouts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +53,8 @@ pub enum Layout {
     Pair,
     #[serde(rename = "response-v1")]
     Response,
+    #[serde(rename = "response-mid-v1")]
+    ResponseMid,
 }
 
 impl Layout {
@@ -52,6 +63,7 @@ impl Layout {
             "lead" | "lead-v1" => Some(Layout::Lead),
             "pair" | "pair-v1" => Some(Layout::Pair),
             "response" | "response-v1" => Some(Layout::Response),
+            "response-mid" | "response-mid-v1" => Some(Layout::ResponseMid),
             _ => None,
         }
     }
@@ -59,21 +71,27 @@ impl Layout {
         match self {
             Layout::Pair | Layout::Lead => 3 * dim,
             Layout::Response => dim,
+            Layout::ResponseMid => 2 * dim,
         }
     }
     /// Whether the layout reads the request / the response's lead.
     pub fn uses_request(self) -> bool {
-        self != Layout::Response
+        matches!(self, Layout::Pair | Layout::Lead)
     }
     pub fn uses_lead(self) -> bool {
         self == Layout::Lead
     }
-    pub fn features(self, req: &[f32], resp: &[f32], lead: &[f32]) -> Vec<f32> {
+    /// The features from [`EmbedCache`] vectors (`[e, m]`, `2 * dim` values
+    /// each) of the request, the response and its lead.
+    pub fn features(self, dim: usize, req: &[f32], resp: &[f32], lead: &[f32]) -> Vec<f32> {
+        let (req, lead) = (&req[..dim], &lead[..dim]);
         match self {
-            Layout::Response => resp.to_vec(),
-            Layout::Lead => [resp, lead, req].concat(),
+            Layout::ResponseMid => resp[..2 * dim].to_vec(),
+            Layout::Response => resp[..dim].to_vec(),
+            Layout::Lead => [&resp[..dim], lead, req].concat(),
             Layout::Pair => {
-                let mut x = Vec::with_capacity(3 * resp.len());
+                let resp = &resp[..dim];
+                let mut x = Vec::with_capacity(3 * dim);
                 x.extend_from_slice(resp);
                 x.extend(req.iter().zip(resp).map(|(a, b)| a * b));
                 x.extend_from_slice(req);
@@ -301,8 +319,8 @@ fn softmax(z: &[f64]) -> Vec<f64> {
 /// The heads anjeon ships (`data/judge/heads/`), compiled in.
 pub const BUNDLED: &[(&str, &[u8])] = &[
     (
-        "refusal-v1",
-        include_bytes!("../../data/judge/heads/refusal-v1.safetensors"),
+        "refusal-v2",
+        include_bytes!("../../data/judge/heads/refusal-v2.safetensors"),
     ),
     (
         "harm-v1",
@@ -377,12 +395,14 @@ pub fn load_heads(spec: &str) -> Result<Vec<Head>> {
 }
 
 /// Embeddings computed before, on disk: `<ANJEON_HOME>/embeddings/<embedder
-/// sha256[..16]>.bin`, records of a 32-byte key (sha256 of the prompt and
-/// the text as embedded) and `dim` little-endian f32. Append-only; a torn last
-/// record is ignored.
+/// sha256[..16]>-mid<MID_LAYER>.bin`, records of a 32-byte key (sha256 of the
+/// prompt and the text as embedded) and `2 * dim` little-endian f32: the
+/// embedding, then the mean-pooled hidden states after [`MID_LAYER`] layers.
+/// Append-only; a torn last record is ignored.
 pub struct EmbedCache {
     path: Option<PathBuf>,
-    dim: usize,
+    /// Values per record: `2 * dim`.
+    width: usize,
     map: HashMap<[u8; 32], Vec<f32>>,
     file: Option<std::fs::File>,
 }
@@ -391,7 +411,7 @@ impl EmbedCache {
     pub fn open(embedder_sha: &str, dim: usize, persist: bool) -> EmbedCache {
         let mut c = EmbedCache {
             path: None,
-            dim,
+            width: 2 * dim,
             map: HashMap::new(),
             file: None,
         };
@@ -400,13 +420,13 @@ impl EmbedCache {
         }
         let dir = crate::model::fetch::home().join("embeddings");
         let path = dir.join(format!(
-            "{}.bin",
+            "{}-mid{MID_LAYER}.bin",
             &embedder_sha[..16.min(embedder_sha.len())]
         ));
         if let Ok(mut f) = std::fs::File::open(&path) {
             let mut buf = vec![];
             if f.read_to_end(&mut buf).is_ok() {
-                let rec = 32 + 4 * dim;
+                let rec = 32 + 4 * c.width;
                 for r in buf.chunks_exact(rec) {
                     let mut k = [0u8; 32];
                     k.copy_from_slice(&r[..32]);
@@ -455,7 +475,9 @@ impl EmbedCache {
     }
 
     /// Embeddings of `texts` (cut to `max_tokens` tokens each), computing the
-    /// missing ones in batches. Returns them and whether each text was cut.
+    /// missing ones in batches. Returns them (`2 * dim` values: the embedding,
+    /// then the mean-pooled hidden states after [`MID_LAYER`] layers) and
+    /// whether each text was cut.
     pub fn embed(
         &mut self,
         model: &EmbeddingGemma,
@@ -498,10 +520,10 @@ impl EmbedCache {
                 end += 1;
             }
             let ids: Vec<Vec<u32>> = fresh[start..end].iter().map(|t| t.1.clone()).collect();
-            let embs = model.embed_ids(&ids)?;
+            let embs = model.embed_ids_tap(&ids, Some(MID_LAYER))?;
             for (t, e) in fresh[start..end].iter().zip(embs) {
                 if let Some(f) = self.file.as_mut() {
-                    let mut rec = Vec::with_capacity(32 + 4 * self.dim);
+                    let mut rec = Vec::with_capacity(32 + 4 * self.width);
                     rec.extend_from_slice(&t.2);
                     for v in &e {
                         rec.extend_from_slice(&v.to_le_bytes());
@@ -719,7 +741,10 @@ impl HeadJudge {
                         let (resp, cut) = &embs[k];
                         let req = if with_request { &embs[n + k].0 } else { resp };
                         let lead = if lead { &embs[lead_at + k].0 } else { resp };
-                        let mut x = head.spec.layout.features(req, resp, lead);
+                        let mut x = head
+                            .spec
+                            .layout
+                            .features(self.embedder.dim, req, resp, lead);
                         if head.spec.detector.is_some() {
                             x.extend(detector_features(&self.detector, items[i].2));
                         }
@@ -860,7 +885,7 @@ pub fn train_head(req: &TrainRequest, embedder: &EmbeddingGemma) -> Result<Head>
             } else {
                 resp
             };
-            let mut x = req.layout.features(req_e, resp, lead);
+            let mut x = req.layout.features(embedder.dim, req_e, resp, lead);
             if req.with_detector {
                 x.extend(detector_features(&detector, &l.response));
             }

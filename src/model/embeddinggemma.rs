@@ -252,7 +252,25 @@ impl Encoder {
     /// Hidden states `(b, l, hidden)` after the final norm, for right-padded
     /// ids `(b, l)` whose real lengths are `lens`.
     pub fn forward(&self, ids: &Tensor, lens: &[usize]) -> candle_core::Result<Tensor> {
+        Ok(self.forward_tap(ids, lens, None)?.0)
+    }
+
+    /// As [`Encoder::forward`], and with `tap = Some(n)` also the hidden
+    /// states after the first `n` layers (transformers' `hidden_states[n]`:
+    /// 0 is the scaled token embeddings; no final norm).
+    pub fn forward_tap(
+        &self,
+        ids: &Tensor,
+        lens: &[usize],
+        tap: Option<usize>,
+    ) -> candle_core::Result<(Tensor, Option<Tensor>)> {
         let (b, l) = ids.dims2()?;
+        if let Some(n) = tap.filter(|&n| n > self.layers.len()) {
+            candle_core::bail!(
+                "tap after {n} layers: the encoder has {}",
+                self.layers.len()
+            );
+        }
         if l > self.cfg.max_position_embeddings {
             candle_core::bail!(
                 "{l} tokens exceed max_position_embeddings {}",
@@ -269,7 +287,11 @@ impl Encoder {
             cfg.head_dim,
         );
         let scale = cfg.query_pre_attn_scalar.powf(-0.5);
-        for layer in &self.layers {
+        let mut tapped = None;
+        for (i, layer) in self.layers.iter().enumerate() {
+            if tap == Some(i) {
+                tapped = Some(x.clone());
+            }
             let residual = x.clone();
             let xs = layer.input_norm.forward(&x)?;
             let q = layer
@@ -312,7 +334,10 @@ impl Encoder {
             let ff = layer.down.forward(&gu)?;
             x = (residual + layer.post_ff_norm.forward(&ff)?)?;
         }
-        self.norm.forward(&x)
+        if tap == Some(self.layers.len()) {
+            tapped = Some(x.clone());
+        }
+        Ok((self.norm.forward(&x)?, tapped))
     }
 }
 
@@ -522,11 +547,22 @@ impl EmbeddingGemma {
 
     /// Embeddings of already tokenized texts, run as one padded batch.
     pub fn embed_ids(&self, batch: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
-        self.embed_ids_inner(batch)
+        self.embed_ids_tap(batch, None)
+    }
+
+    /// As [`EmbeddingGemma::embed_ids`]; with `tap = Some(n)` each vector is
+    /// the embedding followed by the mean over the text's tokens of the
+    /// hidden states after `n` layers (`dim` more values, not normalised).
+    pub fn embed_ids_tap(&self, batch: &[Vec<u32>], tap: Option<usize>) -> Result<Vec<Vec<f32>>> {
+        self.embed_ids_inner(batch, tap)
             .map_err(|e| Error::backend("EmbeddingGemma forward", e))
     }
 
-    fn embed_ids_inner(&self, batch: &[Vec<u32>]) -> candle_core::Result<Vec<Vec<f32>>> {
+    fn embed_ids_inner(
+        &self,
+        batch: &[Vec<u32>],
+        tap: Option<usize>,
+    ) -> candle_core::Result<Vec<Vec<f32>>> {
         if batch.is_empty() {
             return Ok(vec![]);
         }
@@ -541,22 +577,24 @@ impl EmbeddingGemma {
             mask.extend(std::iter::repeat_n(0f32, l - ids.len()));
         }
         let ids = Tensor::from_vec(flat, (batch.len(), l), &self.device)?;
-        let hidden = self.encoder.forward(&ids, &lens)?;
+        let (hidden, tapped) = self.encoder.forward_tap(&ids, &lens, tap)?;
         let mask = Tensor::from_vec(mask, (batch.len(), l, 1), &self.device)?;
         let counts = Tensor::from_vec(
             lens.iter().map(|&n| n.max(1) as f32).collect::<Vec<_>>(),
             (batch.len(), 1),
             &self.device,
         )?;
-        let mut x = hidden
-            .broadcast_mul(&mask)?
-            .sum(1)?
-            .broadcast_div(&counts)?;
+        let pool = |h: &Tensor| h.broadcast_mul(&mask)?.sum(1)?.broadcast_div(&counts);
+        let mut x = pool(&hidden)?;
         for w in &self.dense {
             x = x.matmul(&w.t()?)?;
         }
         let norm = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.maximum(1e-12)?;
-        x.broadcast_div(&norm)?.to_vec2::<f32>()
+        let x = x.broadcast_div(&norm)?;
+        match tapped {
+            None => x.to_vec2::<f32>(),
+            Some(h) => Tensor::cat(&[&x, &pool(&h)?], 1)?.to_vec2::<f32>(),
+        }
     }
 
     /// Mean-pooled hidden states before the Dense layers (for parity checks).

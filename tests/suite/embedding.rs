@@ -73,6 +73,29 @@ fn embeddings_match_sentence_transformers() {
             worst = (d, cos, name.to_string());
         }
         assert!(d < 1e-5, "{name}: max |d| {d}");
+        if let Some(p) = case.get("mid_pooled").filter(|p| !p.is_null()) {
+            // What the judge heads read beside the embedding: the mean over
+            // the tokens of the hidden states after MID_LAYER layers.
+            let layer = case["mid_layer"].as_u64().unwrap() as usize;
+            assert_eq!(layer, anjeon::judge::head::MID_LAYER);
+            let v = m
+                .embed_ids_tap(&[ids.clone()], Some(layer))
+                .unwrap()
+                .remove(0);
+            assert_eq!(v.len(), 2 * m.dim);
+            assert!(
+                common::max_abs(&v[..m.dim], &want) < 1e-5,
+                "{name}: tapped embedding"
+            );
+            let want_mid = floats(p);
+            let scale = want_mid.iter().fold(0f32, |a, x| a.max(x.abs()));
+            let d = common::max_abs(&v[m.dim..], &want_mid);
+            eprintln!("{name}: hidden states after {layer} layers, mean-pooled: max |d| {d:.2e} (largest value {scale:.1})");
+            assert!(
+                d <= 1e-5 * scale.max(1.0),
+                "{name}: mid-layer pooled max |d| {d}"
+            );
+        }
         if let Some(p) = case.get("mean_pooled").filter(|p| !p.is_null()) {
             let pooled = m.pooled(&ids).unwrap();
             let d = common::max_abs(&pooled, &floats(p));

@@ -130,7 +130,7 @@ fn bad_responses_get_a_flagged_verdict_or_unscored() {
 #[test]
 fn heads_that_do_not_fit_are_refused_at_load() {
     let dir = tempfile::tempdir().unwrap();
-    let mut h = head::load_heads("refusal-v1").unwrap().remove(0);
+    let mut h = head::load_heads("refusal-v2").unwrap().remove(0);
     h.spec.embedder_sha256 = "ab".repeat(32);
     let p = dir.path().join("other.safetensors");
     h.save(&p).unwrap();
@@ -144,7 +144,7 @@ fn heads_that_do_not_fit_are_refused_at_load() {
             && msg.contains(&card::find("embeddinggemma-300m").unwrap().sha256),
         "{msg}"
     );
-    let e = head::load_heads("harm=refusal-v1").expect_err("refused");
+    let e = head::load_heads("harm=refusal-v2").expect_err("refused");
     let msg = e.to_string();
     assert!(
         msg.contains("refusal task") && msg.contains("harm task"),

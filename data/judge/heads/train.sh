@@ -11,10 +11,10 @@ set -euo pipefail
 cd "$(dirname "$0")/../../.."
 SHARED=${SHARED:-../shared/data}
 A="cargo run --release -q --"
-$A judge train --task refusal --features response --with-detector \
+$A judge train --task refusal --features response-mid --with-detector \
   --labels "xstest-completions:$SHARED/xstest/model_completions" \
   --labels assurai:data/sample \
-  --out data/judge/heads/refusal-v1.safetensors > data/judge/heads/refusal-v1.md
+  --out data/judge/heads/refusal-v2.safetensors > data/judge/heads/refusal-v2.md
 $A judge train --task harm --features response --with-detector \
   --labels "kosbi:$SHARED/kosbi-square/KoSBi/kosbi_valid.json" \
   --labels "square-responses:$SHARED/kosbi-square/SQuARe/response_test_ood.json" \
