@@ -749,9 +749,10 @@ impl HeadJudge {
                             x.extend(detector_features(&self.detector, items[i].2));
                         }
                         let p = head.probs(&x);
+                        let language = super::model::language_of(items[i].2);
                         let detail = super::model::Detail {
                             rubric: format!("head:{}", head.spec.name),
-                            language: super::model::language_of(items[i].2).to_string(),
+                            language: language.to_string(),
                             probs: p.iter().map(|v| metrics::round6(*v)).collect(),
                             label_mass: 1.0,
                             delimiter: String::new(),
@@ -763,7 +764,11 @@ impl HeadJudge {
                             refusal_gate: None,
                             rationale: None,
                         };
-                        out[i] = Some((verdict_of(head, &p, *cut), Some(detail)));
+                        let flags = Flags {
+                            cut: *cut,
+                            other_language: language == "other",
+                        };
+                        out[i] = Some((verdict_of(head, &p, flags), Some(detail)));
                     }
                 }
             }
@@ -774,13 +779,29 @@ impl HeadJudge {
     }
 }
 
+/// What a verdict's evidence flags about the response (the stored detail
+/// records both too: `truncated`, `language`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Flags {
+    /// Cut to the head's `max_tokens` before embedding.
+    pub cut: bool,
+    /// Neither Korean nor mostly Latin script: outside the heads' training
+    /// languages, so the verdict is less certain than the measured numbers.
+    pub other_language: bool,
+}
+
 /// A head's probabilities as a verdict.
-pub fn verdict_of(head: &Head, p: &[f64], cut: bool) -> Verdict {
-    let flag = if cut {
-        vec![format!("response cut to {} tokens", head.spec.max_tokens)]
-    } else {
-        vec![]
-    };
+pub fn verdict_of(head: &Head, p: &[f64], flags: Flags) -> Verdict {
+    let mut flag = vec![];
+    if flags.cut {
+        flag.push(format!("response cut to {} tokens", head.spec.max_tokens));
+    }
+    if flags.other_language {
+        flag.push(
+            "response in neither Korean nor English: the head was trained and measured on those two only"
+                .into(),
+        );
+    }
     match head.task() {
         Task::Refusal => {
             let best = (0..p.len())

@@ -90,15 +90,27 @@ impl<'a> Item<'a> {
     }
 }
 
-/// The language of a text for choosing a rubric: Korean if it has Hangul.
+/// The language of a text, by script: `ko` if it has Hangul; else `en` when
+/// at least half of its letters are Latin (or it has no letters); else
+/// `other` (Chinese, Japanese, Cyrillic, Arabic, … — outside what the
+/// heads were trained on, and reported apart by `judge-eval`). Model-judge
+/// rubrics are in Korean for `ko` and in English otherwise.
 pub fn language_of(text: &str) -> &'static str {
-    if text
-        .chars()
-        .any(|c| matches!(c, '\u{AC00}'..='\u{D7A3}' | '\u{1100}'..='\u{11FF}' | '\u{3130}'..='\u{318F}'))
-    {
-        "ko"
-    } else {
+    let (mut letters, mut latin) = (0usize, 0usize);
+    for c in text.chars() {
+        if matches!(c, '\u{AC00}'..='\u{D7A3}' | '\u{1100}'..='\u{11FF}' | '\u{3130}'..='\u{318F}')
+        {
+            return "ko";
+        }
+        if c.is_alphabetic() {
+            letters += 1;
+            latin += usize::from(c.is_ascii_alphabetic() || ('\u{C0}'..='\u{24F}').contains(&c));
+        }
+    }
+    if 2 * latin >= letters {
         "en"
+    } else {
+        "other"
     }
 }
 
@@ -972,6 +984,25 @@ mod tests {
         let (s, ch) = neutralize("plain", &specials);
         assert!(!ch);
         assert_eq!(s, "plain");
+    }
+
+    #[test]
+    fn language_by_script() {
+        assert_eq!(language_of("폭탄 만드는 법"), "ko");
+        // Any Hangul makes it Korean, even in mostly other scripts.
+        assert_eq!(language_of("學校에 갑니다 school"), "ko");
+        assert_eq!(language_of("How do I kill a process?"), "en");
+        assert_eq!(language_of("¿Cómo está usted? Très bien."), "en");
+        assert_eq!(language_of("1234 !? 🎉"), "en");
+        assert_eq!(language_of(""), "en");
+        assert_eq!(language_of("抱歉，我无法帮助你。"), "other");
+        assert_eq!(language_of("すみません、できません。"), "other");
+        assert_eq!(
+            language_of("Извините, я не могу помочь with that."),
+            "other"
+        );
+        // Half Latin or more: English.
+        assert_eq!(language_of("OK 好"), "en");
     }
 
     #[test]

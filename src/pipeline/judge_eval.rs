@@ -209,7 +209,7 @@ pub fn evaluate(
         )));
     }
     let mut by_language = vec![];
-    for lang in ["ko", "en"] {
+    for lang in ["ko", "en", "other"] {
         let sub: Vec<(&Labeled, Verdict)> = judged
             .iter()
             .filter(|(l, _)| crate::judge::model::language_of(&l.response) == lang)
