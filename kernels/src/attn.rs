@@ -6,7 +6,8 @@
 //! matrix products, scaling, softmax, transposes); at batch 8 they cost more
 //! than the weights' matrix products. Here the cache is plain rows
 //! (`[position][kv_head][d]`, appended in place, in f16 as llama.cpp keeps
-//! its cache: half the memory and half the bytes read per step) and one call per layer
+//! its cache: half the memory and half the bytes read per step; or in f32,
+//! as transformers keeps it, for the safetensors models) and one call per layer
 //! covers every sequence and head, on rayon's threads when the work is
 //! large enough.
 //!
@@ -30,6 +31,52 @@ use rayon::prelude::*;
 
 use crate::{path, KernelError, Path};
 
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for half::f16 {}
+    impl Sealed for f32 {}
+}
+
+/// A cached key/value element: `f16` (llama.cpp's cache; the GGUF models)
+/// or `f32` (transformers'; the safetensors models). Every value widens to
+/// f32 exactly, so the contract below is the same for both.
+pub trait KvValue: Copy + Send + Sync + sealed::Sealed {
+    fn as_f32(self) -> f32;
+    /// Eight values as f32.
+    ///
+    /// # Safety
+    /// `p` points at eight readable values, and the caller runs with AVX2
+    /// and F16C (inlined into such a function).
+    #[cfg(target_arch = "x86_64")]
+    #[doc(hidden)]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+}
+
+impl KvValue for f16 {
+    #[inline(always)]
+    fn as_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const f16) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    }
+}
+
+impl KvValue for f32 {
+    #[inline(always)]
+    fn as_f32(self) -> f32 {
+        self
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const f32) -> std::arch::x86_64::__m256 {
+        std::arch::x86_64::_mm256_loadu_ps(p)
+    }
+}
+
 /// Heads and scaling of one attention layer.
 #[derive(Debug, Clone, Copy)]
 pub struct AttnShape {
@@ -45,13 +92,13 @@ pub struct AttnShape {
 
 /// One sequence's query and the keys/values it attends to.
 #[derive(Debug, Clone, Copy)]
-pub struct AttnSeq<'a> {
+pub struct AttnSeq<'a, T: KvValue = f16> {
     /// `n_head × d` values (the query at the newest position).
     pub q: &'a [f32],
     /// `len` rows of `n_kv × d` keys, oldest first.
-    pub k: &'a [f16],
+    pub k: &'a [T],
     /// `len` rows of `n_kv × d` values.
-    pub v: &'a [f16],
+    pub v: &'a [T],
 }
 
 /// Work (multiply-adds) below which the call stays on the calling thread.
@@ -60,9 +107,9 @@ const SERIAL_MACS: usize = 1 << 16;
 /// Attention of each sequence's single query over its keys:
 /// `out[s][h][..d] = Σ_j softmax_j(scale · q_h · k_j) · v_j` with key/value
 /// head `h / (n_head / n_kv)`. `out` holds `seqs.len() × n_head × d` values.
-pub fn attend_decode(
+pub fn attend_decode<T: KvValue>(
     shape: AttnShape,
-    seqs: &[AttnSeq<'_>],
+    seqs: &[AttnSeq<'_, T>],
     out: &mut [f32],
 ) -> Result<(), KernelError> {
     let AttnShape {
@@ -164,7 +211,7 @@ fn tree(l: &[f32; 8]) -> f32 {
 }
 
 /// `s[j] = scale · (q · k[j·stride..])`, the contract's lane order.
-fn scores(p: Path, q: &[f32], k: &[f16], stride: usize, scale: f32, s: &mut [f32]) {
+fn scores<T: KvValue>(p: Path, q: &[f32], k: &[T], stride: usize, scale: f32, s: &mut [f32]) {
     match p {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: Avx2/AvxVnni are only chosen when the CPU has AVX2 and FMA;
@@ -181,17 +228,17 @@ fn scores(p: Path, q: &[f32], k: &[f16], stride: usize, scale: f32, s: &mut [f32
     }
 }
 
-fn dot_scalar(q: &[f32], k: &[f16]) -> f32 {
+fn dot_scalar<T: KvValue>(q: &[f32], k: &[T]) -> f32 {
     let whole = q.len() / 8 * 8;
     let mut l = [0f32; 8];
     for (qc, kc) in q[..whole].chunks_exact(8).zip(k[..whole].chunks_exact(8)) {
         for i in 0..8 {
-            l[i] = qc[i].mul_add(kc[i].to_f32(), l[i]);
+            l[i] = qc[i].mul_add(kc[i].as_f32(), l[i]);
         }
     }
     let mut t = 0f32;
     for i in whole..q.len() {
-        t = q[i].mul_add(k[i].to_f32(), t);
+        t = q[i].mul_add(k[i].as_f32(), t);
     }
     tree(&l) + t
 }
@@ -219,11 +266,11 @@ fn softmax(p: Path, s: &mut [f32]) {
 
 /// `o[r·d + i] = Σ_j w[r·len + j] · v[j·stride + i]` for each of the
 /// `o.len() / d` heads, fused multiply-adds in key order.
-fn weighted_sums(
+fn weighted_sums<T: KvValue>(
     p: Path,
     w: &[f32],
     len: usize,
-    v: &[f16],
+    v: &[T],
     stride: usize,
     d: usize,
     o: &mut [f32],
@@ -240,7 +287,7 @@ fn weighted_sums(
                 for (j, &wj) in wr.iter().enumerate() {
                     let vj = &v[j * stride..j * stride + d];
                     for (oi, &x) in or.iter_mut().zip(vj) {
-                        *oi = wj.mul_add(x.to_f32(), *oi);
+                        *oi = wj.mul_add(x.as_f32(), *oi);
                     }
                 }
             }
@@ -252,16 +299,7 @@ fn weighted_sums(
 pub(crate) mod simd {
     use std::arch::x86_64::*;
 
-    use half::f16;
-
-    use super::{EXP_P, LN2_HI, LN2_LO, LOG2E};
-
-    /// Eight f16 values as f32 (exact).
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    unsafe fn load8(p: *const f16) -> __m256 {
-        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
-    }
+    use super::{KvValue, EXP_P, LN2_HI, LN2_LO, LOG2E};
 
     /// The contract's tree for eight keys at once: `a[j]` holds key j's
     /// lanes; returns the eight sums.
@@ -284,7 +322,7 @@ pub(crate) mod simd {
     /// Scores of eight keys at a time (independent chains; absent keys of a
     /// last partial block are zeros and not stored).
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn scores(q: &[f32], k: &[f16], stride: usize, scale: f32, s: &mut [f32]) {
+    pub unsafe fn scores<T: KvValue>(q: &[f32], k: &[T], stride: usize, scale: f32, s: &mut [f32]) {
         let d = q.len();
         let whole = d / 8 * 8;
         let (qp, kp) = (q.as_ptr(), k.as_ptr());
@@ -298,7 +336,7 @@ pub(crate) mod simd {
                 let x = _mm256_loadu_ps(qp.add(i));
                 for (c, acc) in a.iter_mut().enumerate().take(nk) {
                     let kr = kp.add((j0 + c) * stride + i);
-                    *acc = _mm256_fmadd_ps(x, load8(kr), *acc);
+                    *acc = _mm256_fmadd_ps(x, T::load8(kr), *acc);
                 }
                 i += 8;
             }
@@ -308,7 +346,7 @@ pub(crate) mod simd {
                 let kr = kp.add((j0 + c) * stride);
                 let mut t = 0f32;
                 for (i, &qi) in q.iter().enumerate().skip(whole) {
-                    t = qi.mul_add((*kr.add(i)).to_f32(), t);
+                    t = qi.mul_add((*kr.add(i)).as_f32(), t);
                 }
                 s[j0 + c] = (out[c] + t) * scale;
             }
@@ -384,10 +422,10 @@ pub(crate) mod simd {
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn block<const NH: usize, const NC: usize>(
+    unsafe fn block<T: KvValue, const NH: usize, const NC: usize>(
         wp: *const f32,
         len: usize,
-        vp: *const f16,
+        vp: *const T,
         stride: usize,
         d: usize,
         op: *mut f32,
@@ -398,7 +436,7 @@ pub(crate) mod simd {
         for j in 0..len {
             let mut x = [_mm256_setzero_ps(); NC];
             for (c, xc) in x.iter_mut().enumerate() {
-                *xc = load8(vp.add(j * stride + i + 8 * c));
+                *xc = T::load8(vp.add(j * stride + i + 8 * c));
             }
             for (r, ar) in acc.iter_mut().enumerate() {
                 let b = _mm256_broadcast_ss(&*wp.add((h0 + r) * len + j));
@@ -418,10 +456,10 @@ pub(crate) mod simd {
     /// the keys in order (the portable code's order), in blocks of up to 4
     /// heads × 16 outputs.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn weighted_sums(
+    pub unsafe fn weighted_sums<T: KvValue>(
         w: &[f32],
         len: usize,
-        v: &[f16],
+        v: &[T],
         stride: usize,
         d: usize,
         o: &mut [f32],
@@ -438,9 +476,9 @@ pub(crate) mod simd {
                 macro_rules! go {
                     ($nh:literal) => {
                         if two {
-                            block::<$nh, 2>(wp, len, vp, stride, d, op, h0, i)
+                            block::<T, $nh, 2>(wp, len, vp, stride, d, op, h0, i)
                         } else {
-                            block::<$nh, 1>(wp, len, vp, stride, d, op, h0, i)
+                            block::<T, $nh, 1>(wp, len, vp, stride, d, op, h0, i)
                         }
                     };
                 }
@@ -456,7 +494,7 @@ pub(crate) mod simd {
                 for x in whole..d {
                     let mut a = 0f32;
                     for j in 0..len {
-                        a = (*wp.add(r * len + j)).mul_add((*vp.add(j * stride + x)).to_f32(), a);
+                        a = (*wp.add(r * len + j)).mul_add((*vp.add(j * stride + x)).as_f32(), a);
                     }
                     *op.add(r * d + x) = a;
                 }
@@ -478,7 +516,7 @@ mod tests {
     }
 
     /// Plain f64 attention, to check the kernel's values.
-    fn reference(shape: AttnShape, s: &AttnSeq<'_>) -> Vec<f64> {
+    fn reference<T: KvValue>(shape: AttnShape, s: &AttnSeq<'_, T>) -> Vec<f64> {
         let AttnShape {
             n_head,
             n_kv,
@@ -493,7 +531,7 @@ mod tests {
             let sc: Vec<f64> = (0..len)
                 .map(|j| {
                     (0..d)
-                        .map(|i| s.q[h * d + i] as f64 * s.k[j * row + g * d + i].to_f64())
+                        .map(|i| s.q[h * d + i] as f64 * s.k[j * row + g * d + i].as_f32() as f64)
                         .sum::<f64>()
                         * scale as f64
                 })
@@ -503,7 +541,7 @@ mod tests {
             let z: f64 = e.iter().sum();
             for (j, ej) in e.iter().enumerate() {
                 for i in 0..d {
-                    out[h * d + i] += ej / z * s.v[j * row + g * d + i].to_f64();
+                    out[h * d + i] += ej / z * s.v[j * row + g * d + i].as_f32() as f64;
                 }
             }
         }
@@ -512,6 +550,16 @@ mod tests {
 
     #[test]
     fn every_path_gives_the_same_bits_and_the_right_values() {
+        every_path(f16::from_f32);
+    }
+
+    /// The same with an f32 cache (the safetensors models).
+    #[test]
+    fn every_path_gives_the_same_bits_with_an_f32_cache() {
+        every_path(|x| x);
+    }
+
+    fn every_path<T: KvValue>(make: fn(f32) -> T) {
         let _lock = crate::PATH_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         // Odd head sizes (a tail past the last 8), grouped heads, one key,
         // many keys, and sequences of different lengths in one call.
@@ -519,20 +567,16 @@ mod tests {
             let mut seed = (n_head * 1000 + d) as u64;
             let lens = [1usize, 5, 37, 300];
             let row = n_kv * d;
-            let data: Vec<(Vec<f32>, Vec<f16>, Vec<f16>)> = lens
+            let data: Vec<(Vec<f32>, Vec<T>, Vec<T>)> = lens
                 .iter()
                 .map(|&len| {
                     let q = (0..n_head * d).map(|_| lcg(&mut seed)).collect();
-                    let k = (0..len * row)
-                        .map(|_| f16::from_f32(lcg(&mut seed) * 3.0))
-                        .collect();
-                    let v = (0..len * row)
-                        .map(|_| f16::from_f32(lcg(&mut seed)))
-                        .collect();
+                    let k = (0..len * row).map(|_| make(lcg(&mut seed) * 3.0)).collect();
+                    let v = (0..len * row).map(|_| make(lcg(&mut seed))).collect();
                     (q, k, v)
                 })
                 .collect();
-            let seqs: Vec<AttnSeq> = data.iter().map(|(q, k, v)| AttnSeq { q, k, v }).collect();
+            let seqs: Vec<AttnSeq<T>> = data.iter().map(|(q, k, v)| AttnSeq { q, k, v }).collect();
             let shape = AttnShape {
                 n_head,
                 n_kv,
@@ -623,7 +667,7 @@ mod tests {
             v: &k[..10],
         };
         assert!(attend_decode(shape, &[bad_k], &mut out).is_err());
-        let empty = AttnSeq {
+        let empty: AttnSeq<f16> = AttnSeq {
             q: &q,
             k: &[],
             v: &[],

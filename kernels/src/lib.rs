@@ -48,7 +48,7 @@ use rayon::prelude::*;
 
 pub use act::{glu, Glu};
 pub use acts::Acts;
-pub use attn::{attend_decode, AttnSeq, AttnShape};
+pub use attn::{attend_decode, AttnSeq, AttnShape, KvValue};
 pub use format::{dequantize_block, dequantize_row, Format};
 pub use x8::supported as repackable;
 

@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use super::layers::{inv_sqrt, kv_attend, kv_attend_batch, split_heads, Kv};
+use super::layers::{inv_sqrt, kv_attend, kv_attend_batch, split_heads, Kv, KvPrecision};
 use candle_core::quantized::{gguf_file, QTensor};
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
 
@@ -201,7 +201,16 @@ impl Layer {
         let v = split_heads(v, self.n_kv, self.head_dim)?;
         let q = self.rope.apply(&self.q_norm.forward(&q)?, pos)?;
         let k = self.rope.apply(&self.k_norm.forward(&k)?, pos)?;
-        kv_attend(cache, &q, k, v, pos, self.window, inv_sqrt(self.head_dim))
+        kv_attend(
+            cache,
+            &q,
+            k,
+            v,
+            pos,
+            self.window,
+            inv_sqrt(self.head_dim),
+            KvPrecision::F16,
+        )
     }
 
     /// [`Layer::attend`] for one new position of each of several sequences
@@ -226,6 +235,7 @@ impl Layer {
             positions,
             self.window,
             inv_sqrt(self.head_dim),
+            KvPrecision::F16,
         )
     }
 

@@ -123,6 +123,13 @@ impl TextModel {
         d.finish(&self.tokenizer, p, prefill_s, t1.elapsed().as_secs_f64())
     }
 
+    /// Whether this model decodes several sequences in one step
+    /// ([`TextModel::generate_many`] with `batch` > 1); others run one
+    /// prompt at a time.
+    pub fn decodes_in_batches(&mut self) -> bool {
+        self.arch.batch().is_some()
+    }
+
     /// Generate for many prompts, `batch` sequences at a time: each prompt
     /// is prefilled alone, then the sequences decode together (one matrix
     /// product per layer for all of them, attention per sequence, each with

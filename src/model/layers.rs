@@ -133,19 +133,39 @@ pub enum Kv {
     /// Keys and values `(1, kv_heads, len, d)` as tensors (GPU devices):
     /// appending makes new tensors.
     Tensors { k: Tensor, v: Tensor },
-    /// Keys and values as f16 rows on the CPU, appended in place.
+    /// Keys and values as rows on the CPU, appended in place.
     Rows(KvRows),
 }
 
-/// Cached keys and values as f16 rows `[position][kv_head][d]`, the layout
-/// the decode kernel (`anjeon_kernels::attend_decode`) reads (f16 as
-/// llama.cpp keeps its cache: half the memory and bytes read of f32). A
-/// sliding-window layer drops old rows once they are twice the window
-/// (never attended again), so the cache stays within two windows.
+/// What the CPU rows cache keeps: f16 as llama.cpp keeps its cache (the
+/// GGUF models: half the memory and bytes read of f32), or f32 as
+/// transformers keeps it (the safetensors models, compared with it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvPrecision {
+    F16,
+    F32,
+}
+
+#[derive(Clone, Debug)]
+enum RowData {
+    F16 {
+        k: Vec<half::f16>,
+        v: Vec<half::f16>,
+    },
+    F32 {
+        k: Vec<f32>,
+        v: Vec<f32>,
+    },
+}
+
+/// Cached keys and values as rows `[position][kv_head][d]`, the layout the
+/// decode kernel (`anjeon_kernels::attend_decode`) reads, in f16 or f32
+/// ([`KvPrecision`]). A sliding-window layer drops old rows once they are
+/// twice the window (never attended again), so the cache stays within two
+/// windows.
 #[derive(Clone, Debug)]
 pub struct KvRows {
-    k: Vec<half::f16>,
-    v: Vec<half::f16>,
+    data: RowData,
     /// Values per row (`kv_heads · d`).
     width: usize,
     /// Absolute position of the first row kept.
@@ -153,17 +173,36 @@ pub struct KvRows {
 }
 
 impl KvRows {
-    fn new(width: usize) -> KvRows {
+    fn new(width: usize, prec: KvPrecision) -> KvRows {
+        let data = match prec {
+            KvPrecision::F16 => RowData::F16 {
+                k: Vec::new(),
+                v: Vec::new(),
+            },
+            KvPrecision::F32 => RowData::F32 {
+                k: Vec::new(),
+                v: Vec::new(),
+            },
+        };
         KvRows {
-            k: Vec::new(),
-            v: Vec::new(),
+            data,
             width,
             first: 0,
         }
     }
 
+    fn precision(&self) -> KvPrecision {
+        match self.data {
+            RowData::F16 { .. } => KvPrecision::F16,
+            RowData::F32 { .. } => KvPrecision::F32,
+        }
+    }
+
     fn len(&self) -> usize {
-        self.k.len() / self.width
+        match &self.data {
+            RowData::F16 { k, .. } => k.len() / self.width,
+            RowData::F32 { k, .. } => k.len() / self.width,
+        }
     }
 
     /// Position after the last row.
@@ -171,10 +210,21 @@ impl KvRows {
         self.first + self.len()
     }
 
-    /// Rows from absolute position `from` on (clamped to what is kept).
-    fn since(&self, from: usize) -> (&[half::f16], &[half::f16]) {
+    /// The query's sequence: rows from absolute position `from` on
+    /// (clamped to what is kept).
+    fn seq<'a, T: anjeon_kernels::KvValue>(
+        &self,
+        q: &'a [f32],
+        k: &'a [T],
+        v: &'a [T],
+        from: usize,
+    ) -> anjeon_kernels::AttnSeq<'a, T> {
         let skip = from.saturating_sub(self.first).min(self.len()) * self.width;
-        (&self.k[skip..], &self.v[skip..])
+        anjeon_kernels::AttnSeq {
+            q,
+            k: &k[skip..],
+            v: &v[skip..],
+        }
     }
 
     /// Keep only the last `keep` rows once more than `2 · keep` are held.
@@ -182,34 +232,90 @@ impl KvRows {
         let len = self.len();
         if keep > 0 && len > 2 * keep {
             let drop = (len - keep) * self.width;
-            self.k.drain(..drop);
-            self.v.drain(..drop);
+            match &mut self.data {
+                RowData::F16 { k, v } => {
+                    k.drain(..drop);
+                    v.drain(..drop);
+                }
+                RowData::F32 { k, v } => {
+                    k.drain(..drop);
+                    v.drain(..drop);
+                }
+            }
             self.first += len - keep;
         }
     }
 
-    /// The rows as `(1, kv_heads, len, d)` tensors.
+    /// The rows as `(1, kv_heads, len, d)` f32 tensors.
     fn tensors(&self, kv_heads: usize, device: &Device) -> Result<(Tensor, Tensor)> {
-        let d = self.width / kv_heads;
-        let t = |x: &[half::f16]| {
-            Tensor::from_slice(x, (1, self.len(), kv_heads, d), device)?
-                .to_dtype(DType::F32)?
-                .transpose(1, 2)?
-                .contiguous()
-        };
-        Ok((t(&self.k)?, t(&self.v)?))
+        let shape = (1, self.len(), kv_heads, self.width / kv_heads);
+        let t = |x: Tensor| x.to_dtype(DType::F32)?.transpose(1, 2)?.contiguous();
+        match &self.data {
+            RowData::F16 { k, v } => Ok((
+                t(Tensor::from_slice(k, shape, device)?)?,
+                t(Tensor::from_slice(v, shape, device)?)?,
+            )),
+            RowData::F32 { k, v } => Ok((
+                t(Tensor::from_slice(k, shape, device)?)?,
+                t(Tensor::from_slice(v, shape, device)?)?,
+            )),
+        }
     }
 
-    /// Append `(1, kv_heads, seq, d)` keys and values (rounded to f16).
+    /// Append `(1, kv_heads, seq, d)` keys and values.
     fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<()> {
-        let rows = |t: &Tensor| -> Result<Vec<half::f16>> {
-            t.transpose(1, 2)?
-                .flatten_all()?
-                .to_dtype(DType::F16)?
-                .to_vec1::<half::f16>()
-        };
-        self.k.extend(rows(k)?);
-        self.v.extend(rows(v)?);
+        let flat = RowData::of(self.precision(), &k.transpose(1, 2)?, &v.transpose(1, 2)?)?;
+        self.data.extend_from(&flat, 0..flat.len())
+    }
+}
+
+impl RowData {
+    /// Keys and values in row order (`[.., kv_heads, d]` f32 tensors),
+    /// rounded to f16 for an f16 cache.
+    fn of(prec: KvPrecision, k: &Tensor, v: &Tensor) -> Result<RowData> {
+        Ok(match prec {
+            KvPrecision::F16 => {
+                let f16 = |t: &Tensor| {
+                    t.flatten_all()?
+                        .to_dtype(DType::F16)?
+                        .to_vec1::<half::f16>()
+                };
+                RowData::F16 {
+                    k: f16(k)?,
+                    v: f16(v)?,
+                }
+            }
+            KvPrecision::F32 => {
+                let f32 = |t: &Tensor| t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>();
+                RowData::F32 {
+                    k: f32(k)?,
+                    v: f32(v)?,
+                }
+            }
+        })
+    }
+
+    /// Values held (keys; as many values).
+    fn len(&self) -> usize {
+        match self {
+            RowData::F16 { k, .. } => k.len(),
+            RowData::F32 { k, .. } => k.len(),
+        }
+    }
+
+    /// Append values `r` of `src`'s keys and values.
+    fn extend_from(&mut self, src: &RowData, r: std::ops::Range<usize>) -> Result<()> {
+        match (self, src) {
+            (RowData::F16 { k, v }, RowData::F16 { k: sk, v: sv }) => {
+                k.extend_from_slice(&sk[r.clone()]);
+                v.extend_from_slice(&sv[r]);
+            }
+            (RowData::F32 { k, v }, RowData::F32 { k: sk, v: sv }) => {
+                k.extend_from_slice(&sk[r.clone()]);
+                v.extend_from_slice(&sv[r]);
+            }
+            _ => candle_core::bail!("KV rows of another precision"),
+        }
         Ok(())
     }
 }
@@ -227,9 +333,11 @@ fn check_end(end: usize, pos: usize) -> Result<()> {
 /// `[1, heads, seq, d]` (rotary already applied) starting at position
 /// `pos`: appends `k`/`v` to `cache` (a new cache at position 0), masks
 /// keys after each query and, with a window, those `window` or more
-/// positions back; returns `[1, seq, heads · d]`. On the CPU a single
-/// position goes through [`kv_attend_batch`] (the batched decode's code,
-/// so decoding alone and in a batch give the same bits).
+/// positions back; returns `[1, seq, heads · d]`. On the CPU the cache is
+/// rows of `prec`, and a single position goes through [`kv_attend_batch`]
+/// (the batched decode's code, so decoding alone and in a batch give the
+/// same bits).
+#[allow(clippy::too_many_arguments)]
 pub fn kv_attend(
     cache: &mut Kv,
     q: &Tensor,
@@ -238,17 +346,18 @@ pub fn kv_attend(
     pos: usize,
     window: Option<usize>,
     scale: f32,
+    prec: KvPrecision,
 ) -> Result<Tensor> {
     let (b, _, seq, d) = q.dims4()?;
     let n_kv = k.dim(1)?;
     let cpu = q.device().is_cpu() && q.dtype() == DType::F32 && b == 1;
     if cpu && seq == 1 {
-        return kv_attend_batch(&mut [cache], q, &k, &v, &[pos], window, scale);
+        return kv_attend_batch(&mut [cache], q, &k, &v, &[pos], window, scale, prec);
     }
     // A prompt chunk: candle's matrix products over the cached keys and
-    // the chunk's own, the chunk's rounded to f16 as the cache keeps them
+    // the chunk's own, the chunk's rounded to f16 when the cache keeps f16
     // (so its tokens see the values later steps will see).
-    let (k, v) = if cpu {
+    let (k, v) = if cpu && prec == KvPrecision::F16 {
         let r16 = |t: Tensor| t.to_dtype(DType::F16)?.to_dtype(DType::F32);
         (r16(k)?, r16(v)?)
     } else {
@@ -266,8 +375,9 @@ pub fn kv_attend(
     let out = cached_attention(&mut tcache, q, k.clone(), v.clone(), pos, window, scale)?;
     if cpu {
         let mut rows = match std::mem::take(cache) {
-            Kv::Rows(r) if pos > 0 => r,
-            _ => KvRows::new(n_kv * d),
+            Kv::Rows(r) if pos > 0 && r.precision() == prec => r,
+            Kv::Rows(_) if pos > 0 => candle_core::bail!("a KV cache of another precision"),
+            _ => KvRows::new(n_kv * d, prec),
         };
         rows.append(&k, &v)?;
         if let Some(w) = window {
@@ -286,6 +396,7 @@ pub fn kv_attend(
 /// d]`. On the CPU every sequence's keys are appended in place and one
 /// kernel call attends all of them; elsewhere each sequence runs
 /// [`kv_attend`] alone.
+#[allow(clippy::too_many_arguments)]
 pub fn kv_attend_batch(
     caches: &mut [&mut Kv],
     q: &Tensor,
@@ -294,6 +405,7 @@ pub fn kv_attend_batch(
     positions: &[usize],
     window: Option<usize>,
     scale: f32,
+    prec: KvPrecision,
 ) -> Result<Tensor> {
     let (n, n_head, seq, d) = q.dims4()?;
     let n_kv = k.dim(1)?;
@@ -315,68 +427,74 @@ pub fn kv_attend_batch(
                 positions[i],
                 window,
                 scale,
+                prec,
             )?);
         }
         return Tensor::cat(&outs, 0);
     }
     let width = n_kv * d;
-    let kr = k
-        .flatten_all()?
-        .to_dtype(DType::F16)?
-        .to_vec1::<half::f16>()?;
-    let vr = v
-        .flatten_all()?
-        .to_dtype(DType::F16)?
-        .to_vec1::<half::f16>()?;
+    let flat = RowData::of(prec, k, v)?;
     for (i, c) in caches.iter_mut().enumerate() {
         let pos = positions[i];
         let mut rows = match std::mem::take(&mut **c) {
             Kv::Rows(r) if pos > 0 => r,
             Kv::Tensors { .. } => candle_core::bail!("a GPU KV cache given to the CPU decode"),
-            _ => KvRows::new(width),
+            _ => KvRows::new(width, prec),
         };
-        if rows.width != width {
+        if rows.width != width || rows.precision() != prec {
             candle_core::bail!(
-                "KV cache rows of {} values given {width}-value keys",
-                rows.width
+                "KV cache rows of {} {:?} values given {width}-value {prec:?} keys",
+                rows.width,
+                rows.precision()
             );
         }
         check_end(rows.end(), pos)?;
-        rows.k.extend_from_slice(&kr[i * width..(i + 1) * width]);
-        rows.v.extend_from_slice(&vr[i * width..(i + 1) * width]);
+        rows.data.extend_from(&flat, i * width..(i + 1) * width)?;
         **c = Kv::Rows(rows);
     }
     let qs = q.flatten_all()?.to_vec1::<f32>()?;
     let mut out = vec![0f32; n * n_head * d];
-    {
-        let seqs: Vec<anjeon_kernels::AttnSeq> = caches
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                let Kv::Rows(r) = &**c else {
-                    unreachable!("every cache was made rows above")
-                };
-                // Keys visible to the query at `pos`: not after it and,
-                // with a window, fewer than `window` positions back.
-                let pos = positions[i];
-                let from = window.map_or(0, |w| (pos + 1).saturating_sub(w));
-                let (k, v) = r.since(from);
-                anjeon_kernels::AttnSeq {
-                    q: &qs[i * n_head * d..(i + 1) * n_head * d],
-                    k,
-                    v,
-                }
-            })
-            .collect();
-        let shape = anjeon_kernels::AttnShape {
-            n_head,
-            n_kv,
-            d,
-            scale,
-        };
-        anjeon_kernels::attend_decode(shape, &seqs, &mut out)
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    let shape = anjeon_kernels::AttnShape {
+        n_head,
+        n_kv,
+        d,
+        scale,
+    };
+    // Keys visible to the query at `pos`: not after it and, with a window,
+    // fewer than `window` positions back.
+    let from = |i: usize| window.map_or(0, |w| (positions[i] + 1).saturating_sub(w));
+    let query = |i: usize| &qs[i * n_head * d..(i + 1) * n_head * d];
+    fn rows(c: &Kv) -> &KvRows {
+        match c {
+            Kv::Rows(r) => r,
+            _ => unreachable!("every cache was made rows above"),
+        }
     }
+    let r = match prec {
+        KvPrecision::F16 => {
+            let seqs: Vec<anjeon_kernels::AttnSeq<half::f16>> = caches
+                .iter()
+                .enumerate()
+                .map(|(i, c)| match &rows(c).data {
+                    RowData::F16 { k, v } => rows(c).seq(query(i), k, v, from(i)),
+                    RowData::F32 { .. } => unreachable!("precision checked above"),
+                })
+                .collect();
+            anjeon_kernels::attend_decode(shape, &seqs, &mut out)
+        }
+        KvPrecision::F32 => {
+            let seqs: Vec<anjeon_kernels::AttnSeq<f32>> = caches
+                .iter()
+                .enumerate()
+                .map(|(i, c)| match &rows(c).data {
+                    RowData::F32 { k, v } => rows(c).seq(query(i), k, v, from(i)),
+                    RowData::F16 { .. } => unreachable!("precision checked above"),
+                })
+                .collect();
+            anjeon_kernels::attend_decode(shape, &seqs, &mut out)
+        }
+    };
+    r.map_err(|e| candle_core::Error::Msg(e.to_string()))?;
     if let Some(w) = window {
         for c in caches.iter_mut() {
             if let Kv::Rows(r) = &mut **c {
@@ -476,6 +594,7 @@ mod kv_tests {
                     pos,
                     window,
                     inv_sqrt(d),
+                    KvPrecision::F16,
                 )
                 .unwrap();
                 let want = cached_attention(

@@ -714,7 +714,25 @@ impl TextModel {
             .or(config["text_config"]["max_position_embeddings"].as_u64())
             .unwrap_or(2048) as usize;
         let mut vision = None;
+        // Llama, Qwen2 and Qwen3 text checkpoints on the CPU run on anjeon's
+        // decoder (batched decode, copyable judge prefixes); on a GPU, or
+        // with settings that decoder lacks (rope scaling, Llama biases),
+        // on candle-transformers'.
+        let own: Option<qwen2::HfConfig> = if device.is_cpu() && dtype == DType::F32 {
+            serde_json::from_str::<qwen2::HfConfig>(&cfg_text)
+                .ok()
+                .filter(|c| c.unsupported(&arch_name).is_none())
+        } else {
+            None
+        };
         let arch: Box<dyn CausalLm> = match arch_name.as_str() {
+            _ if own.is_some() => {
+                let c = own.as_ref().expect("checked");
+                Box::new(
+                    qwen2::ModelWeights::from_safetensors(vb, c, &arch_name)
+                        .map_err(cerr(dir, &format!("loading {arch_name} weights")))?,
+                )
+            }
             "LlamaForCausalLM" => {
                 let c: tm::llama::LlamaConfig = serde_json::from_str(&cfg_text).map_err(bad_cfg)?;
                 let c = c.into_config(false);

@@ -100,6 +100,16 @@ impl QLinear {
         Self::new_shared(Arc::new(q), name)
     }
 
+    /// A dense weight `[out, in]` (f32, or f16/bf16 on a GPU): candle's
+    /// matrix product, no copy.
+    pub fn dense(w: Tensor) -> QLinear {
+        QLinear {
+            kernel: None,
+            packed: None,
+            fallback: Some(QMatMul::Tensor(w)),
+        }
+    }
+
     /// As [`QLinear::new`]; a tensor that is not repacked stays shared with
     /// the caller's `Arc` (no copy).
     pub fn new_shared(q: Arc<QTensor>, name: &str) -> Result<QLinear> {
@@ -296,6 +306,14 @@ impl QEmbedding {
             )),
         };
         Ok(QEmbedding { table, hidden })
+    }
+
+    /// A dense table `[vocab, hidden]` (safetensors checkpoints).
+    pub fn dense(table: Tensor, hidden: usize) -> QEmbedding {
+        QEmbedding {
+            table: Table::Dense(candle_nn::Embedding::new(table, hidden)),
+            hidden,
+        }
     }
 
     /// Token embeddings tied to an output layer that was repacked: rows

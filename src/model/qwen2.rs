@@ -2,7 +2,10 @@
 //! biases, NeoX rotary pairs), Qwen3 (no biases, RMSNorm of each query and
 //! key head before the rotary, a head size of its own) and dense Llama
 //! (SmolLM2, no biases, interleaved rotary pairs as llama.cpp's GGUF
-//! conversion stores q/k).
+//! conversion stores q/k). The same decoder reads Hugging Face safetensors
+//! checkpoints of those three (`ModelWeights::from_safetensors`: dense f32
+//! weights on the CPU, NeoX pairs as transformers stores q/k), so they get
+//! the batched decode and copyable judge prefixes too.
 //!
 //! The Llama side follows candle-transformers 0.11.1's `quantized_llama`
 //! (same computation, checked against llama.cpp's logits in tests/models.rs);
@@ -16,7 +19,7 @@
 //! the prefix tensors, and appending creates new tensors), and that the
 //! causal mask also covers a chunk that starts after cached positions.
 
-use super::layers::{inv_sqrt, kv_attend, kv_attend_batch, split_heads, Kv};
+use super::layers::{inv_sqrt, kv_attend, kv_attend_batch, split_heads, Kv, KvPrecision};
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
 
@@ -62,6 +65,9 @@ struct Layer {
     cos: Tensor,
     sin: Tensor,
     cache: Kv,
+    /// f16 for GGUF files (as llama.cpp), f32 for safetensors checkpoints
+    /// (as transformers).
+    kv: KvPrecision,
 }
 
 impl Layer {
@@ -127,7 +133,7 @@ impl Layer {
         let sin = self.sin.narrow(0, pos, seq)?;
         let q = self.rope(&q, &cos, &sin)?;
         let k = self.rope(&k, &cos, &sin)?;
-        kv_attend(cache, &q, k, v, pos, None, inv_sqrt(self.head_dim))
+        kv_attend(cache, &q, k, v, pos, None, inv_sqrt(self.head_dim), self.kv)
     }
 
     /// [`Layer::attend`] for one new position of each of several sequences:
@@ -143,7 +149,16 @@ impl Layer {
         let (q, k, v) = self.heads(q, k, v)?;
         let q = self.rope(&q, cos, sin)?;
         let k = self.rope(&k, cos, sin)?;
-        kv_attend_batch(caches, &q, &k, &v, positions, None, inv_sqrt(self.head_dim))
+        kv_attend_batch(
+            caches,
+            &q,
+            &k,
+            &v,
+            positions,
+            None,
+            inv_sqrt(self.head_dim),
+            self.kv,
+        )
     }
 
     fn mlp(&self, x: &Tensor) -> Result<Tensor> {
@@ -191,6 +206,94 @@ pub(crate) fn rope_rows(table: &Tensor, positions: &[usize]) -> Result<Tensor> {
     let idx: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
     let idx = Tensor::new(idx.as_slice(), table.device())?;
     table.index_select(&idx, 0)?.unsqueeze(1)
+}
+
+/// Rotary `cos` and `sin` tables `(positions, head_dim / 2)`.
+fn rope_tables(
+    head_dim: usize,
+    base: f32,
+    positions: usize,
+    dev: &Device,
+) -> Result<(Tensor, Tensor)> {
+    let inv: Vec<f32> = (0..head_dim)
+        .step_by(2)
+        .map(|i| 1f32 / base.powf(i as f32 / head_dim as f32))
+        .collect();
+    let n = inv.len();
+    let inv = Tensor::from_vec(inv, (1, n), dev)?;
+    let freqs = Tensor::arange(0u32, positions as u32, dev)?
+        .to_dtype(DType::F32)?
+        .reshape((positions, 1))?
+        .matmul(&inv)?;
+    Ok((freqs.cos()?, freqs.sin()?))
+}
+
+/// What anjeon's decoder reads from a Hugging Face `config.json`
+/// (LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM), after the
+/// loader's normalisation (a top-level `rope_theta`).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct HfConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    #[serde(default)]
+    pub head_dim: Option<usize>,
+    pub rms_norm_eps: f64,
+    #[serde(default = "default_rope_theta")]
+    pub rope_theta: f64,
+    #[serde(default)]
+    pub max_position_embeddings: Option<usize>,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    #[serde(default)]
+    pub hidden_act: Option<String>,
+    #[serde(default)]
+    pub attention_bias: Option<bool>,
+    #[serde(default)]
+    pub mlp_bias: Option<bool>,
+    #[serde(default)]
+    pub rope_scaling: Option<serde_json::Value>,
+}
+
+fn default_rope_theta() -> f64 {
+    10_000.0
+}
+
+impl HfConfig {
+    /// Why this checkpoint needs candle's own implementation instead
+    /// (`None`: anjeon's decoder computes it exactly).
+    pub fn unsupported(&self, arch: &str) -> Option<String> {
+        if !matches!(
+            arch,
+            "LlamaForCausalLM" | "Qwen2ForCausalLM" | "Qwen3ForCausalLM"
+        ) {
+            return Some(format!("architecture {arch}"));
+        }
+        if self.hidden_act.as_deref().is_some_and(|a| a != "silu") {
+            return Some(format!("hidden_act {:?}", self.hidden_act));
+        }
+        if let Some(r) = self.rope_scaling.as_ref().filter(|r| !r.is_null()) {
+            let kind = r["rope_type"]
+                .as_str()
+                .or(r["type"].as_str())
+                .unwrap_or("?");
+            if kind != "default" {
+                return Some(format!("rope scaling {kind:?}"));
+            }
+        }
+        // Llama's attention_bias also puts a bias on o_proj, and mlp_bias
+        // on the MLP: not in this decoder.
+        if arch == "LlamaForCausalLM"
+            && (self.attention_bias == Some(true) || self.mlp_bias == Some(true))
+        {
+            return Some("Llama attention/MLP biases".into());
+        }
+        None
+    }
 }
 
 #[derive(Clone)]
@@ -252,18 +355,7 @@ impl ModelWeights {
                 candle_core::bail!("GGUF metadata: rotary dimension {rd} differs from the head size {head_dim} (partial rotary is not supported)");
             }
         }
-        let positions = ctx.min(MAX_POSITIONS);
-        let inv: Vec<f32> = (0..head_dim)
-            .step_by(2)
-            .map(|i| 1f32 / base.powf(i as f32 / head_dim as f32))
-            .collect();
-        let n = inv.len();
-        let inv = Tensor::from_vec(inv, (1, n), dev)?;
-        let freqs = Tensor::arange(0u32, positions as u32, dev)?
-            .to_dtype(DType::F32)?
-            .reshape((positions, 1))?
-            .matmul(&inv)?;
-        let (cos, sin) = (freqs.cos()?, freqs.sin()?);
+        let (cos, sin) = rope_tables(head_dim, base, ctx.min(MAX_POSITIONS), dev)?;
 
         let (embed, output) = super::qlinear::embeddings_and_output(&ct, r, dev, hidden)?;
         let norm = |r: &mut R, name: &str| -> Result<Norm> {
@@ -317,12 +409,105 @@ impl ModelWeights {
                 cos: cos.clone(),
                 sin: sin.clone(),
                 cache: Kv::Empty,
+                kv: KvPrecision::F16,
             });
         }
         Ok(ModelWeights {
             embed,
             layers,
             norm: final_norm,
+            output,
+        })
+    }
+
+    /// A Hugging Face checkpoint (`vb` over its safetensors files, f32 on
+    /// the CPU) of `arch` (LlamaForCausalLM, Qwen2ForCausalLM or
+    /// Qwen3ForCausalLM; see [`HfConfig::unsupported`]).
+    pub fn from_safetensors(vb: candle_nn::VarBuilder, c: &HfConfig, arch: &str) -> Result<Self> {
+        if let Some(why) = c.unsupported(arch) {
+            candle_core::bail!("anjeon's decoder does not cover {why}");
+        }
+        let dev = vb.device().clone();
+        let h = c.hidden_size;
+        let n_head = c.num_attention_heads;
+        let n_kv = c.num_key_value_heads.unwrap_or(n_head);
+        if n_head == 0 || n_kv == 0 || !n_head.is_multiple_of(n_kv) {
+            candle_core::bail!("config.json: {n_head} attention heads and {n_kv} key/value heads");
+        }
+        let head_dim = c.head_dim.unwrap_or(h / n_head);
+        let ctx = c.max_position_embeddings.unwrap_or(32_768);
+        let (cos, sin) = rope_tables(head_dim, c.rope_theta as f32, ctx.min(MAX_POSITIONS), &dev)?;
+        let eps = c.rms_norm_eps as f32;
+        let vm = vb.pp("model");
+        let table = vm.get((c.vocab_size, h), "embed_tokens.weight")?;
+        let output = if !c.tie_word_embeddings && vb.contains_tensor("lm_head.weight") {
+            QLinear::dense(vb.get((c.vocab_size, h), "lm_head.weight")?)
+        } else {
+            QLinear::dense(table.clone())
+        };
+        let embed = QEmbedding::dense(table, h);
+        let norm = |v: candle_nn::VarBuilder, n: usize| -> Result<Norm> {
+            Ok(Norm {
+                weight: v.get(n, "weight")?,
+                eps,
+            })
+        };
+        let lin = |v: candle_nn::VarBuilder, out: usize, inp: usize| -> Result<QLinear> {
+            Ok(QLinear::dense(v.get((out, inp), "weight")?))
+        };
+        let qwen2 = arch == "Qwen2ForCausalLM";
+        let qwen3 = arch == "Qwen3ForCausalLM";
+        // Qwen2 always has q/k/v biases; Qwen3 when attention_bias says so.
+        let biased = qwen2 || (qwen3 && c.attention_bias == Some(true));
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for i in 0..c.num_hidden_layers {
+            let vl = vm.pp(format!("layers.{i}"));
+            let va = vl.pp("self_attn");
+            let vp = vl.pp("mlp");
+            let bias = |n: &str, len: usize| -> Result<Option<Tensor>> {
+                if biased {
+                    Ok(Some(va.pp(n).get(len, "bias")?))
+                } else {
+                    Ok(None)
+                }
+            };
+            layers.push(Layer {
+                wq: lin(va.pp("q_proj"), n_head * head_dim, h)?,
+                wk: lin(va.pp("k_proj"), n_kv * head_dim, h)?,
+                wv: lin(va.pp("v_proj"), n_kv * head_dim, h)?,
+                bq: bias("q_proj", n_head * head_dim)?,
+                bk: bias("k_proj", n_kv * head_dim)?,
+                bv: bias("v_proj", n_kv * head_dim)?,
+                neox: true,
+                q_norm: if qwen3 {
+                    Some(norm(va.pp("q_norm"), head_dim)?)
+                } else {
+                    None
+                },
+                k_norm: if qwen3 {
+                    Some(norm(va.pp("k_norm"), head_dim)?)
+                } else {
+                    None
+                },
+                wo: lin(va.pp("o_proj"), h, n_head * head_dim)?,
+                attn_norm: norm(vl.pp("input_layernorm"), h)?,
+                ffn_norm: norm(vl.pp("post_attention_layernorm"), h)?,
+                gate: lin(vp.pp("gate_proj"), c.intermediate_size, h)?,
+                up: lin(vp.pp("up_proj"), c.intermediate_size, h)?,
+                down: lin(vp.pp("down_proj"), h, c.intermediate_size)?,
+                n_head,
+                n_kv,
+                head_dim,
+                cos: cos.clone(),
+                sin: sin.clone(),
+                cache: Kv::Empty,
+                kv: KvPrecision::F32,
+            });
+        }
+        Ok(ModelWeights {
+            embed,
+            layers,
+            norm: norm(vm.pp("norm"), h)?,
             output,
         })
     }

@@ -656,6 +656,70 @@ fn safetensors_models_match_transformers() {
     eprintln!("{}", report.join("\n"));
 }
 
+/// The safetensors text checkpoints (Llama, Qwen2, Qwen3) run on anjeon's
+/// decoder on the CPU: batched generation equals one prompt at a time,
+/// token for token, greedy and sampled, with continuous refill (5 prompts
+/// of different lengths through 2 slots).
+#[test]
+fn safetensors_text_models_generate_in_batches_like_one_at_a_time() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny");
+    let prompts: Vec<Vec<u32>> = vec![
+        vec![1, 17, 42, 99, 7, 300, 12, 5],
+        vec![1, 200, 201, 202],
+        vec![1, 5],
+        vec![1, 64, 65, 66, 67, 68, 69, 70, 71, 72, 73, 74],
+        vec![1, 400, 401],
+    ];
+    for arch in ["llama", "qwen2", "qwen3"] {
+        let r = model::resolve(root.join(arch).to_str().unwrap()).unwrap();
+        let mut m = model::TextModel::load(
+            &r,
+            &candle_core::Device::Cpu,
+            &model::LoadOptions::default(),
+        )
+        .unwrap();
+        assert!(m.decodes_in_batches(), "{arch}: no batched decode");
+        for p in [
+            model::GenParams {
+                max_new_tokens: 12,
+                ignore_eos: true,
+                ..Default::default()
+            },
+            model::GenParams {
+                max_new_tokens: 12,
+                ignore_eos: true,
+                temperature: 0.9,
+                top_p: Some(0.95),
+                ..Default::default()
+            },
+        ] {
+            let alone: Vec<model::Generation> = prompts
+                .iter()
+                .enumerate()
+                .map(|(i, ids)| m.generate(ids, &p, 7 + i as u64).unwrap())
+                .collect();
+            let jobs: Vec<(&[u32], u64)> = prompts
+                .iter()
+                .enumerate()
+                .map(|(i, ids)| (ids.as_slice(), 7 + i as u64))
+                .collect();
+            let mut batched: Vec<Option<model::Generation>> = vec![None; prompts.len()];
+            m.generate_many(&jobs, &p, 2, |i, g| {
+                batched[i] = Some(g?);
+                Ok(())
+            })
+            .unwrap();
+            for (i, (a, b)) in alone.iter().zip(&batched).enumerate() {
+                let b = b
+                    .as_ref()
+                    .unwrap_or_else(|| panic!("{arch}: prompt {i} never finished"));
+                assert_eq!(a.tokens, b.tokens, "{arch} t={}: prompt {i}", p.temperature);
+                assert_eq!(a.tokens.len(), 12);
+            }
+        }
+    }
+}
+
 #[test]
 fn hub_ids_resolve_from_the_local_cache_and_vocab_mismatch_is_caught() {
     // A Hugging Face cache layout: models--ORG--NAME/{refs/main, snapshots/REV/...}.
