@@ -717,8 +717,11 @@ impl TextModel {
         // Llama, Qwen2 and Qwen3 text checkpoints on the CPU run on anjeon's
         // decoder (batched decode, copyable judge prefixes); on a GPU, or
         // with settings that decoder lacks (rope scaling, Llama biases),
-        // on candle-transformers'.
-        let own: Option<qwen2::HfConfig> = if device.is_cpu() && dtype == DType::F32 {
+        // on candle-transformers' (also with ANJEON_SAFETENSORS=candle, to
+        // compare).
+        let candle_only = std::env::var("ANJEON_SAFETENSORS").is_ok_and(|v| v == "candle");
+        let own: Option<qwen2::HfConfig> = if device.is_cpu() && dtype == DType::F32 && !candle_only
+        {
             serde_json::from_str::<qwen2::HfConfig>(&cfg_text)
                 .ok()
                 .filter(|c| c.unsupported(&arch_name).is_none())
