@@ -414,11 +414,10 @@ impl EmbeddingGemma {
                 Error::Usage(format!("{}: {e}\n  fix: the file may be truncated or corrupt; check its sha256 or fetch it again (`anjeon models fetch embeddinggemma-300m`)", p.display()))
             }
         };
-        // SAFETY: the file is memory-mapped read-only and not modified while mapped.
-        let vb = unsafe {
-            VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, device)
-                .map_err(cerr(&weights))?
-        };
+        // Read tensor by tensor: no mapping of the 1.2 GB file is held
+        // beside the copies candle keeps.
+        let vb =
+            super::stfile::var_builder(&[&weights], DType::F32, device).map_err(cerr(&weights))?;
         // Checkpoints saved from Gemma3TextModel have no `model.` prefix.
         let vb = if vb.contains_tensor("embed_tokens.weight") {
             vb

@@ -18,6 +18,7 @@ pub mod qwen2;
 pub mod qwen3_vl;
 pub mod requant;
 pub mod spm;
+pub mod stfile;
 pub mod tekken;
 pub mod tokenizer;
 pub mod voxtral;
@@ -703,9 +704,9 @@ impl TextModel {
             _ => DType::F32,
         };
         check_safetensors_config(dir, max_context, &config, &files)?;
-        // SAFETY: the files are memory-mapped read-only; anjeon does not modify them while running.
-        let vb = unsafe { candle_nn::VarBuilder::from_mmaped_safetensors(&files, dtype, device) }
-            .map_err(cerr(dir, "reading safetensors"))?;
+        // Read tensor by tensor (no mapping held while the model is built).
+        let vb =
+            stfile::var_builder(&files, dtype, device).map_err(cerr(dir, "reading safetensors"))?;
         let cfg_text = serde_json::to_string(&config).expect("re-serialise config");
         let bad_cfg =
             |e: serde_json::Error| Error::Usage(format!("{}/config.json: {e}", dir.display()));
