@@ -462,39 +462,14 @@ pub fn kv_attend_batch(
     };
     // Keys visible to the query at `pos`: not after it and, with a window,
     // fewer than `window` positions back.
-    let from = |i: usize| window.map_or(0, |w| (positions[i] + 1).saturating_sub(w));
-    let query = |i: usize| &qs[i * n_head * d..(i + 1) * n_head * d];
-    fn rows(c: &Kv) -> &KvRows {
-        match c {
-            Kv::Rows(r) => r,
-            _ => unreachable!("every cache was made rows above"),
-        }
+    let from: Vec<usize> = positions
+        .iter()
+        .map(|&p| window.map_or(0, |w| (p + 1).saturating_sub(w)))
+        .collect();
+    match prec {
+        KvPrecision::F16 => attend_rows::<half::f16>(shape, caches, &qs, &from, &mut out)?,
+        KvPrecision::F32 => attend_rows::<f32>(shape, caches, &qs, &from, &mut out)?,
     }
-    let r = match prec {
-        KvPrecision::F16 => {
-            let seqs: Vec<anjeon_kernels::AttnSeq<half::f16>> = caches
-                .iter()
-                .enumerate()
-                .map(|(i, c)| match &rows(c).data {
-                    RowData::F16 { k, v } => rows(c).seq(query(i), k, v, from(i)),
-                    RowData::F32 { .. } => unreachable!("precision checked above"),
-                })
-                .collect();
-            anjeon_kernels::attend_decode(shape, &seqs, &mut out)
-        }
-        KvPrecision::F32 => {
-            let seqs: Vec<anjeon_kernels::AttnSeq<f32>> = caches
-                .iter()
-                .enumerate()
-                .map(|(i, c)| match &rows(c).data {
-                    RowData::F32 { k, v } => rows(c).seq(query(i), k, v, from(i)),
-                    RowData::F16 { .. } => unreachable!("precision checked above"),
-                })
-                .collect();
-            anjeon_kernels::attend_decode(shape, &seqs, &mut out)
-        }
-    };
-    r.map_err(|e| candle_core::Error::Msg(e.to_string()))?;
     if let Some(w) = window {
         for c in caches.iter_mut() {
             if let Kv::Rows(r) = &mut **c {
@@ -503,6 +478,55 @@ pub fn kv_attend_batch(
         }
     }
     Tensor::from_vec(out, (n, 1, n_head * d), q.device())
+}
+
+/// The keys and values of one precision in a rows cache.
+trait RowSlices: anjeon_kernels::KvValue {
+    fn slices(d: &RowData) -> Option<(&[Self], &[Self])>;
+}
+
+impl RowSlices for half::f16 {
+    fn slices(d: &RowData) -> Option<(&[Self], &[Self])> {
+        match d {
+            RowData::F16 { k, v } => Some((k, v)),
+            RowData::F32 { .. } => None,
+        }
+    }
+}
+
+impl RowSlices for f32 {
+    fn slices(d: &RowData) -> Option<(&[Self], &[Self])> {
+        match d {
+            RowData::F32 { k, v } => Some((k, v)),
+            RowData::F16 { .. } => None,
+        }
+    }
+}
+
+/// The decode kernel over rows caches of precision `T` (every one checked
+/// to be rows of `T`): sequence `i`'s query is `qs`'s `i`-th `n_head · d`
+/// values and it sees its keys from position `from[i]` on.
+fn attend_rows<T: RowSlices>(
+    shape: anjeon_kernels::AttnShape,
+    caches: &[&mut Kv],
+    qs: &[f32],
+    from: &[usize],
+    out: &mut [f32],
+) -> Result<()> {
+    let nq = shape.n_head * shape.d;
+    let seqs: Vec<anjeon_kernels::AttnSeq<T>> = caches
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let Kv::Rows(r) = &**c else {
+                unreachable!("every cache was made rows above")
+            };
+            let (k, v) = T::slices(&r.data).expect("precision checked above");
+            r.seq(&qs[i * nq..(i + 1) * nq], k, v, from[i])
+        })
+        .collect();
+    anjeon_kernels::attend_decode(shape, &seqs, out)
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))
 }
 
 /// Candle's causal attention over a tensor cache (`kv_attend`'s prompt

@@ -79,7 +79,7 @@ fn embeddings_match_sentence_transformers() {
             let layer = case["mid_layer"].as_u64().unwrap() as usize;
             assert_eq!(layer, anjeon::judge::head::MID_LAYER);
             let v = m
-                .embed_ids_tap(&[ids.clone()], Some(layer))
+                .embed_ids_tap(std::slice::from_ref(&ids), Some(layer))
                 .unwrap()
                 .remove(0);
             assert_eq!(v.len(), 2 * m.dim);

@@ -160,9 +160,9 @@ fn responses_outside_korean_and_english_are_flagged() {
             .any(|e| e.contains("neither Korean nor English")),
         v => panic!("{v:?}"),
     };
-    for k in 0..2 {
-        assert!(flagged(k), "{:?}", out[k]);
-        assert_eq!(out[k].1.as_ref().unwrap().language, "other");
+    for (k, o) in out.iter().enumerate().take(2) {
+        assert!(flagged(k), "{o:?}");
+        assert_eq!(o.1.as_ref().unwrap().language, "other");
     }
     assert!(!flagged(2) && !flagged(3));
     assert_eq!(out[2].1.as_ref().unwrap().language, "ko");

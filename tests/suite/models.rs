@@ -656,6 +656,47 @@ fn safetensors_models_match_transformers() {
     eprintln!("{}", report.join("\n"));
 }
 
+/// Generates each prompt alone (seed `seed + i`) and then all of them
+/// `batch` at a time, and asserts the same tokens, text and stop reason for
+/// every prompt; returns the generations.
+fn batched_like_alone(
+    m: &mut model::TextModel,
+    prompts: &[Vec<u32>],
+    p: &model::GenParams,
+    batch: usize,
+    seed: u64,
+    name: &str,
+) -> Vec<model::Generation> {
+    let alone: Vec<model::Generation> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, ids)| m.generate(ids, p, seed + i as u64).unwrap())
+        .collect();
+    let jobs: Vec<(&[u32], u64)> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, ids)| (ids.as_slice(), seed + i as u64))
+        .collect();
+    let mut batched: Vec<Option<model::Generation>> = vec![None; prompts.len()];
+    let mut finished = 0;
+    m.generate_many(&jobs, p, batch, |i, g| {
+        finished += 1;
+        batched[i] = Some(g?);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(finished, prompts.len());
+    for (i, (a, b)) in alone.iter().zip(&batched).enumerate() {
+        let b = b
+            .as_ref()
+            .unwrap_or_else(|| panic!("{name}: prompt {i} never finished"));
+        assert_eq!(a.tokens, b.tokens, "{name} t={}: prompt {i}", p.temperature);
+        assert_eq!(a.text, b.text);
+        assert_eq!(a.stop, b.stop);
+    }
+    alone
+}
+
 /// The safetensors text checkpoints (Llama, Qwen2, Qwen3) run on anjeon's
 /// decoder on the CPU: batched generation equals one prompt at a time,
 /// token for token, greedy and sampled, with continuous refill (5 prompts
@@ -693,28 +734,8 @@ fn safetensors_text_models_generate_in_batches_like_one_at_a_time() {
                 ..Default::default()
             },
         ] {
-            let alone: Vec<model::Generation> = prompts
-                .iter()
-                .enumerate()
-                .map(|(i, ids)| m.generate(ids, &p, 7 + i as u64).unwrap())
-                .collect();
-            let jobs: Vec<(&[u32], u64)> = prompts
-                .iter()
-                .enumerate()
-                .map(|(i, ids)| (ids.as_slice(), 7 + i as u64))
-                .collect();
-            let mut batched: Vec<Option<model::Generation>> = vec![None; prompts.len()];
-            m.generate_many(&jobs, &p, 2, |i, g| {
-                batched[i] = Some(g?);
-                Ok(())
-            })
-            .unwrap();
-            for (i, (a, b)) in alone.iter().zip(&batched).enumerate() {
-                let b = b
-                    .as_ref()
-                    .unwrap_or_else(|| panic!("{arch}: prompt {i} never finished"));
-                assert_eq!(a.tokens, b.tokens, "{arch} t={}: prompt {i}", p.temperature);
-                assert_eq!(a.tokens.len(), 12);
+            for g in batched_like_alone(&mut m, &prompts, &p, 2, 7, arch) {
+                assert_eq!(g.tokens.len(), 12);
             }
         }
     }
@@ -924,33 +945,7 @@ fn batched_generation_equals_one_at_a_time() {
                 ..Default::default()
             },
         ] {
-            let alone: Vec<model::Generation> = prompts
-                .iter()
-                .enumerate()
-                .map(|(i, ids)| m.generate(ids, &p, 1000 + i as u64).unwrap())
-                .collect();
-            let jobs: Vec<(&[u32], u64)> = prompts
-                .iter()
-                .enumerate()
-                .map(|(i, ids)| (ids.as_slice(), 1000 + i as u64))
-                .collect();
-            let mut batched: Vec<Option<model::Generation>> = vec![None; prompts.len()];
-            let mut order = Vec::new();
-            m.generate_many(&jobs, &p, 4, |i, g| {
-                order.push(i);
-                batched[i] = Some(g?);
-                Ok(())
-            })
-            .unwrap();
-            for (i, (a, b)) in alone.iter().zip(&batched).enumerate() {
-                let b = b
-                    .as_ref()
-                    .unwrap_or_else(|| panic!("{name}: prompt {i} never finished"));
-                assert_eq!(a.tokens, b.tokens, "{name} t={}: prompt {i}", p.temperature);
-                assert_eq!(a.text, b.text);
-                assert_eq!(a.stop, b.stop);
-            }
-            assert_eq!(order.len(), prompts.len());
+            batched_like_alone(&mut m, &prompts, &p, 4, 1000, name);
         }
     }
 }
