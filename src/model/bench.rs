@@ -17,6 +17,9 @@ pub struct BenchResult {
     pub threads: usize,
     /// Sequences decoded together (`--batch`); `decode_tok_s` is their aggregate.
     pub batch: usize,
+    /// Whether the architecture decodes those sequences in one step; when
+    /// false they run one after another and `decode_tok_s` is batch 1's.
+    pub batched_decode: bool,
     /// anjeon's CPU kernel path on this machine (`scalar`, `avx2`,
     /// `avx-vnni`), or `off` (ANJEON_KERNELS=off: candle's QMatMul).
     pub kernels: String,
@@ -73,6 +76,7 @@ pub fn run(
     batch: usize,
 ) -> Result<BenchResult> {
     let threads = candle_core::utils::get_num_threads();
+    let batched_decode = model.decodes_in_batches();
     let prompt = bench_prompt(model, prompt_tokens)?;
     // Warm-up (allocations, page faults of the weights).
     model.prompt_logits(&prompt[..prompt.len().min(16)])?;
@@ -103,6 +107,7 @@ pub fn run(
         architecture: model.architecture.clone(),
         threads,
         batch,
+        batched_decode,
         // anjeon's kernels run on the CPU only; a GPU runs candle's.
         kernels: match &model.device {
             candle_core::Device::Cpu if super::qlinear::kernels_off() => "off".into(),

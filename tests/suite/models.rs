@@ -741,6 +741,59 @@ fn safetensors_text_models_generate_in_batches_like_one_at_a_time() {
     }
 }
 
+/// `anjeon bench --json` on a safetensors checkpoint: one object with the
+/// issue's fields, the aggregate over the batch, and whether the batch
+/// really decoded together (not on candle's path, which runs one at a time).
+#[test]
+fn bench_reports_the_batch_and_whether_it_decoded_together() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny/qwen2");
+    let bench = |candle: bool| -> Value {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_anjeon"));
+        c.args([
+            "bench",
+            "--model",
+            dir.to_str().unwrap(),
+            "--threads",
+            "1",
+            "--batch",
+            "3",
+        ])
+        .args(["--prompt-tokens", "24", "--decode-tokens", "5", "--json"]);
+        if candle {
+            c.env("ANJEON_SAFETENSORS", "candle");
+        }
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    for (candle, together) in [(false, true), (true, false)] {
+        let v = bench(candle);
+        assert_eq!(v["batch"], 3, "{v}");
+        assert_eq!(v["batched_decode"], together, "{v}");
+        assert_eq!(v["decode_tokens"], 15, "{v}");
+        assert_eq!(v["prompt_tokens"], 24, "{v}");
+        assert_eq!(v["threads"], 1, "{v}");
+        for k in [
+            "prefill_tok_s",
+            "decode_tok_s",
+            "peak_rss_mb",
+            "model_file_mb",
+        ] {
+            assert!(v[k].as_f64().unwrap() > 0.0, "{k}: {v}");
+        }
+    }
+    let o = anjeon(&[
+        "bench",
+        "--model",
+        dir.to_str().unwrap(),
+        "--batch",
+        "0",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--batch"));
+}
+
 #[test]
 fn hub_ids_resolve_from_the_local_cache_and_vocab_mismatch_is_caught() {
     // A Hugging Face cache layout: models--ORG--NAME/{refs/main, snapshots/REV/...}.
