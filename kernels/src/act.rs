@@ -11,7 +11,9 @@
 use rayon::prelude::*;
 
 use crate::attn::exp;
-use crate::{path, KernelError, Path};
+#[cfg(target_arch = "x86_64")]
+use crate::Path;
+use crate::{path, KernelError};
 
 /// Which activation gates the MLP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,7 +129,7 @@ mod tests {
         let u: Vec<f32> = (0..x.len()).map(|i| 1.0 + (i % 7) as f32 * 0.25).collect();
         for kind in [Glu::Silu, Glu::GeluTanh] {
             let mut outs = Vec::new();
-            for p in Path::ALL.into_iter().filter(|p| p.available()) {
+            for p in crate::Path::ALL.into_iter().filter(|p| p.available()) {
                 assert!(crate::force_path(Some(p)));
                 let mut g = x.clone();
                 glu(kind, &mut g, &u).unwrap();

@@ -37,6 +37,8 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 mod format;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 mod scalar;
 mod x8;
 mod x8k;
@@ -52,8 +54,9 @@ pub use attn::{attend_decode, AttnSeq, AttnShape, KvValue};
 pub use format::{dequantize_block, dequantize_row, Format};
 pub use x8::supported as repackable;
 
-/// Which implementation runs. `ANJEON_KERNELS=scalar`, `=avx2` or
-/// `=avx-vnni` in the environment caps the choice.
+/// Which implementation runs. `ANJEON_KERNELS=scalar`, `=avx2`,
+/// `=avx-vnni` (x86-64) or `=neon` (64-bit ARM) in the environment caps the
+/// choice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Path {
     /// Portable Rust, any CPU.
@@ -66,6 +69,11 @@ pub enum Path {
     /// take two groups of 8 rows per 512-bit register; everything else runs
     /// the 256-bit code (AVX-VNNI's where the CPU has it).
     Avx512,
+    /// 64-bit ARM, base NEON: the repacked matrix products; the rest
+    /// (row-by-row products, activations, attention) runs the portable code.
+    Neon,
+    /// The same with the `dotprod` extension (`sdot`, ARMv8.2 and later).
+    NeonDot,
 }
 
 impl Path {
@@ -75,6 +83,8 @@ impl Path {
             Path::Avx2 => "avx2",
             Path::AvxVnni => "avx-vnni",
             Path::Avx512 => "avx512-vnni",
+            Path::Neon => "neon",
+            Path::NeonDot => "neon-dotprod",
         }
     }
 
@@ -92,7 +102,14 @@ impl Path {
 static FORCED: AtomicU8 = AtomicU8::new(0);
 
 impl Path {
-    pub const ALL: [Path; 4] = [Path::Scalar, Path::Avx2, Path::AvxVnni, Path::Avx512];
+    pub const ALL: [Path; 6] = [
+        Path::Scalar,
+        Path::Avx2,
+        Path::AvxVnni,
+        Path::Avx512,
+        Path::Neon,
+        Path::NeonDot,
+    ];
 
     /// Whether this CPU can run the path.
     pub fn available(self) -> bool {
@@ -113,7 +130,11 @@ impl Path {
                     && is_x86_feature_detected!("avx512bw")
                     && is_x86_feature_detected!("avx512vnni")
             }
-            #[cfg(not(target_arch = "x86_64"))]
+            #[cfg(target_arch = "aarch64")]
+            Path::Neon => true,
+            #[cfg(target_arch = "aarch64")]
+            Path::NeonDot => std::arch::is_aarch64_feature_detected!("dotprod"),
+            #[allow(unreachable_patterns)]
             _ => false,
         }
     }
@@ -148,11 +169,18 @@ fn detected() -> Path {
             return Path::Avx2;
         }
         let cap_vnni = std::env::var("ANJEON_KERNELS").is_ok_and(|v| v == "avx-vnni");
-        [Path::Avx512, Path::AvxVnni, Path::Avx2]
-            .into_iter()
-            .filter(|p| !(cap_vnni && *p == Path::Avx512))
-            .find(|p| p.available())
-            .unwrap_or(Path::Scalar)
+        let cap_neon = std::env::var("ANJEON_KERNELS").is_ok_and(|v| v == "neon");
+        [
+            Path::Avx512,
+            Path::AvxVnni,
+            Path::Avx2,
+            Path::NeonDot,
+            Path::Neon,
+        ]
+        .into_iter()
+        .filter(|p| !(cap_vnni && *p == Path::Avx512 || cap_neon && *p == Path::NeonDot))
+        .find(|p| p.available())
+        .unwrap_or(Path::Scalar)
     })
 }
 
@@ -523,9 +551,39 @@ fn dot_group2(f: Format, gw: &[u8], xs: &[acts::ActRow<'_>], out: &mut [[f32; 16
     by_rows!(xs.len(), go)
 }
 
-/// One group of 8 rows, `out[r][..8]`, on a 256-bit or the portable path
-/// (`Path::ymm`).
+/// One group of 8 rows, `out[r][..8]`, on a 256-bit, a NEON or the portable
+/// path (`Path::ymm`).
 fn dot_group(path: Path, f: Format, gw: &[u8], xs: &[acts::ActRow<'_>], out: &mut [[f32; 16]]) {
+    #[cfg(target_arch = "aarch64")]
+    if matches!(path, Path::Neon | Path::NeonDot) {
+        macro_rules! go {
+            ($r:literal) => {{
+                let a: &[acts::ActRow<'_>; $r] = xs.try_into().unwrap();
+                let mut o8 = [[0f32; 8]; $r];
+                let o = &mut o8;
+                // SAFETY: NeonDot is only chosen when the CPU reports
+                // dotprod (NEON is part of every 64-bit ARM target); gw is
+                // whole group-blocks and every row holds k values.
+                unsafe {
+                    match (path == Path::NeonDot, f) {
+                        (true, Format::Q4K) => neon::dot::dot_group_k::<$r, false>(gw, a, o),
+                        (false, Format::Q4K) => neon::plain::dot_group_k::<$r, false>(gw, a, o),
+                        (true, Format::Q5K) => neon::dot::dot_group_k::<$r, true>(gw, a, o),
+                        (false, Format::Q5K) => neon::plain::dot_group_k::<$r, true>(gw, a, o),
+                        (true, Format::Q6K) => neon::dot::dot_group_q6k::<$r>(gw, a, o),
+                        (false, Format::Q6K) => neon::plain::dot_group_q6k::<$r>(gw, a, o),
+                        (true, _) => neon::dot::dot_group::<$r>(f, gw, a, o),
+                        (false, _) => neon::plain::dot_group::<$r>(f, gw, a, o),
+                    }
+                }
+                for (d, s) in out.iter_mut().zip(&o8) {
+                    d[..8].copy_from_slice(s);
+                }
+            }};
+        }
+        by_rows!(xs.len(), go);
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if path != Path::Scalar {
         macro_rules! go {

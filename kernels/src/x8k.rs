@@ -28,9 +28,9 @@ pub(crate) const GBB: usize = 1248;
 /// for step `t`, byte `4j + b` holds file byte `qh[4t + b]` of row `j`
 /// (bit `s` is the fifth bit of sub-block `s`'s value `4t + b`).
 pub(crate) const GBB5: usize = 1504;
-const SC: usize = 32;
-const MINS: usize = 96;
-const QS: usize = 224;
+pub(crate) const SC: usize = 32;
+pub(crate) const MINS: usize = 96;
+pub(crate) const QS: usize = 224;
 pub(crate) const QH: usize = 1248;
 
 /// Group-block bytes of Q4_K (`five` false) or Q5_K.
@@ -167,9 +167,9 @@ pub(crate) fn dot_group_scalar(f: Format, gw: &[u8], x: ActRow<'_>, out: &mut [f
 
 /// Bytes of one Q6_K group-block.
 pub(crate) const GBB6: usize = 1808;
-const SC6: usize = 16;
-const LO6: usize = 272;
-const HI6: usize = 1296;
+pub(crate) const SC6: usize = 16;
+pub(crate) const LO6: usize = 272;
+pub(crate) const HI6: usize = 1296;
 
 /// The 256 unsigned 6-bit values and 16 scales of one file block.
 fn q6_values(b: &[u8]) -> ([u8; 256], [i8; 16]) {

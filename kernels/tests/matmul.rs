@@ -292,3 +292,68 @@ fn repacked_rows_dequantize_like_the_file() {
         assert!(p.dequantize_row(n, &mut vec![0f32; k]).is_err());
     }
 }
+
+/// FNV-style checksum of f32 bits.
+fn bits_sum(y: &[f32]) -> u64 {
+    y.iter().fold(0xcbf29ce484222325, |h, v| {
+        (h ^ v.to_bits() as u64).wrapping_mul(0x100000001b3)
+    })
+}
+
+/// The same bits on every machine, not only on every path of this one: the
+/// checksums of every format's products (both layouts, a prompt-sized 37 ×
+/// 21 × 512) and of both gated activations, committed from an x86-64 run,
+/// must come out on every path of any CPU (`kernels/tests/aarch64.sh`
+/// runs this on 64-bit ARM). A change that moves a result by one bit
+/// anywhere fails here; if it is meant, re-record the numbers (printed).
+#[test]
+fn every_machine_gives_the_same_bits() {
+    const WANT: [(&str, u64, u64); 8] = [
+        ("Q4_0", 0xa953d0f88aa660ec, 0xd1c097b63764c93a),
+        ("Q4_1", 0xa11b4e2c3eabc587, 0x78b3d883566a6325),
+        ("Q5_0", 0x41a2707405730d49, 0xf7ba652d29a80df0),
+        ("Q5_1", 0xc92da1c489d8f8b9, 0xa4be99e7907cdfa1),
+        ("Q8_0", 0xfdc65ac09bc5caa5, 0xd25a368bc79c7e3a),
+        ("Q4_K", 0xdd99863bab42b27e, 0x3f2c86ee68c78b44),
+        ("Q5_K", 0xe56785c3c5aef535, 0x092006f704cd3c51),
+        ("Q6_K", 0x8f6937311dbe3144, 0x2509c51bff8f9f83),
+    ];
+    const WANT_GLU: (u64, u64) = (0x1ba39ebfb6fc2f9f, 0x06e8bd2d5be70cdb);
+    let _g = PATH_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut bad = Vec::new();
+    for p in Path::ALL.into_iter().filter(|p| p.available()) {
+        assert!(force_path(Some(p)));
+        let mut got = Vec::new();
+        for (s, f) in Format::ALL.into_iter().enumerate() {
+            let (m, n, k) = (37, 21, 512);
+            let mut rng = Rng(9000 + s as u64);
+            let w = weights(f, n, k, &mut rng);
+            let x = acts(m, k, &mut rng);
+            let mut y = vec![0f32; m * n];
+            matmul(f, &w, n, k, &x, &mut y).unwrap();
+            let mut yp = vec![0f32; m * n];
+            Packed::new(f, &w, n, k)
+                .unwrap()
+                .matmul(&x, &mut yp)
+                .unwrap();
+            got.push((f.name(), bits_sum(&y), bits_sum(&yp)));
+        }
+        let g: Vec<f32> = (0..100_003)
+            .map(|i| (i as f32 - 50_000.0) / 3000.0)
+            .collect();
+        let u: Vec<f32> = (0..g.len()).map(|i| 1.0 + (i % 7) as f32 * 0.25).collect();
+        let (mut silu, mut gelu) = (g.clone(), g);
+        anjeon_kernels::glu(anjeon_kernels::Glu::Silu, &mut silu, &u).unwrap();
+        anjeon_kernels::glu(anjeon_kernels::Glu::GeluTanh, &mut gelu, &u).unwrap();
+        let glu = (bits_sum(&silu), bits_sum(&gelu));
+        if got != WANT || glu != WANT_GLU {
+            bad.push(format!("{}: {got:#x?}, glu {glu:#x?}", p.name()));
+        }
+    }
+    force_path(None);
+    assert!(
+        bad.is_empty(),
+        "checksums differ from the committed ones:\n{}",
+        bad.join("\n")
+    );
+}
