@@ -136,6 +136,36 @@ fn vendored_ffmpeg() -> Vec<PathBuf> {
         "--enable-swscale".into(),
         "--enable-protocol=file".into(),
     ];
+    // Cross-compiling (an ARM board's binary built on an x86-64 machine):
+    // FFmpeg's configure must be told, or it tries to run what it compiles.
+    let (target, host) = (
+        std::env::var("TARGET").unwrap_or_default(),
+        std::env::var("HOST").unwrap_or_default(),
+    );
+    if target != host {
+        let arch = std::env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
+        let os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
+        args.push("--enable-cross-compile".into());
+        args.push(format!("--arch={arch}"));
+        args.push(format!("--target-os={os}"));
+        // `aarch64-linux-gnu-gcc` → the binutils of `aarch64-linux-gnu-`.
+        let name = cc
+            .path()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if let Some(i) = name
+            .rfind('-')
+            .filter(|_| name.ends_with("gcc") || name.ends_with("cc"))
+        {
+            let dir = cc.path().parent().filter(|d| !d.as_os_str().is_empty());
+            let prefix = match dir {
+                Some(d) => d.join(&name[..=i]).display().to_string(),
+                None => name[..=i].to_string(),
+            };
+            args.push(format!("--cross-prefix={prefix}"));
+        }
+    }
     for (kind, list) in [
         ("demuxer", components::BUILT_DEMUXERS),
         ("decoder", components::BUILT_DECODERS),
