@@ -265,9 +265,24 @@ impl KvRows {
     /// Append `(1, kv_heads, seq, d)` keys and values.
     fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<()> {
         let flat = RowData::of(self.precision(), &k.transpose(1, 2)?, &v.transpose(1, 2)?)?;
-        self.data.extend_from(&flat, 0..flat.len())
+        self.push(&flat, 0..flat.len())
+    }
+
+    /// Append values `r` of `src`, growing the rows by at most an eighth
+    /// (at least [`KV_GROW_ROWS`] rows) at a time rather than doubling, so a
+    /// cache holds little more than its positions.
+    fn push(&mut self, src: &RowData, r: std::ops::Range<usize>) -> Result<()> {
+        let (len, add) = (self.data.len(), r.len());
+        if self.data.capacity() < len + add {
+            let grow = (len / 8).max(KV_GROW_ROWS * self.width).max(add);
+            self.data.reserve_exact(grow);
+        }
+        self.data.extend_from(src, r)
     }
 }
+
+/// The fewest rows a KV cache grows by (see [`KvRows::push`]).
+const KV_GROW_ROWS: usize = 32;
 
 impl RowData {
     /// Keys and values in row order (`[.., kv_heads, d]` f32 tensors),
@@ -293,6 +308,28 @@ impl RowData {
                 }
             }
         })
+    }
+
+    /// Values the keys' (and the values') storage holds without growing.
+    fn capacity(&self) -> usize {
+        match self {
+            RowData::F16 { k, v } => k.capacity().min(v.capacity()),
+            RowData::F32 { k, v } => k.capacity().min(v.capacity()),
+        }
+    }
+
+    /// Room for `add` more values (keys and values), exactly.
+    fn reserve_exact(&mut self, add: usize) {
+        match self {
+            RowData::F16 { k, v } => {
+                k.reserve_exact(add);
+                v.reserve_exact(add);
+            }
+            RowData::F32 { k, v } => {
+                k.reserve_exact(add);
+                v.reserve_exact(add);
+            }
+        }
     }
 
     /// Values held (keys; as many values).
@@ -449,7 +486,7 @@ pub fn kv_attend_batch(
             );
         }
         check_end(rows.end(), pos)?;
-        rows.data.extend_from(&flat, i * width..(i + 1) * width)?;
+        rows.push(&flat, i * width..(i + 1) * width)?;
         **c = Kv::Rows(rows);
     }
     let qs = q.flatten_all()?.to_vec1::<f32>()?;
@@ -586,7 +623,7 @@ mod kv_tests {
     use super::*;
 
     /// The CPU rows cache (decode kernel, f16 rows, trimming on sliding
-    /// layers, prompt chunks after cached positions) against candle's
+    /// layers, prompt chunks after cached positions, growth by an eighth) against candle's
     /// tensor-cache attention given the same f16-rounded keys and values,
     /// over 1,300 positions: far past two windows of 64, with prompt chunks
     /// at the start and in the middle (a judge continuing after its prefix).
@@ -643,6 +680,15 @@ mod kv_tests {
                     .unwrap();
                 worst = worst.max(diff);
                 pos += seq;
+                // Sized to the need: a few rows of room, not a doubling.
+                if let (Kv::Rows(r), None) = (&rows, window) {
+                    let room = r.data.capacity() / r.width - r.len();
+                    assert!(
+                        room <= (r.len() / 8).max(KV_GROW_ROWS),
+                        "{} rows held with room for {room} more",
+                        r.len()
+                    );
+                }
             }
             assert!(
                 worst < 1e-5,
