@@ -186,11 +186,17 @@ impl TextModel {
                         Decoding::new(prompt, LogitsProcessor::from_sampling(seed, p.sampling()));
                     match dec.step(&mut logits, p, &self.tokenizer, self.context_length)? {
                         Some(next) => {
-                            let cache = self
+                            let mut cache = self
                                 .arch
                                 .batch()
                                 .expect("a batched architecture (checked above)")
                                 .take_cache();
+                            // Sized once to the sequence's bound, so no row
+                            // moves while it decodes.
+                            let total = (prompt.len() + p.max_new_tokens).min(self.context_length);
+                            for kv in cache.iter_mut() {
+                                kv.reserve_positions(total);
+                            }
                             Ok(Some(Slot {
                                 job: i,
                                 cache,

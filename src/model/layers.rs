@@ -170,10 +170,12 @@ pub struct KvRows {
     width: usize,
     /// Absolute position of the first row kept.
     first: usize,
+    /// A sliding-window layer's window (it keeps at most two).
+    window: Option<usize>,
 }
 
 impl KvRows {
-    fn new(width: usize, prec: KvPrecision) -> KvRows {
+    fn new(width: usize, prec: KvPrecision, window: Option<usize>) -> KvRows {
         let data = match prec {
             KvPrecision::F16 => RowData::F16 {
                 k: Vec::new(),
@@ -188,6 +190,7 @@ impl KvRows {
             data,
             width,
             first: 0,
+            window,
         }
     }
 
@@ -278,6 +281,24 @@ impl KvRows {
             self.data.reserve_exact(grow);
         }
         self.data.extend_from(src, r)
+    }
+}
+
+impl Kv {
+    /// Room for a sequence of `total` positions in all (on a sliding
+    /// layer, at most the two windows it keeps), reserved at once: a batched
+    /// generation knows each sequence's length bound after its prompt, and
+    /// its rows then never move while it decodes. Not a CPU rows cache:
+    /// nothing to do.
+    pub fn reserve_positions(&mut self, total: usize) {
+        if let Kv::Rows(r) = self {
+            let held = total.saturating_sub(r.first);
+            let rows = r.window.map_or(held, |w| held.min(2 * w + 1));
+            let want = rows.saturating_sub(r.len()) * r.width;
+            if r.data.capacity() < r.data.len() + want {
+                r.data.reserve_exact(want);
+            }
+        }
     }
 }
 
@@ -414,7 +435,7 @@ pub fn kv_attend(
         let mut rows = match std::mem::take(cache) {
             Kv::Rows(r) if pos > 0 && r.precision() == prec => r,
             Kv::Rows(_) if pos > 0 => candle_core::bail!("a KV cache of another precision"),
-            _ => KvRows::new(n_kv * d, prec),
+            _ => KvRows::new(n_kv * d, prec, window),
         };
         rows.append(&k, &v)?;
         if let Some(w) = window {
@@ -476,7 +497,7 @@ pub fn kv_attend_batch(
         let mut rows = match std::mem::take(&mut **c) {
             Kv::Rows(r) if pos > 0 => r,
             Kv::Tensors { .. } => candle_core::bail!("a GPU KV cache given to the CPU decode"),
-            _ => KvRows::new(width, prec),
+            _ => KvRows::new(width, prec, window),
         };
         if rows.width != width || rows.precision() != prec {
             candle_core::bail!(
@@ -621,6 +642,54 @@ fn cached_attention(
 #[cfg(test)]
 mod kv_tests {
     use super::*;
+
+    /// A sequence whose length bound is reserved after its prompt never
+    /// moves its rows while it decodes, and holds exactly what it needs; a
+    /// sliding layer reserves at most the two windows it keeps.
+    #[test]
+    fn reserved_rows_hold_the_sequence_without_moving() {
+        let dev = Device::Cpu;
+        let (h, kvh, d) = (4, 2, 16);
+        let step = |kv: &mut Kv, seq: usize, pos: usize, window: Option<usize>| {
+            let t = |heads| Tensor::randn(0f32, 1.0, (1, heads, seq, d), &dev).unwrap();
+            kv_attend(
+                kv,
+                &t(h),
+                t(kvh),
+                t(kvh),
+                pos,
+                window,
+                0.25,
+                KvPrecision::F16,
+            )
+            .unwrap();
+        };
+        let at = |kv: &Kv| match kv {
+            Kv::Rows(KvRows {
+                data: RowData::F16 { k, .. },
+                width,
+                ..
+            }) => (k.as_ptr() as usize, k.capacity() / width),
+            _ => panic!("not a rows cache"),
+        };
+        let mut kv = Kv::Empty;
+        step(&mut kv, 20, 0, None);
+        kv.reserve_positions(120);
+        let (ptr, cap) = at(&kv);
+        assert_eq!(cap, 120);
+        for pos in 20..120 {
+            step(&mut kv, 1, pos, None);
+            assert_eq!(at(&kv), (ptr, 120), "moved at position {pos}");
+        }
+        let mut slide = Kv::Empty;
+        step(&mut slide, 20, 0, Some(16));
+        slide.reserve_positions(1000);
+        assert!(
+            at(&slide).1 <= 33,
+            "a window of 16 reserved {} rows",
+            at(&slide).1
+        );
+    }
 
     /// The CPU rows cache (decode kernel, f16 rows, trimming on sliding
     /// layers, prompt chunks after cached positions, growth by an eighth) against candle's
