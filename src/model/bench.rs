@@ -21,7 +21,7 @@ pub struct BenchResult {
     /// false they run one after another and `decode_tok_s` is batch 1's.
     pub batched_decode: bool,
     /// anjeon's CPU kernel path on this machine (`scalar`, `avx2`,
-    /// `avx-vnni`), or `off` (ANJEON_KERNELS=off: candle's QMatMul).
+    /// `avx-vnni`, `avx512-vnni`, `neon`, `neon-dotprod`), or `off` (ANJEON_KERNELS=off: candle's QMatMul).
     pub kernels: String,
     pub requantized: bool,
     /// Size of the model's weight files, MiB.

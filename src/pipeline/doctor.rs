@@ -126,11 +126,17 @@ pub fn checks() -> Vec<Check> {
     .map(|(n, _)| *n)
     .collect();
     #[cfg(target_arch = "aarch64")]
-    let cpu: Vec<&str> = if std::arch::is_aarch64_feature_detected!("neon") {
-        vec!["neon"]
-    } else {
-        vec![]
-    };
+    let cpu: Vec<&str> = [
+        ("neon", std::arch::is_aarch64_feature_detected!("neon")),
+        (
+            "dotprod",
+            std::arch::is_aarch64_feature_detected!("dotprod"),
+        ),
+    ]
+    .iter()
+    .filter(|(_, on)| *on)
+    .map(|(n, _)| *n)
+    .collect();
     #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     let cpu: Vec<&str> = vec![];
     let path = anjeon_kernels::path();
@@ -149,7 +155,7 @@ pub fn checks() -> Vec<Check> {
             Level::Warn,
             "cpu",
             detail,
-            Some("this CPU has no AVX2: the portable kernels give the same numbers, several times slower"),
+            Some("this CPU has no AVX2 (x86-64) or NEON (ARM): the portable kernels give the same numbers, several times slower"),
         )
     } else {
         check(Level::Ok, "cpu", detail, None)
