@@ -554,57 +554,15 @@ fn dot_group2(f: Format, gw: &[u8], xs: &[acts::ActRow<'_>], out: &mut [[f32; 16
 /// One group of 8 rows, `out[r][..8]`, on a 256-bit, a NEON or the portable
 /// path (`Path::ymm`).
 fn dot_group(path: Path, f: Format, gw: &[u8], xs: &[acts::ActRow<'_>], out: &mut [[f32; 16]]) {
-    #[cfg(target_arch = "aarch64")]
-    if matches!(path, Path::Neon | Path::NeonDot) {
-        macro_rules! go {
-            ($r:literal) => {{
-                let a: &[acts::ActRow<'_>; $r] = xs.try_into().unwrap();
-                let mut o8 = [[0f32; 8]; $r];
-                let o = &mut o8;
-                // SAFETY: NeonDot is only chosen when the CPU reports
-                // dotprod (NEON is part of every 64-bit ARM target); gw is
-                // whole group-blocks and every row holds k values.
-                unsafe {
-                    match (path == Path::NeonDot, f) {
-                        (true, Format::Q4K) => neon::dot::dot_group_k::<$r, false>(gw, a, o),
-                        (false, Format::Q4K) => neon::plain::dot_group_k::<$r, false>(gw, a, o),
-                        (true, Format::Q5K) => neon::dot::dot_group_k::<$r, true>(gw, a, o),
-                        (false, Format::Q5K) => neon::plain::dot_group_k::<$r, true>(gw, a, o),
-                        (true, Format::Q6K) => neon::dot::dot_group_q6k::<$r>(gw, a, o),
-                        (false, Format::Q6K) => neon::plain::dot_group_q6k::<$r>(gw, a, o),
-                        (true, _) => neon::dot::dot_group::<$r>(f, gw, a, o),
-                        (false, _) => neon::plain::dot_group::<$r>(f, gw, a, o),
-                    }
-                }
-                for (d, s) in out.iter_mut().zip(&o8) {
-                    d[..8].copy_from_slice(s);
-                }
-            }};
-        }
-        by_rows!(xs.len(), go);
-        return;
-    }
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     if path != Path::Scalar {
         macro_rules! go {
             ($r:literal) => {{
                 let a: &[acts::ActRow<'_>; $r] = xs.try_into().unwrap();
                 let mut o8 = [[0f32; 8]; $r];
-                let o = &mut o8;
                 // SAFETY: the path was chosen because the CPU has its features;
                 // gw is whole group-blocks and every row holds k values.
-                unsafe {
-                    match (path == Path::AvxVnni, f) {
-                        (true, Format::Q4K) => x8k::simd::vnni::dot_group::<$r, false>(gw, a, o),
-                        (false, Format::Q4K) => x8k::simd::plain::dot_group::<$r, false>(gw, a, o),
-                        (true, Format::Q5K) => x8k::simd::vnni::dot_group::<$r, true>(gw, a, o),
-                        (false, Format::Q5K) => x8k::simd::plain::dot_group::<$r, true>(gw, a, o),
-                        (true, Format::Q6K) => x8k::simd::vnni::dot_group_q6k::<$r>(gw, a, o),
-                        (false, Format::Q6K) => x8k::simd::plain::dot_group_q6k::<$r>(gw, a, o),
-                        (true, _) => x8::simd::vnni::dot_group::<$r>(f, gw, a, o),
-                        (false, _) => x8::simd::plain::dot_group::<$r>(f, gw, a, o),
-                    }
-                }
+                unsafe { simd_group::<$r>(path, f, gw, a, &mut o8) };
                 for (d, s) in out.iter_mut().zip(&o8) {
                     d[..8].copy_from_slice(s);
                 }
@@ -618,6 +576,55 @@ fn dot_group(path: Path, f: Format, gw: &[u8], xs: &[acts::ActRow<'_>], out: &mu
         let mut o8 = [0f32; 8];
         x8::dot_group_scalar(f, gw, *x, &mut o8);
         o[..8].copy_from_slice(&o8);
+    }
+}
+
+/// One group on a 256-bit x86 path (AVX2 or AVX-VNNI).
+///
+/// # Safety
+/// The CPU has the path's features (`Path::available`).
+#[cfg(target_arch = "x86_64")]
+unsafe fn simd_group<const R: usize>(
+    path: Path,
+    f: Format,
+    gw: &[u8],
+    a: &[acts::ActRow<'_>; R],
+    o: &mut [[f32; 8]; R],
+) {
+    match (path == Path::AvxVnni, f) {
+        (true, Format::Q4K) => x8k::simd::vnni::dot_group::<R, false>(gw, a, o),
+        (false, Format::Q4K) => x8k::simd::plain::dot_group::<R, false>(gw, a, o),
+        (true, Format::Q5K) => x8k::simd::vnni::dot_group::<R, true>(gw, a, o),
+        (false, Format::Q5K) => x8k::simd::plain::dot_group::<R, true>(gw, a, o),
+        (true, Format::Q6K) => x8k::simd::vnni::dot_group_q6k::<R>(gw, a, o),
+        (false, Format::Q6K) => x8k::simd::plain::dot_group_q6k::<R>(gw, a, o),
+        (true, _) => x8::simd::vnni::dot_group::<R>(f, gw, a, o),
+        (false, _) => x8::simd::plain::dot_group::<R>(f, gw, a, o),
+    }
+}
+
+/// One group on a NEON path.
+///
+/// # Safety
+/// NeonDot only where the CPU reports dotprod (NEON is part of every
+/// 64-bit ARM target).
+#[cfg(target_arch = "aarch64")]
+unsafe fn simd_group<const R: usize>(
+    path: Path,
+    f: Format,
+    gw: &[u8],
+    a: &[acts::ActRow<'_>; R],
+    o: &mut [[f32; 8]; R],
+) {
+    match (path == Path::NeonDot, f) {
+        (true, Format::Q4K) => neon::dot::dot_group_k::<R, false>(gw, a, o),
+        (false, Format::Q4K) => neon::plain::dot_group_k::<R, false>(gw, a, o),
+        (true, Format::Q5K) => neon::dot::dot_group_k::<R, true>(gw, a, o),
+        (false, Format::Q5K) => neon::plain::dot_group_k::<R, true>(gw, a, o),
+        (true, Format::Q6K) => neon::dot::dot_group_q6k::<R>(gw, a, o),
+        (false, Format::Q6K) => neon::plain::dot_group_q6k::<R>(gw, a, o),
+        (true, _) => neon::dot::dot_group::<R>(f, gw, a, o),
+        (false, _) => neon::plain::dot_group::<R>(f, gw, a, o),
     }
 }
 
