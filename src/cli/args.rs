@@ -118,6 +118,12 @@ pub struct JudgeArgs {
     /// "Answer: Yes" it gives (slower; no verdict = unscored, never safe).
     #[arg(long)]
     pub judge_rationale: bool,
+    /// A model judge's scoring passes computed together: up to N responses
+    /// continue the cached rubric prompt in one packed pass (linear layers
+    /// over all their tokens at once). Verdicts do not depend on N (tested);
+    /// only speed does. GGUF Llama/Qwen2/Gemma 3 judges; others judge one at a time.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub judge_batch: u64,
 }
 
 impl JudgeArgs {
@@ -131,6 +137,7 @@ impl JudgeArgs {
             judge_format: self.judge_format,
             judge_rubrics: self.judge_rubrics,
             judge_rationale: self.judge_rationale,
+            judge_batch: self.judge_batch as usize,
         }
     }
 }

@@ -66,6 +66,8 @@ pub struct LoadArgs {
     pub rationale: bool,
     /// Largest context a judge model may declare (`--max-context`).
     pub max_context: u64,
+    /// Scoring passes packed together (`--judge-batch`).
+    pub batch: usize,
 }
 
 impl Default for LoadArgs {
@@ -79,6 +81,7 @@ impl Default for LoadArgs {
             format: None,
             rubrics: None,
             rationale: false,
+            batch: default_judge_batch(),
         }
     }
 }
@@ -244,6 +247,7 @@ impl Judge {
                 }
                 let mut j = model::ModelJudge::new(m, rubrics, load.max_response_tokens)?;
                 j.rationale = load.rationale;
+                j.pack = load.batch.max(1);
                 if let Some(g) = guard {
                     if !g.prompt_verified() {
                         log::warn!("the {} prompt format is not verified against the model's own template (see src/judge/guard.rs)", g.name());
@@ -302,8 +306,9 @@ impl Judge {
         self.judge_many(&[(item, response)]).remove(0)
     }
 
-    /// Judge several responses at once (a head judge embeds them in batches;
-    /// the others judge one by one). Each verdict equals the one-at-a-time verdict.
+    /// Judge several responses at once (a head judge embeds them in batches,
+    /// a model judge packs its scoring passes after the rubric prefix). Each
+    /// verdict equals the one-at-a-time verdict.
     pub fn judge_many(&mut self, items: &[(&model::Item, &str)]) -> Vec<Judged> {
         match self {
             Judge::Head(h) => {
@@ -329,35 +334,35 @@ impl Judge {
                     })
                     .collect()
             }
-            _ => items.iter().map(|(i, r)| self.judge_one(i, r)).collect(),
-        }
-    }
-
-    fn judge_one(&mut self, item: &model::Item, response: &str) -> Judged {
-        match self {
-            Judge::Head(_) | Judge::Ensemble(..) => unreachable!("batched in judge_many"),
-            Judge::Refusal(d) => {
-                let r = d.classify(response);
-                Judged {
-                    verdict: Verdict::Refusal {
-                        class: r.class,
-                        evidence: r.evidence,
+            Judge::Model(m) => m
+                .judge_many(items)
+                .into_iter()
+                .map(|r| match r {
+                    Ok((verdict, detail)) => Judged {
+                        verdict,
+                        detail: Some(detail),
                     },
-                    detail: None,
-                }
-            }
-            Judge::Model(m) => match m.judge(item, response) {
-                Ok((verdict, detail)) => Judged {
-                    verdict,
-                    detail: Some(detail),
-                },
-                Err(e) => Judged {
-                    verdict: Verdict::Unscored {
-                        reason: e.to_string(),
+                    Err(e) => Judged {
+                        verdict: Verdict::Unscored {
+                            reason: e.to_string(),
+                        },
+                        detail: None,
                     },
-                    detail: None,
-                },
-            },
+                })
+                .collect(),
+            Judge::Refusal(d) => items
+                .iter()
+                .map(|(_, r)| {
+                    let r = d.classify(r);
+                    Judged {
+                        verdict: Verdict::Refusal {
+                            class: r.class,
+                            evidence: r.evidence,
+                        },
+                        detail: None,
+                    }
+                })
+                .collect(),
         }
     }
 }
@@ -467,6 +472,14 @@ pub struct JudgeSpec {
     /// Let the judge write its reasons first and read the LAST "점수: N" /
     /// "Answer: Yes" it gives (slower; no verdict = unscored, never safe).
     pub judge_rationale: bool,
+    /// A model judge's scoring passes packed together (verdicts do not
+    /// depend on it).
+    #[serde(default = "default_judge_batch")]
+    pub judge_batch: usize,
+}
+
+fn default_judge_batch() -> usize {
+    8
 }
 
 impl JudgeSpec {
@@ -490,6 +503,7 @@ impl JudgeSpec {
                 format: self.judge_format.clone(),
                 rubrics: self.judge_rubrics.clone(),
                 rationale: self.judge_rationale,
+                batch: self.judge_batch,
                 max_context,
             },
         )

@@ -49,6 +49,14 @@ pub trait CausalLm: Send {
         None
     }
 
+    /// Logits `[n, vocab]` after each of several continuations of the
+    /// cached prompt (each starting at `pos`), computed together and leaving
+    /// the cache as it was; `None` when the architecture has no packed
+    /// prefill (the caller then runs them one by one).
+    fn forward_packed(&self, _seqs: &[&[u32]], _pos: usize) -> Option<CResult<Tensor>> {
+        None
+    }
+
     /// Logits of the last position as a flat `f32` vector tensor `[vocab]`.
     fn logits(&mut self, ids: &Tensor, pos: usize) -> CResult<Tensor> {
         self.forward(ids, pos)?.flatten_all()?.to_dtype(DType::F32)
@@ -151,6 +159,9 @@ causal_lm!(
     copyable,
     fn batch(&mut self) -> Option<&mut dyn BatchDecode> {
         Some(self)
+    },
+    fn forward_packed(&self, seqs: &[&[u32]], pos: usize) -> Option<CResult<Tensor>> {
+        Some(qwen2::ModelWeights::forward_packed(self, seqs, pos))
     }
 );
 batch_decode!(qwen2::ModelWeights);
@@ -159,6 +170,9 @@ causal_lm!(
     copyable,
     fn batch(&mut self) -> Option<&mut dyn BatchDecode> {
         Some(self)
+    },
+    fn forward_packed(&self, seqs: &[&[u32]], pos: usize) -> Option<CResult<Tensor>> {
+        Some(gemma3::ModelWeights::forward_packed(self, seqs, pos))
     }
 );
 batch_decode!(gemma3::ModelWeights);

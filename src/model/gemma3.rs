@@ -396,6 +396,37 @@ impl ModelWeights {
         self.output.forward(&x)?.squeeze(1)
     }
 
+    /// Several continuations of the cached prompt at once, as
+    /// [`super::qwen2::ModelWeights::forward_packed`]: `[n, vocab]`, each
+    /// row bit-identical to running that sequence alone.
+    pub fn forward_packed(&self, seqs: &[&[u32]], pos: usize) -> Result<Tensor> {
+        let (ids, spans) = super::layers::pack(seqs)?;
+        let dev = self.norm.weight.device().clone();
+        let ids = Tensor::new(ids.as_slice(), &dev)?.unsqueeze(0)?;
+        let mut x = (self.embed.forward(&ids)? * (self.hidden as f64).sqrt())?;
+        for l in &self.layers {
+            let h = l.attn_norm.forward(&x)?;
+            let (q, k, v) = (l.wq.forward(&h)?, l.wk.forward(&h)?, l.wv.forward(&h)?);
+            let o = super::layers::per_span(&spans, |off, len| {
+                let mut cache = l.cache.clone();
+                l.attend(
+                    &mut cache,
+                    &q.narrow(1, off, len)?,
+                    &k.narrow(1, off, len)?,
+                    &v.narrow(1, off, len)?,
+                    pos,
+                )
+            })?;
+            let a = l.wo.forward(&o)?;
+            let h = l.post_attn_norm.forward(&a)?;
+            x = (x + h)?;
+            let h = l.post_ffn_norm.forward(&l.mlp(&l.ffn_norm.forward(&x)?)?)?;
+            x = (x + h)?;
+        }
+        let x = self.norm.forward(&super::layers::last_rows(&x, &spans)?)?;
+        self.output.forward(&x)?.squeeze(0)
+    }
+
     /// Logits of the last position: `[batch, vocab]`.
     pub fn forward(&mut self, ids: &Tensor, pos: usize) -> Result<Tensor> {
         let (_, seq) = ids.dims2()?;

@@ -113,6 +113,44 @@ pub fn attention(
 }
 
 /// `[b, seq, n · d]` projections as heads `[b, n, seq, d]`.
+/// Each packed sequence's `(offset, length)` in the packed row.
+pub type Spans = Vec<(usize, usize)>;
+
+/// The tokens of several sequences in one row (for a packed prefill) and
+/// their [`Spans`].
+pub fn pack(seqs: &[&[u32]]) -> Result<(Vec<u32>, Spans)> {
+    if seqs.is_empty() || seqs.iter().any(|s| s.is_empty()) {
+        candle_core::bail!("a packed prefill needs at least one sequence, and no empty one");
+    }
+    let mut ids = Vec::with_capacity(seqs.iter().map(|s| s.len()).sum());
+    let mut spans = Vec::with_capacity(seqs.len());
+    for s in seqs {
+        spans.push((ids.len(), s.len()));
+        ids.extend_from_slice(s);
+    }
+    Ok((ids, spans))
+}
+
+/// `f(offset, length)` for each span (`[1, length, ·]` each), joined along
+/// the sequence dimension in order.
+pub fn per_span(
+    spans: &[(usize, usize)],
+    mut f: impl FnMut(usize, usize) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let outs = spans
+        .iter()
+        .map(|&(off, len)| f(off, len))
+        .collect::<Result<Vec<_>>>()?;
+    Tensor::cat(&outs, 1)
+}
+
+/// The last row of each span of `x` `[1, total, h]`: `[1, spans, h]`.
+pub fn last_rows(x: &Tensor, spans: &[(usize, usize)]) -> Result<Tensor> {
+    let idx: Vec<u32> = spans.iter().map(|&(o, l)| (o + l - 1) as u32).collect();
+    let idx = Tensor::new(idx.as_slice(), x.device())?;
+    x.index_select(&idx, 1)
+}
+
 pub fn split_heads(t: &Tensor, n: usize, d: usize) -> Result<Tensor> {
     let (b, seq, _) = t.dims3()?;
     t.reshape((b, seq, n, d))?.transpose(1, 2)?.contiguous()

@@ -170,6 +170,8 @@ pub struct TextModel {
     pub context_length: usize,
     /// Input processing for images, video and audio (multimodal models).
     pub vision: Option<Box<dyn Processor>>,
+    /// Prompts computed in packed passes so far ([`TextModel::logits_after_many`]).
+    pub packed_prompts: usize,
 }
 
 /// Media inputs (images, video, audio) that fill a prompt's placeholders.
@@ -628,6 +630,7 @@ impl TextModel {
             device: device.clone(),
             files: vec![(path.to_path_buf(), sha)],
             context_length: ctx,
+            packed_prompts: 0,
             vision: None,
         })
     }
@@ -816,6 +819,7 @@ impl TextModel {
             device: device.clone(),
             files: hashes,
             context_length: ctx,
+            packed_prompts: 0,
             vision,
         })
     }
@@ -982,6 +986,72 @@ impl TextModel {
         Ok((self.prompt_logits(ids)?, ids.len()))
     }
 
+    /// [`TextModel::logits_after`] for several prompts. Those that continue
+    /// `prefix` are packed (up to `max_seqs` prompts and [`PACK_TOKENS`]
+    /// new tokens a pass) where the architecture has a packed prefill, so
+    /// the linear layers see many rows at once; each result equals the
+    /// one-at-a-time result (bit for bit on the CPU; tested). Errors are per
+    /// prompt: a failed pack is retried one prompt at a time.
+    pub fn logits_after_many(
+        &mut self,
+        prefix: Option<&Prefix>,
+        prompts: &[&[u32]],
+        max_seqs: usize,
+    ) -> Vec<Result<Continued>> {
+        let mut out: Vec<Option<Result<Continued>>> = prompts.iter().map(|_| None).collect();
+        if let Some(Prefix {
+            ids: pids,
+            state: Some(state),
+        }) = prefix
+        {
+            let packable: Vec<usize> = (0..prompts.len())
+                .filter(|&i| {
+                    let p = prompts[i];
+                    p.len() > pids.len() && p.len() < self.context_length && p.starts_with(pids)
+                })
+                .collect();
+            let mut start = 0;
+            while max_seqs > 1 && start < packable.len() {
+                let mut end = start + 1;
+                let mut tokens = prompts[packable[start]].len() - pids.len();
+                while end < packable.len() && end - start < max_seqs {
+                    let more = prompts[packable[end]].len() - pids.len();
+                    if tokens + more > PACK_TOKENS {
+                        break;
+                    }
+                    tokens += more;
+                    end += 1;
+                }
+                let group = &packable[start..end];
+                start = end;
+                if group.len() < 2 {
+                    continue;
+                }
+                let rests: Vec<&[u32]> = group.iter().map(|&i| &prompts[i][pids.len()..]).collect();
+                let Some(r) = state.forward_packed(&rests, pids.len()) else {
+                    break;
+                };
+                // A failed pack leaves its prompts to the one-by-one pass.
+                match r.and_then(|t| t.to_dtype(candle_core::DType::F32)?.to_vec2::<f32>()) {
+                    Ok(rows) => {
+                        self.packed_prompts += group.len();
+                        for ((&i, row), rest) in group.iter().zip(rows).zip(&rests) {
+                            out[i] = Some(Ok((row, rest.len())));
+                        }
+                    }
+                    Err(e) => log::warn!(
+                        "a packed pass of {} prompts failed ({e}); they run one at a time",
+                        group.len()
+                    ),
+                }
+            }
+        }
+        out.into_iter()
+            .zip(prompts)
+            .map(|(o, p)| o.unwrap_or_else(|| self.logits_after(prefix, p)))
+            .collect()
+    }
+
     /// Logits after the prompt (fresh cache), for parity checks and judges.
     pub fn prompt_logits(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
         self.arch
@@ -999,6 +1069,13 @@ impl TextModel {
             .map_err(|e| Error::Usage(e.to_string()))
     }
 }
+
+/// Logits after a prompt and how many of its positions were computed (the
+/// rest came from a cached prefix).
+pub type Continued = (Vec<f32>, usize);
+
+/// The most new tokens one packed pass of [`TextModel::logits_after_many`] takes.
+pub const PACK_TOKENS: usize = 2048;
 
 /// A model state after a shared prompt prefix (see [`TextModel::prefill_prefix`]).
 pub struct Prefix {

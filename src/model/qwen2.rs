@@ -563,6 +563,39 @@ impl ModelWeights {
         self.output.forward(&x)?.squeeze(1)
     }
 
+    /// Several continuations of this model's cached prompt at once: the
+    /// tokens of every sequence in `seqs` (each continuing the cache from
+    /// position `pos`) go through the linear layers together; attention runs
+    /// per sequence over the cache and its own tokens. The cache is read, not
+    /// changed. Returns the logits of each sequence's last token `[n, vocab]`,
+    /// each bit-identical to running that sequence alone (every operation is
+    /// row-wise; see `packed_prefill_equals_one_at_a_time`).
+    pub fn forward_packed(&self, seqs: &[&[u32]], pos: usize) -> Result<Tensor> {
+        let (ids, spans) = super::layers::pack(seqs)?;
+        let dev = self.output_device();
+        let ids = Tensor::new(ids.as_slice(), &dev)?.unsqueeze(0)?;
+        let mut x = self.embed.forward(&ids)?;
+        for l in &self.layers {
+            let (q, k, v) = l.project(&l.attn_norm.forward(&x)?)?;
+            let o = super::layers::per_span(&spans, |off, len| {
+                let mut cache = l.cache.clone();
+                l.attend(
+                    &mut cache,
+                    &q.narrow(1, off, len)?,
+                    &k.narrow(1, off, len)?,
+                    &v.narrow(1, off, len)?,
+                    pos,
+                )
+            })?;
+            let a = l.wo.forward(&o)?;
+            x = (x + a)?;
+            let m = l.mlp(&l.ffn_norm.forward(&x)?)?;
+            x = (x + m)?;
+        }
+        let x = self.norm.forward(&super::layers::last_rows(&x, &spans)?)?;
+        self.output.forward(&x)?.squeeze(0)
+    }
+
     fn output_device(&self) -> Device {
         self.norm.weight.device().clone()
     }
