@@ -782,7 +782,6 @@ impl ModelJudge {
         Ok((verdict, detail))
     }
 
-    /// The label distribution of one rubric for an item.
     /// One scoring pass's prompt: the item under `task`'s rubric.
     fn pass(&mut self, item: &Item, response: &str, task: Task) -> Result<Pass> {
         let lang: &'static str = if item.language == "ko" { "ko" } else { "en" };
