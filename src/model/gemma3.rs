@@ -407,15 +407,8 @@ impl ModelWeights {
         for l in &self.layers {
             let h = l.attn_norm.forward(&x)?;
             let (q, k, v) = (l.wq.forward(&h)?, l.wk.forward(&h)?, l.wv.forward(&h)?);
-            let o = super::layers::per_span(&spans, |off, len| {
-                let mut cache = l.cache.clone();
-                l.attend(
-                    &mut cache,
-                    &q.narrow(1, off, len)?,
-                    &k.narrow(1, off, len)?,
-                    &v.narrow(1, off, len)?,
-                    pos,
-                )
+            let o = super::layers::attend_spans(&spans, &l.cache, (&q, &k, &v), |c, q, k, v| {
+                l.attend(c, q, k, v, pos)
             })?;
             let a = l.wo.forward(&o)?;
             let h = l.post_attn_norm.forward(&a)?;

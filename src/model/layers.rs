@@ -131,15 +131,25 @@ pub fn pack(seqs: &[&[u32]]) -> Result<(Vec<u32>, Spans)> {
     Ok((ids, spans))
 }
 
-/// `f(offset, length)` for each span (`[1, length, ·]` each), joined along
-/// the sequence dimension in order.
-pub fn per_span(
+/// Attention of each packed sequence: `attend` on a copy of the shared
+/// `cache` with that sequence's rows of `q`, `k`, `v` (`[1, total, ·]`),
+/// the outputs joined in order. The shared cache is not changed.
+pub fn attend_spans(
     spans: &[(usize, usize)],
-    mut f: impl FnMut(usize, usize) -> Result<Tensor>,
+    cache: &Kv,
+    (q, k, v): (&Tensor, &Tensor, &Tensor),
+    attend: impl Fn(&mut Kv, &Tensor, &Tensor, &Tensor) -> Result<Tensor>,
 ) -> Result<Tensor> {
     let outs = spans
         .iter()
-        .map(|&(off, len)| f(off, len))
+        .map(|&(off, len)| {
+            attend(
+                &mut cache.clone(),
+                &q.narrow(1, off, len)?,
+                &k.narrow(1, off, len)?,
+                &v.narrow(1, off, len)?,
+            )
+        })
         .collect::<Result<Vec<_>>>()?;
     Tensor::cat(&outs, 1)
 }

@@ -577,15 +577,8 @@ impl ModelWeights {
         let mut x = self.embed.forward(&ids)?;
         for l in &self.layers {
             let (q, k, v) = l.project(&l.attn_norm.forward(&x)?)?;
-            let o = super::layers::per_span(&spans, |off, len| {
-                let mut cache = l.cache.clone();
-                l.attend(
-                    &mut cache,
-                    &q.narrow(1, off, len)?,
-                    &k.narrow(1, off, len)?,
-                    &v.narrow(1, off, len)?,
-                    pos,
-                )
+            let o = super::layers::attend_spans(&spans, &l.cache, (&q, &k, &v), |c, q, k, v| {
+                l.attend(c, q, k, v, pos)
             })?;
             let a = l.wo.forward(&o)?;
             x = (x + a)?;
