@@ -121,7 +121,8 @@ pub struct JudgeArgs {
     /// A model judge's scoring passes computed together: up to N responses
     /// continue the cached rubric prompt in one packed pass (linear layers
     /// over all their tokens at once). Verdicts do not depend on N (tested);
-    /// only speed does. GGUF Llama/Qwen2/Gemma 3 judges; others judge one at a time.
+    /// only speed does. Rubric mode of GGUF Llama/Qwen2/Gemma 3 judges; guard formats,
+    /// rationale mode and other models judge one at a time.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=256))]
     pub judge_batch: u64,
 }
