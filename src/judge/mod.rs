@@ -300,6 +300,17 @@ impl Judge {
             }
         }
     }
+    /// How many responses to hand [`Judge::judge_many`] at once: enough for
+    /// a head judge's embedding batches and for a model judge's packed
+    /// passes to fill (they are grouped by rubric and language within a
+    /// chunk). A chunk's judgments are stored together.
+    pub fn chunk(&self) -> usize {
+        match self {
+            Judge::Model(m) => (4 * m.pack).max(16),
+            _ => 16,
+        }
+    }
+
     /// Judge one response. A model judge's per-item failure (a prompt that
     /// does not fit, a backend error) is an `unscored` verdict, never "safe".
     pub fn judge(&mut self, item: &model::Item, response: &str) -> Judged {

@@ -176,8 +176,9 @@ pub fn evaluate(
     let pb = crate::core::progress::bar(chosen.len() as u64, "judging");
     let mut verdicts = Vec::with_capacity(chosen.len());
     let mut judged: Vec<(&Labeled, Verdict)> = Vec::with_capacity(chosen.len());
-    // Chunks: a head judge embeds a chunk's responses in batches.
-    for chunk in chosen.chunks(32) {
+    // Chunks: a head judge embeds a chunk's responses in batches, a model
+    // judge packs its passes.
+    for chunk in chosen.chunks(judge.chunk().max(32)) {
         let its: Vec<_> = chunk.iter().map(|l| l.item()).collect();
         let pairs: Vec<_> = its
             .iter()

@@ -163,8 +163,9 @@ pub(crate) fn judge_and_report(
     let pb = crate::core::progress::bar(plan_keys.len() as u64, "judging");
     let t0 = std::time::Instant::now();
     // Pending judgments go to the judge in chunks (a head judge embeds a
-    // chunk in batches); each is appended as soon as its chunk is judged.
-    const CHUNK: usize = 16;
+    // chunk in batches, a model judge packs its passes); each is appended as
+    // soon as its chunk is judged.
+    let chunk = judge.chunk();
     let mut pending: Vec<(&GenerationRecord, &Sample, String, String)> = Vec::new();
     let flush = |pending: &mut Vec<(&GenerationRecord, &Sample, String, String)>,
                  judge: &mut Judge,
@@ -216,7 +217,7 @@ pub(crate) fn judge_and_report(
             reused += 1;
         } else {
             pending.push((g, sample, prompt, jkey));
-            if pending.len() >= CHUNK {
+            if pending.len() >= chunk {
                 judged += flush(&mut pending, judge, &mut judgments)?;
             }
         }

@@ -381,6 +381,7 @@ fn runs_reuse_judgments_and_rescore_without_generating() {
         "{jm}"
     );
     let judgments = std::fs::read_to_string(out.join("judgments.jsonl")).unwrap();
+    let report = std::fs::read(out.join("report.json")).unwrap();
     assert_eq!(judgments.lines().count(), 8);
     let first_model: Value = judgments
         .lines()
@@ -422,6 +423,40 @@ fn runs_reuse_judgments_and_rescore_without_generating() {
     );
     let gens = std::fs::read_to_string(out.join("generations.jsonl")).unwrap();
     assert_eq!(gens.lines().count(), 4);
+
+    // The model judge's packed passes (`--judge-batch`, default 8) change
+    // nothing but speed: one at a time gives the same judgments and report.
+    let one = dir.path().join("one");
+    let o = bin()
+        .args([
+            "run",
+            "--target",
+            "smollm2-135m-instruct",
+            "--judge",
+            JUDGE,
+            "--judge-batch",
+            "1",
+            "--limit",
+            "4",
+            "--max-new-tokens",
+            "16",
+            "--out",
+            one.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let sorted = |text: &str| {
+        let mut l: Vec<String> = text.lines().map(String::from).collect();
+        l.sort();
+        l
+    };
+    let again = std::fs::read_to_string(one.join("judgments.jsonl")).unwrap();
+    assert_eq!(sorted(&again), sorted(&judgments));
+    assert!(
+        std::fs::read(one.join("report.json")).unwrap() == report,
+        "report.json differs between --judge-batch 1 and the default"
+    );
 }
 
 #[test]
