@@ -1429,3 +1429,21 @@ fn a_full_disk_and_a_read_only_folder_give_clear_errors_and_lose_nothing() {
         assert_eq!(mounted, 3, "tmpfs mounts failed as root");
     }
 }
+
+/// `--judge-batch 0` (and one past the limit) is a usage error naming the
+/// flag and its range, before any model loads.
+#[test]
+fn judge_batch_out_of_range_is_a_usage_error() {
+    for n in ["0", "257"] {
+        let o = bin()
+            .args(["score", "--responses", "reference", "--judge-batch", n])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{n}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("--judge-batch") && err.contains("1..=256"),
+            "{err}"
+        );
+    }
+}
