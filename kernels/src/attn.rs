@@ -50,6 +50,13 @@ pub trait KvValue: Copy + Send + Sync + sealed::Sealed {
     #[cfg(target_arch = "x86_64")]
     #[doc(hidden)]
     unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+    /// Four values as f32 (NEON).
+    ///
+    /// # Safety
+    /// `p` points at four readable values.
+    #[cfg(target_arch = "aarch64")]
+    #[doc(hidden)]
+    unsafe fn load4(p: *const Self) -> std::arch::aarch64::float32x4_t;
 }
 
 impl KvValue for f16 {
@@ -63,6 +70,16 @@ impl KvValue for f16 {
         use std::arch::x86_64::*;
         _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
     }
+    #[cfg(target_arch = "aarch64")]
+    #[inline(always)]
+    unsafe fn load4(p: *const f16) -> std::arch::aarch64::float32x4_t {
+        // `fcvtl` (base ARMv8): Rust's float16x4_t is not stable yet.
+        use std::arch::aarch64::*;
+        let h: uint16x4_t = vld1_u16(p as *const u16);
+        let r: float32x4_t;
+        std::arch::asm!("fcvtl {0:v}.4s, {1:v}.4h", out(vreg) r, in(vreg) h, options(pure, nomem, nostack));
+        r
+    }
 }
 
 impl KvValue for f32 {
@@ -74,6 +91,11 @@ impl KvValue for f32 {
     #[inline(always)]
     unsafe fn load8(p: *const f32) -> std::arch::x86_64::__m256 {
         std::arch::x86_64::_mm256_loadu_ps(p)
+    }
+    #[cfg(target_arch = "aarch64")]
+    #[inline(always)]
+    unsafe fn load4(p: *const f32) -> std::arch::aarch64::float32x4_t {
+        std::arch::aarch64::vld1q_f32(p)
     }
 }
 
@@ -220,6 +242,9 @@ fn scores<T: KvValue>(p: Path, q: &[f32], k: &[T], stride: usize, scale: f32, s:
         Path::Avx2 | Path::AvxVnni | Path::Avx512 => unsafe {
             simd::scores(q, k, stride, scale, s)
         },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: NEON is part of every 64-bit ARM target; keys as above.
+        Path::Neon | Path::NeonDot => unsafe { neon::scores(q, k, stride, scale, s) },
         _ => {
             for (j, o) in s.iter_mut().enumerate() {
                 *o = dot_scalar(q, &k[j * stride..j * stride + q.len()]) * scale;
@@ -249,6 +274,9 @@ fn softmax(p: Path, s: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as in `scores`.
         Path::Avx2 | Path::AvxVnni | Path::Avx512 => unsafe { simd::softmax(s) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: NEON is part of every 64-bit ARM target.
+        Path::Neon | Path::NeonDot => unsafe { neon::softmax(s) },
         _ => {
             let max = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
             let mut l = [0f32; 8];
@@ -281,6 +309,9 @@ fn weighted_sums<T: KvValue>(
         Path::Avx2 | Path::AvxVnni | Path::Avx512 => unsafe {
             simd::weighted_sums(w, len, v, stride, d, o)
         },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: NEON is part of every 64-bit ARM target; rows as above.
+        Path::Neon | Path::NeonDot => unsafe { neon::weighted_sums(w, len, v, stride, d, o) },
         _ => {
             for (wr, or) in w.chunks_exact(len).zip(o.chunks_exact_mut(d)) {
                 or.fill(0.0);
@@ -504,6 +535,175 @@ pub(crate) mod simd {
     }
 }
 
+/// The NEON forms (64-bit ARM): each 8-lane step of the contract is two
+/// 4-lane registers, every value the same chain of fused multiply-adds
+/// (`fmla`), so the same bits as the portable and x86 paths (tested under
+/// emulation: `kernels/tests/aarch64.sh`).
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use std::arch::aarch64::*;
+
+    use super::{KvValue, EXP_P, LN2_HI, LN2_LO, LOG2E};
+
+    /// Scores of eight keys at a time, eight lanes each (two registers).
+    pub unsafe fn scores<T: KvValue>(q: &[f32], k: &[T], stride: usize, scale: f32, s: &mut [f32]) {
+        let d = q.len();
+        let whole = d / 8 * 8;
+        let (qp, kp) = (q.as_ptr(), k.as_ptr());
+        let n = s.len();
+        let mut j0 = 0;
+        while j0 < n {
+            let nk = (n - j0).min(8);
+            let mut a = [[vdupq_n_f32(0.0); 2]; 8];
+            let mut i = 0;
+            while i < whole {
+                let (x0, x1) = (vld1q_f32(qp.add(i)), vld1q_f32(qp.add(i + 4)));
+                for (c, acc) in a.iter_mut().enumerate().take(nk) {
+                    let kr = kp.add((j0 + c) * stride + i);
+                    acc[0] = vfmaq_f32(acc[0], x0, T::load4(kr));
+                    acc[1] = vfmaq_f32(acc[1], x1, T::load4(kr.add(4)));
+                }
+                i += 8;
+            }
+            for (c, acc) in a.iter().enumerate().take(nk) {
+                let mut l = [0f32; 8];
+                vst1q_f32(l.as_mut_ptr(), acc[0]);
+                vst1q_f32(l.as_mut_ptr().add(4), acc[1]);
+                let kr = kp.add((j0 + c) * stride);
+                let mut t = 0f32;
+                for (i, &qi) in q.iter().enumerate().skip(whole) {
+                    t = qi.mul_add((*kr.add(i)).as_f32(), t);
+                }
+                s[j0 + c] = (super::tree(&l) + t) * scale;
+            }
+            j0 += nk;
+        }
+    }
+
+    /// [`super::exp`] on four values (`fmaxnm`/`fminnm` send NaN to the
+    /// bound, as `f32::max`/`min` do).
+    #[inline(always)]
+    unsafe fn exp4(x: float32x4_t) -> float32x4_t {
+        let x = vminnmq_f32(vmaxnmq_f32(x, vdupq_n_f32(-87.0)), vdupq_n_f32(88.0));
+        let n = vrndnq_f32(vmulq_f32(x, vdupq_n_f32(LOG2E)));
+        let r = vfmaq_f32(x, n, vdupq_n_f32(-LN2_HI));
+        let r = vfmaq_f32(r, n, vdupq_n_f32(-LN2_LO));
+        let mut y = vdupq_n_f32(EXP_P[0]);
+        for c in &EXP_P[1..] {
+            y = vfmaq_f32(vdupq_n_f32(*c), y, r);
+        }
+        let y = vaddq_f32(vfmaq_f32(r, y, vmulq_f32(r, r)), vdupq_n_f32(1.0));
+        let e = vshlq_n_s32::<23>(vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127)));
+        vmulq_f32(y, vreinterpretq_f32_s32(e))
+    }
+
+    pub unsafe fn softmax(s: &mut [f32]) {
+        let n = s.len();
+        let whole = n / 8 * 8;
+        let sp = s.as_mut_ptr();
+        let max = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+        let vm = vdupq_n_f32(max);
+        let mut lanes = [vdupq_n_f32(0.0); 2];
+        let mut j = 0;
+        while j < whole {
+            for (h, lane) in lanes.iter_mut().enumerate() {
+                let p = sp.add(j + 4 * h);
+                let e = exp4(vsubq_f32(vld1q_f32(p), vm));
+                vst1q_f32(p, e);
+                *lane = vaddq_f32(*lane, e);
+            }
+            j += 8;
+        }
+        let mut l = [0f32; 8];
+        vst1q_f32(l.as_mut_ptr(), lanes[0]);
+        vst1q_f32(l.as_mut_ptr().add(4), lanes[1]);
+        for (c, x) in s[whole..].iter_mut().enumerate() {
+            *x = super::exp(*x - max);
+            l[c] += *x;
+        }
+        let sum = super::tree(&l);
+        let vsum = vdupq_n_f32(sum);
+        let mut j = 0;
+        while j < whole {
+            for h in 0..2 {
+                let p = sp.add(j + 4 * h);
+                vst1q_f32(p, vdivq_f32(vld1q_f32(p), vsum));
+            }
+            j += 8;
+        }
+        for x in s[whole..].iter_mut() {
+            *x /= sum;
+        }
+    }
+
+    /// Heads `h0..h0 + NH`, outputs `i..i + 8`: one chain per output over
+    /// the keys in order, each value row's 8 values loaded once.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn block<T: KvValue, const NH: usize>(
+        wp: *const f32,
+        len: usize,
+        vp: *const T,
+        stride: usize,
+        d: usize,
+        op: *mut f32,
+        h0: usize,
+        i: usize,
+    ) {
+        let mut acc = [[vdupq_n_f32(0.0); 2]; NH];
+        for j in 0..len {
+            let row = vp.add(j * stride + i);
+            let x = [T::load4(row), T::load4(row.add(4))];
+            for (r, ar) in acc.iter_mut().enumerate() {
+                let b = vdupq_n_f32(*wp.add((h0 + r) * len + j));
+                for (a, xc) in ar.iter_mut().zip(&x) {
+                    *a = vfmaq_f32(*a, b, *xc);
+                }
+            }
+        }
+        for (r, ar) in acc.iter().enumerate() {
+            for (c, a) in ar.iter().enumerate() {
+                vst1q_f32(op.add((h0 + r) * d + i + 4 * c), *a);
+            }
+        }
+    }
+
+    pub unsafe fn weighted_sums<T: KvValue>(
+        w: &[f32],
+        len: usize,
+        v: &[T],
+        stride: usize,
+        d: usize,
+        o: &mut [f32],
+    ) {
+        let heads = o.len() / d;
+        let whole = d / 8 * 8;
+        let (vp, wp, op) = (v.as_ptr(), w.as_ptr(), o.as_mut_ptr());
+        let mut h0 = 0;
+        while h0 < heads {
+            let nh = (heads - h0).min(4);
+            for i in (0..whole).step_by(8) {
+                match nh {
+                    1 => block::<T, 1>(wp, len, vp, stride, d, op, h0, i),
+                    2 => block::<T, 2>(wp, len, vp, stride, d, op, h0, i),
+                    3 => block::<T, 3>(wp, len, vp, stride, d, op, h0, i),
+                    _ => block::<T, 4>(wp, len, vp, stride, d, op, h0, i),
+                }
+            }
+            for r in h0..h0 + nh {
+                for x in whole..d {
+                    let mut a = 0f32;
+                    for j in 0..len {
+                        a = (*wp.add(r * len + j)).mul_add((*vp.add(j * stride + x)).as_f32(), a);
+                    }
+                    *op.add(r * d + x) = a;
+                }
+            }
+            h0 += nh;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -632,15 +832,34 @@ mod tests {
                 assert!(ulp <= 2, "exp({x}) = {got}, libm {want} ({ulp} ulp)");
             }
         }
-        #[cfg(target_arch = "x86_64")]
-        if Path::Avx2.available() {
-            // A whole multiple of eight and a tail, through the SIMD softmax
-            // and the scalar one.
-            let mut a: Vec<f32> = xs.iter().map(|x| x * 0.1).take(1003).collect();
-            let mut b = a.clone();
+        // Scores whose x·log2(e) is exactly a half (rounded to even on every
+        // path), with a 0 as the maximum so they reach `exp` unchanged.
+        let mut ties = vec![0f32];
+        for k in -60..0 {
+            let t = k as f32 + 0.5;
+            let x0 = t / LOG2E;
+            let hit = (-40i32..40)
+                .map(|d| f32::from_bits((x0.to_bits() as i32 + d) as u32))
+                .find(|x| x * LOG2E == t);
+            ties.extend(hit);
+        }
+        assert!(ties.len() > 30, "{} ties found", ties.len());
+        // A whole multiple of eight and a tail, through every SIMD softmax
+        // and the scalar one; ties and plain values; -inf scores.
+        let plain: Vec<f32> = xs.iter().map(|x| x * 0.1).take(1003).collect();
+        let mut inf = plain.clone();
+        inf[5] = f32::NEG_INFINITY;
+        for input in [plain, ties, inf] {
+            let mut a = input.clone();
             softmax(Path::Scalar, &mut a);
-            softmax(Path::Avx2, &mut b);
-            assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
+            for p in Path::ALL.into_iter().filter(|p| p.available()) {
+                let mut b = input.clone();
+                softmax(p, &mut b);
+                assert!(
+                    a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "{p:?}: softmax differs from the portable one"
+                );
+            }
         }
     }
 
