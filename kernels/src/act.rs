@@ -11,7 +11,7 @@
 use rayon::prelude::*;
 
 use crate::attn::exp;
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 use crate::Path;
 use crate::{path, KernelError};
 
@@ -55,6 +55,9 @@ pub fn glu(kind: Glu, gate: &mut [f32], up: &[f32]) -> Result<(), KernelError> {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: Avx2/AvxVnni are only chosen when the CPU has AVX2 and FMA.
         Path::Avx2 | Path::AvxVnni | Path::Avx512 => unsafe { simd::glu(kind, g, u) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: NEON is part of every 64-bit ARM target.
+        Path::Neon | Path::NeonDot => unsafe { neon::glu(kind, g, u) },
         _ => {
             for (g, &u) in g.iter_mut().zip(u) {
                 *g = one(kind, *g, u);
@@ -100,6 +103,39 @@ mod simd {
             let y = _mm256_div_ps(x, _mm256_add_ps(one, exp8(ns)));
             _mm256_storeu_ps(gp.add(i), _mm256_mul_ps(y, _mm256_loadu_ps(up.add(i))));
             i += 8;
+        }
+        for (x, &v) in g[whole..].iter_mut().zip(&u[whole..]) {
+            *x = super::one(kind, *x, v);
+        }
+    }
+}
+
+/// [`simd`] on NEON: four values per register, the same operations.
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use std::arch::aarch64::*;
+
+    use super::{Glu, GELU_C, GELU_S};
+    use crate::attn::neon::exp4;
+
+    pub unsafe fn glu(kind: Glu, g: &mut [f32], u: &[f32]) {
+        let n = g.len();
+        let whole = n / 4 * 4;
+        let (gp, up) = (g.as_mut_ptr(), u.as_ptr());
+        let one = vdupq_n_f32(1.0);
+        let mut i = 0;
+        while i < whole {
+            let x = vld1q_f32(gp.add(i));
+            let ns = match kind {
+                Glu::Silu => vnegq_f32(x),
+                Glu::GeluTanh => {
+                    let x3 = vmulq_f32(vmulq_f32(x, x), x);
+                    vmulq_f32(vfmaq_f32(x, vdupq_n_f32(GELU_C), x3), vdupq_n_f32(GELU_S))
+                }
+            };
+            let y = vdivq_f32(x, vaddq_f32(one, exp4(ns)));
+            vst1q_f32(gp.add(i), vmulq_f32(y, vld1q_f32(up.add(i))));
+            i += 4;
         }
         for (x, &v) in g[whole..].iter_mut().zip(&u[whole..]) {
             *x = super::one(kind, *x, v);

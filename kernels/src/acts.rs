@@ -40,6 +40,12 @@ fn quantize_row(
         // the slices are whole blocks (checked by the caller).
         return unsafe { simd::quantize_row(x, unit, qs, d, sums) };
     }
+    #[cfg(target_arch = "aarch64")]
+    if path != crate::Path::Scalar {
+        // SAFETY: NEON is part of every 64-bit ARM target; the slices are
+        // whole blocks (checked by the caller).
+        return unsafe { neon::quantize_row(x, unit, qs, d, sums) };
+    }
     let _ = path;
     let sum_unit = if unit == 256 { 16 } else { 32 };
     for (b, (xb, qb)) in x
@@ -140,6 +146,61 @@ mod simd {
                     let base = b * (unit / 16) + 2 * c;
                     sums[base] = hsum(_mm256_add_epi32(q32[0], q32[1]));
                     sums[base + 1] = hsum(_mm256_add_epi32(q32[2], q32[3]));
+                }
+            }
+        }
+    }
+}
+
+/// `quantize_row` on NEON: `fcvtas` is round-half-away-from-zero (NaN to 0)
+/// and `fmaxnm` drops NaN as `f32::max` does, so the same bytes, scales and
+/// sums as the portable code.
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use std::arch::aarch64::*;
+
+    pub unsafe fn quantize_row(
+        x: &[f32],
+        unit: usize,
+        qs: &mut [i8],
+        d: &mut [f32],
+        sums: &mut [i32],
+    ) {
+        let sum_unit = if unit == 256 { 16 } else { 32 };
+        let (lim, nlim) = (vdupq_n_s32(127), vdupq_n_s32(-127));
+        for (b, (xb, qb)) in x
+            .chunks_exact(unit)
+            .zip(qs.chunks_exact_mut(unit))
+            .enumerate()
+        {
+            let xp = xb.as_ptr();
+            let mut m = vdupq_n_f32(0.0);
+            for i in (0..unit).step_by(4) {
+                m = vmaxnmq_f32(m, vabsq_f32(vld1q_f32(xp.add(i))));
+            }
+            let scale = vmaxnmvq_f32(m) / 127.0;
+            let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+            let vinv = vdupq_n_f32(inv);
+            d[b] = scale;
+            for c in 0..unit / 16 {
+                let mut q = [vdupq_n_s32(0); 4];
+                for (r, qr) in q.iter_mut().enumerate() {
+                    let p = vmulq_f32(vld1q_f32(xp.add(16 * c + 4 * r)), vinv);
+                    *qr = vmaxq_s32(vminq_s32(vcvtaq_s32_f32(p), lim), nlim);
+                }
+                let lo = vcombine_s16(vqmovn_s32(q[0]), vqmovn_s32(q[1]));
+                let hi = vcombine_s16(vqmovn_s32(q[2]), vqmovn_s32(q[3]));
+                vst1q_s8(
+                    qb.as_mut_ptr().add(16 * c),
+                    vcombine_s8(vqmovn_s16(lo), vqmovn_s16(hi)),
+                );
+                let s = vaddvq_s32(vaddq_s32(vaddq_s32(q[0], q[1]), vaddq_s32(q[2], q[3])));
+                if sum_unit == 16 {
+                    sums[b * (unit / 16) + c] = s;
+                } else if c % 2 == 0 {
+                    sums[b * (unit / 32) + c / 2] = s;
+                } else {
+                    sums[b * (unit / 32) + c / 2] += s;
                 }
             }
         }

@@ -540,7 +540,7 @@ pub(crate) mod simd {
 /// (`fmla`), so the same bits as the portable and x86 paths (tested under
 /// emulation: `kernels/tests/aarch64.sh`).
 #[cfg(target_arch = "aarch64")]
-mod neon {
+pub(crate) mod neon {
     use std::arch::aarch64::*;
 
     use super::{KvValue, EXP_P, LN2_HI, LN2_LO, LOG2E};
@@ -583,7 +583,7 @@ mod neon {
     /// [`super::exp`] on four values (`fmaxnm`/`fminnm` send NaN to the
     /// bound, as `f32::max`/`min` do).
     #[inline(always)]
-    unsafe fn exp4(x: float32x4_t) -> float32x4_t {
+    pub(crate) unsafe fn exp4(x: float32x4_t) -> float32x4_t {
         let x = vminnmq_f32(vmaxnmq_f32(x, vdupq_n_f32(-87.0)), vdupq_n_f32(88.0));
         let n = vrndnq_f32(vmulq_f32(x, vdupq_n_f32(LOG2E)));
         let r = vfmaq_f32(x, n, vdupq_n_f32(-LN2_HI));
