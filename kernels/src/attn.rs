@@ -268,6 +268,49 @@ fn dot_scalar<T: KvValue>(q: &[f32], k: &[T]) -> f32 {
     tree(&l) + t
 }
 
+/// The values of `q` past its last multiple of eight times key `kr`'s, one
+/// fused chain (the contract's separate tail sum).
+///
+/// # Safety
+/// `kr` points at `q.len()` readable values.
+#[inline(always)]
+unsafe fn tail_dot<T: KvValue>(q: &[f32], kr: *const T, whole: usize) -> f32 {
+    let mut t = 0f32;
+    for (i, &qi) in q.iter().enumerate().skip(whole) {
+        t = qi.mul_add((*kr.add(i)).as_f32(), t);
+    }
+    t
+}
+
+/// Weighted sums of heads `heads` for the outputs `whole..d` (past the last
+/// multiple of eight), one chain per output over the keys in order.
+///
+/// # Safety
+/// As the SIMD `weighted_sums`: `w` holds `len` weights per head, `v` `len`
+/// rows of `stride`, `o` `d` outputs per head.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn sums_tail<T: KvValue>(
+    wp: *const f32,
+    len: usize,
+    vp: *const T,
+    stride: usize,
+    d: usize,
+    op: *mut f32,
+    heads: std::ops::Range<usize>,
+    whole: usize,
+) {
+    for r in heads {
+        for x in whole..d {
+            let mut a = 0f32;
+            for j in 0..len {
+                a = (*wp.add(r * len + j)).mul_add((*vp.add(j * stride + x)).as_f32(), a);
+            }
+            *op.add(r * d + x) = a;
+        }
+    }
+}
+
 /// Scores to probabilities, in place.
 fn softmax(p: Path, s: &mut [f32]) {
     match p {
@@ -374,11 +417,7 @@ pub(crate) mod simd {
             let mut out = [0f32; 8];
             _mm256_storeu_ps(out.as_mut_ptr(), tree8(&a));
             for c in 0..nk {
-                let kr = kp.add((j0 + c) * stride);
-                let mut t = 0f32;
-                for (i, &qi) in q.iter().enumerate().skip(whole) {
-                    t = qi.mul_add((*kr.add(i)).as_f32(), t);
-                }
+                let t = super::tail_dot(q, kp.add((j0 + c) * stride), whole);
                 s[j0 + c] = (out[c] + t) * scale;
             }
             j0 += nk;
@@ -521,15 +560,7 @@ pub(crate) mod simd {
                 }
                 i += if two { 16 } else { 8 };
             }
-            for r in h0..h0 + nh {
-                for x in whole..d {
-                    let mut a = 0f32;
-                    for j in 0..len {
-                        a = (*wp.add(r * len + j)).mul_add((*vp.add(j * stride + x)).as_f32(), a);
-                    }
-                    *op.add(r * d + x) = a;
-                }
-            }
+            super::sums_tail(wp, len, vp, stride, d, op, h0..h0 + nh, whole);
             h0 += nh;
         }
     }
@@ -569,11 +600,7 @@ pub(crate) mod neon {
                 let mut l = [0f32; 8];
                 vst1q_f32(l.as_mut_ptr(), acc[0]);
                 vst1q_f32(l.as_mut_ptr().add(4), acc[1]);
-                let kr = kp.add((j0 + c) * stride);
-                let mut t = 0f32;
-                for (i, &qi) in q.iter().enumerate().skip(whole) {
-                    t = qi.mul_add((*kr.add(i)).as_f32(), t);
-                }
+                let t = super::tail_dot(q, kp.add((j0 + c) * stride), whole);
                 s[j0 + c] = (super::tree(&l) + t) * scale;
             }
             j0 += nk;
@@ -690,15 +717,7 @@ pub(crate) mod neon {
                     _ => block::<T, 4>(wp, len, vp, stride, d, op, h0, i),
                 }
             }
-            for r in h0..h0 + nh {
-                for x in whole..d {
-                    let mut a = 0f32;
-                    for j in 0..len {
-                        a = (*wp.add(r * len + j)).mul_add((*vp.add(j * stride + x)).as_f32(), a);
-                    }
-                    *op.add(r * d + x) = a;
-                }
-            }
+            super::sums_tail(wp, len, vp, stride, d, op, h0..h0 + nh, whole);
             h0 += nh;
         }
     }
