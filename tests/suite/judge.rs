@@ -339,7 +339,7 @@ fn runs_reuse_judgments_and_rescore_without_generating() {
     load("smollm2-135m-instruct");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
-    let run = || {
+    let run_into = |dir: &std::path::Path, extra: &[&str]| {
         bin()
             .args([
                 "run",
@@ -352,11 +352,13 @@ fn runs_reuse_judgments_and_rescore_without_generating() {
                 "--max-new-tokens",
                 "16",
                 "--out",
-                out.to_str().unwrap(),
+                dir.to_str().unwrap(),
             ])
+            .args(extra)
             .output()
             .unwrap()
     };
+    let run = || run_into(&out, &[]);
     let o = run();
     let err = String::from_utf8_lossy(&o.stderr).to_string();
     assert!(o.status.success(), "{err}");
@@ -427,24 +429,7 @@ fn runs_reuse_judgments_and_rescore_without_generating() {
     // The model judge's packed passes (`--judge-batch`, default 8) change
     // nothing but speed: one at a time gives the same judgments and report.
     let one = dir.path().join("one");
-    let o = bin()
-        .args([
-            "run",
-            "--target",
-            "smollm2-135m-instruct",
-            "--judge",
-            JUDGE,
-            "--judge-batch",
-            "1",
-            "--limit",
-            "4",
-            "--max-new-tokens",
-            "16",
-            "--out",
-            one.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+    let o = run_into(&one, &["--judge-batch", "1"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let sorted = |text: &str| {
         let mut l: Vec<String> = text.lines().map(String::from).collect();
