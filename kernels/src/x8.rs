@@ -338,16 +338,32 @@ pub(crate) mod simd {
                     for r in 0..R {
                         let xp = xs[r].qs.as_ptr().add(32 * i) as *const i32;
                         let mut s = _mm256_setzero_si256();
-                        for t in 0..8 {
-                            // w[t] holds weights 4t.. (t < 4) or 16+4(t-4).. (t >= 4): the same index.
-                            let xb = _mm256_set1_epi32(std::ptr::read_unaligned(xp.add(t)));
-                            s = if $vnni {
-                                _mm256_dpbusd_avx_epi32(s, w[t], xb)
-                            } else {
+                        if $vnni {
+                            for t in 0..8 {
+                                // w[t] holds weights 4t.. (t < 4) or 16+4(t-4).. (t >= 4): the same index.
+                                let xb = _mm256_set1_epi32(std::ptr::read_unaligned(xp.add(t)));
+                                s = _mm256_dpbusd_avx_epi32(s, w[t], xb);
+                            }
+                        } else {
+                            // `maddubs` pairs summed as i16, four at a time,
+                            // before the widening `madd`: exact, since a pair
+                            // is at most 2·15·127 = 3,810 (4-bit: both fours
+                            // joined in i16, then one `madd`) or 2·31·127 =
+                            // 7,874 (5-bit: one `madd` per four).
+                            let mut p16 = [_mm256_setzero_si256(); 2];
+                            for (h, ph) in p16.iter_mut().enumerate() {
+                                for t in 4 * h..4 * h + 4 {
+                                    let xb = _mm256_set1_epi32(std::ptr::read_unaligned(xp.add(t)));
+                                    *ph = _mm256_add_epi16(*ph, _mm256_maddubs_epi16(w[t], xb));
+                                }
+                            }
+                            s = if q5 {
                                 _mm256_add_epi32(
-                                    s,
-                                    _mm256_madd_epi16(_mm256_maddubs_epi16(w[t], xb), ones16),
+                                    _mm256_madd_epi16(p16[0], ones16),
+                                    _mm256_madd_epi16(p16[1], ones16),
                                 )
+                            } else {
+                                _mm256_madd_epi16(_mm256_add_epi16(p16[0], p16[1]), ones16)
                             };
                         }
                         if off != 0 {

@@ -296,7 +296,6 @@ pub(crate) mod simd {
                 let nb = gw.len() / gb;
                 let one = _mm256_set1_epi8(1);
                 let m4 = _mm256_set1_epi8(0xF);
-                let ones16 = _mm256_set1_epi16(1);
                 let mut acc = [_mm256_setzero_ps(); R];
                 let mut bacc = [_mm256_setzero_ps(); R];
                 for i in 0..nb {
@@ -326,21 +325,42 @@ pub(crate) mod simd {
                         let scv = _mm256_cvtepu8_epi32(_mm_loadl_epi64(
                             blk.add(SC + 8 * s) as *const __m128i
                         ));
+                        // The scale in both i16 halves of each row's lane.
+                        let sc16 = _mm256_or_si256(scv, _mm256_slli_epi32(scv, 16));
                         for r in 0..R {
                             let xp = xs[r].qs.as_ptr().add(256 * i + 32 * s) as *const i32;
-                            let mut dot = _mm256_setzero_si256();
-                            for (t, wt) in w.iter().enumerate() {
-                                let xb = _mm256_set1_epi32(std::ptr::read_unaligned(xp.add(t)));
-                                dot = if $vnni {
-                                    _mm256_dpbusd_avx_epi32(dot, *wt, xb)
-                                } else {
+                            if $vnni {
+                                let mut dot = _mm256_setzero_si256();
+                                for (t, wt) in w.iter().enumerate() {
+                                    let xb = _mm256_set1_epi32(std::ptr::read_unaligned(xp.add(t)));
+                                    dot = _mm256_dpbusd_avx_epi32(dot, *wt, xb);
+                                }
+                                isum[r] = _mm256_add_epi32(isum[r], _mm256_mullo_epi32(dot, scv));
+                            } else {
+                                // `maddubs` pairs summed as i16, four at a
+                                // time (at most 2·15·127 = 3,810 each for 4
+                                // bits: both fours joined in i16; 2·31·127 =
+                                // 7,874 for 5 bits: kept apart), then `madd`
+                                // by the scale (at most 63) widens and
+                                // scales: the same integers as dot · scale.
+                                let mut p16 = [_mm256_setzero_si256(); 2];
+                                for (h, ph) in p16.iter_mut().enumerate() {
+                                    for t in 4 * h..4 * h + 4 {
+                                        let xb =
+                                            _mm256_set1_epi32(std::ptr::read_unaligned(xp.add(t)));
+                                        *ph = _mm256_add_epi16(*ph, _mm256_maddubs_epi16(w[t], xb));
+                                    }
+                                }
+                                let sd = if FIVE {
                                     _mm256_add_epi32(
-                                        dot,
-                                        _mm256_madd_epi16(_mm256_maddubs_epi16(*wt, xb), ones16),
+                                        _mm256_madd_epi16(p16[0], sc16),
+                                        _mm256_madd_epi16(p16[1], sc16),
                                     )
+                                } else {
+                                    _mm256_madd_epi16(_mm256_add_epi16(p16[0], p16[1]), sc16)
                                 };
+                                isum[r] = _mm256_add_epi32(isum[r], sd);
                             }
-                            isum[r] = _mm256_add_epi32(isum[r], _mm256_mullo_epi32(dot, scv));
                         }
                     }
                     let dv = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
@@ -389,7 +409,6 @@ pub(crate) mod simd {
                 let nb = gw.len() / GBB6;
                 let m4 = _mm256_set1_epi8(0xF);
                 let m3 = _mm256_set1_epi8(3);
-                let ones16 = _mm256_set1_epi16(1);
                 let mut acc = [_mm256_setzero_ps(); R];
                 for i in 0..nb {
                     let blk = gw.as_ptr().add(i * GBB6);
@@ -431,26 +450,50 @@ pub(crate) mod simd {
                             lo16(pairs[2 * c + 1]),
                             hi16(pairs[2 * c + 1]),
                         ];
+                        // Each scale (signed, 8 bits) in both i16 halves of its lane.
+                        let sc16 = scs.map(|v| {
+                            _mm256_or_si256(
+                                _mm256_and_si256(v, _mm256_set1_epi32(0xFFFF)),
+                                _mm256_slli_epi32(v, 16),
+                            )
+                        });
                         for r in 0..R {
                             let xp = xs[r].qs.as_ptr().add(256 * i + 64 * c) as *const i32;
                             for (sb, sc) in scs.iter().enumerate() {
-                                let mut dot = _mm256_setzero_si256();
-                                for u in 0..4 {
-                                    // Sub-block sb: vectors 4sb..4sb+4, activations 16sb + 4u.
-                                    let wt = w[4 * sb + u];
-                                    let xb = _mm256_set1_epi32(std::ptr::read_unaligned(
-                                        xp.add(4 * sb + u),
-                                    ));
-                                    dot = if $vnni {
-                                        _mm256_dpbusd_avx_epi32(dot, wt, xb)
-                                    } else {
-                                        _mm256_add_epi32(
-                                            dot,
-                                            _mm256_madd_epi16(_mm256_maddubs_epi16(wt, xb), ones16),
-                                        )
-                                    };
+                                if $vnni {
+                                    let mut dot = _mm256_setzero_si256();
+                                    for u in 0..4 {
+                                        // Sub-block sb: vectors 4sb..4sb+4, activations 16sb + 4u.
+                                        let wt = w[4 * sb + u];
+                                        let xb = _mm256_set1_epi32(std::ptr::read_unaligned(
+                                            xp.add(4 * sb + u),
+                                        ));
+                                        dot = _mm256_dpbusd_avx_epi32(dot, wt, xb);
+                                    }
+                                    isum[r] =
+                                        _mm256_add_epi32(isum[r], _mm256_mullo_epi32(dot, *sc));
+                                } else {
+                                    // `maddubs` pairs (each at most 2·63·127 =
+                                    // 16,002) summed as i16 two at a time, then
+                                    // `madd` by the scale: dot · scale exactly.
+                                    let mut p16 = [_mm256_setzero_si256(); 2];
+                                    for (h, ph) in p16.iter_mut().enumerate() {
+                                        for u in 2 * h..2 * h + 2 {
+                                            let xb = _mm256_set1_epi32(std::ptr::read_unaligned(
+                                                xp.add(4 * sb + u),
+                                            ));
+                                            *ph = _mm256_add_epi16(
+                                                *ph,
+                                                _mm256_maddubs_epi16(w[4 * sb + u], xb),
+                                            );
+                                        }
+                                    }
+                                    let sd = _mm256_add_epi32(
+                                        _mm256_madd_epi16(p16[0], sc16[sb]),
+                                        _mm256_madd_epi16(p16[1], sc16[sb]),
+                                    );
+                                    isum[r] = _mm256_add_epi32(isum[r], sd);
                                 }
-                                isum[r] = _mm256_add_epi32(isum[r], _mm256_mullo_epi32(dot, *sc));
                             }
                         }
                     }

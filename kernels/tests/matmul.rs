@@ -293,6 +293,63 @@ fn repacked_rows_dequantize_like_the_file() {
     }
 }
 
+/// Attention of 5 sequences (1 to 300 keys, grouped heads, a head size
+/// that is not a multiple of 8 and one that is) over f16 and f32 rows.
+fn attention_bits() -> (u64, u64) {
+    use anjeon_kernels::{attend_decode, AttnSeq, AttnShape};
+    let mut rng = Rng(4242);
+    let mut out = (0, 0);
+    for (i, (n_head, n_kv, d)) in [(6, 2, 20), (4, 4, 64)].into_iter().enumerate() {
+        let shape = AttnShape {
+            n_head,
+            n_kv,
+            d,
+            scale: 1.0 / (d as f32).sqrt(),
+        };
+        let lens = [1, 7, 8, 65, 300];
+        let row = n_kv * d;
+        let q: Vec<Vec<f32>> = lens
+            .iter()
+            .map(|_| (0..n_head * d).map(|_| (rng.unit() - 0.5) * 6.0).collect())
+            .collect();
+        let kv: Vec<(Vec<f32>, Vec<f32>)> = lens
+            .iter()
+            .map(|&l| {
+                let mut r = || (0..l * row).map(|_| (rng.unit() - 0.5) * 4.0).collect();
+                (r(), r())
+            })
+            .collect();
+        let kv16: Vec<(Vec<f16>, Vec<f16>)> = kv
+            .iter()
+            .map(|(k, v)| {
+                let h = |x: &Vec<f32>| x.iter().map(|&a| f16::from_f32(a)).collect();
+                (h(k), h(v))
+            })
+            .collect();
+        let mut y = vec![0f32; lens.len() * n_head * d];
+        let seqs: Vec<AttnSeq<f32>> = q
+            .iter()
+            .zip(&kv)
+            .map(|(q, (k, v))| AttnSeq { q, k, v })
+            .collect();
+        attend_decode(shape, &seqs, &mut y).unwrap();
+        let mut y16 = vec![0f32; y.len()];
+        let seqs: Vec<AttnSeq<f16>> = q
+            .iter()
+            .zip(&kv16)
+            .map(|(q, (k, v))| AttnSeq { q, k, v })
+            .collect();
+        attend_decode(shape, &seqs, &mut y16).unwrap();
+        let (a, b) = (bits_sum(&y), bits_sum(&y16));
+        out = if i == 0 {
+            (a, b)
+        } else {
+            (out.0 ^ a.rotate_left(1), out.1 ^ b.rotate_left(1))
+        };
+    }
+    out
+}
+
 /// FNV-style checksum of f32 bits.
 fn bits_sum(y: &[f32]) -> u64 {
     y.iter().fold(0xcbf29ce484222325, |h, v| {
@@ -302,7 +359,9 @@ fn bits_sum(y: &[f32]) -> u64 {
 
 /// The same bits on every machine, not only on every path of this one: the
 /// checksums of every format's products (both layouts, a prompt-sized 37 ×
-/// 21 × 512) and of both gated activations, committed from an x86-64 run,
+/// 21 × 512), of both gated activations and of attention (f16 and f32 keys
+/// and values; the model code runs prompts through it too), committed from
+/// an x86-64 run,
 /// must come out on every path of any CPU (`kernels/tests/aarch64.sh`
 /// runs this on 64-bit ARM). A change that moves a result by one bit
 /// anywhere fails here; if it is meant, re-record the numbers (printed).
@@ -319,6 +378,7 @@ fn every_machine_gives_the_same_bits() {
         ("Q6_K", 0x8f6937311dbe3144, 0x2509c51bff8f9f83),
     ];
     const WANT_GLU: (u64, u64) = (0x1ba39ebfb6fc2f9f, 0x06e8bd2d5be70cdb);
+    const WANT_ATTN: (u64, u64) = (0xfe5ed2bdba6f9861, 0xa373eb4bde50d9aa);
     let _g = PATH_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let mut bad = Vec::new();
     for p in Path::ALL.into_iter().filter(|p| p.available()) {
@@ -346,8 +406,12 @@ fn every_machine_gives_the_same_bits() {
         anjeon_kernels::glu(anjeon_kernels::Glu::Silu, &mut silu, &u).unwrap();
         anjeon_kernels::glu(anjeon_kernels::Glu::GeluTanh, &mut gelu, &u).unwrap();
         let glu = (bits_sum(&silu), bits_sum(&gelu));
-        if got != WANT || glu != WANT_GLU {
-            bad.push(format!("{}: {got:#x?}, glu {glu:#x?}", p.name()));
+        let attn = attention_bits();
+        if got != WANT || glu != WANT_GLU || attn != WANT_ATTN {
+            bad.push(format!(
+                "{}: {got:#x?}, glu {glu:#x?}, attention {attn:#x?}",
+                p.name()
+            ));
         }
     }
     force_path(None);
@@ -356,4 +420,66 @@ fn every_machine_gives_the_same_bits() {
         "checksums differ from the committed ones:\n{}",
         bad.join("\n")
     );
+}
+
+/// Every quantized weight at its format's largest magnitude against
+/// activations at ±127 (all one sign, and alternating): the largest integer
+/// sums any kernel can meet. A kernel that sums its byte products in 16 bits
+/// for too long wraps here and lands far from the reference.
+#[test]
+fn largest_products_do_not_overflow() {
+    for f in Format::ALL {
+        let (n, k) = (16, 2 * f.block_elems());
+        let bb = f.block_bytes();
+        let mut w = vec![0xFFu8; n * f.row_bytes(k)];
+        for b in w.chunks_exact_mut(bb) {
+            match f {
+                Format::Q8_0 => {
+                    b[2..].fill(0x80); // -128
+                    put_f16(b, 0, 0.01);
+                }
+                Format::Q4_0 | Format::Q5_0 => put_f16(b, 0, 0.01),
+                Format::Q4_1 | Format::Q5_1 => {
+                    put_f16(b, 0, 0.01);
+                    put_f16(b, 2, -0.05);
+                }
+                Format::Q4K | Format::Q5K => {
+                    put_f16(b, 0, 0.001);
+                    put_f16(b, 2, 0.0005);
+                }
+                Format::Q6K => {
+                    b[192..208].fill(0x80); // scales -128
+                    put_f16(b, 208, 0.0005);
+                }
+            }
+        }
+        let mut x = Vec::with_capacity(3 * k);
+        x.extend((0..k).map(|_| 1.0f32));
+        x.extend((0..k).map(|_| -1.0f32));
+        x.extend((0..k).map(|e| if e % 2 == 0 { 1.0f32 } else { -1.0 }));
+        let want = reference(f, &w, n, k, &x);
+        let packed = repackable(f).then(|| Packed::new(f, &w, n, k).unwrap());
+        let _g = PATH_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        for p in Path::ALL.into_iter().filter(|p| p.available()) {
+            assert!(force_path(Some(p)));
+            let mut ys = vec![("rows", vec![0f32; 3 * n])];
+            matmul(f, &w, n, k, &x, &mut ys[0].1).unwrap();
+            if let Some(pk) = &packed {
+                let mut y = vec![0f32; 3 * n];
+                pk.matmul(&x, &mut y).unwrap();
+                ys.push(("repacked", y));
+            }
+            for (layout, y) in &ys {
+                for (i, (&g, &e)) in y.iter().zip(&want).enumerate() {
+                    assert!(
+                        (g as f64 - e).abs() <= 1e-5 * e.abs().max(1.0),
+                        "{} {} {layout}: y[{i}] = {g}, reference {e}",
+                        f.name(),
+                        p.name()
+                    );
+                }
+            }
+        }
+        force_path(None);
+    }
 }
