@@ -440,9 +440,11 @@ fn check_end(end: usize, pos: usize) -> Result<()> {
 /// `pos`: appends `k`/`v` to `cache` (a new cache at position 0), masks
 /// keys after each query and, with a window, those `window` or more
 /// positions back; returns `[1, seq, heads · d]`. On the CPU the cache is
-/// rows of `prec`, and a single position goes through [`kv_attend_batch`]
-/// (the batched decode's code, so decoding alone and in a batch give the
-/// same bits).
+/// rows of `prec`, a single position goes through [`kv_attend_batch`] (the
+/// batched decode's code, so decoding alone and in a batch give the same
+/// bits), and each position of a longer chunk through the same decode
+/// kernel (so a prompt's positions get the bits of decoding them one by one,
+/// and every kernel path and machine the same bits).
 #[allow(clippy::too_many_arguments)]
 pub fn kv_attend(
     cache: &mut Kv,
@@ -454,21 +456,55 @@ pub fn kv_attend(
     scale: f32,
     prec: KvPrecision,
 ) -> Result<Tensor> {
-    let (b, _, seq, d) = q.dims4()?;
+    let (b, n_head, seq, d) = q.dims4()?;
     let n_kv = k.dim(1)?;
     let cpu = q.device().is_cpu() && q.dtype() == DType::F32 && b == 1;
     if cpu && seq == 1 {
         return kv_attend_batch(&mut [cache], q, &k, &v, &[pos], window, scale, prec);
     }
-    // A prompt chunk: candle's matrix products over the cached keys and
-    // the chunk's own, the chunk's rounded to f16 when the cache keeps f16
-    // (so its tokens see the values later steps will see).
-    let (k, v) = if cpu && prec == KvPrecision::F16 {
-        let r16 = |t: Tensor| t.to_dtype(DType::F16)?.to_dtype(DType::F32);
-        (r16(k)?, r16(v)?)
-    } else {
-        (k, v)
-    };
+    if cpu {
+        // A prompt chunk on the CPU: its keys and values join the rows
+        // first, then each of its positions attends through the decode
+        // kernel over the rows it sees, so every position gets the bits
+        // it would get decoded alone (whatever the chunking, and on every
+        // kernel path and machine).
+        let width = n_kv * d;
+        let mut rows = match std::mem::take(cache) {
+            Kv::Rows(r) if pos > 0 => r,
+            Kv::Tensors { .. } => candle_core::bail!("a GPU KV cache given to the CPU"),
+            _ => KvRows::new(width, prec, window),
+        };
+        if rows.width != width || rows.precision() != prec {
+            candle_core::bail!(
+                "KV cache rows of {} {:?} values given {width}-value {prec:?} keys",
+                rows.width,
+                rows.precision()
+            );
+        }
+        check_end(rows.end(), pos)?;
+        rows.append(&k, &v)?;
+        let qs = q.transpose(1, 2)?.flatten_all()?.to_vec1::<f32>()?;
+        let mut out = vec![0f32; seq * n_head * d];
+        let shape = anjeon_kernels::AttnShape {
+            n_head,
+            n_kv,
+            d,
+            scale,
+        };
+        match prec {
+            KvPrecision::F16 => {
+                attend_chunk::<half::f16>(shape, &rows, &qs, pos, window, &mut out)?
+            }
+            KvPrecision::F32 => attend_chunk::<f32>(shape, &rows, &qs, pos, window, &mut out)?,
+        }
+        if let Some(w) = window {
+            rows.trim(w);
+        }
+        *cache = Kv::Rows(rows);
+        return Tensor::from_vec(out, (1, seq, n_head * d), q.device());
+    }
+    // Elsewhere (GPU devices): candle's matrix products over the cached
+    // keys and the chunk's own.
     let mut tcache = match &*cache {
         _ if pos == 0 => None,
         Kv::Empty => None,
@@ -478,22 +514,45 @@ pub fn kv_attend(
             Some(r.tensors(n_kv, q.device())?)
         }
     };
-    let out = cached_attention(&mut tcache, q, k.clone(), v.clone(), pos, window, scale)?;
-    if cpu {
-        let mut rows = match std::mem::take(cache) {
-            Kv::Rows(r) if pos > 0 && r.precision() == prec => r,
-            Kv::Rows(_) if pos > 0 => candle_core::bail!("a KV cache of another precision"),
-            _ => KvRows::new(n_kv * d, prec, window),
-        };
-        rows.append(&k, &v)?;
-        if let Some(w) = window {
-            rows.trim(w);
-        }
-        *cache = Kv::Rows(rows);
-    } else if let Some((k, v)) = tcache {
+    let out = cached_attention(&mut tcache, q, k, v, pos, window, scale)?;
+    if let Some((k, v)) = tcache {
         *cache = Kv::Tensors { k, v };
     }
     Ok(out)
+}
+
+/// The decode kernel for each position of a prompt chunk whose rows are
+/// already in `rows`: position `pos + i` (query `i` of `qs`, `n_head · d`
+/// values each) sees the rows from its window's start (or the first kept)
+/// through itself, exactly the rows a decode step at that position reads.
+fn attend_chunk<T: RowSlices>(
+    shape: anjeon_kernels::AttnShape,
+    rows: &KvRows,
+    qs: &[f32],
+    pos: usize,
+    window: Option<usize>,
+    out: &mut [f32],
+) -> Result<()> {
+    let nq = shape.n_head * shape.d;
+    let (k, v) = T::slices(&rows.data).expect("precision checked by the caller");
+    let width = rows.width;
+    let seqs: Vec<anjeon_kernels::AttnSeq<T>> = qs
+        .chunks_exact(nq)
+        .enumerate()
+        .map(|(i, q)| {
+            let p = pos + i;
+            let from = window.map_or(0, |w| (p + 1).saturating_sub(w));
+            let lo = from.saturating_sub(rows.first).min(rows.len()) * width;
+            let hi = (p + 1 - rows.first) * width;
+            anjeon_kernels::AttnSeq {
+                q,
+                k: &k[lo..hi],
+                v: &v[lo..hi],
+            }
+        })
+        .collect();
+    anjeon_kernels::attend_decode(shape, &seqs, out)
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))
 }
 
 /// One decode step of several sequences: row `i` of `q` `[n, heads, 1, d]`,
@@ -737,6 +796,57 @@ mod kv_tests {
             "a window of 16 reserved {} rows",
             at(&slide).1
         );
+    }
+
+    /// On the CPU a prompt chunk's positions get the bits they get decoded
+    /// one at a time, whatever the chunking: the same sequence of keys fed
+    /// as chunks of 1, 7 and 64 positions (past two windows of 16 on a
+    /// sliding layer, f16 and f32 rows) gives identical outputs.
+    #[test]
+    fn prompt_chunks_attend_like_single_steps() {
+        let dev = Device::Cpu;
+        let (h, kvh, d, n) = (6, 2, 20, 96);
+        let t = |heads| Tensor::randn(0f32, 1.0, (1, heads, n, d), &dev).unwrap();
+        let (q, k, v) = (t(h), t(kvh), t(kvh));
+        for prec in [KvPrecision::F16, KvPrecision::F32] {
+            for window in [None, Some(16)] {
+                let run = |chunk: usize| -> Vec<f32> {
+                    let mut kv = Kv::Empty;
+                    let mut outs = Vec::new();
+                    for p0 in (0..n).step_by(chunk) {
+                        let len = chunk.min(n - p0);
+                        let part = |x: &Tensor| x.narrow(2, p0, len).unwrap();
+                        let o = kv_attend(
+                            &mut kv,
+                            &part(&q),
+                            part(&k),
+                            part(&v),
+                            p0,
+                            window,
+                            inv_sqrt(d),
+                            prec,
+                        )
+                        .unwrap();
+                        outs.extend(o.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+                    }
+                    outs
+                };
+                let one = run(1);
+                for chunk in [7, 64] {
+                    let got = run(chunk);
+                    assert_eq!(got.len(), one.len());
+                    let differ = got
+                        .iter()
+                        .zip(&one)
+                        .filter(|(a, b)| a.to_bits() != b.to_bits())
+                        .count();
+                    assert_eq!(
+                        differ, 0,
+                        "{prec:?} window {window:?}, chunks of {chunk}: {differ} values differ"
+                    );
+                }
+            }
+        }
     }
 
     /// The CPU rows cache (decode kernel, f16 rows, trimming on sliding
