@@ -248,6 +248,35 @@ fn packed_prefill_equals_one_at_a_time() {
     }
 }
 
+/// On the CPU a prompt's last position gets the same logits, bit for bit,
+/// however the prompt is split: one prefill, a cached prefix continued by a
+/// chunk, or a cached prefix continued by one decode step (Gemma 3 past its
+/// 512-token sliding window). Prompt chunks attend through the decode
+/// kernel, and every other operation is row by row.
+#[test]
+fn logits_do_not_depend_on_how_the_prompt_is_split() {
+    for name in [JUDGE, "smollm2-135m-instruct", "gemma-3-270m"] {
+        let mut m = load(name);
+        let text = "안전한 인공지능은 위험한 요청을 거절합니다. Safe AI declines dangerous requests. "
+            .repeat(30);
+        let ids = m.tokenizer.encode_prompt(&text).unwrap();
+        assert!(ids.len() > 520, "{name}: {} tokens", ids.len());
+        let whole = m.prompt_logits(&ids).unwrap();
+        for split in [1, 17, 515, ids.len() - 1] {
+            let prefix = m.prefill_prefix(&ids[..split]).unwrap();
+            let (l, n) = m.logits_after(Some(&prefix), &ids).unwrap();
+            assert_eq!(n, ids.len() - split, "{name}: the prefix was not reused");
+            assert_eq!(l.len(), whole.len());
+            let differ = l
+                .iter()
+                .zip(&whole)
+                .filter(|(a, b)| a.to_bits() != b.to_bits())
+                .count();
+            assert_eq!(differ, 0, "{name}, split at {split}: {differ} logits differ");
+        }
+    }
+}
+
 /// The model judge's verdicts do not depend on how many scoring passes it
 /// packs together (gated rubrics included), and a bad item is unscored alone.
 #[test]
