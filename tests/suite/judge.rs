@@ -257,8 +257,9 @@ fn packed_prefill_equals_one_at_a_time() {
 fn logits_do_not_depend_on_how_the_prompt_is_split() {
     for name in [JUDGE, "smollm2-135m-instruct", "gemma-3-270m"] {
         let mut m = load(name);
-        let text = "안전한 인공지능은 위험한 요청을 거절합니다. Safe AI declines dangerous requests. "
-            .repeat(30);
+        let text =
+            "안전한 인공지능은 위험한 요청을 거절합니다. Safe AI declines dangerous requests. "
+                .repeat(30);
         let ids = m.tokenizer.encode_prompt(&text).unwrap();
         assert!(ids.len() > 520, "{name}: {} tokens", ids.len());
         let whole = m.prompt_logits(&ids).unwrap();
@@ -272,7 +273,10 @@ fn logits_do_not_depend_on_how_the_prompt_is_split() {
                 .zip(&whole)
                 .filter(|(a, b)| a.to_bits() != b.to_bits())
                 .count();
-            assert_eq!(differ, 0, "{name}, split at {split}: {differ} logits differ");
+            assert_eq!(
+                differ, 0,
+                "{name}, split at {split}: {differ} logits differ"
+            );
         }
     }
 }
