@@ -242,6 +242,32 @@ impl KvRows {
         }
     }
 
+    /// The rows `cache` holds for a chunk starting at `pos` (new rows at
+    /// position 0), taken out of it; errors on a GPU cache, on rows of
+    /// another width or precision, and on rows that do not end at `pos`.
+    fn take(
+        cache: &mut Kv,
+        pos: usize,
+        width: usize,
+        prec: KvPrecision,
+        window: Option<usize>,
+    ) -> Result<KvRows> {
+        let rows = match std::mem::take(cache) {
+            Kv::Rows(r) if pos > 0 => r,
+            Kv::Tensors { .. } => candle_core::bail!("a GPU KV cache given to the CPU"),
+            _ => KvRows::new(width, prec, window),
+        };
+        if rows.width != width || rows.precision() != prec {
+            candle_core::bail!(
+                "KV cache rows of {} {:?} values given {width}-value {prec:?} keys",
+                rows.width,
+                rows.precision()
+            );
+        }
+        check_end(rows.end(), pos)?;
+        Ok(rows)
+    }
+
     fn precision(&self) -> KvPrecision {
         match self.data {
             RowData::F16 { .. } => KvPrecision::F16,
@@ -468,20 +494,7 @@ pub fn kv_attend(
         // kernel over the rows it sees, so every position gets the bits
         // it would get decoded alone (whatever the chunking, and on every
         // kernel path and machine).
-        let width = n_kv * d;
-        let mut rows = match std::mem::take(cache) {
-            Kv::Rows(r) if pos > 0 => r,
-            Kv::Tensors { .. } => candle_core::bail!("a GPU KV cache given to the CPU"),
-            _ => KvRows::new(width, prec, window),
-        };
-        if rows.width != width || rows.precision() != prec {
-            candle_core::bail!(
-                "KV cache rows of {} {:?} values given {width}-value {prec:?} keys",
-                rows.width,
-                rows.precision()
-            );
-        }
-        check_end(rows.end(), pos)?;
+        let mut rows = KvRows::take(cache, pos, n_kv * d, prec, window)?;
         rows.append(&k, &v)?;
         let qs = q.transpose(1, 2)?.flatten_all()?.to_vec1::<f32>()?;
         let mut out = vec![0f32; seq * n_head * d];
@@ -601,19 +614,7 @@ pub fn kv_attend_batch(
     let flat = RowData::of(prec, k, v)?;
     for (i, c) in caches.iter_mut().enumerate() {
         let pos = positions[i];
-        let mut rows = match std::mem::take(&mut **c) {
-            Kv::Rows(r) if pos > 0 => r,
-            Kv::Tensors { .. } => candle_core::bail!("a GPU KV cache given to the CPU decode"),
-            _ => KvRows::new(width, prec, window),
-        };
-        if rows.width != width || rows.precision() != prec {
-            candle_core::bail!(
-                "KV cache rows of {} {:?} values given {width}-value {prec:?} keys",
-                rows.width,
-                rows.precision()
-            );
-        }
-        check_end(rows.end(), pos)?;
+        let mut rows = KvRows::take(c, pos, width, prec, window)?;
         rows.push(&flat, i * width..(i + 1) * width)?;
         **c = Kv::Rows(rows);
     }
