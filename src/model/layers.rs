@@ -287,20 +287,18 @@ impl KvRows {
         self.first + self.len()
     }
 
-    /// The query's sequence: rows from absolute position `from` on
-    /// (clamped to what is kept).
-    fn seq<'a, T: anjeon_kernels::KvValue>(
-        &self,
-        q: &'a [f32],
-        k: &'a [T],
-        v: &'a [T],
-        from: usize,
-    ) -> anjeon_kernels::AttnSeq<'a, T> {
-        let skip = from.saturating_sub(self.first).min(self.len()) * self.width;
+    /// What the query at absolute position `p` attends to: the rows from
+    /// its window's start (clamped to the first kept) through `p` — the
+    /// same rows for a decode step and for a prompt chunk's position.
+    fn seq<'a, T: RowSlices>(&'a self, q: &'a [f32], p: usize) -> anjeon_kernels::AttnSeq<'a, T> {
+        let (k, v) = T::slices(&self.data).expect("rows of the checked precision");
+        let from = self.window.map_or(0, |w| (p + 1).saturating_sub(w));
+        let lo = from.saturating_sub(self.first).min(self.len()) * self.width;
+        let hi = (p + 1 - self.first) * self.width;
         anjeon_kernels::AttnSeq {
             q,
-            k: &k[skip..],
-            v: &v[skip..],
+            k: &k[lo..hi],
+            v: &v[lo..hi],
         }
     }
 
@@ -505,10 +503,8 @@ pub fn kv_attend(
             scale,
         };
         match prec {
-            KvPrecision::F16 => {
-                attend_chunk::<half::f16>(shape, &rows, &qs, pos, window, &mut out)?
-            }
-            KvPrecision::F32 => attend_chunk::<f32>(shape, &rows, &qs, pos, window, &mut out)?,
+            KvPrecision::F16 => attend_chunk::<half::f16>(shape, &rows, &qs, pos, &mut out)?,
+            KvPrecision::F32 => attend_chunk::<f32>(shape, &rows, &qs, pos, &mut out)?,
         }
         if let Some(w) = window {
             rows.trim(w);
@@ -543,26 +539,13 @@ fn attend_chunk<T: RowSlices>(
     rows: &KvRows,
     qs: &[f32],
     pos: usize,
-    window: Option<usize>,
     out: &mut [f32],
 ) -> Result<()> {
     let nq = shape.n_head * shape.d;
-    let (k, v) = T::slices(&rows.data).expect("precision checked by the caller");
-    let width = rows.width;
     let seqs: Vec<anjeon_kernels::AttnSeq<T>> = qs
         .chunks_exact(nq)
         .enumerate()
-        .map(|(i, q)| {
-            let p = pos + i;
-            let from = window.map_or(0, |w| (p + 1).saturating_sub(w));
-            let lo = from.saturating_sub(rows.first).min(rows.len()) * width;
-            let hi = (p + 1 - rows.first) * width;
-            anjeon_kernels::AttnSeq {
-                q,
-                k: &k[lo..hi],
-                v: &v[lo..hi],
-            }
-        })
+        .map(|(i, q)| rows.seq(q, pos + i))
         .collect();
     anjeon_kernels::attend_decode(shape, &seqs, out)
         .map_err(|e| candle_core::Error::Msg(e.to_string()))
@@ -626,15 +609,9 @@ pub fn kv_attend_batch(
         d,
         scale,
     };
-    // Keys visible to the query at `pos`: not after it and, with a window,
-    // fewer than `window` positions back.
-    let from: Vec<usize> = positions
-        .iter()
-        .map(|&p| window.map_or(0, |w| (p + 1).saturating_sub(w)))
-        .collect();
     match prec {
-        KvPrecision::F16 => attend_rows::<half::f16>(shape, caches, &qs, &from, &mut out)?,
-        KvPrecision::F32 => attend_rows::<f32>(shape, caches, &qs, &from, &mut out)?,
+        KvPrecision::F16 => attend_rows::<half::f16>(shape, caches, &qs, positions, &mut out)?,
+        KvPrecision::F32 => attend_rows::<f32>(shape, caches, &qs, positions, &mut out)?,
     }
     if let Some(w) = window {
         for c in caches.iter_mut() {
@@ -671,12 +648,12 @@ impl RowSlices for f32 {
 
 /// The decode kernel over rows caches of precision `T` (every one checked
 /// to be rows of `T`): sequence `i`'s query is `qs`'s `i`-th `n_head · d`
-/// values and it sees its keys from position `from[i]` on.
+/// values, at position `positions[i]` ([`KvRows::seq`]).
 fn attend_rows<T: RowSlices>(
     shape: anjeon_kernels::AttnShape,
     caches: &[&mut Kv],
     qs: &[f32],
-    from: &[usize],
+    positions: &[usize],
     out: &mut [f32],
 ) -> Result<()> {
     let nq = shape.n_head * shape.d;
@@ -687,8 +664,7 @@ fn attend_rows<T: RowSlices>(
             let Kv::Rows(r) = &**c else {
                 unreachable!("every cache was made rows above")
             };
-            let (k, v) = T::slices(&r.data).expect("precision checked above");
-            r.seq(&qs[i * nq..(i + 1) * nq], k, v, from[i])
+            r.seq(&qs[i * nq..(i + 1) * nq], positions[i])
         })
         .collect();
     anjeon_kernels::attend_decode(shape, &seqs, out)
