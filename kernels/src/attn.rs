@@ -26,7 +26,7 @@
 //! So a sequence's result does not depend on what else is in the batch, nor
 //! on the CPU.
 
-use half::f16;
+use half::{bf16, f16};
 use rayon::prelude::*;
 
 use crate::{path, KernelError, Path};
@@ -34,12 +34,14 @@ use crate::{path, KernelError, Path};
 mod sealed {
     pub trait Sealed {}
     impl Sealed for half::f16 {}
+    impl Sealed for half::bf16 {}
     impl Sealed for f32 {}
 }
 
 /// A cached key/value element: `f16` (llama.cpp's cache; the GGUF models)
-/// or `f32` (transformers'; the safetensors models). Every value widens to
-/// f32 exactly, so the contract below is the same for both.
+/// or `f32` (transformers'; the safetensors models); also a dense weight
+/// (`bf16` too) in [`crate::dense`]. Every value widens to f32 exactly, so
+/// the contract below is the same for all.
 pub trait KvValue: Copy + Send + Sync + sealed::Sealed {
     fn as_f32(self) -> f32;
     /// Eight values as f32.
@@ -79,6 +81,27 @@ impl KvValue for f16 {
         let r: float32x4_t;
         std::arch::asm!("fcvtl {0:v}.4s, {1:v}.4h", out(vreg) r, in(vreg) h, options(pure, nomem, nostack));
         r
+    }
+}
+
+impl KvValue for bf16 {
+    #[inline(always)]
+    fn as_f32(self) -> f32 {
+        bf16::to_f32(self)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const bf16) -> std::arch::x86_64::__m256 {
+        // bf16 is the top half of an f32: widen and shift (exact).
+        use std::arch::x86_64::*;
+        let h = _mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i));
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(h))
+    }
+    #[cfg(target_arch = "aarch64")]
+    #[inline(always)]
+    unsafe fn load4(p: *const bf16) -> std::arch::aarch64::float32x4_t {
+        use std::arch::aarch64::*;
+        vreinterpretq_f32_u32(vshll_n_u16::<16>(vld1_u16(p as *const u16)))
     }
 }
 

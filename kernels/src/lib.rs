@@ -36,6 +36,7 @@ pub mod attn;
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+pub mod dense;
 mod format;
 #[cfg(target_arch = "aarch64")]
 mod neon;
@@ -51,6 +52,7 @@ use rayon::prelude::*;
 pub use act::{glu, Glu};
 pub use acts::Acts;
 pub use attn::{attend_decode, AttnSeq, AttnShape, KvValue};
+pub use dense::Dense;
 pub use format::{dequantize_block, dequantize_row, Format};
 pub use x8::supported as repackable;
 

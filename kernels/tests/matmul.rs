@@ -350,6 +350,30 @@ fn attention_bits() -> (u64, u64) {
     out
 }
 
+/// Dense products: f32, f16 and bf16 weights, a prompt-sized 300 × 70 × 777
+/// (several tasks on threads, row and panel tails) and one row.
+fn dense_bits() -> (u64, u64, u64) {
+    use anjeon_kernels::Dense;
+    let mut rng = Rng(777);
+    let (n, k) = (70, 777);
+    let w: Vec<f32> = (0..n * k).map(|_| (rng.unit() - 0.5) * 0.2).collect();
+    let x: Vec<f32> = (0..300 * k).map(|_| (rng.unit() - 0.5) * 8.0).collect();
+    let w16: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
+    let wb: Vec<half::bf16> = w.iter().map(|&v| half::bf16::from_f32(v)).collect();
+    let sum = |d: Dense| {
+        let mut y = vec![0f32; 301 * n];
+        let (prompt, one) = y.split_at_mut(300 * n);
+        d.matmul(&x, prompt).unwrap();
+        d.matmul(&x[..k], one).unwrap();
+        bits_sum(&y)
+    };
+    (
+        sum(Dense::from_f32(&w, n, k).unwrap()),
+        sum(Dense::from_f16(&w16, n, k).unwrap()),
+        sum(Dense::from_bf16(&wb, n, k).unwrap()),
+    )
+}
+
 /// FNV-style checksum of f32 bits.
 fn bits_sum(y: &[f32]) -> u64 {
     y.iter().fold(0xcbf29ce484222325, |h, v| {
@@ -359,8 +383,9 @@ fn bits_sum(y: &[f32]) -> u64 {
 
 /// The same bits on every machine, not only on every path of this one: the
 /// checksums of every format's products (both layouts, a prompt-sized 37 ×
-/// 21 × 512), of both gated activations and of attention (f16 and f32 keys
-/// and values; the model code runs prompts through it too), committed from
+/// 21 × 512), of both gated activations, of attention (f16 and f32 keys
+/// and values; the model code runs prompts through it too) and of the dense
+/// products (f32, f16, bf16 weights), committed from
 /// an x86-64 run,
 /// must come out on every path of any CPU (`kernels/tests/aarch64.sh`
 /// runs this on 64-bit ARM). A change that moves a result by one bit
@@ -379,6 +404,8 @@ fn every_machine_gives_the_same_bits() {
     ];
     const WANT_GLU: (u64, u64) = (0x1ba39ebfb6fc2f9f, 0x06e8bd2d5be70cdb);
     const WANT_ATTN: (u64, u64) = (0xfe5ed2bdba6f9861, 0xa373eb4bde50d9aa);
+    const WANT_DENSE: (u64, u64, u64) =
+        (0xfd1cdfa2dd02a5af, 0x79b883cbaa1ad49f, 0xea3e9a2ca46d1c2f);
     let _g = PATH_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let mut bad = Vec::new();
     for p in Path::ALL.into_iter().filter(|p| p.available()) {
@@ -407,9 +434,10 @@ fn every_machine_gives_the_same_bits() {
         anjeon_kernels::glu(anjeon_kernels::Glu::GeluTanh, &mut gelu, &u).unwrap();
         let glu = (bits_sum(&silu), bits_sum(&gelu));
         let attn = attention_bits();
-        if got != WANT || glu != WANT_GLU || attn != WANT_ATTN {
+        let dense = dense_bits();
+        if got != WANT || glu != WANT_GLU || attn != WANT_ATTN || dense != WANT_DENSE {
             bad.push(format!(
-                "{}: {got:#x?}, glu {glu:#x?}, attention {attn:#x?}",
+                "{}: {got:#x?}, glu {glu:#x?}, attention {attn:#x?}, dense {dense:#x?}",
                 p.name()
             ));
         }
