@@ -395,7 +395,9 @@ pub fn load_heads(spec: &str) -> Result<Vec<Head>> {
 }
 
 /// Embeddings computed before, on disk: `<ANJEON_HOME>/embeddings/<embedder
-/// sha256[..16]>-mid<MID_LAYER>.bin`, records of a 32-byte key (sha256 of the
+/// sha256[..16]>-mid<MID_LAYER>-<arithmetic>.bin` ([`EmbeddingGemma::arithmetic`]:
+/// vectors computed with other arithmetic, whose bits differ, are never
+/// mixed in), records of a 32-byte key (sha256 of the
 /// prompt and the text as embedded) and `2 * dim` little-endian f32: the
 /// embedding, then the mean-pooled hidden states after [`MID_LAYER`] layers.
 /// Append-only; a torn last record is ignored.
@@ -408,10 +410,10 @@ pub struct EmbedCache {
 }
 
 impl EmbedCache {
-    pub fn open(embedder_sha: &str, dim: usize, persist: bool) -> EmbedCache {
+    pub fn open(embedder: &EmbeddingGemma, persist: bool) -> EmbedCache {
         let mut c = EmbedCache {
             path: None,
-            width: 2 * dim,
+            width: 2 * embedder.dim,
             map: HashMap::new(),
             file: None,
         };
@@ -419,9 +421,11 @@ impl EmbedCache {
             return c;
         }
         let dir = crate::model::fetch::home().join("embeddings");
+        let sha = &embedder.sha256;
         let path = dir.join(format!(
-            "{}-mid{MID_LAYER}.bin",
-            &embedder_sha[..16.min(embedder_sha.len())]
+            "{}-mid{MID_LAYER}-{}.bin",
+            &sha[..16.min(sha.len())],
+            embedder.arithmetic()
         ));
         if let Ok(mut f) = std::fs::File::open(&path) {
             let mut buf = vec![];
@@ -612,7 +616,7 @@ impl HeadJudge {
                 )));
             }
         }
-        let cache = EmbedCache::open(&embedder.sha256, embedder.dim, false);
+        let cache = EmbedCache::open(&embedder, false);
         Ok(HeadJudge {
             detector: super::refusal::RefusalDetector::new(),
             embedder,
@@ -871,7 +875,7 @@ pub fn train_head(req: &TrainRequest, embedder: &EmbeddingGemma) -> Result<Head>
             req.labels.join(", ")
         )));
     }
-    let mut cache = EmbedCache::open(&embedder.sha256, embedder.dim, true);
+    let mut cache = EmbedCache::open(embedder, true);
     let mut texts: Vec<&str> = items.iter().map(|(l, _)| l.response.as_str()).collect();
     if req.layout.uses_request() {
         texts.extend(items.iter().map(|(l, _)| l.prompt.as_str()));

@@ -261,7 +261,7 @@ impl Judge {
     /// Keep a head judge's embeddings on disk across invocations.
     pub fn persist_embeddings(&mut self) {
         if let Judge::Head(h) | Judge::Ensemble(h, _) = self {
-            h.cache = head::EmbedCache::open(&h.embedder.sha256, h.embedder.dim, true);
+            h.cache = head::EmbedCache::open(&h.embedder, true);
         }
     }
 

@@ -27,11 +27,12 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Module, Tensor, D};
-use candle_nn::{Embedding, Linear, VarBuilder};
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::{Embedding, VarBuilder};
 use serde::Deserialize;
 
 use super::gemma3::Rope;
+use super::qlinear::QLinear;
 use crate::core::error::{Error, Result};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -139,24 +140,26 @@ impl Norm {
 }
 
 struct Layer {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
+    q: QLinear,
+    k: QLinear,
+    v: QLinear,
+    o: QLinear,
     q_norm: Norm,
     k_norm: Norm,
     input_norm: Norm,
     post_attn_norm: Norm,
     pre_ff_norm: Norm,
     post_ff_norm: Norm,
-    gate: Linear,
-    up: Linear,
-    down: Linear,
+    gate: QLinear,
+    up: QLinear,
+    down: QLinear,
     sliding: bool,
 }
 
-fn linear(i: usize, o: usize, vb: VarBuilder) -> candle_core::Result<Linear> {
-    Ok(Linear::new(vb.get((o, i), "weight")?, None))
+/// A bias-free linear layer: anjeon's dense kernel on the CPU (repacked; the
+/// loaded tensor is dropped), candle's product elsewhere.
+fn linear(i: usize, o: usize, vb: VarBuilder) -> candle_core::Result<QLinear> {
+    QLinear::dense(vb.get((o, i), "weight")?)
 }
 
 /// The Gemma 3 bidirectional encoder (transformer only; pooling is in [`EmbeddingGemma`]).
@@ -249,6 +252,57 @@ impl Encoder {
         ))
     }
 
+    /// Bidirectional attention on anjeon's kernel: `q` `(b, heads, l, d)`,
+    /// `k`/`v` `(b, kv heads, l, d)`; each real position attends over its
+    /// text's real keys (within the window on sliding layers), under the
+    /// kernel's arithmetic contract, so its output does not depend on the
+    /// batch. Padding positions get zeros. Returns `(b, l, heads · d)`.
+    fn attend_cpu(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        lens: &[usize],
+        sliding: bool,
+        scale: f32,
+    ) -> candle_core::Result<Tensor> {
+        let (b, nh, l, hd) = q.dims4()?;
+        let nkv = k.dim(1)?;
+        let rows = |t: &Tensor| -> candle_core::Result<Vec<f32>> {
+            t.transpose(1, 2)?.flatten_all()?.to_vec1::<f32>()
+        };
+        let (q, k, v) = (rows(q)?, rows(k)?, rows(v)?);
+        let shape = anjeon_kernels::AttnShape {
+            n_head: nh,
+            n_kv: nkv,
+            d: hd,
+            scale,
+        };
+        let (qw, kw) = (nh * hd, nkv * hd);
+        let w = self.cfg.window();
+        let mut out = vec![0f32; b * l * qw];
+        for (bi, &n) in lens.iter().enumerate() {
+            let base = bi * l;
+            let seqs: Vec<anjeon_kernels::AttnSeq<f32>> = (0..n)
+                .map(|i| {
+                    let (lo, hi) = if sliding {
+                        (i.saturating_sub(w - 1), (i + w).min(n))
+                    } else {
+                        (0, n)
+                    };
+                    anjeon_kernels::AttnSeq {
+                        q: &q[(base + i) * qw..(base + i + 1) * qw],
+                        k: &k[(base + lo) * kw..(base + hi) * kw],
+                        v: &v[(base + lo) * kw..(base + hi) * kw],
+                    }
+                })
+                .collect();
+            anjeon_kernels::attend_decode(shape, &seqs, &mut out[base * qw..(base + n) * qw])
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        }
+        Tensor::from_vec(out, (b, l, qw), &Device::Cpu)
+    }
+
     /// Hidden states `(b, l, hidden)` after the final norm, for right-padded
     /// ids `(b, l)` whose real lengths are `lens`.
     pub fn forward(&self, ids: &Tensor, lens: &[usize]) -> candle_core::Result<Tensor> {
@@ -279,7 +333,14 @@ impl Encoder {
         }
         let dev = ids.device();
         let cfg = &self.cfg;
-        let (full_mask, slide_mask) = self.masks(lens, l, dev)?;
+        // The CPU runs attention on anjeon's kernel, which takes each
+        // position's keys as a range of rows; other devices use masks.
+        let cpu = matches!(dev, Device::Cpu);
+        let masks = if cpu {
+            None
+        } else {
+            Some(self.masks(lens, l, dev)?)
+        };
         let mut x = (self.embed.forward(ids)? * (cfg.hidden_size as f64).sqrt())?;
         let (nh, nkv, hd) = (
             cfg.num_attention_heads,
@@ -318,12 +379,13 @@ impl Encoder {
             };
             let q = rope.apply(&q, 0)?;
             let k = rope.apply(&k, 0)?;
-            let mask = if layer.sliding {
-                &slide_mask
-            } else {
-                &full_mask
+            let att = match &masks {
+                None => self.attend_cpu(&q, &k, &v, lens, layer.sliding, scale as f32)?,
+                Some((full, slide)) => {
+                    let mask = if layer.sliding { slide } else { full };
+                    super::layers::attention(&q, k, v.contiguous()?, scale, Some(mask))?
+                }
             };
-            let att = super::layers::attention(&q, k, v.contiguous()?, scale, Some(mask))?;
             let att = layer.o.forward(&att)?;
             x = (residual + layer.post_attn_norm.forward(&att)?)?;
             let residual = x.clone();
@@ -345,7 +407,7 @@ impl Encoder {
 pub struct EmbeddingGemma {
     encoder: Encoder,
     tokenizer: tokenizers::Tokenizer,
-    dense: Vec<Tensor>,
+    dense: Vec<QLinear>,
     /// Task prompts by name (`query`, `document`, `Classification`, …).
     pub prompts: BTreeMap<String, String>,
     pub max_seq_length: usize,
@@ -470,7 +532,7 @@ impl EmbeddingGemma {
                         )));
                     }
                     width = c.out_features;
-                    dense.push(w);
+                    dense.push(QLinear::dense(w).map_err(cerr(&f))?);
                 }
                 "Normalize" => normalize = true,
                 other => {
@@ -511,6 +573,20 @@ impl EmbeddingGemma {
             dir: dir.to_path_buf(),
             device: device.clone(),
         })
+    }
+
+    /// Which arithmetic computes the vectors: `kernels-v1` on the CPU
+    /// (anjeon's dense and attention kernels, whose bits are the same on
+    /// every CPU and in every batch), else the candle backend's name (its
+    /// bits depend on the device and library). Embedding caches are kept
+    /// apart by it.
+    pub fn arithmetic(&self) -> &'static str {
+        match &self.device {
+            Device::Cpu if super::qlinear::kernels_off() => "candle-cpu",
+            Device::Cpu => "kernels-v1",
+            Device::Cuda(_) => "candle-cuda",
+            Device::Metal(_) => "candle-metal",
+        }
     }
 
     /// The cached folder of the bundled card, if fetched.
@@ -568,32 +644,47 @@ impl EmbeddingGemma {
         let lens: Vec<usize> = batch.iter().map(Vec::len).collect();
         let l = *lens.iter().max().unwrap_or(&1);
         let mut flat = Vec::with_capacity(batch.len() * l);
-        let mut mask = Vec::with_capacity(batch.len() * l);
         for ids in batch {
             flat.extend_from_slice(ids);
             flat.extend(std::iter::repeat_n(self.pad_id, l - ids.len()));
-            mask.extend(std::iter::repeat_n(1f32, ids.len()));
-            mask.extend(std::iter::repeat_n(0f32, l - ids.len()));
         }
         let ids = Tensor::from_vec(flat, (batch.len(), l), &self.device)?;
         let (hidden, tapped) = self.encoder.forward_tap(&ids, &lens, tap)?;
-        let mask = Tensor::from_vec(mask, (batch.len(), l, 1), &self.device)?;
-        let counts = Tensor::from_vec(
-            lens.iter().map(|&n| n.max(1) as f32).collect::<Vec<_>>(),
-            (batch.len(), 1),
-            &self.device,
-        )?;
-        let pool = |h: &Tensor| h.broadcast_mul(&mask)?.sum(1)?.broadcast_div(&counts);
-        let mut x = pool(&hidden)?;
+        // Pooling and normalisation are plain loops in a fixed order (and
+        // the Dense layers anjeon's kernel on the CPU), so each text's
+        // vector has the same bits in any batch and on any CPU.
+        let pool = |h: &Tensor| -> candle_core::Result<Vec<Vec<f32>>> {
+            let h = h.to_vec3::<f32>()?;
+            Ok(h.iter()
+                .zip(&lens)
+                .map(|(rows, &n)| {
+                    let mut sum = vec![0f32; rows.first().map_or(0, Vec::len)];
+                    for r in &rows[..n] {
+                        sum.iter_mut().zip(r).for_each(|(s, v)| *s += v);
+                    }
+                    let count = n.max(1) as f32;
+                    sum.iter_mut().for_each(|s| *s /= count);
+                    sum
+                })
+                .collect())
+        };
+        let pooled = pool(&hidden)?;
+        let width = pooled.first().map_or(0, Vec::len);
+        let mut x = Tensor::from_vec(pooled.concat(), (batch.len(), width), &self.device)?;
         for w in &self.dense {
-            x = x.matmul(&w.t()?)?;
+            x = w.forward(&x)?;
         }
-        let norm = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.maximum(1e-12)?;
-        let x = x.broadcast_div(&norm)?;
-        match tapped {
-            None => x.to_vec2::<f32>(),
-            Some(h) => Tensor::cat(&[&x, &pool(&h)?], 1)?.to_vec2::<f32>(),
+        let mut out = x.to_vec2::<f32>()?;
+        for v in &mut out {
+            let norm = v.iter().fold(0f32, |s, x| s + x * x).sqrt().max(1e-12);
+            v.iter_mut().for_each(|x| *x /= norm);
         }
+        if let Some(h) = tapped {
+            for (v, m) in out.iter_mut().zip(pool(&h)?) {
+                v.extend(m);
+            }
+        }
+        Ok(out)
     }
 
     /// Mean-pooled hidden states before the Dense layers (for parity checks).

@@ -1,10 +1,12 @@
-//! Quantized linear layers and token embeddings for the GGUF models, on
-//! anjeon's own kernels (`anjeon-kernels`) when the tensors live on the CPU
-//! in a format they cover, and on candle's `QMatMul` otherwise (GPU devices,
-//! f16/f32 tensors, and the formats the kernels lack — with a warning naming
-//! the tensor, so a slow or unusual path is never silent).
+//! Linear layers and token embeddings for the GGUF and safetensors models,
+//! on anjeon's own kernels (`anjeon-kernels`) when the tensors live on the
+//! CPU in a type they cover (the GGUF block formats; f32, f16 and bf16), and
+//! on candle's `QMatMul` otherwise (GPU devices, and the formats the kernels
+//! lack — with a warning naming the tensor, so a slow or unusual path is
+//! never silent).
 //!
-//! The weights are not copied: the kernels read the bytes candle loaded.
+//! The weights are kept once: the row-by-row kernels read the bytes candle
+//! loaded; the repacked layouts replace them.
 
 use std::sync::Arc;
 
@@ -83,14 +85,44 @@ impl Kernel {
     }
 }
 
-/// `y = x · Wᵀ` with `W` a GGUF tensor `[out, in]`.
+/// `y = x · Wᵀ` with `W` a GGUF tensor or a dense tensor `[out, in]`.
 #[derive(Clone)]
 pub struct QLinear {
-    kernel: Option<Kernel>,
+    w: Weights,
+}
+
+/// Where a layer's product runs.
+#[derive(Clone)]
+enum Weights {
     /// The 32-weight formats, repacked at load into interleaved groups of 8
     /// rows (same bytes, reordered; the file's tensor is then dropped).
-    packed: Option<Arc<anjeon_kernels::Packed>>,
-    fallback: Option<QMatMul>,
+    Packed(Arc<anjeon_kernels::Packed>),
+    /// The file's blocks, read row by row by the kernels (no copy).
+    Rows(Kernel),
+    /// f32/f16/bf16 weights, repacked into panels in their own type.
+    Dense(Arc<anjeon_kernels::Dense>),
+    /// candle's product: GPU devices, formats the kernels lack,
+    /// `ANJEON_KERNELS=off`.
+    Candle(QMatMul),
+}
+
+/// Dense CPU weights for the kernels, in the tensor's own type.
+fn dense_kernel(w: &Tensor) -> Result<Option<anjeon_kernels::Dense>> {
+    use anjeon_kernels::Dense;
+    if !matches!(w.device(), Device::Cpu) || kernels_off() {
+        return Ok(None);
+    }
+    let Ok((n, k)) = w.dims2() else {
+        return Ok(None);
+    };
+    let flat = w.flatten_all()?;
+    let err = |e: anjeon_kernels::KernelError| candle_core::Error::Msg(e.to_string());
+    Ok(Some(match w.dtype() {
+        DType::F32 => Dense::from_f32(&flat.to_vec1::<f32>()?, n, k).map_err(err)?,
+        DType::F16 => Dense::from_f16(&flat.to_vec1::<half::f16>()?, n, k).map_err(err)?,
+        DType::BF16 => Dense::from_bf16(&flat.to_vec1::<half::bf16>()?, n, k).map_err(err)?,
+        _ => return Ok(None),
+    }))
 }
 
 impl QLinear {
@@ -100,42 +132,37 @@ impl QLinear {
         Self::new_shared(Arc::new(q), name)
     }
 
-    /// A dense weight `[out, in]` (f32, or f16/bf16 on a GPU): candle's
-    /// matrix product, no copy.
-    pub fn dense(w: Tensor) -> QLinear {
-        QLinear {
-            kernel: None,
-            packed: None,
-            fallback: Some(QMatMul::Tensor(w)),
-        }
+    /// A dense weight `[out, in]` (f32, f16 or bf16): on the CPU, repacked
+    /// for anjeon's dense kernel (the caller's tensor can then be dropped);
+    /// elsewhere candle's matrix product, no copy.
+    pub fn dense(w: Tensor) -> Result<QLinear> {
+        let w = match dense_kernel(&w)? {
+            Some(d) => Weights::Dense(Arc::new(d)),
+            None => Weights::Candle(QMatMul::Tensor(w)),
+        };
+        Ok(QLinear { w })
     }
 
     /// As [`QLinear::new`]; a tensor that is not repacked stays shared with
     /// the caller's `Arc` (no copy).
     pub fn new_shared(q: Arc<QTensor>, name: &str) -> Result<QLinear> {
-        let kernel = Kernel::new(&q, name);
-        if let Some(kn) = &kernel {
-            if anjeon_kernels::repackable(kn.format) && !kernels_unpacked() {
-                let p = anjeon_kernels::Packed::new(kn.format, kn.bytes()?, kn.n, kn.k)
-                    .map_err(|e| candle_core::Error::Msg(format!("{name}: {e}")))?;
+        if is_float(q.dtype()) && matches!(q.device(), Device::Cpu) && !kernels_off() {
+            if let Some(d) = dense_kernel(&q.dequantize(&Device::Cpu)?)? {
                 return Ok(QLinear {
-                    kernel: None,
-                    packed: Some(Arc::new(p)),
-                    fallback: None,
+                    w: Weights::Dense(Arc::new(d)),
                 });
             }
         }
-        let fallback = if kernel.is_some() {
-            // Keeps the same Arc: no copy of the weights.
-            QMatMul::QTensor(q)
-        } else {
-            QMatMul::from_arc(q)?
+        let w = match Kernel::new(&q, name) {
+            Some(kn) if anjeon_kernels::repackable(kn.format) && !kernels_unpacked() => {
+                let p = anjeon_kernels::Packed::new(kn.format, kn.bytes()?, kn.n, kn.k)
+                    .map_err(|e| candle_core::Error::Msg(format!("{name}: {e}")))?;
+                Weights::Packed(Arc::new(p))
+            }
+            Some(kn) => Weights::Rows(kn),
+            None => Weights::Candle(QMatMul::from_arc(q)?),
         };
-        Ok(QLinear {
-            kernel,
-            packed: None,
-            fallback: Some(fallback),
-        })
+        Ok(QLinear { w })
     }
 
     /// Tensor `name` of a GGUF file. A tensor that will be repacked is
@@ -170,9 +197,7 @@ impl QLinear {
                 })
                 .map_err(|e| candle_core::Error::Msg(format!("{name}: {e}")))?;
                 return Ok(QLinear {
-                    kernel: None,
-                    packed: Some(Arc::new(p)),
-                    fallback: None,
+                    w: Weights::Packed(Arc::new(p)),
                 });
             }
         }
@@ -181,9 +206,9 @@ impl QLinear {
 
     /// The file's tensor, when this layer kept it (not repacked).
     fn tensor(&self) -> Option<Arc<QTensor>> {
-        match (&self.kernel, &self.fallback) {
-            (Some(k), _) => Some(k.q.clone()),
-            (None, Some(QMatMul::QTensor(q))) => Some(q.clone()),
+        match &self.w {
+            Weights::Rows(k) => Some(k.q.clone()),
+            Weights::Candle(QMatMul::QTensor(q)) => Some(q.clone()),
             _ => None,
         }
     }
@@ -191,12 +216,24 @@ impl QLinear {
     /// The repacked weights, when this layer has them (a tied token
     /// embedding reads its rows from them).
     pub fn packed(&self) -> Option<Arc<anjeon_kernels::Packed>> {
-        self.packed.clone()
+        match &self.w {
+            Weights::Packed(p) => Some(p.clone()),
+            _ => None,
+        }
+    }
+
+    /// The dense kernel's panels, when this layer has them (as
+    /// [`QLinear::packed`]).
+    pub fn dense_panels(&self) -> Option<Arc<anjeon_kernels::Dense>> {
+        match &self.w {
+            Weights::Dense(d) => Some(d.clone()),
+            _ => None,
+        }
     }
 
     /// Whether anjeon's kernels run this layer.
     pub fn on_kernels(&self) -> bool {
-        self.kernel.is_some() || self.packed.is_some()
+        !matches!(self.w, Weights::Candle(_))
     }
 }
 
@@ -220,20 +257,14 @@ fn with_cpu_f32<T>(x: &Tensor, f: impl FnOnce(&[f32]) -> Result<T>) -> Result<T>
 
 impl Module for QLinear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (wn, wk) = match (&self.packed, &self.kernel, &self.fallback) {
-            (Some(p), _, _) => (p.rows(), p.cols()),
-            (None, Some(kn), _) if matches!(x.device(), Device::Cpu) => (kn.n, kn.k),
-            (_, _, Some(f)) => return f.forward(x),
-            _ => candle_core::bail!(
-                "QLinear: repacked CPU weights given a {:?} input",
-                x.device()
-            ),
+        let (wn, wk) = match &self.w {
+            Weights::Packed(p) => (p.rows(), p.cols()),
+            Weights::Rows(kn) => (kn.n, kn.k),
+            Weights::Dense(d) => (d.rows(), d.cols()),
+            Weights::Candle(f) => return f.forward(x),
         };
         if !matches!(x.device(), Device::Cpu) {
-            candle_core::bail!(
-                "QLinear: repacked CPU weights given a {:?} input",
-                x.device()
-            );
+            candle_core::bail!("QLinear: CPU kernel weights given a {:?} input", x.device());
         }
         let dims = x.dims().to_vec();
         let Some((&k, lead)) = dims.split_last() else {
@@ -246,12 +277,13 @@ impl Module for QLinear {
         let m: usize = lead.iter().product();
         let mut y = vec![0f32; m * wn];
         with_cpu_f32(&x, |xs| {
-            let r = match (&self.packed, &self.kernel) {
-                (Some(p), _) => p.matmul(xs, &mut y),
-                (None, Some(kn)) => {
+            let r = match &self.w {
+                Weights::Packed(p) => p.matmul(xs, &mut y),
+                Weights::Rows(kn) => {
                     anjeon_kernels::matmul(kn.format, kn.bytes()?, kn.n, kn.k, xs, &mut y)
                 }
-                _ => unreachable!("matched above"),
+                Weights::Dense(d) => d.matmul(xs, &mut y),
+                Weights::Candle(_) => unreachable!("returned above"),
             };
             r.map_err(|e| candle_core::Error::Msg(e.to_string()))
         })?;
@@ -291,6 +323,7 @@ pub struct QEmbedding {
 enum Table {
     Quantized(Format, Arc<QTensor>),
     Packed(Arc<anjeon_kernels::Packed>),
+    Panels(Arc<anjeon_kernels::Dense>),
     Dense(candle_nn::Embedding),
 }
 
@@ -326,6 +359,16 @@ impl QEmbedding {
         }
     }
 
+    /// Token embeddings tied to an output layer on the dense kernel: rows
+    /// are read from its panels (exact), one copy in memory.
+    pub fn from_panels(d: Arc<anjeon_kernels::Dense>) -> QEmbedding {
+        let hidden = d.cols();
+        QEmbedding {
+            table: Table::Panels(d),
+            hidden,
+        }
+    }
+
     /// `ids` `[b, l]` (u32) → `[b, l, hidden]` f32.
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         let gather = |rows: usize,
@@ -348,6 +391,10 @@ impl QEmbedding {
             Table::Dense(e) => e.forward(ids),
             Table::Packed(p) => gather(p.rows(), &|t, o| {
                 p.dequantize_row(t, o)
+                    .map_err(|e| candle_core::Error::Msg(e.to_string()))
+            }),
+            Table::Panels(d) => gather(d.rows(), &|t, o| {
+                d.row(t, o)
                     .map_err(|e| candle_core::Error::Msg(e.to_string()))
             }),
             Table::Quantized(f, q) => {
@@ -378,12 +425,13 @@ pub fn embeddings_and_output<R: std::io::Read + std::io::Seek>(
         return Ok((embed, QLinear::load(ct, r, "output.weight", dev)?));
     }
     let out = QLinear::load(ct, r, EMBD, dev)?;
-    let embed = match (out.packed(), out.tensor()) {
-        (Some(p), _) => QEmbedding::from_packed(p),
-        (None, Some(q)) => QEmbedding::new(q, hidden)?,
+    let embed = match (out.packed(), out.dense_panels(), out.tensor()) {
+        (Some(p), _, _) => QEmbedding::from_packed(p),
+        (None, Some(d), _) => QEmbedding::from_panels(d),
+        (None, None, Some(q)) => QEmbedding::new(q, hidden)?,
         // A layer always keeps one or the other; read the table again
         // rather than fail if that ever changes.
-        (None, None) => QEmbedding::new(Arc::new(ct.tensor(r, EMBD, dev)?), hidden)?,
+        (None, None, None) => QEmbedding::new(Arc::new(ct.tensor(r, EMBD, dev)?), hidden)?,
     };
     Ok((embed, out))
 }

@@ -440,12 +440,18 @@ impl ModelWeights {
         let eps = c.rms_norm_eps as f32;
         let vm = vb.pp("model");
         let table = vm.get((c.vocab_size, h), "embed_tokens.weight")?;
-        let output = if !c.tie_word_embeddings && vb.contains_tensor("lm_head.weight") {
-            QLinear::dense(vb.get((c.vocab_size, h), "lm_head.weight")?)
+        let (embed, output) = if !c.tie_word_embeddings && vb.contains_tensor("lm_head.weight") {
+            let output = QLinear::dense(vb.get((c.vocab_size, h), "lm_head.weight")?)?;
+            (QEmbedding::dense(table, h), output)
         } else {
-            QLinear::dense(table.clone())
+            // Tied: on the dense kernel the embedding reads its rows from
+            // the output layer's panels (one table in memory).
+            let output = QLinear::dense(table.clone())?;
+            match output.dense_panels() {
+                Some(d) => (QEmbedding::from_panels(d), output),
+                None => (QEmbedding::dense(table, h), output),
+            }
         };
-        let embed = QEmbedding::dense(table, h);
         let norm = |v: candle_nn::VarBuilder, n: usize| -> Result<Norm> {
             Ok(Norm {
                 weight: v.get(n, "weight")?,
@@ -453,7 +459,7 @@ impl ModelWeights {
             })
         };
         let lin = |v: candle_nn::VarBuilder, out: usize, inp: usize| -> Result<QLinear> {
-            Ok(QLinear::dense(v.get((out, inp), "weight")?))
+            QLinear::dense(v.get((out, inp), "weight")?)
         };
         let qwen2 = arch == "Qwen2ForCausalLM";
         let qwen3 = arch == "Qwen3ForCausalLM";
