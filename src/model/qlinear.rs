@@ -35,8 +35,8 @@ pub fn kernels_off() -> bool {
     std::env::var("ANJEON_KERNELS").is_ok_and(|v| v == "off")
 }
 
-/// Whether a GGUF tensor type is a plain float type (candle's f32 GEMM runs
-/// those, with its own run-time SIMD selection).
+/// Whether a GGUF tensor type is a plain float type (the dense kernel runs
+/// those on the CPU).
 fn is_float(d: GgmlDType) -> bool {
     matches!(d, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16)
 }
@@ -125,6 +125,43 @@ fn dense_kernel(w: &Tensor) -> Result<Option<anjeon_kernels::Dense>> {
     }))
 }
 
+/// A GGUF f32/f16/bf16 matrix for the dense kernel, in its own type (an
+/// f16 table stays f16).
+fn dense_from_gguf(q: &QTensor, name: &str) -> Result<Option<anjeon_kernels::Dense>> {
+    use anjeon_kernels::Dense;
+    let Ok((n, k)) = q.shape().dims2() else {
+        return Ok(None);
+    };
+    let data = q.data()?;
+    let h = |b: &[u8]| u16::from_le_bytes([b[0], b[1]]);
+    let d = match q.dtype() {
+        GgmlDType::F32 => {
+            let w: Vec<f32> = data
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            Dense::from_f32(&w, n, k)
+        }
+        GgmlDType::F16 => {
+            let w: Vec<half::f16> = data
+                .chunks_exact(2)
+                .map(|b| half::f16::from_bits(h(b)))
+                .collect();
+            Dense::from_f16(&w, n, k)
+        }
+        GgmlDType::BF16 => {
+            let w: Vec<half::bf16> = data
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_bits(h(b)))
+                .collect();
+            Dense::from_bf16(&w, n, k)
+        }
+        _ => return Ok(None),
+    };
+    d.map(Some)
+        .map_err(|e| candle_core::Error::Msg(format!("{name}: {e}")))
+}
+
 impl QLinear {
     /// `name` is only used in the warning for formats without a kernel.
     /// The tensor is repacked where the format allows (and then dropped).
@@ -147,7 +184,7 @@ impl QLinear {
     /// the caller's `Arc` (no copy).
     pub fn new_shared(q: Arc<QTensor>, name: &str) -> Result<QLinear> {
         if is_float(q.dtype()) && matches!(q.device(), Device::Cpu) && !kernels_off() {
-            if let Some(d) = dense_kernel(&q.dequantize(&Device::Cpu)?)? {
+            if let Some(d) = dense_from_gguf(&q, name)? {
                 return Ok(QLinear {
                     w: Weights::Dense(Arc::new(d)),
                 });
@@ -434,4 +471,50 @@ pub fn embeddings_and_output<R: std::io::Read + std::io::Seek>(
         (None, None, None) => QEmbedding::new(Arc::new(ct.tensor(r, EMBD, dev)?), hidden)?,
     };
     Ok((embed, out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// GGUF f32/f16/bf16 matrices run on the dense kernel in their own type
+    /// (half the bytes for f16/bf16), give the kernel's contract (one fused
+    /// chain per output), and a tied table reads its rows back exactly.
+    #[test]
+    fn float_tensors_run_on_the_dense_kernel_in_their_own_type() {
+        let dev = Device::Cpu;
+        let (n, k, m) = (37, 40, 5);
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 7919 % 251) as f32 - 125.0) / 250.0)
+            .collect();
+        let x: Vec<f32> = (0..m * k).map(|i| ((i % 17) as f32 - 8.0) / 8.0).collect();
+        let xt = Tensor::from_vec(x.clone(), (m, k), &dev).unwrap();
+        for (dt, size) in [
+            (GgmlDType::F32, 4),
+            (GgmlDType::F16, 2),
+            (GgmlDType::BF16, 2),
+        ] {
+            let wt = Tensor::from_vec(w.clone(), (n, k), &dev).unwrap();
+            let q = QTensor::quantize(&wt, dt).unwrap();
+            let exact = q.dequantize(&dev).unwrap().to_vec2::<f32>().unwrap();
+            let l = QLinear::new(q, "t").unwrap();
+            assert!(l.on_kernels(), "{dt:?}");
+            let d = l.dense_panels().expect("the dense kernel");
+            assert_eq!(d.bytes(), n.div_ceil(16) * 16 * k * size, "{dt:?}");
+            let y = l.forward(&xt).unwrap().to_vec2::<f32>().unwrap();
+            for (r, yr) in y.iter().enumerate() {
+                for (c, &v) in yr.iter().enumerate() {
+                    let s = (0..k).fold(0f32, |s, i| x[r * k + i].mul_add(exact[c][i], s));
+                    assert_eq!(v.to_bits(), s.to_bits(), "{dt:?} ({r}, {c})");
+                }
+            }
+            let ids = Tensor::new(&[[3u32, 36, 0]], &dev).unwrap();
+            let rows = QEmbedding::from_panels(d).forward(&ids).unwrap();
+            let rows = rows.squeeze(0).unwrap().to_vec2::<f32>().unwrap();
+            assert_eq!(
+                rows,
+                vec![exact[3].clone(), exact[36].clone(), exact[0].clone()]
+            );
+        }
+    }
 }

@@ -206,3 +206,40 @@ fn an_embedding_has_the_same_bits_on_the_portable_path() {
         path.name()
     );
 }
+
+/// The same bits on every machine: a checksum of two texts' vectors (the
+/// embedding and the mid-layer mean the heads read) committed from an
+/// x86-64 run. The encoder's arithmetic is anjeon's kernels (whose own
+/// checksums pass on ARM under qemu, `kernels/tests/aarch64.sh`) plus
+/// row-wise candle operations, so the head judges' probabilities are the
+/// same on any CPU. Checked on emulated 64-bit ARM (Cortex-A76) with this
+/// test cross-built (docs/kernels.md). A change that moves one bit fails
+/// here; if it is meant, re-record the number (printed) and rename the
+/// embedding caches' arithmetic tag (`EmbeddingGemma::arithmetic`).
+#[test]
+fn an_embedding_has_the_committed_bits() {
+    const WANT: u64 = 0x251078c34ea544cb;
+    let fx = fixtures();
+    let m = model();
+    let cases = fx["cases"].as_array().unwrap();
+    let ids: Vec<Vec<u32>> = [
+        "ko_refusal_classification",
+        "en_harmful_compliance_classification",
+    ]
+    .iter()
+    .map(|n| common::ids(&cases.iter().find(|c| c["name"] == *n).unwrap()["token_ids"]))
+    .collect();
+    let out = m
+        .embed_ids_tap(&ids, Some(anjeon::judge::head::MID_LAYER))
+        .unwrap();
+    let sum = out.concat().iter().fold(0xcbf29ce484222325u64, |h, v| {
+        (h ^ v.to_bits() as u64).wrapping_mul(0x100000001b3)
+    });
+    assert_eq!(m.arithmetic(), "kernels-v1");
+    assert_eq!(
+        sum,
+        WANT,
+        "embedding checksum {sum:#x} on {}",
+        anjeon_kernels::path().name()
+    );
+}
