@@ -22,8 +22,9 @@ use crate::{attn::KvValue, path, KernelError, Path};
 
 /// Output rows per panel.
 pub const PANEL: usize = 16;
-/// Activation rows per register tile.
+/// Activation rows per register tile (the `by_rows!` lists below name 1 to 6).
 const MR: usize = 6;
+const _: () = assert!(MR == 6);
 /// Activation rows per task when the rows are many (a block of them stays in
 /// L2 while every panel of the task passes over it).
 const ROW_BLOCK: usize = 8 * MR;
@@ -144,21 +145,6 @@ impl<T: KvValue + Default> Panels<T> {
     }
 }
 
-/// `$go!(R)` for a tile of `$n` rows (1 to [`MR`]).
-macro_rules! by_mr {
-    ($n:expr, $go:ident) => {
-        match $n {
-            1 => $go!(1),
-            2 => $go!(2),
-            3 => $go!(3),
-            4 => $go!(4),
-            5 => $go!(5),
-            6 => $go!(6),
-            n => unreachable!("{n} rows"),
-        }
-    };
-}
-
 /// `acc[r][c] = Σ_i x[r][i] · w[i][c]` for the `mr` rows of `x` (`mr × k`).
 fn tile<T: KvValue>(
     p: Path,
@@ -179,7 +165,7 @@ fn tile<T: KvValue>(
                     unsafe { x86::tile::<T, $r>(w.as_ptr(), x.as_ptr(), k, acc) }
                 };
             }
-            by_mr!(mr, go)
+            by_rows!(mr, go, 1 2 3 4 5 6)
         }
         #[cfg(target_arch = "aarch64")]
         Path::Neon | Path::NeonDot => {
@@ -190,7 +176,7 @@ fn tile<T: KvValue>(
                     unsafe { arm::tile::<T, $r>(w.as_ptr(), x.as_ptr(), k, acc) }
                 };
             }
-            by_mr!(mr, go)
+            by_rows!(mr, go, 1 2 3 4 5 6)
         }
         _ => tile_scalar(mr, w, x, k, acc),
     }

@@ -11,19 +11,15 @@
 //! x86-64 machine; the portable path does the same arithmetic in the same
 //! order, so both give identical results (tested).
 
-/// `$go!(R)` for `$n` activation rows (1 to 8): every kernel is
-/// instantiated per row count.
+/// `$go!(R)` for `$n` activation rows (1 to 8, or the listed counts): every
+/// kernel is instantiated per row count.
 macro_rules! by_rows {
     ($n:expr, $go:ident) => {
+        by_rows!($n, $go, 1 2 3 4 5 6 7 8)
+    };
+    ($n:expr, $go:ident, $($r:literal)+) => {
         match $n {
-            1 => $go!(1),
-            2 => $go!(2),
-            3 => $go!(3),
-            4 => $go!(4),
-            5 => $go!(5),
-            6 => $go!(6),
-            7 => $go!(7),
-            8 => $go!(8),
+            $($r => $go!($r),)+
             n => unreachable!("{n} rows"),
         }
     };
