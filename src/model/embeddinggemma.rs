@@ -335,8 +335,7 @@ impl Encoder {
         let cfg = &self.cfg;
         // The CPU runs attention on anjeon's kernel, which takes each
         // position's keys as a range of rows; other devices use masks.
-        let cpu = matches!(dev, Device::Cpu);
-        let masks = if cpu {
+        let masks = if matches!(dev, Device::Cpu) {
             None
         } else {
             Some(self.masks(lens, l, dev)?)

@@ -106,7 +106,8 @@ enum Weights {
     Candle(QMatMul),
 }
 
-/// Dense CPU weights for the kernels, in the tensor's own type.
+/// Dense CPU weights for the kernels, in the tensor's own type (read from
+/// its storage: the panels are the one copy made).
 fn dense_kernel(w: &Tensor) -> Result<Option<anjeon_kernels::Dense>> {
     use anjeon_kernels::Dense;
     if !matches!(w.device(), Device::Cpu) || kernels_off() {
@@ -115,51 +116,28 @@ fn dense_kernel(w: &Tensor) -> Result<Option<anjeon_kernels::Dense>> {
     let Ok((n, k)) = w.dims2() else {
         return Ok(None);
     };
-    let flat = w.flatten_all()?;
-    let err = |e: anjeon_kernels::KernelError| candle_core::Error::Msg(e.to_string());
-    Ok(Some(match w.dtype() {
-        DType::F32 => Dense::from_f32(&flat.to_vec1::<f32>()?, n, k).map_err(err)?,
-        DType::F16 => Dense::from_f16(&flat.to_vec1::<half::f16>()?, n, k).map_err(err)?,
-        DType::BF16 => Dense::from_bf16(&flat.to_vec1::<half::bf16>()?, n, k).map_err(err)?,
+    let w = w.contiguous()?;
+    let d = match w.dtype() {
+        DType::F32 => with_cpu_slice(&w, |v| Ok(Dense::from_f32(v, n, k)))?,
+        DType::F16 => with_cpu_slice(&w, |v| Ok(Dense::from_f16(v, n, k)))?,
+        DType::BF16 => with_cpu_slice(&w, |v| Ok(Dense::from_bf16(v, n, k)))?,
         _ => return Ok(None),
-    }))
+    };
+    d.map(Some)
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))
 }
 
 /// A GGUF f32/f16/bf16 matrix for the dense kernel, in its own type (an
 /// f16 table stays f16).
 fn dense_from_gguf(q: &QTensor, name: &str) -> Result<Option<anjeon_kernels::Dense>> {
-    use anjeon_kernels::Dense;
-    let Ok((n, k)) = q.shape().dims2() else {
-        return Ok(None);
-    };
-    let data = q.data()?;
-    let h = |b: &[u8]| u16::from_le_bytes([b[0], b[1]]);
-    let d = match q.dtype() {
-        GgmlDType::F32 => {
-            let w: Vec<f32> = data
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
-            Dense::from_f32(&w, n, k)
-        }
-        GgmlDType::F16 => {
-            let w: Vec<half::f16> = data
-                .chunks_exact(2)
-                .map(|b| half::f16::from_bits(h(b)))
-                .collect();
-            Dense::from_f16(&w, n, k)
-        }
-        GgmlDType::BF16 => {
-            let w: Vec<half::bf16> = data
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_bits(h(b)))
-                .collect();
-            Dense::from_bf16(&w, n, k)
-        }
+    let dtype = match q.dtype() {
+        GgmlDType::F32 => DType::F32,
+        GgmlDType::F16 => DType::F16,
+        GgmlDType::BF16 => DType::BF16,
         _ => return Ok(None),
     };
-    d.map(Some)
-        .map_err(|e| candle_core::Error::Msg(format!("{name}: {e}")))
+    let t = Tensor::from_raw_buffer(&q.data()?, dtype, q.shape().dims(), &Device::Cpu)?;
+    dense_kernel(&t).map_err(|e| candle_core::Error::Msg(format!("{name}: {e}")))
 }
 
 impl QLinear {
@@ -279,12 +257,15 @@ fn kernels_unpacked() -> bool {
     std::env::var("ANJEON_KERNELS").is_ok_and(|v| v == "rows")
 }
 
-/// The f32 values of a contiguous CPU tensor, without a copy.
-fn with_cpu_f32<T>(x: &Tensor, f: impl FnOnce(&[f32]) -> Result<T>) -> Result<T> {
+/// The values of a contiguous CPU tensor of element type `D`, without a copy.
+fn with_cpu_slice<D: candle_core::WithDType, T>(
+    x: &Tensor,
+    f: impl FnOnce(&[D]) -> Result<T>,
+) -> Result<T> {
     let (storage, layout) = x.storage_and_layout();
     match &*storage {
         Storage::Cpu(cpu) => {
-            let all = cpu.as_slice::<f32>()?;
+            let all = cpu.as_slice::<D>()?;
             let start = layout.start_offset();
             f(&all[start..start + layout.shape().elem_count()])
         }
@@ -313,7 +294,7 @@ impl Module for QLinear {
         let x = x.to_dtype(DType::F32)?.contiguous()?;
         let m: usize = lead.iter().product();
         let mut y = vec![0f32; m * wn];
-        with_cpu_f32(&x, |xs| {
+        with_cpu_slice::<f32, _>(&x, |xs| {
             let r = match &self.w {
                 Weights::Packed(p) => p.matmul(xs, &mut y),
                 Weights::Rows(kn) => {
@@ -342,7 +323,7 @@ pub fn glu(kind: anjeon_kernels::Glu, gate: &Tensor, up: &Tensor) -> Result<Tens
         return a * up;
     }
     let mut g = gate.flatten_all()?.to_vec1::<f32>()?;
-    with_cpu_f32(&up.contiguous()?, |u| {
+    with_cpu_slice::<f32, _>(&up.contiguous()?, |u| {
         anjeon_kernels::glu(kind, &mut g, u).map_err(|e| candle_core::Error::Msg(e.to_string()))
     })?;
     Tensor::from_vec(g, gate.dims(), &Device::Cpu)
