@@ -34,6 +34,7 @@ mod avx2;
 mod avx512;
 pub mod dense;
 mod format;
+pub mod math;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 mod scalar;

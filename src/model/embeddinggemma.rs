@@ -574,15 +574,16 @@ impl EmbeddingGemma {
         })
     }
 
-    /// Which arithmetic computes the vectors: `kernels-v1` on the CPU
+    /// Which arithmetic computes the vectors: `kernels-v2` on the CPU
     /// (anjeon's dense and attention kernels, whose bits are the same on
-    /// every CPU and in every batch), else the candle backend's name (its
-    /// bits depend on the device and library). Embedding caches are kept
-    /// apart by it.
+    /// every CPU and in every batch, and since v2 rotary tables from
+    /// `anjeon_kernels::math` instead of libm), else the candle backend's
+    /// name (its bits depend on the device and library). Embedding caches
+    /// are kept apart by it.
     pub fn arithmetic(&self) -> &'static str {
         match &self.device {
             Device::Cpu if super::qlinear::kernels_off() => "candle-cpu",
-            Device::Cpu => "kernels-v1",
+            Device::Cpu => "kernels-v2",
             Device::Cuda(_) => "candle-cuda",
             Device::Metal(_) => "candle-metal",
         }

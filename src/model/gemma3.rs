@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use super::layers::{inv_sqrt, kv_attend, kv_attend_batch, split_heads, Kv, KvPrecision};
 use candle_core::quantized::{gguf_file, QTensor};
-use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
+use candle_core::{Device, IndexOp, Module, Result, Tensor};
 
 use super::qlinear::{QEmbedding, QLinear};
 use super::qwen2::{check_batch, layer_caches, rope_rows};
@@ -85,10 +85,7 @@ const ROPE_START: usize = 4096;
 
 impl Rope {
     pub(crate) fn new(head_dim: usize, base: f32, positions: usize, dev: &Device) -> Result<Rope> {
-        let inv: Vec<f32> = (0..head_dim)
-            .step_by(2)
-            .map(|i| 1f32 / base.powf(i as f32 / head_dim as f32))
-            .collect();
+        let inv = anjeon_kernels::math::rope_inv_freq(head_dim, base);
         let tables = Self::build(&inv, positions.min(ROPE_START), dev)?;
         Ok(Rope {
             inv,
@@ -99,13 +96,7 @@ impl Rope {
     }
 
     fn build(inv: &[f32], positions: usize, dev: &Device) -> Result<(Tensor, Tensor)> {
-        let n = inv.len();
-        let inv = Tensor::from_vec(inv.to_vec(), (1, n), dev)?;
-        let t = Tensor::arange(0u32, positions as u32, dev)?
-            .to_dtype(DType::F32)?
-            .reshape((positions, 1))?;
-        let freqs = t.matmul(&inv)?;
-        Ok((freqs.cos()?, freqs.sin()?))
+        super::layers::rope_tables(inv, positions, dev)
     }
 
     /// `x` `(b, heads, seq, head_dim)` at positions `pos..pos + seq`.

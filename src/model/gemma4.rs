@@ -376,9 +376,9 @@ fn rope_table(
     let mut n = 0;
     for p in pos {
         for &f in inv_freq {
-            let a = p * f;
-            c.push(a.cos());
-            s.push(a.sin());
+            let (sin, cos) = anjeon_kernels::math::sin_cos(p * f);
+            c.push(cos);
+            s.push(sin);
         }
         n += 1;
     }
@@ -541,7 +541,7 @@ impl Vision {
         let spatial = cfg.head_dim / 2;
         let inv_freq = (0..spatial)
             .step_by(2)
-            .map(|i| 1.0 / theta.powf(i as f32 / spatial as f32))
+            .map(|i| 1.0 / anjeon_kernels::math::powf(theta, i as f32 / spatial as f32))
             .collect();
         let std = if cfg.standardize {
             Some((
@@ -1310,7 +1310,7 @@ impl Gemma4 {
             (0..hd / 2)
                 .map(|i| {
                     if i < rotated {
-                        1.0 / theta.powf((2 * i) as f32 / hd as f32)
+                        1.0 / anjeon_kernels::math::powf(theta, (2 * i) as f32 / hd as f32)
                     } else {
                         0.0
                     }

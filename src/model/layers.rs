@@ -173,6 +173,19 @@ pub fn inv_sqrt(d: usize) -> f32 {
     (1.0 / (d as f64).sqrt()) as f32
 }
 
+/// Rotary `cos` and `sin` tables `(positions, inv.len())` for the
+/// frequencies `inv`, on `dev`. Computed by anjeon's fixed-arithmetic
+/// functions (`anjeon_kernels::math`), not the platform's libm, so a
+/// model's logits do not depend on the C library or CPU they run on.
+pub fn rope_tables(inv: &[f32], positions: usize, dev: &Device) -> Result<(Tensor, Tensor)> {
+    let (cos, sin) = anjeon_kernels::math::rope_tables(inv, positions);
+    let shape = (positions, inv.len());
+    Ok((
+        Tensor::from_vec(cos, shape, dev)?,
+        Tensor::from_vec(sin, shape, dev)?,
+    ))
+}
+
 /// One layer's KV cache of one sequence.
 #[derive(Clone, Default)]
 pub enum Kv {

@@ -21,7 +21,7 @@
 
 use super::layers::{inv_sqrt, kv_attend, kv_attend_batch, split_heads, Kv, KvPrecision};
 use candle_core::quantized::gguf_file;
-use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
+use candle_core::{Device, IndexOp, Module, Result, Tensor};
 
 use super::qlinear::{QEmbedding, QLinear};
 
@@ -215,17 +215,8 @@ fn rope_tables(
     positions: usize,
     dev: &Device,
 ) -> Result<(Tensor, Tensor)> {
-    let inv: Vec<f32> = (0..head_dim)
-        .step_by(2)
-        .map(|i| 1f32 / base.powf(i as f32 / head_dim as f32))
-        .collect();
-    let n = inv.len();
-    let inv = Tensor::from_vec(inv, (1, n), dev)?;
-    let freqs = Tensor::arange(0u32, positions as u32, dev)?
-        .to_dtype(DType::F32)?
-        .reshape((positions, 1))?
-        .matmul(&inv)?;
-    Ok((freqs.cos()?, freqs.sin()?))
+    let inv = anjeon_kernels::math::rope_inv_freq(head_dim, base);
+    super::layers::rope_tables(&inv, positions, dev)
 }
 
 /// What anjeon's decoder reads from a Hugging Face `config.json`

@@ -312,7 +312,7 @@ impl Vision {
             .unwrap_or(10_000.0) as f32;
         let inv_freq = (0..spatial)
             .step_by(2)
-            .map(|i| 1.0 / theta.powf(i as f32 / spatial as f32))
+            .map(|i| 1.0 / anjeon_kernels::math::powf(theta, i as f32 / spatial as f32))
             .collect();
         Ok(Vision {
             patch_w,
@@ -398,8 +398,11 @@ impl Vision {
                         row.push(c as f32 * f);
                     }
                     let twice: Vec<f32> = row.iter().chain(row.iter()).copied().collect();
-                    cos.extend(twice.iter().map(|a| a.cos()));
-                    sin.extend(twice.iter().map(|a| a.sin()));
+                    for &a in &twice {
+                        let (s, c) = anjeon_kernels::math::sin_cos(a);
+                        cos.push(c);
+                        sin.push(s);
+                    }
                 }
             }
         }
@@ -600,7 +603,7 @@ impl Qwen3Vl {
         let hd = t.head_dim;
         let inv_freq = (0..hd)
             .step_by(2)
-            .map(|i| 1.0 / theta.powf(i as f32 / hd as f32))
+            .map(|i| 1.0 / anjeon_kernels::math::powf(theta, i as f32 / hd as f32))
             .collect();
         let mrope_section = t.mrope_section();
         if mrope_section.len() != 3 || mrope_section.iter().sum::<usize>() != hd / 2 {
@@ -658,9 +661,9 @@ impl Qwen3Vl {
                 } else {
                     p[0]
                 };
-                let a = c as f32 * f;
-                cos.push(a.cos());
-                sin.push(a.sin());
+                let (s, co) = anjeon_kernels::math::sin_cos(c as f32 * f);
+                cos.push(co);
+                sin.push(s);
             }
         }
         let n = pos.len();

@@ -525,7 +525,7 @@ impl Voxtral {
         let hd = t.head_dim();
         let theta = t.rope_theta() as f32;
         let inv_freq = (0..hd / 2)
-            .map(|i| 1.0 / theta.powf((2 * i) as f32 / hd as f32))
+            .map(|i| 1.0 / anjeon_kernels::math::powf(theta, (2 * i) as f32 / hd as f32))
             .collect();
         Ok(Voxtral {
             audio: AudioEncoder::new(a, tower)?,
@@ -588,9 +588,9 @@ impl Voxtral {
         let (mut c, mut s) = (Vec::new(), Vec::new());
         for p in offset..offset + l {
             for &f in &self.inv_freq {
-                let a = p as f32 * f;
-                c.push(a.cos());
-                s.push(a.sin());
+                let (sin, cos) = anjeon_kernels::math::sin_cos(p as f32 * f);
+                c.push(cos);
+                s.push(sin);
             }
         }
         let w = self.inv_freq.len();

@@ -1788,3 +1788,54 @@ fn qwen3_gguf_matches_llamacpp() {
         );
     }
 }
+
+/// A checksum of a decoder's logits (a Korean-English prompt, then three
+/// forced decode steps) on the current kernel path.
+fn logits_checksum(m: &mut model::TextModel) -> u64 {
+    let prompt = m
+        .tokenizer
+        .encode_prompt("안전한 AI란 무엇일까요? Safety first:")
+        .unwrap();
+    let forced = prompt[1..4].to_vec();
+    let logits = m.forced_logits(&prompt, &forced).unwrap();
+    assert_eq!(logits.len(), 4);
+    logits.concat().iter().fold(0xcbf29ce484222325u64, |h, v| {
+        (h ^ v.to_bits() as u64).wrapping_mul(0x100000001b3)
+    })
+}
+
+/// The same logits, to the bit, on every machine: checksums committed from
+/// an x86-64 run, for the three real GGUF decoders (Llama with Q4_1, Qwen2
+/// with Q4_K_M, Gemma 3 with a sliding window). Their arithmetic is
+/// anjeon's kernels (each path follows one contract; the kernels' own
+/// checksums pass on ARM, `kernels/tests/aarch64.sh`), rotary tables from
+/// `anjeon_kernels::math` (no libm), and candle's row-wise operations
+/// (RMS norm, rotation, residual adds), which run in a fixed order. The
+/// portable path must give the same bits (forcing it is process-wide, so
+/// other tests only slow down meanwhile). Checked on
+/// emulated 64-bit ARM with this test cross-built (docs/kernels.md). A
+/// change that moves one bit fails here; if it is meant, re-record the
+/// printed numbers.
+#[test]
+fn decoders_have_the_committed_bits() {
+    const WANT: [(&str, u64); 3] = [
+        ("smollm2-135m-instruct", 0x84dfd90d6addf6ef),
+        ("qwen2.5-coder-0.5b-instruct", 0x4f04cc99b3f43ba8),
+        ("gemma-3-270m", 0x5ea6b781811730ff),
+    ];
+    let mut got = Vec::new();
+    for (name, _) in WANT {
+        let mut m = load(name);
+        let sum = logits_checksum(&mut m);
+        eprintln!("{name}: {sum:#x} on {}", anjeon_kernels::path().name());
+        assert!(anjeon_kernels::force_path(Some(
+            anjeon_kernels::Path::Scalar
+        )));
+        let portable =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| logits_checksum(&mut m)));
+        anjeon_kernels::force_path(None);
+        assert_eq!(portable.unwrap(), sum, "{name}: the portable path differs");
+        got.push((name, sum));
+    }
+    assert_eq!(got, WANT, "logits checksums");
+}
