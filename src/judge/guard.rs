@@ -58,6 +58,8 @@
 //!   tokenizer files are available (see [`GuardFormat::prompt_verified`]).
 
 use std::collections::BTreeSet;
+
+use anjeon_kernels::math::exp;
 use std::sync::OnceLock;
 
 use serde::Deserialize;
@@ -847,7 +849,7 @@ pub fn label_probability(logit_yes: f32, logit_no: f32) -> Result<f64, String> {
         ));
     }
     let m = y.max(n);
-    let (ey, en) = ((y - m).exp(), (n - m).exp());
+    let (ey, en) = (exp(y - m), exp(n - m));
     Ok(ey / (ey + en))
 }
 

@@ -16,6 +16,8 @@
 //! refused with any other embedder, or when asked for another task.
 
 use std::collections::HashMap;
+
+use anjeon_kernels::math::exp;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -311,7 +313,7 @@ impl Head {
 
 fn softmax(z: &[f64]) -> Vec<f64> {
     let m = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-    let e: Vec<f64> = z.iter().map(|v| (v - m).exp()).collect();
+    let e: Vec<f64> = z.iter().map(|v| exp(v - m)).collect();
     let s: f64 = e.iter().sum();
     e.iter().map(|v| v / s).collect()
 }

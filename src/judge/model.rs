@@ -17,6 +17,8 @@
 //! a copy (see [`crate::model::Prefix`]).
 
 use std::collections::HashMap;
+
+use anjeon_kernels::math::exp;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -1000,10 +1002,10 @@ pub fn parse_rationale(text: &str, answer: &str, labels: &[String]) -> Option<us
 /// share of the full distribution they hold.
 pub fn label_probs(logits: &[f32], labels: &[u32]) -> (Vec<f64>, f64) {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let z: f64 = logits.iter().map(|&l| ((l as f64) - max).exp()).sum();
+    let z: f64 = logits.iter().map(|&l| exp((l as f64) - max)).sum();
     let raw: Vec<f64> = labels
         .iter()
-        .map(|&i| ((logits[i as usize] as f64) - max).exp() / z)
+        .map(|&i| exp((logits[i as usize] as f64) - max) / z)
         .collect();
     let mass: f64 = raw.iter().sum();
     let probs = if mass > 0.0 {

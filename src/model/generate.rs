@@ -1,13 +1,14 @@
 //! Generation: prefill, then KV-cache decode; greedy or seeded sampling
-//! (temperature, top-p, top-k, repeat penalty) through candle's
-//! `LogitsProcessor`; stops on end-of-turn ids, stop strings and the token limit.
+//! (temperature, top-p, top-k, repeat penalty; `super::sampling`, the same
+//! draws on every CPU); stops on end-of-turn ids, stop strings and the
+//! token limit.
 
 use std::time::Instant;
 
 use candle_core::Tensor;
-use candle_transformers::generation::{LogitsProcessor, Sampling};
 use serde::{Deserialize, Serialize};
 
+use super::sampling::{repeat_penalty, Sampler};
 use super::tokenizer::Detokenizer;
 use super::TextModel;
 use crate::core::error::{Error, Result};
@@ -65,21 +66,6 @@ fn ce(e: candle_core::Error) -> Error {
     Error::backend("generation", e)
 }
 
-impl GenParams {
-    fn sampling(&self) -> Sampling {
-        if self.temperature <= 0.0 {
-            return Sampling::ArgMax;
-        }
-        let temperature = self.temperature;
-        match (self.top_k, self.top_p) {
-            (None, None) => Sampling::All { temperature },
-            (Some(k), None) => Sampling::TopK { k, temperature },
-            (None, Some(p)) => Sampling::TopP { p, temperature },
-            (Some(k), Some(p)) => Sampling::TopKThenTopP { k, p, temperature },
-        }
-    }
-}
-
 impl TextModel {
     /// Generate a continuation of `prompt` (token ids). `seed` makes sampling
     /// reproducible; callers derive it from the run seed and the item id so
@@ -99,7 +85,7 @@ impl TextModel {
     ) -> Result<Generation> {
         self.check_prompt(prompt)?;
         self.arch.clear().map_err(ce)?;
-        let lp = LogitsProcessor::from_sampling(seed, p.sampling());
+        let lp = Sampler::new(seed, p);
         let t0 = Instant::now();
         let input = Tensor::new(prompt, &self.device)
             .and_then(|t| t.unsqueeze(0))
@@ -114,7 +100,7 @@ impl TextModel {
         let prefill_s = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
         let mut d = Decoding::new(prompt, lp);
-        while let Some(next) = d.step(&mut logits, p, &self.tokenizer, self.context_length)? {
+        while let Some(next) = d.step(&logits, p, &self.tokenizer, self.context_length)? {
             let input = Tensor::new(&[next], &self.device)
                 .and_then(|t| t.unsqueeze(0))
                 .map_err(ce)?;
@@ -179,12 +165,11 @@ impl TextModel {
                     let input = Tensor::new(prompt, &self.device)
                         .and_then(|t| t.unsqueeze(0))
                         .map_err(ce)?;
-                    let mut logits = self.arch.logits(&input, 0).map_err(ce)?;
+                    let logits = self.arch.logits(&input, 0).map_err(ce)?;
                     let prefill_s = t0.elapsed().as_secs_f64();
                     let t1 = Instant::now();
-                    let mut dec =
-                        Decoding::new(prompt, LogitsProcessor::from_sampling(seed, p.sampling()));
-                    match dec.step(&mut logits, p, &self.tokenizer, self.context_length)? {
+                    let mut dec = Decoding::new(prompt, Sampler::new(seed, p));
+                    match dec.step(&logits, p, &self.tokenizer, self.context_length)? {
                         Some(next) => {
                             let mut cache = self
                                 .arch
@@ -243,10 +228,8 @@ impl TextModel {
             let mut keep = Vec::with_capacity(slots.len());
             for (r, (mut slot, cache)) in slots.drain(..).zip(caches).enumerate() {
                 slot.cache = cache;
-                let mut l = logits.get(r).map_err(ce)?;
-                let step = slot
-                    .dec
-                    .step(&mut l, p, &self.tokenizer, self.context_length);
+                let l = logits.get(r).map_err(ce)?;
+                let step = slot.dec.step(&l, p, &self.tokenizer, self.context_length);
                 match step {
                     Ok(Some(next)) => {
                         slot.next = next;
@@ -287,7 +270,7 @@ impl TextModel {
 /// incremental detokenizer, shared by one-at-a-time and batched generation
 /// so both stop and sample identically.
 struct Decoding {
-    lp: LogitsProcessor,
+    lp: Sampler,
     out: Vec<u32>,
     all: Vec<u32>,
     detok_ids: Vec<u32>,
@@ -296,7 +279,7 @@ struct Decoding {
 }
 
 impl Decoding {
-    fn new(prompt: &[u32], lp: LogitsProcessor) -> Decoding {
+    fn new(prompt: &[u32], lp: Sampler) -> Decoding {
         Decoding {
             lp,
             out: Vec::new(),
@@ -311,7 +294,7 @@ impl Decoding {
     /// when the sequence has ended (`self.stop` says why).
     fn step(
         &mut self,
-        logits: &mut Tensor,
+        logits: &Tensor,
         p: &GenParams,
         tok: &super::tokenizer::Tok,
         context_length: usize,
@@ -319,16 +302,15 @@ impl Decoding {
         if self.out.len() >= p.max_new_tokens {
             return Ok(None);
         }
+        let mut l = logits
+            .to_dtype(candle_core::DType::F32)
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(ce)?;
         if p.repeat_penalty != 1.0 {
             let start = self.all.len().saturating_sub(p.repeat_last_n);
-            *logits = candle_transformers::utils::apply_repeat_penalty(
-                logits,
-                p.repeat_penalty,
-                &self.all[start..],
-            )
-            .map_err(ce)?;
+            repeat_penalty(&mut l, p.repeat_penalty, &self.all[start..]);
         }
-        let next = self.lp.sample(logits).map_err(ce)?;
+        let next = self.lp.sample(&l)?;
         if !p.ignore_eos && tok.stop_ids.contains(&next) {
             self.stop = StopReason::EndOfTurn;
             return Ok(None);

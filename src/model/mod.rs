@@ -17,6 +17,7 @@ pub mod qlinear;
 pub mod qwen2;
 pub mod qwen3_vl;
 pub mod requant;
+mod sampling;
 pub mod spm;
 pub mod stfile;
 pub mod tekken;
