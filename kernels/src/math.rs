@@ -174,6 +174,7 @@ mod tests {
                 "{b}^{e}: {got} vs {w}"
             );
         }
+        eprintln!("{off} of 60000 results a ulp from the platform's");
         assert!(off <= 2, "{off} results off by one ulp");
         for x in [-745.0, -720.0, -1.0e-300, 0.0, 1.0, 88.7, 709.0] {
             let (got, want) = (exp(x), x.exp());
