@@ -56,10 +56,13 @@ impl Sampler {
     /// forward pass went wrong), in greedy mode too.
     pub(crate) fn sample(&mut self, logits: &[f32]) -> Result<u32> {
         if let Some(i) = logits.iter().position(|l| l.is_nan()) {
-            return Err(Error::Usage(format!(
-                "the model's logits hold NaN (token {i} of {}): its weights or this input broke the forward pass",
-                logits.len()
-            )));
+            return Err(Error::backend(
+                "sampling",
+                format!(
+                    "the model's logits hold NaN (token {i} of {}): its weights or this input broke the forward pass",
+                    logits.len()
+                ),
+            ));
         }
         let Mode::Sample {
             temperature,
@@ -94,9 +97,7 @@ impl Sampler {
     }
 
     fn draw(&mut self, prs: &[f32]) -> Result<u32> {
-        let d = WeightedIndex::new(prs).map_err(|e| {
-            Error::Usage(format!("cannot sample from the model's probabilities: {e}"))
-        })?;
+        let d = WeightedIndex::new(prs).map_err(|e| Error::backend("sampling", e))?;
         Ok(d.sample(&mut self.rng) as u32)
     }
 }
@@ -119,9 +120,10 @@ fn softmax(logits: &[f32], temperature: f64) -> Result<Vec<f32>> {
     let mut v: Vec<f32> = logits.iter().map(|&l| l * inv).collect();
     let max = v.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
     if !max.is_finite() {
-        return Err(Error::Usage(format!(
-            "cannot sample: the largest logit over the temperature is {max}"
-        )));
+        return Err(Error::backend(
+            "sampling",
+            format!("the largest logit over the temperature is {max}"),
+        ));
     }
     let mut sum = 0f32;
     for x in v.iter_mut() {
