@@ -231,6 +231,11 @@ fn gemma3_greedy_matches_llamacpp_on_a_known_prompt() {
     // llama.cpp on this file continues "The capital of France is" with
     // " the capital of the country of France…" (recorded in the workspace's
     // models README); candle 0.11.1's SiLU MLP gives " the largest in the world…".
+    // The sixth token (" of" or ".") is a near-tie on this file, decided by
+    // the last bits of the rotary tables: libm's gave " of France", the
+    // correctly rounded ones of `anjeon_kernels::math` give ". It is". The
+    // whole continuation is checked against llama.cpp, near-ties allowed, in
+    // `logits_and_greedy_tokens_match_llamacpp` (prompt `capital_fr`).
     let mut m = load("gemma-3-270m");
     let ids = m
         .tokenizer
@@ -248,7 +253,7 @@ fn gemma3_greedy_matches_llamacpp_on_a_known_prompt() {
         )
         .unwrap();
     assert!(
-        g.text.starts_with(" the capital of the country of France"),
+        g.text.starts_with(" the capital of the country"),
         "{:?}",
         g.text
     );
@@ -570,8 +575,10 @@ fn generate_command_prints_only_the_text() {
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let out = String::from_utf8_lossy(&o.stdout);
+    // The continuation's first five tokens (the sixth is a near-tie; see
+    // gemma3_greedy_matches_llamacpp_on_a_known_prompt).
     assert!(
-        out.starts_with(" the capital of the country of France")
+        out.starts_with(" the capital of the country")
             && out.ends_with('\n')
             && out.lines().count() == 1,
         "{out:?}"
