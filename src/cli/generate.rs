@@ -21,8 +21,9 @@ pub struct GenerateArgs {
     temperature: f64,
     #[arg(long)]
     top_p: Option<f64>,
-    #[arg(long)]
-    top_k: Option<usize>,
+    /// Sample from the K most probable tokens (at least 1).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    top_k: Option<u64>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     #[arg(long, default_value = "cpu")]
@@ -47,7 +48,7 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<ExitCode> {
         max_new_tokens: a.max_tokens,
         temperature: a.temperature,
         top_p: a.top_p,
-        top_k: a.top_k,
+        top_k: a.top_k.map(|k| k as usize),
         stop,
         ..Default::default()
     };

@@ -35,8 +35,9 @@ pub struct RunArgs {
     pub temperature: Option<f64>,
     #[arg(long)]
     pub top_p: Option<f64>,
-    #[arg(long)]
-    pub top_k: Option<usize>,
+    /// Sample from the K most probable tokens (at least 1).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub top_k: Option<u64>,
     #[arg(long)]
     pub repeat_penalty: Option<f32>,
     /// cpu, cuda, cuda:N or metal.
@@ -93,7 +94,7 @@ impl RunArgs {
             max_new_tokens: self.max_new_tokens,
             temperature: self.temperature,
             top_p: self.top_p,
-            top_k: self.top_k,
+            top_k: self.top_k.map(|k| k as usize),
             repeat_penalty: self.repeat_penalty,
             device: self.device,
             requantize: self.requantize,

@@ -350,6 +350,38 @@ fn score_rejects_usage_errors_with_exit_2() {
     assert!(stderr(&o).contains("empty"), "{}", stderr(&o));
 }
 
+/// `--top-k 0` (no token to sample from) is refused when the arguments are
+/// read, before any model loads, by `generate` and `run`.
+#[test]
+fn top_k_zero_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    for args in [
+        &[
+            "generate",
+            "--model",
+            "smollm2-135m-instruct",
+            "--prompt",
+            "hi",
+        ][..],
+        &["run", "--out", out.to_str().unwrap()][..],
+    ] {
+        let o = run(&[args, &["--temperature", "0.7", "--top-k", "0"]].concat());
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert!(
+            stderr(&o).contains("'--top-k <"),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+        assert!(
+            stderr(&o).contains("0 is not in 1.."),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+    }
+    assert!(!out.exists(), "no run directory for a usage error");
+}
+
 /// A data set of n text items and a responses file, in `dir`.
 fn big_fixture(dir: &Path, n: usize) -> (PathBuf, PathBuf) {
     let data = dir.join("big.jsonl");
