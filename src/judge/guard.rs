@@ -58,9 +58,9 @@
 //!   tokenizer files are available (see [`GuardFormat::prompt_verified`]).
 
 use std::collections::BTreeSet;
+use std::sync::OnceLock;
 
 use anjeon_kernels::math::exp;
-use std::sync::OnceLock;
 
 use serde::Deserialize;
 

@@ -16,11 +16,11 @@
 //! refused with any other embedder, or when asked for another task.
 
 use std::collections::HashMap;
-
-use anjeon_kernels::math::exp;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use anjeon_kernels::math::exp;
 
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};

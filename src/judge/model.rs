@@ -17,9 +17,9 @@
 //! a copy (see [`crate::model::Prefix`]).
 
 use std::collections::HashMap;
+use std::time::Instant;
 
 use anjeon_kernels::math::exp;
-use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 

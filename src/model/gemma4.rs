@@ -539,10 +539,7 @@ impl Vision {
             .and_then(|r| r.rope_theta)
             .unwrap_or(100.0) as f32;
         let spatial = cfg.head_dim / 2;
-        let inv_freq = (0..spatial)
-            .step_by(2)
-            .map(|i| 1.0 / anjeon_kernels::math::powf(theta, i as f32 / spatial as f32))
-            .collect();
+        let inv_freq = anjeon_kernels::math::rope_inv_freq(spatial, theta);
         let std = if cfg.standardize {
             Some((
                 vb.get(cfg.hidden_size, "std_bias")?,

@@ -310,10 +310,7 @@ impl Vision {
             .as_ref()
             .and_then(|r| r.rope_theta)
             .unwrap_or(10_000.0) as f32;
-        let inv_freq = (0..spatial)
-            .step_by(2)
-            .map(|i| 1.0 / anjeon_kernels::math::powf(theta, i as f32 / spatial as f32))
-            .collect();
+        let inv_freq = anjeon_kernels::math::rope_inv_freq(spatial, theta);
         Ok(Vision {
             patch_w,
             patch_b,
@@ -397,11 +394,13 @@ impl Vision {
                     for &f in &self.inv_freq {
                         row.push(c as f32 * f);
                     }
-                    let twice: Vec<f32> = row.iter().chain(row.iter()).copied().collect();
-                    for &a in &twice {
-                        let (s, c) = anjeon_kernels::math::sin_cos(a);
-                        cos.push(c);
-                        sin.push(s);
+                    let (s, c): (Vec<f32>, Vec<f32>) = row
+                        .iter()
+                        .map(|&a| anjeon_kernels::math::sin_cos(a))
+                        .unzip();
+                    for _ in 0..2 {
+                        cos.extend_from_slice(&c);
+                        sin.extend_from_slice(&s);
                     }
                 }
             }
@@ -601,10 +600,7 @@ impl Qwen3Vl {
         };
         let theta = t.rope_theta() as f32;
         let hd = t.head_dim;
-        let inv_freq = (0..hd)
-            .step_by(2)
-            .map(|i| 1.0 / anjeon_kernels::math::powf(theta, i as f32 / hd as f32))
-            .collect();
+        let inv_freq = anjeon_kernels::math::rope_inv_freq(hd, theta);
         let mrope_section = t.mrope_section();
         if mrope_section.len() != 3 || mrope_section.iter().sum::<usize>() != hd / 2 {
             candle_core::bail!(

@@ -524,9 +524,7 @@ impl Voxtral {
         };
         let hd = t.head_dim();
         let theta = t.rope_theta() as f32;
-        let inv_freq = (0..hd / 2)
-            .map(|i| 1.0 / anjeon_kernels::math::powf(theta, (2 * i) as f32 / hd as f32))
-            .collect();
+        let inv_freq = anjeon_kernels::math::rope_inv_freq(hd, theta);
         Ok(Voxtral {
             audio: AudioEncoder::new(a, tower)?,
             proj1: candle_nn::linear_no_bias(
